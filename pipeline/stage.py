@@ -1,0 +1,56 @@
+"""What every stage module shares: one-line errors, logging, thread and device selection."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from pipeline.config import ParamsError
+from pipeline.io import DataError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+params_option = click.option(
+    "--params", "params_path", default="params.yaml", show_default=True,
+    type=click.Path(dir_okay=False), help="params file holding this stage's section",
+)
+
+
+def stage_main(fn: F) -> F:
+    """Wrap a stage body: configure logging and turn ParamsError/DataError into a one-line click error."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        try:
+            return fn(*args, **kwargs)
+        except (ParamsError, DataError) as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def set_threads(num_threads: int) -> None:
+    """Set torch's intra-op threads when `num_threads` > 0 (CPU runs oversubscribe easily on small machines)."""
+    import torch
+
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+def pick_device(choice: str, key: str) -> "torch.device":  # noqa: F821 - torch imported lazily
+    """`auto` -> cuda when available else cpu; `cuda` without a GPU is a ParamsError naming `key`."""
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ParamsError(f"{key}: 'cuda' requested but torch sees no CUDA device")
+    return torch.device(choice)

@@ -1,0 +1,56 @@
+"""Stage train: the Transformer+DCNv2 CTR model, early-stopped on validation AUC.
+
+In:  --train, --valid   split parquets (pipeline/sequences.py contract)
+     --item-info        item_info.parquet from fit_pca (row i = item i)
+     --feature-map      feature_map.json from build_sequences
+Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
+     --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
+Params: train.* (TrainConfig)
+"""
+
+import logging
+
+import click
+import torch
+from dvclive import Live
+
+from model.transformer_dcn import TransformerDCN
+from pipeline.config import TrainConfig, load_section
+from pipeline.feature_map import FeatureMap
+from pipeline.stage import params_option, pick_device, set_threads, stage_main
+from pipeline.training import fit, load_item_tables, load_split, model_config, save_checkpoint
+
+log = logging.getLogger("train")
+
+
+@click.command()
+@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--valid", "valid_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--item-info", required=True, type=click.Path(dir_okay=False))
+@click.option("--feature-map", required=True, type=click.Path(dir_okay=False))
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--live-dir", required=True, type=click.Path(file_okay=False))
+@params_option
+@stage_main
+def main(train_path: str, valid_path: str, item_info: str, feature_map: str, model_path: str, live_dir: str,
+         params_path: str) -> None:
+    cfg = load_section(params_path, "train", TrainConfig)
+    set_threads(cfg.num_threads)
+    device = pick_device(cfg.device, "train.device")
+    tags, mm, mm_dim = load_item_tables(item_info)
+    fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)
+    train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
+    torch.manual_seed(cfg.seed)
+    model = TransformerDCN(model_config(cfg), fmap, tags, mm)
+    log.info("%d train / %d valid rows, %d parameters, device %s", len(train), len(valid),
+             sum(p.numel() for p in model.parameters()), device)
+    with Live(live_dir, save_dvc_exp=False, dvcyaml=False) as live:
+        history = fit(model, train, valid, cfg, device, live)
+        best = max(history, key=lambda r: r["valid_auc"])
+        live.summary = {"best_epoch": best["epoch"], "valid_auc": best["valid_auc"],
+                        "valid_logloss": best["valid_logloss"], "epochs_run": len(history)}
+    save_checkpoint(model_path, model, fmap)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""pipeline/config.py: params.yaml loads into typed sections; every bad value fails with a one-line message that
+starts with the dotted key."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    BuildSequencesConfig,
+    EvaluateConfig,
+    ExtractImageConfig,
+    ExtractTextConfig,
+    FitPCAConfig,
+    MakeSyntheticConfig,
+    ParamsError,
+    TrainConfig,
+    from_dict,
+    load_section,
+    read_params,
+)
+
+PARAMS = Path(__file__).parents[1] / "params.yaml"
+
+SECTIONS = {
+    "make_synthetic": MakeSyntheticConfig,
+    "extract_text": ExtractTextConfig,
+    "extract_image": ExtractImageConfig,
+    "fit_pca": FitPCAConfig,
+    "build_sequences": BuildSequencesConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+def _raw() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def _write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _with(tmp_path: Path, section: str, key: str, value: Any) -> Path:
+    data = _raw()
+    data[section][key] = value
+    return _write(tmp_path, data)
+
+
+def _error(path: Path, section: str) -> str:
+    with pytest.raises(ParamsError) as info:
+        load_section(path, section, SECTIONS[section])
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_repo_params_load_with_the_file_values(section: str) -> None:
+    cfg = load_section(PARAMS, section, SECTIONS[section])
+    raw = _raw()[section]
+    # params.yaml states every field explicitly (the dataclass defaults only document the meaning)
+    assert set(raw) == {f.name for f in dataclasses.fields(cfg)}
+    for key, value in raw.items():
+        got = getattr(cfg, key)
+        expected = tuple(value) if isinstance(value, list) else value
+        assert got == expected, key
+        assert type(got) is type(expected) or (isinstance(got, float) and isinstance(expected, int)), key
+
+
+def test_repo_params_hold_no_unknown_sections() -> None:
+    assert set(read_params(PARAMS)) == set(SECTIONS)
+
+
+def test_int_given_for_float_becomes_float(tmp_path: Path) -> None:
+    cfg = load_section(_with(tmp_path, "train", "learning_rate", 1), "train", TrainConfig)
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+def test_sections_are_frozen() -> None:
+    cfg = load_section(PARAMS, "fit_pca", FitPCAConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.dim = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_unknown_key_is_named(tmp_path: Path, section: str) -> None:
+    message = _error(_with(tmp_path, section, "no_such_key", 1), section)
+    assert message.startswith(f"{section}.no_such_key: unknown key")
+    first_field = dataclasses.fields(SECTIONS[section])[0].name
+    assert first_field in message  # the allowed keys are listed
+
+
+WRONG_TYPES = [
+    ("build_sequences", "max_len", "50"),  # string for int
+    ("build_sequences", "max_len", True),  # bool for int
+    ("build_sequences", "max_len", 50.0),  # float for int
+    ("make_synthetic", "n_items", None),
+    ("train", "learning_rate", "fast"),  # string for float
+    ("train", "learning_rate", False),  # bool for float
+    ("train", "amp", 1),  # int for bool
+    ("train", "amp", "yes"),
+    ("extract_text", "model", 3),  # int for str
+    ("train", "dnn_hidden_units", 256),  # non-list for a tuple
+    ("train", "dnn_hidden_units", "256,128"),
+    ("fit_pca", "normalize", "l3"),  # outside the Literal
+    ("train", "device", "gpu"),
+    ("extract_text", "pooling", "max"),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), WRONG_TYPES)
+def test_wrong_type_names_the_key(tmp_path: Path, section: str, key: str, value: Any) -> None:
+    message = _error(_with(tmp_path, section, key, value), section)
+    assert message.startswith(f"{section}.{key}: ")
+    assert repr(value) in message
+
+
+def test_wrong_tuple_element_names_its_index(tmp_path: Path) -> None:
+    message = _error(_with(tmp_path, "train", "dnn_hidden_units", [256, "x", 64]), "train")
+    assert message.startswith("train.dnn_hidden_units[1]: must be an integer")
+
+
+def test_literal_message_lists_the_allowed_values(tmp_path: Path) -> None:
+    message = _error(_with(tmp_path, "fit_pca", "normalize", "l3"), "fit_pca")
+    assert all(repr(v) in message for v in ("l2", "standard", "none"))
+
+
+def test_yaml_exponent_without_dot_is_a_string_and_rejected(tmp_path: Path) -> None:
+    # YAML 1.1 reads `1e-3` as a string; the loader must say so instead of failing later in the optimiser
+    text = PARAMS.read_text().replace("learning_rate: 0.001", "learning_rate: 1e-3")
+    assert "1e-3" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert _error(path, "train").startswith("train.learning_rate: must be a number")
+
+
+OUT_OF_RANGE = [
+    ("fit_pca", {"dim": 0}, "fit_pca.dim"),
+    ("train", {"net_dropout": 1.0}, "train.net_dropout"),
+    ("train", {"transformer_dropout": -0.1}, "train.transformer_dropout"),
+    ("train", {"embedding_dim": 0}, "train.embedding_dim"),
+    ("train", {"dnn_hidden_units": [256, 0]}, "train.dnn_hidden_units"),
+    ("train", {"lr_decay": 0.0}, "train.lr_decay"),
+    ("train", {"learning_rate": 0.0}, "train.learning_rate"),
+    ("train", {"cross_layers": -1}, "train.cross_layers"),
+    ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
+    ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),
+    ("build_sequences", {"test_frac": 1.0}, "build_sequences.test_frac"),
+    ("build_sequences", {"neg_ratio": 0}, "build_sequences.neg_ratio"),
+    ("build_sequences", {"n_levels": 1}, "build_sequences.n_levels"),
+    ("build_sequences", {"min_history": -1}, "build_sequences.min_history"),
+    ("make_synthetic", {"max_clicks_per_user": 3000}, "make_synthetic.max_clicks_per_user"),
+    ("make_synthetic", {"n_items": 19}, "make_synthetic.n_items"),
+    ("make_synthetic", {"cover_size": 31}, "make_synthetic.cover_size"),
+    ("extract_text", {"max_length": 513}, "extract_text.max_length"),
+    ("extract_text", {"model": "  "}, "extract_text.model"),
+    ("extract_image", {"batch_size": 0}, "extract_image.batch_size"),
+    ("evaluate", {"calibration_bins": 1}, "evaluate.calibration_bins"),
+]
+
+
+@pytest.mark.parametrize(("section", "values", "key"), OUT_OF_RANGE)
+def test_out_of_range_names_the_key(tmp_path: Path, section: str, values: dict[str, Any], key: str) -> None:
+    data = _raw()
+    data[section].update(values)
+    assert _error(_write(tmp_path, data), section).startswith(f"{key}: ")
+
+
+@pytest.mark.parametrize(("section", "values"), [
+    ("train", {"net_dropout": 0.0, "cross_layers": 0, "lr_decay": 1.0}),
+    ("build_sequences", {"valid_frac": 0.49, "test_frac": 0.5, "min_history": 0, "n_levels": 2}),
+    ("make_synthetic", {"max_clicks_per_user": 2999, "cover_size": 32}),
+    ("fit_pca", {"dim": 1}),
+])
+def test_range_boundaries_are_accepted(tmp_path: Path, section: str, values: dict[str, Any]) -> None:
+    data = _raw()
+    data[section].update(values)
+    cfg = load_section(_write(tmp_path, data), section, SECTIONS[section])
+    assert all(getattr(cfg, k) == v for k, v in values.items())
+
+
+def test_missing_section(tmp_path: Path) -> None:
+    data = _raw()
+    del data["fit_pca"]
+    path = _write(tmp_path, data)
+    message = _error(path, "fit_pca")
+    assert message.startswith("fit_pca: missing section") and str(path) in message
+
+
+def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    data = _raw()
+    data["fit_pca"] = [64]
+    assert _error(_write(tmp_path, data), "fit_pca").startswith("fit_pca: must be a mapping")
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    message = _error(path, "train")
+    assert message == f"{path}: params file not found"
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("fit_pca:\n  dim: 64\n  normalize: [l2\n  seed: 0\ntrain: {\n")
+    message = _error(path, "fit_pca")
+    assert message.startswith(f"{path} line ")
+    line = int(message.split(" line ")[1].split(":")[0])
+    assert 3 <= line <= 6  # the unclosed flow sequence opened on line 3
+    assert "not valid YAML" in message
+
+
+def test_invalid_yaml_line_is_exact_for_a_bad_indent(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("fit_pca:\n  dim: 64\n normalize: l2\n")
+    assert _error(path, "fit_pca").startswith(f"{path} line 3: not valid YAML")
+
+
+def test_params_file_that_is_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("- 1\n- 2\n")
+    assert _error(path, "fit_pca") == f"{path}: must be a mapping of sections"
+
+
+def test_from_dict_requires_fields_without_default() -> None:
+    @dataclass(frozen=True)
+    class Needs:
+        size: int
+        name: str = "x"
+
+    assert from_dict(Needs, {"size": 3}, "sec") == Needs(3, "x")
+    with pytest.raises(ParamsError, match=r"^sec\.size: missing key$"):
+        from_dict(Needs, {"name": "y"}, "sec")

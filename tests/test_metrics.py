@@ -1,0 +1,82 @@
+"""pipeline/metrics.py against brute-force and hand-computed references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.io import DataError
+from pipeline.metrics import EPS, auc, gauc, logloss
+
+
+def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """P(score of a random positive > score of a random negative), ties counting 1/2."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (pos.size * neg.size))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_equals_pairwise_count(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(400) < 0.3).astype(np.float32)
+    scores = np.round(rng.random(400) + 0.3 * labels, 1)  # rounding creates many ties
+    assert auc(labels, scores) == pytest.approx(brute_auc(labels, scores), abs=1e-12)
+
+
+def test_auc_extremes() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert auc(labels, np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auc(labels, np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert auc(labels, np.full(4, 0.5)) == 0.5
+
+
+@pytest.mark.parametrize("labels", [np.ones(5), np.zeros(5), np.array([1.0])])
+def test_auc_with_one_class_is_a_data_error(labels: np.ndarray) -> None:
+    with pytest.raises(DataError, match="one class"):
+        auc(labels, np.linspace(0, 1, labels.size))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logloss_matches_the_formula(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(300) < 0.4).astype(np.float64)
+    probs = rng.random(300)
+    probs[:3] = [0.0, 1.0, 1.0]  # clipped, so the loss stays finite
+    labels[:3] = [1.0, 0.0, 1.0]
+    p = np.clip(probs, EPS, 1 - EPS)
+    expected = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    got = logloss(labels, probs)
+    assert math.isfinite(got)
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_logloss_of_one_class_labels_is_defined() -> None:
+    assert logloss(np.ones(4), np.full(4, 0.5)) == pytest.approx(math.log(2))
+
+
+def test_gauc_hand_computed() -> None:
+    users = np.array([1, 1, 1, 2, 2, 3, 3, 4, 5, 5])
+    labels = np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 0])
+    scores = np.array([0.9, 0.5, 0.95, 0.2, 0.1, 0.3, 0.4, 0.7, 0.3, 0.3])
+    # user 1: 0.9 beats 0.5, loses to 0.95 -> 0.5 (3 rows); user 2: 1.0 (2 rows); user 5: tie -> 0.5 (2 rows);
+    # users 3 (clicks only) and 4 (no click) are skipped
+    assert gauc(users, labels, scores) == pytest.approx((0.5 * 3 + 1.0 * 2 + 0.5 * 2) / 7)
+
+
+def test_gauc_equals_weighted_brute_force_and_ignores_row_order() -> None:
+    rng = np.random.default_rng(7)
+    users = rng.integers(0, 30, 600)
+    labels = (rng.random(600) < 0.25).astype(np.float32)
+    scores = np.round(rng.random(600), 2)
+    total = weight = 0.0
+    for u in np.unique(users):
+        m = users == u
+        if 0 < labels[m].sum() < m.sum():
+            total += brute_auc(labels[m], scores[m]) * m.sum()
+            weight += m.sum()
+    assert gauc(users, labels, scores) == pytest.approx(total / weight, abs=1e-12)
+    perm = rng.permutation(600)
+    assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(total / weight, abs=1e-12)

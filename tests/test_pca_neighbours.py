@@ -1,0 +1,279 @@
+"""pipeline/pca.py against sklearn, pipeline/neighbours.py (faiss) against the exact numpy reference, and the
+`mmctr neighbours` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from sklearn.decomposition import PCA
+
+from pipeline.cli import main
+from pipeline.config import ParamsError
+from pipeline.io import DataError
+from pipeline.neighbours import exact_topk, faiss_index, faiss_topk, item_neighbours, unit_rows
+from pipeline.pca import FittedPCA, Normalizer, aligned_matrices, fit_pca
+
+
+def _embeddings(n: int = 80, ft: int = 12, fi: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 4))
+    text = (latent @ rng.normal(size=(4, ft)) + 0.3 * rng.normal(size=(n, ft)) + 2.0).astype(np.float32)
+    image = (5 * latent @ rng.normal(size=(4, fi)) + rng.normal(size=(n, fi))).astype(np.float32)
+    return text, image
+
+
+def _normalise(x: np.ndarray, mode: str) -> np.ndarray:
+    x = x.astype(np.float64)
+    if mode == "l2":
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    if mode == "standard":
+        return (x - x.mean(axis=0)) / x.std(axis=0)
+    return x
+
+
+def _frame(ids: list[int] | np.ndarray, emb: np.ndarray) -> pl.DataFrame:
+    return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32),
+                         "emb": pl.Series(emb, dtype=pl.Array(pl.Float32, emb.shape[1]))})
+
+
+# ---------------------------------------------------------------------------------------------- PCA
+
+
+@pytest.mark.parametrize("normalize", ["l2", "standard", "none"])
+@pytest.mark.parametrize("dim", [1, 5, 21])
+def test_transform_equals_sklearn_on_normalised_concat(normalize: str, dim: int) -> None:
+    text, image = _embeddings()
+    fitted = fit_pca(text, image, dim=dim, normalize=normalize, seed=0)
+    x = np.concatenate([_normalise(text, normalize), _normalise(image, normalize)], axis=1)
+    expected = PCA(n_components=dim, svd_solver="full").fit_transform(x)
+    got = fitted.transform(text, image)
+    assert got.shape == (80, dim) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert fitted.explained_variance_ratio.shape == (dim,)
+    assert fitted.explained_variance_ratio.sum() <= 1 + 1e-9
+
+
+def test_standard_normaliser_ignores_constant_columns() -> None:
+    x = np.array([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])
+    norm = Normalizer.fit(x, "standard")
+    out = norm(x)
+    np.testing.assert_allclose(out[:, 0], (x[:, 0] - 3.0) / x[:, 0].std())
+    np.testing.assert_array_equal(out[:, 1], 0.0)
+
+
+def test_transform_applies_the_fitted_statistics_to_new_rows() -> None:
+    text, image = _embeddings(seed=1)
+    fitted = fit_pca(text[:60], image[:60], dim=4, normalize="standard", seed=0)
+    # transforming one row alone must not re-estimate mean/std from that row
+    np.testing.assert_allclose(fitted.transform(text[70:71], image[70:71]), fitted.transform(text, image)[70:71],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", ["l2", "standard", "none"])
+def test_save_load_round_trip(tmp_path: Path, normalize: str) -> None:
+    text, image = _embeddings(seed=2)
+    fitted = fit_pca(text, image, dim=6, normalize=normalize, seed=0)
+    path = tmp_path / "pca.npz"
+    fitted.save(path)
+    with np.load(path, allow_pickle=False) as z:  # plain arrays only
+        assert all(z[name].dtype != object for name in z.files)
+    loaded = FittedPCA.load(path)
+    assert loaded.text.mode == loaded.image.mode == normalize
+    np.testing.assert_array_equal(loaded.transform(text, image), fitted.transform(text, image))
+    np.testing.assert_array_equal(loaded.explained_variance_ratio, fitted.explained_variance_ratio)
+    assert [p.name for p in tmp_path.iterdir()] == ["pca.npz"]  # no temporary file left behind
+
+
+def test_load_rejects_a_non_pca_file(tmp_path: Path) -> None:
+    path = tmp_path / "pca.npz"
+    np.savez(path, mean=np.zeros(3))
+    with pytest.raises(DataError, match="not a fitted PCA file"):
+        FittedPCA.load(path)
+
+
+@pytest.mark.parametrize(("n", "dim"), [(10, 11), (80, 22), (80, 100)])
+def test_dim_above_min_items_features_is_a_params_error(n: int, dim: int) -> None:
+    text, image = _embeddings(n=n)
+    with pytest.raises(ParamsError) as info:
+        fit_pca(text, image, dim=dim, normalize="l2", seed=0)
+    assert str(info.value).startswith(f"fit_pca.dim: {dim} exceeds")
+
+
+def test_l2_leaves_zero_rows_zero() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    out = Normalizer.fit(x, "l2")(x)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
+    np.testing.assert_allclose(unit_rows(x), out)
+    assert not np.isnan(out).any()
+
+
+# ---------------------------------------------------------------------------------------------- aligned_matrices
+
+
+def test_aligned_matrices_join_by_id() -> None:
+    text, image = _embeddings(n=30)
+    ids = np.arange(1, 31)
+    base = aligned_matrices(_frame(ids, text), _frame(ids, image))
+    assert base[0].tolist() == ids.tolist()
+    np.testing.assert_array_equal(base[1], text)
+    np.testing.assert_array_equal(base[2], image)
+    perm = np.random.default_rng(0).permutation(30)
+    for t, i in [(_frame(ids[perm], text[perm]), _frame(ids, image)),
+                 (_frame(ids, text), _frame(ids[perm], image[perm])),
+                 (_frame(ids[perm], text[perm]), _frame(ids[perm[::-1]], image[perm[::-1]]))]:
+        got = aligned_matrices(t, i)
+        for a, b in zip(got, base):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("text_ids", "image_ids", "item", "side"), [
+    ([1, 2, 3, 4], [1, 2, 4], 3, "image"),
+    ([1, 2, 4], [4, 3, 2, 1], 3, "text"),
+    ([2, 3], [1, 2, 3, 9], 1, "text"),
+])
+def test_aligned_matrices_missing_id_names_id_and_side(text_ids: list[int], image_ids: list[int], item: int,
+                                                       side: str) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError) as info:
+        aligned_matrices(_frame(text_ids, rng.normal(size=(len(text_ids), 3))),
+                         _frame(image_ids, rng.normal(size=(len(image_ids), 2))))
+    assert str(info.value).startswith(f"item_id {item} has no {side} embedding")
+
+
+# ---------------------------------------------------------------------------------------------- neighbours
+
+
+def _assert_same_topk(got: tuple[np.ndarray, np.ndarray], ref: tuple[np.ndarray, np.ndarray]) -> None:
+    (gs, gi), (rs, ri) = got, ref
+    assert gs.shape == rs.shape and gi.shape == ri.shape
+    np.testing.assert_allclose(gs, rs, atol=1e-5)
+    # indices must agree wherever the score is clear of the scores ranked next to it
+    step = rs[:, :-1] - rs[:, 1:]  # (Q, k-1)
+    gap = np.full(rs.shape, np.inf)
+    gap[:, 1:] = step
+    gap[:, :-1] = np.minimum(gap[:, :-1], step)
+    clear = gap > 1e-5
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(gi[clear], ri[clear])
+
+
+@pytest.mark.parametrize("k", [1, 5, 17, 200])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_faiss_topk_equals_exact(k: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(200, 16)).astype(np.float32) * rng.uniform(0.1, 10, size=(200, 1))
+    queries = rng.normal(size=(25, 16)).astype(np.float32)
+    got = faiss_topk(faiss_index(vectors, use_gpu=False), queries, k)
+    ref = exact_topk(vectors, queries, k)
+    _assert_same_topk(got, ref)
+    assert (np.diff(ref[0], axis=1) <= 1e-7).all()  # best first
+
+
+def test_exact_topk_breaks_ties_by_lower_index() -> None:
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [1.0, 0.0]])
+    scores, idx = exact_topk(vectors, np.array([[5.0, 0.0]]), 4)
+    assert idx.tolist() == [[0, 2, 3, 1]]
+    np.testing.assert_allclose(scores, [[1, 1, 1, 0]])
+
+
+def _item_table(n: int = 60, d: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(n + 1, d)).astype(np.float32)
+    table[0] = 0.0
+    return table
+
+
+@pytest.mark.parametrize("k", [1, 4, 59, 100])
+def test_item_neighbours_match_the_exact_ranking(k: int) -> None:
+    table = _item_table()
+    for item_id in (1, 17, 60):
+        found = item_neighbours(table, item_id, k)
+        scores, rows = exact_topk(table, table[item_id:item_id + 1], table.shape[0])
+        expected = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r not in (0, item_id)][:k]
+        assert len(found) == min(k, 59)
+        assert [i for i, _ in found] == [i for i, _ in expected]
+        np.testing.assert_allclose([s for _, s in found], [s for _, s in expected], atol=1e-5)
+        assert all(0 < i <= 60 and i != item_id for i, _ in found)
+        assert all(a[1] >= b[1] for a, b in zip(found, found[1:]))
+
+
+def test_item_neighbours_exclude_the_query_even_with_a_duplicate() -> None:
+    table = _item_table()
+    table[9] = table[4] * 3  # same direction: cosine 1 with item 4
+    found = item_neighbours(table, 4, 3)
+    assert found[0][0] == 9 and found[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert 4 not in [i for i, _ in found]
+
+
+@pytest.mark.parametrize("item_id", [0, -1, 61, 1000])
+def test_item_neighbours_reject_ids_outside_the_table(item_id: int) -> None:
+    with pytest.raises(ValueError, match=f"item {item_id} is not in the item table"):
+        item_neighbours(_item_table(), item_id, 3)
+
+
+# ---------------------------------------------------------------------------------------------- mmctr neighbours
+
+
+def _write_item_info(tmp_path: Path, table: np.ndarray, order: np.ndarray | None = None) -> Path:
+    n = table.shape[0]
+    order = np.arange(n) if order is None else order
+    info = pl.DataFrame({
+        "item_id": pl.Series(np.arange(n)[order], dtype=pl.Int32),
+        "item_tags": pl.Series([[0, i % 3] for i in order], dtype=pl.List(pl.Int32)),
+        "item_emb_d4": pl.Series(table[order], dtype=pl.Array(pl.Float32, 4)),
+    })
+    path = tmp_path / "item_info.parquet"
+    info.write_parquet(path)
+    return path
+
+
+def _cli_files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(4)
+    table = rng.normal(size=(13, 4)).astype(np.float32)
+    table[0] = 0.0
+    table[11] = table[5] * 2 + 0.01 * rng.normal(size=4).astype(np.float32)  # near-duplicate of item 5
+    titles = tmp_path / "title_en.csv"
+    titles.write_text("".join(f"{i},title {i}, part two\n" for i in range(1, 13)))
+    return _write_item_info(tmp_path, table), titles, table
+
+
+def test_cli_neighbours_lists_k_nearest_with_titles(tmp_path: Path) -> None:
+    info, titles, table = _cli_files(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "4", "--item-info", str(info),
+                                       "--titles", str(titles)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "query 5: title 5, part two"
+    assert len(lines) == 5
+    parsed = [line.split(maxsplit=3) for line in lines[1:]]
+    assert [int(p[0]) for p in parsed] == [1, 2, 3, 4]
+    ids = [int(p[1]) for p in parsed]
+    assert ids[0] == 11  # the planted near-duplicate
+    assert all(p[3] == f"title {i}, part two" for p, i in zip(parsed, ids))
+    expected = [i for i, _ in item_neighbours(table, 5, 4)]
+    assert ids == expected
+    scores = [float(p[2]) for p in parsed]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.99
+
+
+@pytest.mark.parametrize("item", ["0", "13", "99"])
+def test_cli_neighbours_unknown_item_is_one_line(tmp_path: Path, item: str) -> None:
+    info, titles, _ = _cli_files(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", item, "--item-info", str(info),
+                                       "--titles", str(titles)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: item {item} is not in the item table (ids 1..12)"
+
+
+def test_cli_neighbours_rejects_a_shuffled_item_table(tmp_path: Path) -> None:
+    _, titles, table = _cli_files(tmp_path)
+    info = _write_item_info(tmp_path, table, order=np.array([0, 1, 3, 2, *range(4, 13)]))
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "--item-info", str(info),
+                                       "--titles", str(titles)])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(f"Error: {info}: row 2 holds item_id 3")
+    assert len(result.output.strip().splitlines()) == 1
