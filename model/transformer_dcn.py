@@ -1,7 +1,8 @@
 """Transformer over the user history with the target item, plus DCNv2: the 1st-place WWW2025 MM-CTR model.
 
-Item embedding  e_item = [id embedding (E) || mean of its tag embeddings (E) || W_mm * frozen PCA embedding (M)],
-with W_mm a learnable bias-free (M x M) map; item_dim = 2E + M. Each history position i becomes the token
+Item embedding  e_item = [id embedding (E) || mean of its tag embeddings (E) || W_mm * frozen PCA embedding],
+with W_mm a learnable bias-free map from the frozen width to `mm_dim` (0 = keep the frozen width, as the winner
+does: 128 -> 128); item_dim = 2E + mm_dim. Each history position i becomes the token
 [e_item_i || e_target] (no positional encoding), fed to a Transformer encoder whose key padding mask is
 `item_seq == 0`: padded positions are never attended to and their outputs are zeroed. (The published code passes
 the inverted mask and so attends only to padding; this file does what the paper describes.) The sequence output
@@ -16,29 +17,11 @@ so a batch carries ids only and the checkpoint holds everything needed to score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from model.config import ModelConfig
 from pipeline.feature_map import FeatureMap
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyperparameters (the winning configuration's values as defaults)."""
-
-    embedding_dim: int = 64
-    transformer_layers: int = 2
-    num_heads: int = 1
-    dim_feedforward: int = 256
-    transformer_dropout: float = 0.2
-    first_k: int = 16
-    concat_max_pool: bool = True
-    cross_layers: int = 3
-    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
-    mlp_hidden_units: tuple[int, ...] = (64, 32)
-    net_dropout: float = 0.2
 
 
 def mlp(in_dim: int, units: tuple[int, ...], dropout: float) -> nn.Sequential:
@@ -86,12 +69,12 @@ class TransformerDCN(nn.Module):
                              f"{n_items} item ids")
         self.register_buffer("item_tags", item_tags.long())  # (N+1, T)
         self.register_buffer("item_mm", item_mm.float())  # (N+1, M)
-        mm_dim = item_mm.shape[1]
+        mm_dim = cfg.mm_dim or item_mm.shape[1]
         self.context_names = [f.name for f in feature_map.context_features]
 
         self.item_emb = nn.Embedding(n_items, e, padding_idx=0)
         self.tag_emb = nn.Embedding(feature_map["item_tags"].vocab_size, e, padding_idx=0)
-        self.mm_proj = nn.Linear(mm_dim, mm_dim, bias=False)
+        self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False)
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.item_dim = 2 * e + mm_dim

@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from model.config import ModelConfig
+
 
 class ParamsError(ValueError):
     """A params.yaml problem; the message names the dotted key."""
@@ -54,13 +56,25 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ParamsError(f"{key}: must be a number, got {value!r}")
+            hint = ""
+            if isinstance(value, str) and _is_number(value):  # YAML 1.1 reads 1e-3 (no dot) as a string
+                mantissa, _, exponent = value.lower().partition("e")
+                hint = f" (YAML reads it as text: write {float(mantissa)}e{exponent})"
+            raise ParamsError(f"{key}: must be a number, got {value!r}{hint}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
             raise ParamsError(f"{key}: must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def from_dict(cls: type[T], data: dict[str, Any], section: str) -> T:
@@ -232,20 +246,9 @@ class BuildSequencesConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """`train`: the Transformer+DCNv2 architecture and its optimisation."""
+class TrainConfig(ModelConfig):
+    """`train`: the Transformer+DCNv2 architecture (ModelConfig's fields) plus its optimisation."""
 
-    embedding_dim: int = 64
-    transformer_layers: int = 2
-    num_heads: int = 1
-    dim_feedforward: int = 256
-    transformer_dropout: float = 0.2
-    first_k: int = 16
-    concat_max_pool: bool = True
-    cross_layers: int = 3
-    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
-    mlp_hidden_units: tuple[int, ...] = (64, 32)
-    net_dropout: float = 0.2
     learning_rate: float = 5e-4
     batch_size: int = 128
     eval_batch_size: int = 4096
@@ -265,6 +268,7 @@ class TrainConfig:
                      "batch_size", "eval_batch_size", "epochs", "patience"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
+        require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
         for name in ("transformer_dropout", "net_dropout"):
             require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
         for name in ("dnn_hidden_units", "mlp_hidden_units"):

@@ -71,7 +71,8 @@ def sample_negatives(events: pl.DataFrame, n_items: int, neg_ratio: int, seed: i
     1..n_items that the user did not click before the event and that are not the event's own item.
 
     Vectorised rejection sampling: a candidate is rejected when it equals the target or when the user's first
-    click on it comes earlier in the user's order (`pos`) than the event.
+    click on it comes earlier in the user's order (`pos`) than the event. `events` must therefore hold every
+    click of each user (all of `order_events`' rows), not a filtered subset.
     """
     users = events["user"].to_numpy().astype(np.int64)
     items = events["item"].to_numpy().astype(np.int64)

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from model.transformer_dcn import ModelConfig, TransformerDCN
+from model.config import ModelConfig
+from model.transformer_dcn import TransformerDCN
 from pipeline.config import TrainConfig
 from pipeline.feature_map import FeatureMap
 from pipeline.io import DataError, atomic_path, read_parquet
@@ -83,7 +84,7 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The architecture part of the train params."""
+    """The architecture part of the train params (ModelConfig's fields), as a plain ModelConfig."""
     return ModelConfig(**{k: getattr(cfg, k) for k in ModelConfig.__dataclass_fields__})
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.transformer_dcn import CrossNetV2, ModelConfig, TransformerDCN, masked_mean
+from model.config import ModelConfig
+from model.transformer_dcn import CrossNetV2, TransformerDCN, masked_mean
 from pipeline.feature_map import Feature, FeatureMap
 
 N_ITEMS, N_TAGS, MM = 60, 12, 8

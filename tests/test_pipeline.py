@@ -1,0 +1,142 @@
+"""The whole DAG on the tiny profile, in a temporary git+DVC copy of the repository.
+
+Checks every artifact's contract, that a second `dvc repro` does nothing, that changing fit_pca.dim reruns only
+fit_pca/train/evaluate, that the model beats chance clearly and that the oracle is reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main as mmctr
+from pipeline.feature_map import FeatureMap
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).with_name("tiny_params.yaml")
+STAGES = ["make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "train", "evaluate"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def ran_stages(output: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the tracked project files with the tiny params, as its own git repo, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file() and not rel.startswith("tests/"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+    shutil.copy(TINY, root / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(cmd, root)
+    out = run(["dvc", "repro"], root)
+    assert ran_stages(out) == set(STAGES)
+    return root
+
+
+def test_raw_layout(project):
+    raw = project / "data/raw"
+    assert (raw / "pairs.csv").read_text().splitlines()[0] == "user,item,timestamp"
+    n_items = len((raw / "title_en.csv").read_text().splitlines())
+    assert len(list((raw / "covers").glob("*.jpg"))) == n_items == 150
+
+
+def test_embedding_contracts(project):
+    for name, dim in (("text_emb", 384), ("image_emb", 128)):
+        df = pl.read_parquet(project / f"data/features/{name}.parquet")
+        assert df.schema == {"item_id": pl.Int32, "emb": pl.Array(pl.Float32, dim), "status": pl.Utf8}
+        assert sorted(df["item_id"].to_list()) == list(range(1, 151))
+        assert np.isfinite(df["emb"].to_numpy()).all()
+
+
+def test_sequence_contracts(project):
+    fmap = FeatureMap.load(project / "data/sequences/feature_map.json")
+    assert fmap["item_seq"].max_len == 20 and fmap["item_id"].vocab_size == 151
+    last_ts = {}
+    for split in ("train", "valid", "test"):
+        df = pl.read_parquet(project / f"data/sequences/{split}.parquet")
+        assert df.schema == {"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
+                             "likes_level": pl.Int8, "views_level": pl.Int8, "label": pl.Float32,
+                             "event_ts": pl.Int64}
+        assert (df["item_seq"].list.len() == 20).all()
+        assert df["label"].mean() == pytest.approx(1 / 3)  # neg_ratio 2
+        last_ts[split] = (df["event_ts"].min(), df["event_ts"].max())
+    assert last_ts["train"][1] < last_ts["valid"][0] <= last_ts["valid"][1] < last_ts["test"][0]
+
+
+def test_item_info_contract(project):
+    info = pl.read_parquet(project / "data/features/item_info.parquet")
+    assert info.columns == ["item_id", "item_tags", "item_emb_d16"]
+    assert info["item_id"].to_list() == list(range(151))
+    emb = info["item_emb_d16"].to_numpy()
+    assert not emb[0].any() and np.abs(emb[1:]).sum(axis=1).min() > 0
+    metrics = json.loads((project / "data/metrics/fit_pca.json").read_text())
+    assert metrics["dim"] == 16 and 0 < metrics["explained_variance"] <= 1
+
+
+def test_model_beats_chance_and_oracle_is_reported(project):
+    metrics = json.loads((project / "data/eval/metrics.json").read_text())
+    assert metrics["auc"] > 0.7
+    assert metrics["oracle_auc"] > metrics["auc"] - 0.02  # the Bayes-optimal score is the ceiling
+    for key in ("logloss", "gauc", "oracle_logloss"):
+        assert np.isfinite(metrics[key])
+    assert (project / "data/eval/live/plots/sklearn/roc.json").is_file()
+    assert (project / "data/eval/live/plots/sklearn/calibration.json").is_file()
+    preds = pl.read_parquet(project / "data/eval/predictions.parquet")
+    assert preds.height == metrics["rows"] and preds["score"].is_between(0, 1).all()
+    train_metrics = json.loads((project / "data/train/metrics.json").read_text())
+    assert "valid_auc" in train_metrics
+
+
+def test_neighbours_cli_on_pipeline_output(project):
+    result = CliRunner().invoke(mmctr, ["neighbours", "--item", "1", "-k", "5", "--item-info",
+                                        str(project / "data/features/item_info.parquet"), "--titles",
+                                        str(project / "data/raw/title_en.csv")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("query 1:") and len(lines) == 6
+
+
+def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):
+    assert ran_stages(run(["dvc", "repro"], project)) == set()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["fit_pca"]["dim"] = 8
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], project)) == {"fit_pca", "train", "evaluate"}
+    assert "item_emb_d8" in pl.read_parquet(project / "data/features/item_info.parquet").columns
+
+
+def test_bad_params_key_is_one_line_error(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["fit_pca"]["dimm"] = 8
+    bad = project / "bad_params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "stages.fit_pca", "--params", str(bad), "--text", "x", "--image",
+                           "y", "--items", "z", "--out", "o", "--transform", "t", "--metrics", "m", "--plot", "p"],
+                          cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: fit_pca.dimm: unknown key")
