@@ -5,7 +5,7 @@ In:  --model        checkpoint from train
      --pairs, --planted  (optional, synthetic data only) raw clicks and the generator's planted model, for the
                     Bayes-optimal (oracle) score of every test row
 Out: --metrics      JSON: test AUC, logloss, gAUC, rows (and oracle_auc / oracle_logloss with --planted)
-     --plots-dir    dvclive folder with plots/sklearn/{roc,calibration}.json
+     --roc, --calibration  plot JSONs: [{fpr, tpr}] at 201 points, [{prob_pred, prob_true, count}] per bin
      --predictions  parquet: user_id, item_id, event_ts, label, score (model probability) [, oracle]
 Params: evaluate.*, build_sequences.neg_ratio (the oracle needs the sampling ratio)
 """
@@ -14,11 +14,10 @@ import logging
 
 import click
 import polars as pl
-from dvclive import Live
 
 from pipeline.config import BuildSequencesConfig, EvaluateConfig, load_section
 from pipeline.io import write_json, write_parquet
-from pipeline.metrics import auc, gauc, logloss
+from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
 from pipeline.raw import read_pairs
 from pipeline.stage import params_option, pick_device, stage_main
 from pipeline.synthetic import PlantedModel, oracle_scores
@@ -33,12 +32,13 @@ log = logging.getLogger("evaluate")
 @click.option("--pairs", type=click.Path(dir_okay=False), help="raw clicks, for the oracle")
 @click.option("--planted", type=click.Path(dir_okay=False), help="planted.npz of the synthetic generator")
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
-@click.option("--plots-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--roc", required=True, type=click.Path(dir_okay=False))
+@click.option("--calibration", required=True, type=click.Path(dir_okay=False))
 @click.option("--predictions", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(model_path: str, test_path: str, pairs: str | None, planted: str | None, metrics: str, plots_dir: str,
-         predictions: str, params_path: str) -> None:
+def main(model_path: str, test_path: str, pairs: str | None, planted: str | None, metrics: str, roc: str,
+         calibration: str, predictions: str, params_path: str) -> None:
     cfg = load_section(params_path, "evaluate", EvaluateConfig)
     if (pairs is None) != (planted is None):
         raise click.UsageError("--pairs and --planted go together (both for the oracle, or neither)")
@@ -56,9 +56,8 @@ def main(model_path: str, test_path: str, pairs: str | None, planted: str | None
         oracle = oracle_scores(PlantedModel.load(planted), read_pairs(pairs), rows, neg_ratio)
         out |= {"oracle_auc": auc(labels, oracle), "oracle_logloss": logloss(labels, oracle)}
         preds = preds.with_columns(oracle=pl.Series(oracle))
-    with Live(plots_dir, save_dvc_exp=False, dvcyaml=False) as live:
-        live.log_sklearn_plot("roc", labels, probs, name="roc")
-        live.log_sklearn_plot("calibration", labels, probs, name="calibration", n_bins=cfg.calibration_bins)
+    write_json(roc_points(labels, probs), roc)
+    write_json(calibration_points(labels, probs, cfg.calibration_bins), calibration)
     write_parquet(preds, predictions)
     write_json(out, metrics)
     log.info("test: %s", out)

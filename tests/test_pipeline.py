@@ -98,16 +98,18 @@ def test_item_info_contract(project):
 
 
 def test_model_beats_chance_and_oracle_is_reported(project):
-    metrics = json.loads((project / "data/eval/metrics.json").read_text())
+    metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert metrics["auc"] > 0.7
     assert metrics["oracle_auc"] > metrics["auc"] - 0.02  # the Bayes-optimal score is the ceiling
     for key in ("logloss", "gauc", "oracle_logloss"):
         assert np.isfinite(metrics[key])
-    assert (project / "data/eval/live/plots/sklearn/roc.json").is_file()
-    assert (project / "data/eval/live/plots/sklearn/calibration.json").is_file()
+    roc = json.loads((project / "data/plots/roc.json").read_text())
+    assert len(roc) == 201 and roc[0]["fpr"] == 0 and roc[-1] == {"fpr": 1.0, "tpr": 1.0}
+    calibration = json.loads((project / "data/plots/calibration.json").read_text())
+    assert sum(b["count"] for b in calibration) == metrics["rows"]
     preds = pl.read_parquet(project / "data/eval/predictions.parquet")
     assert preds.height == metrics["rows"] and preds["score"].is_between(0, 1).all()
-    train_metrics = json.loads((project / "data/train/metrics.json").read_text())
+    train_metrics = json.loads((project / "data/metrics/train/metrics.json").read_text())
     assert "valid_auc" in train_metrics
 
 
