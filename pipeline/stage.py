@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,13 +35,11 @@ def stage_main(fn: F) -> F:
 
 
 def set_threads(num_threads: int) -> None:
-    """Set torch's intra-op threads when `num_threads` > 0 (CPU runs oversubscribe easily on small machines)."""
+    """Set torch's intra-op threads when `num_threads` > 0; 0 keeps torch's default (one per core)."""
     import torch
 
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
 
 def pick_device(choice: str, key: str) -> "torch.device":  # noqa: F821 - torch imported lazily
