@@ -129,6 +129,27 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
 # Sections. Field defaults document the meaning; params.yaml states every value explicitly.
 
 
+SYNTHETIC_RAW_DIR = "data/raw"  # make_synthetic's output in dvc.yaml
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`data`: which raw data the pipeline reads. `raw_dir` reaches dvc.yaml through `${data.raw_dir}`."""
+
+    source: Literal["synthetic", "microlens", "mmctr"] = "synthetic"
+    raw_dir: str = SYNTHETIC_RAW_DIR  # synthetic: make_synthetic's output; else a MicroLens release / challenge folder
+    unknown_items: Literal["error", "drop"] = "error"  # clicks on items without a title row
+
+    def __post_init__(self) -> None:
+        on_synthetic_dir = Path(self.raw_dir) == Path(SYNTHETIC_RAW_DIR)
+        if self.source == "synthetic":
+            require(on_synthetic_dir, "data.raw_dir", f"the synthetic source is read from {SYNTHETIC_RAW_DIR}, "
+                    f"where make_synthetic writes it, got {self.raw_dir!r}")
+        else:
+            require(not on_synthetic_dir, "data.raw_dir", f"{SYNTHETIC_RAW_DIR} is rewritten by make_synthetic; "
+                    f"put {self.source} data in another folder (e.g. data/{self.source})")
+
+
 @dataclass(frozen=True)
 class MakeSyntheticConfig:
     """`make_synthetic`: size and planted-model strengths of the synthetic MicroLens-like dataset."""
@@ -222,13 +243,17 @@ class FitPCAConfig:
 
 @dataclass(frozen=True)
 class BuildSequencesConfig:
-    """`build_sequences`: histories, time split, sampled non-clicks, side features."""
+    """`build_sequences`: histories, train/valid/test split, sampled non-clicks, side features (the choices are
+    described in pipeline/sequences.py)."""
 
     max_len: int = 100
     min_history: int = 1  # drop events with fewer earlier clicks than this
-    valid_frac: float = 0.1  # share of events (by time) in valid
-    test_frac: float = 0.1
+    split: Literal["leave_last", "time"] = "leave_last"  # per-user last events, or a global time cut
+    valid_frac: float = 0.1  # split=time only: share of events (by time) in valid
+    test_frac: float = 0.1  # split=time only: share in test
     neg_ratio: int = 4  # sampled non-clicks per click
+    neg_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: weight = clicks in the log + 1
+    neg_exclude: Literal["before", "ever"] = "before"  # never sample the user's clicks before the event / at all
     max_tags: int = 5
     n_levels: int = 11  # likes/views levels 0..n_levels-1, by quantiles over items
     seed: int = 7
@@ -241,6 +266,10 @@ class BuildSequencesConfig:
         require(0 < self.test_frac < 1, f"{s}.test_frac", "must be in (0, 1)")
         require(self.valid_frac + self.test_frac < 1, f"{s}.test_frac", "valid_frac + test_frac must be < 1")
         require(self.neg_ratio >= 1, f"{s}.neg_ratio", "must be >= 1")
+        for name in ("split", "neg_sampling", "neg_exclude"):
+            allowed = typing.get_args(typing.get_type_hints(BuildSequencesConfig)[name])
+            require(getattr(self, name) in allowed, f"{s}.{name}",
+                    f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         require(self.max_tags >= 1, f"{s}.max_tags", "must be >= 1")
         require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
 

@@ -1,24 +1,165 @@
-"""Readers for the MicroLens raw layout (the synthetic generator writes the same files).
+"""Readers for the MicroLens raw releases (50k, 100k, 1M) and for the synthetic generator's files.
+
+`find_microlens_files(raw_dir)` finds each file by role, under either naming:
+    role         synthetic name          release names (<size> = 50k, 100k, 1M, ...)
+    pairs        pairs.csv               MicroLens-<size>_pairs.csv, MicroLens-<size>_pairs.tsv
+    titles       title_en.csv            MicroLens-<size>_title_en.csv, MicroLens-<size>_titles.csv
+    likes_views  likes_and_views.txt     MicroLens-<size>_likes_and_views.txt
+    tags         tags.csv                tags_to_summary.csv                              (optional)
+    covers       covers/                 any folder whose name contains "cover" or "image" (optional)
+A release that ships both `_pairs.csv` and `_pairs.tsv` of one size gives the .csv (it has timestamps).
 
 Contracts of the returned frames (ids are the dataset's own, contiguous from 1; 0 is padding):
-- `read_pairs`  -> user Int32, item Int32, timestamp Int64 (Unix ms); one row per click, file order kept.
-- `read_titles` -> item_id Int32, title Utf8; `title_en.csv` has no header and each line is `item_id,title`
-  where the title may itself contain commas (split at the first comma, as MicroLens' own loader does).
+- `read_pairs`  -> user Int32, item Int32, timestamp Int64; one row per click, file order kept. From a .csv
+  (header `user,item,timestamp`) the timestamp is the file's Unix ms; from a .tsv (`user<TAB>item item ...`, one
+  line per user, clicks in time order, no times) it is the click's 0-based position in its user's line, which
+  keeps each user's order but makes times incomparable across users (a global time cut is then meaningless).
+- `read_titles` -> item_id Int32, title Utf8 (see `read_titles` for the quoting rules).
 - `read_likes_views` -> item_id Int32, likes Int64, views Int64 (tab-separated, no header).
-- `read_tags` -> item_id Int32, tags List(Utf8) (header `item_id,tags`, tags `|`-joined).
-- `cover_path(covers_dir, item_id)` -> `covers_dir/<item_id>.jpg`; the id must be a positive int, so no id
-  can name a file outside the covers folder.
-Every problem is a one-line DataError naming the file and, where known, the line.
+- `read_tags` -> item_id Int32, tags List(Utf8) (see `read_tags` for the accepted forms).
+- `cover_path(covers_dir, item_id, naming)` -> `covers_dir/<item_id>.jpg` or `covers_dir/image<item_id>.jpg`;
+  the id must be a positive int, so no id can name a file outside the covers folder.
+Blank (or all-whitespace) lines are skipped everywhere. Every problem is a one-line DataError naming the file
+and, where known, the physical line (1-based, blank lines counted).
 """
 
 from __future__ import annotations
 
+import csv
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from pipeline.io import DataError
+
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+PAIRS_HEADER = "user,item,timestamp"
+TITLE_HEADERS = ("item,title", "item_id,title")  # the 50k release's `MicroLens-50k_titles.csv` has `item,title`
+TAG_HEADERS = ("item_id,tags", "item,tags")
+# The accepted cover file names; "<id>" stands for the decimal item id.
+COVER_NAMINGS = ("<id>.jpg", "image<id>.jpg")
+_COVER_NAME_RE = {"<id>.jpg": re.compile(r"[0-9]+\.jpg"), "image<id>.jpg": re.compile(r"image[0-9]+\.jpg")}
+_INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*")
+_ID_RE = re.compile(r"\s*[0-9]+\s*")
+_TAG_SEPARATORS = re.compile(r"[|;,]")
+_RELEASE = r"(?:MicroLens-[A-Za-z0-9]+_)?"
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the files
+
+
+@dataclass(frozen=True)
+class MicroLensFiles:
+    """The files of one raw MicroLens directory; `tags`, `covers` and `cover_naming` are None when absent.
+
+    cover_naming is one of COVER_NAMINGS, the naming every cover in `covers` uses.
+    """
+
+    pairs: Path
+    titles: Path
+    likes_views: Path
+    tags: Path | None
+    covers: Path | None
+    cover_naming: str | None
+
+
+# role -> (file name pattern, what an error message says was looked for)
+_FILE_ROLES: dict[str, tuple[re.Pattern[str], str]] = {
+    "pairs": (re.compile(_RELEASE + r"pairs\.(?:csv|tsv)"),
+              "pairs.csv, MicroLens-<size>_pairs.csv or MicroLens-<size>_pairs.tsv"),
+    "titles": (re.compile(_RELEASE + r"(?:title_en|titles)\.csv"),
+               "title_en.csv, MicroLens-<size>_title_en.csv or MicroLens-<size>_titles.csv"),
+    "likes_views": (re.compile(_RELEASE + r"likes_and_views\.txt"),
+                    "likes_and_views.txt or MicroLens-<size>_likes_and_views.txt"),
+    "tags": (re.compile(r"tags(?:_to_summary)?\.csv"), "tags.csv or tags_to_summary.csv"),
+}
+
+
+def _at_most_one(raw_dir: Path, role: str, found: list[Path]) -> Path | None:
+    if len(found) > 1:
+        raise DataError(f"{raw_dir}: more than one {role} file ({', '.join(p.name for p in found)}); keep one")
+    return found[0] if found else None
+
+
+def _exactly_one(raw_dir: Path, role: str, found: list[Path]) -> Path:
+    path = _at_most_one(raw_dir, role, found)
+    if path is None:
+        raise DataError(f"{raw_dir}: no {role} file (looked for {_FILE_ROLES[role][1]})")
+    return path
+
+
+def find_microlens_files(raw_dir: str | Path) -> MicroLensFiles:
+    """Find the raw files in `raw_dir` (not in subfolders) by the names in the module docstring.
+
+    pairs, titles and likes_views are required. A missing required file, or two candidates for one role, is a
+    DataError naming raw_dir and the names looked for or found. The covers folder's naming is detected with
+    `detect_cover_naming`.
+    """
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise DataError(f"{raw_dir}: raw data directory not found")
+    entries = sorted(raw_dir.iterdir())
+    files = [p for p in entries if p.is_file()]
+    found = {role: [p for p in files if pattern.fullmatch(p.name)] for role, (pattern, _) in _FILE_ROLES.items()}
+    pairs = found["pairs"]
+    if len(pairs) == 2 and {p.suffix for p in pairs} == {".csv", ".tsv"} and pairs[0].stem == pairs[1].stem:
+        pairs = [p for p in pairs if p.suffix == ".csv"]
+    dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
+            and ("cover" in p.name.lower() or "image" in p.name.lower())]
+    if len(dirs) > 1:
+        raise DataError(f"{raw_dir}: more than one covers folder ({', '.join(p.name for p in dirs)}); keep one")
+    covers = dirs[0] if dirs else None
+    return MicroLensFiles(
+        pairs=_exactly_one(raw_dir, "pairs", pairs),
+        titles=_exactly_one(raw_dir, "titles", found["titles"]),
+        likes_views=_exactly_one(raw_dir, "likes_views", found["likes_views"]),
+        tags=_at_most_one(raw_dir, "tags", found["tags"]),
+        covers=covers,
+        cover_naming=detect_cover_naming(covers) if covers is not None else None,
+    )
+
+
+def detect_cover_naming(covers_dir: str | Path) -> str:
+    """The one naming of COVER_NAMINGS that the .jpg files in covers_dir use (other files are ignored).
+
+    A folder with covers of both namings, or with neither, is a DataError naming the folder.
+    """
+    covers_dir = Path(covers_dir)
+    if not covers_dir.is_dir():
+        raise DataError(f"{covers_dir}: covers folder not found")
+    example: dict[str, str] = {}
+    with os.scandir(covers_dir) as it:
+        for entry in it:
+            for naming, pattern in _COVER_NAME_RE.items():
+                if naming not in example and pattern.fullmatch(entry.name):
+                    example[naming] = entry.name
+            if len(example) == len(COVER_NAMINGS):
+                raise DataError(f"{covers_dir}: covers use both namings '<id>.jpg' and 'image<id>.jpg' "
+                                f"(e.g. {example['<id>.jpg']} and {example['image<id>.jpg']}); keep one")
+    if not example:
+        raise DataError(f"{covers_dir}: no cover named '<id>.jpg' or 'image<id>.jpg'")
+    return next(iter(example))
+
+
+def cover_path(covers_dir: str | Path, item_id: int, naming: str = "<id>.jpg") -> Path:
+    """The cover of `item_id` under `naming` (one of COVER_NAMINGS); only positive integer ids are accepted, so
+    paths stay inside the folder."""
+    if naming not in COVER_NAMINGS:
+        raise ValueError(f"unknown cover naming {naming!r}; expected one of {', '.join(COVER_NAMINGS)}")
+    if isinstance(item_id, bool) or not isinstance(item_id, int | np.integer) or item_id < 1:
+        raise DataError(f"{covers_dir}: invalid item id {item_id!r} for a cover path")
+    return Path(covers_dir) / naming.replace("<id>", str(int(item_id)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Line-level helpers
 
 
 def _require_file(path: Path) -> None:
@@ -26,93 +167,293 @@ def _require_file(path: Path) -> None:
         raise DataError(f"{path}: file not found")
 
 
-def _check_unique_ids(ids: np.ndarray, path: Path) -> None:
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise DataError(f"{path}: duplicate item_id {int(uniq[counts > 1][0])}")
+def _read_lines(path: Path) -> list[str]:
+    """Physical lines of a UTF-8 file (split at "\\n" only, "\\r" and a leading BOM removed), for line numbers."""
+    _require_file(path)
+    raw = path.read_bytes().split(b"\n")
+    if raw[-1] == b"":
+        raw.pop()  # the final newline ends the last line, it does not start an empty one
+    lines = []
+    for line_no, chunk in enumerate(raw, start=1):
+        try:
+            lines.append(chunk.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: line {line_no}: not UTF-8 text (byte {e.start})") from None
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")
+    return lines
+
+
+def _parse_id(path: Path, line_no: int, name: str, text: str, high: int = INT32_MAX) -> int:
+    """A positive integer id from a field, or a DataError naming the line and the field."""
+    if not _INT_RE.fullmatch(text):
+        raise DataError(f"{path}: line {line_no}: {name} {text!r} is not an integer")
+    value = int(text)
+    if not 1 <= value <= high:
+        raise DataError(f"{path}: line {line_no}: {name} {value} is outside 1..{high}")
+    return value
+
+
+def _first_seen(path: Path, line_no: int, item: int, seen: dict[int, int]) -> None:
+    """Record that `item` appears on line_no; a second appearance is a DataError naming both lines."""
+    if item in seen:
+        raise DataError(f"{path}: line {line_no}: duplicate item_id {item} (first on line {seen[item]})")
+    seen[item] = line_no
+
+
+# --------------------------------------------------------------------------------------------------
+# Pairs
 
 
 def read_pairs(path: str | Path) -> pl.DataFrame:
-    """Clicks from `pairs.csv` (header `user,item,timestamp`)."""
+    """Clicks from a pairs file: `.tsv` is read as `read_pairs_tsv`, anything else as `read_pairs_csv`."""
+    path = Path(path)
+    return read_pairs_tsv(path) if path.suffix == ".tsv" else read_pairs_csv(path)
+
+
+def read_pairs_csv(path: str | Path) -> pl.DataFrame:
+    """Clicks from a csv with header `user,item,timestamp` and integer fields (user, item in 1..2^31-1).
+
+    polars parses the file; if it fails or finds an empty or non-positive field, `read_pairs_csv_reference`
+    re-reads it line by line, so every problem is reported with its physical line.
+    """
     path = Path(path)
     _require_file(path)
-    with path.open() as f:
-        header = f.readline().strip()
-    if header != "user,item,timestamp":
-        raise DataError(f"{path}: line 1: expected header 'user,item,timestamp', got {header!r}")
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().rstrip("\r\n")
+    if header != PAIRS_HEADER:
+        raise DataError(f"{path}: line 1: expected header '{PAIRS_HEADER}', got {header!r}")
     try:
         df = pl.read_csv(path, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64})
-    except pl.exceptions.PolarsError as e:
-        raise DataError(f"{path}: not integer user,item,timestamp rows ({str(e).splitlines()[0]})") from None
-    bad = df.with_row_index("line", offset=2).filter(
-        pl.any_horizontal(pl.all().exclude("line").is_null()) | (pl.col("user") < 1) | (pl.col("item") < 1))
-    if bad.height:
-        raise DataError(f"{path}: line {bad['line'][0]}: empty or non-positive user/item id")
+    except pl.exceptions.PolarsError:
+        return read_pairs_csv_reference(path)
+    # polars reads a blank line as an all-null row; the reference skips it and checks everything else.
+    if df.null_count().sum_horizontal()[0] or (df["user"] < 1).any() or (df["item"] < 1).any():
+        return read_pairs_csv_reference(path)
     return df
+
+
+def read_pairs_csv_reference(path: str | Path) -> pl.DataFrame:
+    """Plain-Python reader of the same format as `read_pairs_csv`, the definition it is checked against.
+
+    Each non-blank line after the header must be 3 comma-separated integers (spaces around them allowed).
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    if not lines or lines[0] != PAIRS_HEADER:
+        raise DataError(f"{path}: line 1: expected header '{PAIRS_HEADER}', got {(lines or [''])[0]!r}")
+    users, items, times = [], [], []
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        if len(fields) != 3:
+            raise DataError(f"{path}: line {line_no}: expected 3 fields {PAIRS_HEADER}, got {len(fields)}")
+        users.append(_parse_id(path, line_no, "user", fields[0]))
+        items.append(_parse_id(path, line_no, "item", fields[1]))
+        if not _INT_RE.fullmatch(fields[2]) or abs(int(fields[2])) > INT64_MAX:
+            raise DataError(f"{path}: line {line_no}: timestamp {fields[2]!r} is not a 64-bit integer")
+        times.append(int(fields[2]))
+    return pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
+                         "timestamp": pl.Series(times, dtype=pl.Int64)})
+
+
+def read_pairs_tsv(path: str | Path) -> pl.DataFrame:
+    """Clicks from the release's .tsv: one line per user, `user<TAB>item item ...` (items space-separated, in
+    time order). Rows come line by line, items in line order; timestamp = 0-based position in the line (see the
+    module docstring). A user on two lines is a DataError naming both, since their order would be unknown.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    users, counts, line_nos = [], [], []
+    items: list[int] = []
+    first_line: dict[int, int] = {}
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        head, sep, rest = line.partition("\t")
+        if not sep:
+            raise DataError(f"{path}: line {line_no}: expected 'user<TAB>item item ...', got {line[:60]!r}")
+        user = _parse_id(path, line_no, "user", head)
+        if user in first_line:
+            raise DataError(f"{path}: line {line_no}: user {user} already has line {first_line[user]}")
+        first_line[user] = line_no
+        tokens = rest.split()
+        try:
+            line_items = [int(t) for t in tokens]
+        except ValueError:
+            bad = next(t for t in tokens if not _INT_RE.fullmatch(t))
+            raise DataError(f"{path}: line {line_no}: item {bad!r} is not an integer") from None
+        if line_items and not 1 <= min(line_items) <= max(line_items) <= INT32_MAX:
+            bad_item = next(i for i in line_items if not 1 <= i <= INT32_MAX)
+            raise DataError(f"{path}: line {line_no}: item {bad_item} is outside 1..{INT32_MAX}")
+        users.append(user)
+        counts.append(len(line_items))
+        line_nos.append(line_no)
+        items.extend(line_items)
+    count_arr = np.asarray(counts, dtype=np.int64)
+    starts = np.cumsum(count_arr) - count_arr  # (n_lines,) index of each line's first click
+    position = np.arange(len(items), dtype=np.int64) - np.repeat(starts, count_arr)
+    return pl.DataFrame({"user": pl.Series(np.repeat(np.asarray(users, dtype=np.int32), count_arr)),
+                         "item": pl.Series(np.asarray(items, dtype=np.int32)),
+                         "timestamp": pl.Series(position)})
+
+
+def check_known_items(pairs: pl.DataFrame, known: np.ndarray, policy: Literal["error", "drop"],
+                      path: str | Path) -> tuple[pl.DataFrame, int]:
+    """Clicks whose item is not in `known` (the item universe, e.g. `item_ids(titles)`), under `policy`.
+
+    "error": a DataError naming `path` (the pairs file), the number of such clicks and the first one's user and
+    item. "drop": returns the pairs without them (order kept) and how many were dropped. Without unknown items
+    the pairs come back unchanged with 0.
+    """
+    if policy not in ("error", "drop"):
+        raise ValueError(f"unknown policy {policy!r}; expected 'error' or 'drop'")
+    is_known = pairs["item"].is_in(pl.Series(np.asarray(known, dtype=np.int64)).cast(pairs.schema["item"]))
+    n_unknown = int((~is_known).sum())
+    if n_unknown == 0:
+        return pairs, 0
+    if policy == "error":
+        first = pairs.filter(~is_known).row(0, named=True)
+        raise DataError(f"{path}: {n_unknown} clicks reference unknown items; first: user {first['user']} "
+                        f"item {first['item']}")
+    return pairs.filter(is_known), n_unknown
+
+
+# --------------------------------------------------------------------------------------------------
+# Titles
+
+
+def _quoted_title(rest: str, lines: list[str], index: int) -> tuple[str, int] | None:
+    """rest (after `item_id,`, starting with a quote) as a CSV-quoted field that may run on over lines[index+1:]:
+    (the unquoted title, the number of physical lines it used), or None if it is not such a field (no closing
+    quote before the end of the file, or text after the closing quote)."""
+    parts: list[str] = []
+    text, pos, j = rest, 1, index
+    while True:
+        q = text.find('"', pos)
+        if q == -1:  # the field goes on over the next line; the line break belongs to the title
+            parts.append(text[pos:])
+            j += 1
+            if j >= len(lines):
+                return None
+            parts.append("\n")
+            text, pos = lines[j], 0
+        elif text.startswith('""', q):
+            parts.append(text[pos:q + 1])
+            pos = q + 2
+        elif q == len(text) - 1:
+            parts.append(text[pos:q])
+            return "".join(parts), j - index + 1
+        else:
+            return None
 
 
 def read_titles(path: str | Path) -> pl.DataFrame:
-    """Titles from `title_en.csv` (no header; `item_id,title`, title may contain commas or be empty)."""
+    """Titles, one per item, in file order.
+
+    The first line may be the header `item,title` (the 50k release) or `item_id,title`; otherwise every line is
+    data. A data line is split at its first comma into the id and the title, so titles may hold commas, quotes
+    or nothing at all. A title that starts with a double quote and is a complete CSV-quoted field (closing quote
+    at the end of a line, inner quotes doubled) is unquoted and may span lines (the line breaks kept as "\\n");
+    any other title, quotes included, is taken literally from its one line. Ids must be unique integers >= 1.
+    """
     path = Path(path)
-    _require_file(path)
+    lines = _read_lines(path)
+    start = 1 if lines and lines[0].strip() in TITLE_HEADERS else 0
     ids: list[int] = []
     titles: list[str] = []
-    with path.open(encoding="utf-8", newline="\n") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            head, sep, title = line.partition(",")
-            if not sep or not head.strip().isdigit():
-                raise DataError(f"{path}: line {line_no}: expected 'item_id,title', got {line[:60]!r}")
-            ids.append(int(head))
-            titles.append(title)
-    id_arr = np.asarray(ids, dtype=np.int64)
-    _check_unique_ids(id_arr, path)
-    if (id_arr < 1).any():
-        raise DataError(f"{path}: item ids must be >= 1")
+    seen: dict[int, int] = {}
+    i = start
+    while i < len(lines):
+        line, line_no = lines[i], i + 1
+        if not line.strip():
+            i += 1
+            continue
+        head, sep, rest = line.partition(",")
+        if not sep or not _ID_RE.fullmatch(head):
+            raise DataError(f"{path}: line {line_no}: expected 'item_id,title', got {line[:60]!r}")
+        item = int(head)
+        if not 1 <= item <= INT32_MAX:
+            raise DataError(f"{path}: line {line_no}: item_id {item} is outside 1..{INT32_MAX}")
+        _first_seen(path, line_no, item, seen)
+        quoted = _quoted_title(rest, lines, i) if rest.startswith('"') else None
+        title, used = quoted if quoted is not None else (rest, 1)
+        ids.append(item)
+        titles.append(title)
+        i += used
     return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32), "title": pl.Series(titles, dtype=pl.Utf8)})
-
-
-def read_likes_views(path: str | Path) -> pl.DataFrame:
-    """Counts from `likes_and_views.txt` (tab-separated `item_id likes views`, no header)."""
-    path = Path(path)
-    _require_file(path)
-    try:
-        df = pl.read_csv(path, separator="\t", has_header=False,
-                         schema={"item_id": pl.Int32, "likes": pl.Int64, "views": pl.Int64})
-    except pl.exceptions.PolarsError as e:
-        raise DataError(f"{path}: expected 3 integer tab-separated columns ({str(e).splitlines()[0]})") from None
-    if df.null_count().sum_horizontal()[0] > 0:
-        line = df.with_row_index("line", offset=1).filter(pl.any_horizontal(pl.all().is_null()))["line"][0]
-        raise DataError(f"{path}: line {line}: missing value")
-    _check_unique_ids(df["item_id"].to_numpy(), path)
-    return df
-
-
-def read_tags(path: str | Path) -> pl.DataFrame:
-    """Tags from `tags.csv` (header `item_id,tags`; tags `|`-joined; an empty field means no tags)."""
-    path = Path(path)
-    _require_file(path)
-    try:
-        df = pl.read_csv(path, schema={"item_id": pl.Int32, "tags": pl.Utf8})
-    except pl.exceptions.PolarsError as e:
-        raise DataError(f"{path}: expected columns item_id,tags ({str(e).splitlines()[0]})") from None
-    if df["item_id"].null_count():
-        raise DataError(f"{path}: empty item_id")
-    _check_unique_ids(df["item_id"].to_numpy(), path)
-    return df.with_columns(
-        pl.col("tags").fill_null("").str.split("|").list.eval(pl.element().str.strip_chars())
-        .list.eval(pl.element().filter(pl.element() != "")))
-
-
-def cover_path(covers_dir: str | Path, item_id: int) -> Path:
-    """`covers_dir/<item_id>.jpg`; only positive integer ids are accepted, so paths stay inside the folder."""
-    if isinstance(item_id, bool) or not isinstance(item_id, int | np.integer) or item_id < 1:
-        raise DataError(f"{covers_dir}: invalid item id {item_id!r} for a cover path")
-    return Path(covers_dir) / f"{int(item_id)}.jpg"
 
 
 def item_ids(titles: pl.DataFrame) -> np.ndarray:
     """The item universe: sorted ids from the titles file, (N,) int64."""
     return np.sort(titles["item_id"].to_numpy().astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------------
+# Likes and views, tags
+
+
+def read_likes_views(path: str | Path) -> pl.DataFrame:
+    """Counts from `likes_and_views.txt`: no header, lines `item_id<TAB>likes<TAB>views`, non-negative ints."""
+    path = Path(path)
+    lines = _read_lines(path)
+    ids, likes, views = [], [], []
+    seen: dict[int, int] = {}
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise DataError(f"{path}: line {line_no}: expected 3 tab-separated fields item_id,likes,views, "
+                            f"got {len(fields)}")
+        item = _parse_id(path, line_no, "item_id", fields[0])
+        for name, text, out in (("likes", fields[1], likes), ("views", fields[2], views)):
+            if not _ID_RE.fullmatch(text) or int(text) > INT64_MAX:
+                raise DataError(f"{path}: line {line_no}: {name} {text!r} is not a non-negative 64-bit integer")
+            out.append(int(text))
+        _first_seen(path, line_no, item, seen)
+        ids.append(item)
+    return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32), "likes": pl.Series(likes, dtype=pl.Int64),
+                         "views": pl.Series(views, dtype=pl.Int64)})
+
+
+def read_tags(path: str | Path) -> pl.DataFrame:
+    """Tags per item, in file order, from `tags.csv` or the release's `tags_to_summary.csv`.
+
+    The file is CSV (quoted fields may hold commas and line breaks). The first line is the header `item_id,tags`
+    (or `item,tags`) unless its first field is an integer, in which case every line is data (third-party readers
+    of tags_to_summary.csv treat it as headerless `item_id,category`). A data row is the item id and one or more
+    fields; all fields after the id are split at `|`, `;` and `,`, stripped, and empty pieces dropped, so
+    `1,a|b`, `1,"a; b"`, `1,a,b` and `1,"a, b"` all give [a, b], and `1,` gives []. Ids are unique integers >= 1.
+    """
+    path = Path(path)
+    _require_file(path)
+    ids: list[int] = []
+    tags: list[list[str]] = []
+    seen: dict[int, int] = {}
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            end_of_previous = 0
+            for row in reader:
+                line_no, end_of_previous = end_of_previous + 1, reader.line_num
+                if not any(field.strip() for field in row):
+                    continue
+                if line_no == 1 and not _ID_RE.fullmatch(row[0]):
+                    if ",".join(field.strip() for field in row) not in TAG_HEADERS:
+                        raise DataError(f"{path}: line 1: expected header 'item_id,tags' or an item_id,tags row, "
+                                        f"got {','.join(row)[:60]!r}")
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{path}: line {line_no}: expected 'item_id,tags', got {row[0][:60]!r}")
+                item = _parse_id(path, line_no, "item_id", row[0])
+                _first_seen(path, line_no, item, seen)
+                ids.append(item)
+                tags.append([t.strip() for field in row[1:] for t in _TAG_SEPARATORS.split(field) if t.strip()])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: {e}") from None
+    return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32),
+                         "tags": pl.Series(tags, dtype=pl.List(pl.Utf8))})

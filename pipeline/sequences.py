@@ -1,45 +1,98 @@
-"""User history sequences, time split and sampled non-clicks, in the WWW2025 MMCTR challenge's format.
+"""User history sequences, train/valid/test split and sampled non-clicks, in the WWW2025 MMCTR challenge's format.
 
-Split file contract ({train,valid,test}.parquet), one row per labelled (user, history, target item):
+Split file contract ({train,valid,test}.parquet, `ROW_SCHEMA`), one row per labelled (user, history, target item):
     user_id Int32, item_seq List(Int32) of length max_len (left-padded with 0, most recent item last),
     item_id Int32, likes_level Int8, views_level Int8 (of the target item), label Float32 (1 click, 0 sampled),
     event_ts Int64 (Unix ms of the click event the row belongs to; negatives share their click's history).
-Histories are leakage-free: a row's item_seq holds only that user's clicks strictly before the event in the
-order (timestamp, file row), so ties in timestamp are broken deterministically by file order.
+Each file's rows are ordered by (event_ts, user_id, the event's place in its user's order), each click followed
+by its neg_ratio non-clicks. Histories are leakage-free: a row's item_seq holds only that user's clicks strictly before
+the event in the order (timestamp, file row), so ties in timestamp are broken deterministically by file order.
+
+Events (one per click) are split by `split`:
+    leave_last  per user, the last event in that order is test, the one before it valid, all earlier ones train.
+                The split depends only on an event's place from the end of its user's clicks; `min_history` drops
+                events afterwards, so with min_history=1 a user with 2 clicks has a test row and no valid row
+                (its valid event has no history), and a user with 1 click has no row at all.
+    time        a global time cut: the last test_frac of events by timestamp are test, the valid_frac before
+                them valid (cut points are timestamps, so ties never straddle a cut).
+Non-clicks are drawn with replacement, `neg_sampling` uniform or popularity-weighted (item weight = clicks in the
+whole log + 1), never the target, and never an item the user clicked before the event (`neg_exclude: before`)
+or at any time (`ever`).
+
+Scale: at MicroLens-1M size (9M clicks, max_len 100, neg_ratio 4) the rows hold 4e9 history cells (16 GB as
+Int32), so they are never all in memory. `build_split_rows` does the per-event work (order, split, negatives) once
+in numpy, O(events) memory, and returns a `SplitRows` whose `lazy(name)` assembles one split's rows a chunk of
+events at a time, for `sink_parquet` to stream into a file.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from pipeline.io import DataError
+
+SPLITS = ("train", "valid", "test")  # split code k of an event is SPLITS[k]
+SplitMethod = Literal["leave_last", "time"]
+NegSampling = Literal["uniform", "popularity"]
+NegExclude = Literal["before", "ever"]
+ROW_SCHEMA = pl.Schema({
+    "user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32, "likes_level": pl.Int8,
+    "views_level": pl.Int8, "label": pl.Float32, "event_ts": pl.Int64,
+})
+# Events per assembled chunk: 16384 events x (1 + neg_ratio 4) rows x 100 Int32 cells = 33 MB of item_seq. Small
+# enough to keep memory flat and the copies cheap (one 16 GB np.repeat is dominated by page faults), large enough
+# that sink_parquet's per-frame overhead stays small (4096 events per chunk wrote 9M rows 40% slower).
+CHUNK_EVENTS = 16_384
+# Rejection rounds before the draws still rejected are made exactly from their event's allowed items; only a user
+# who clicked nearly every item gets there, where rejection alone could take millions of rounds.
+MAX_REJECTION_ROUNDS = 32
 
 
 def order_events(pairs: pl.DataFrame) -> pl.DataFrame:
     """pairs (user, item, timestamp) -> events sorted by (user, timestamp, file row) with `pos` Int64, the
     number of the user's earlier clicks."""
-    return (pairs.with_row_index("_row")
-            .sort(["user", "timestamp", "_row"])
-            .with_columns(pos=pl.int_range(pl.len(), dtype=pl.Int64).over("user"))
-            .drop("_row"))
+    events = pairs.with_row_index("_row").sort(["user", "timestamp", "_row"]).drop("_row")
+    starts, counts = _user_runs(events["user"].to_numpy())
+    pos = np.arange(events.height, dtype=np.int64) - np.repeat(starts, counts)
+    return events.with_columns(pos=pl.Series(pos, dtype=pl.Int64))
 
 
-def add_histories(events: pl.DataFrame, max_len: int) -> pl.DataFrame:
-    """Add `item_seq` (List(Int32), length max_len) to events from `order_events`.
+def _user_runs(user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) int64 of each run of equal ids in `user` (E,), which is sorted by user."""
+    if not len(user):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    new = np.empty(len(user), dtype=bool)
+    new[0] = True
+    np.not_equal(user[1:], user[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    return starts, np.diff(np.append(starts, len(user)))
 
-    Column j of the history (j = 0 oldest .. max_len-1 most recent) is the click `max_len - j` positions
-    earlier in the same user's ordered events, or 0 where the user has no such click. Because events are sorted
-    by user, a plain shift reaches the same user's click exactly when `pos >= shift`.
+
+def history_matrix(item: np.ndarray, pos: np.ndarray, rows: np.ndarray, max_len: int) -> np.ndarray:
+    """(len(rows), max_len) int32 histories of events `rows` (int indices) of `order_events`' (E,) item, pos.
+
+    Row k holds the min(pos, max_len) clicks just before event rows[k], oldest first and left-padded with 0.
+    Because events are sorted by (user, pos), the click j places before event i is event i - j whenever j <= pos;
+    only the real cells are written (MicroLens histories are mostly padding).
     """
-    item = pl.col("item").cast(pl.Int32)
-    cols = [pl.when(pl.col("pos") >= k).then(item.shift(k)).otherwise(0).alias(f"_h{k}")
-            for k in range(max_len, 0, -1)]
-    return events.with_columns(item_seq=pl.concat_list(cols))
+    n_hist = np.minimum(pos[rows], max_len)  # (C,)
+    out = np.zeros((len(rows), max_len), dtype=np.int32)
+    owner = np.repeat(np.arange(len(rows)), n_hist)  # (H,) row of each real cell
+    within = np.arange(len(owner)) - np.repeat(np.cumsum(n_hist) - n_hist, n_hist)  # (H,) 0 = oldest
+    back = n_hist[owner] - within  # (H,) how many clicks before the event
+    out.reshape(-1)[owner * max_len + max_len - back] = item[rows[owner] - back]
+    return out
 
 
 def histories_reference(pairs: pl.DataFrame, max_len: int) -> dict[tuple[int, int, int], list[int]]:
-    """Plain-Python reference for `add_histories`: {(user, timestamp, item): left-padded history}.
+    """Plain-Python reference for `history_matrix`: {(user, timestamp, item): left-padded history}.
 
     Assumes no user clicks the same item twice at the same timestamp (the key would not be unique).
     """
@@ -55,97 +108,265 @@ def histories_reference(pairs: pl.DataFrame, max_len: int) -> dict[tuple[int, in
     return out
 
 
-def assign_split(events: pl.DataFrame, valid_frac: float, test_frac: float) -> pl.DataFrame:
-    """Add `split` (train | valid | test) by a global time cut: the last `test_frac` of events by timestamp are
-    test, the `valid_frac` before them valid. Cut points are timestamps, so ties never straddle a cut."""
-    ts = events["timestamp"].to_numpy()
-    valid_start = np.quantile(ts, 1 - valid_frac - test_frac, method="higher")
-    test_start = np.quantile(ts, 1 - test_frac, method="higher")
-    return events.with_columns(
-        split=pl.when(pl.col("timestamp") >= test_start).then(pl.lit("test"))
-        .when(pl.col("timestamp") >= valid_start).then(pl.lit("valid")).otherwise(pl.lit("train")))
+def time_cut_index(q: float, n: int) -> int:
+    """Index in the n sorted timestamps of the q-quantile cut point (the `higher` quantile: q * (n - 1) rounded
+    up); events at or after that timestamp are on the later side of the cut."""
+    return math.ceil(q * (n - 1))
 
 
-def sample_negatives(events: pl.DataFrame, n_items: int, neg_ratio: int, seed: int) -> np.ndarray:
-    """(E, neg_ratio) int32 non-clicks for E events: each drawn independently and uniformly from the items in
-    1..n_items that the user did not click before the event and that are not the event's own item.
+def assign_split(events: pl.DataFrame, split: SplitMethod, valid_frac: float, test_frac: float) -> np.ndarray:
+    """(E,) int8 split code (index into SPLITS) of each event from `order_events` (module docstring: `split`;
+    valid_frac and test_frac only matter for `time`). `leave_last` needs every click of each user."""
+    if split == "leave_last":
+        _, counts = _user_runs(events["user"].to_numpy())
+        from_end = np.repeat(counts, counts) - 1 - events["pos"].to_numpy()  # 0 = the user's last event
+        return (2 - np.minimum(from_end, 2)).astype(np.int8)
+    if split == "time":
+        ts = events["timestamp"].to_numpy()
+        at = [time_cut_index(1 - valid_frac - test_frac, len(ts)), time_cut_index(1 - test_frac, len(ts))]
+        valid_start, test_start = np.partition(ts, at)[at]
+        return ((ts >= valid_start).astype(np.int8) + (ts >= test_start)).astype(np.int8)
+    raise ValueError(f"unknown split method {split!r} (allowed: leave_last, time)")
 
-    Vectorised rejection sampling: a candidate is rejected when it equals the target or when the user's first
-    click on it comes earlier in the user's order (`pos`) than the event. `events` must therefore hold every
-    click of each user (all of `order_events`' rows), not a filtered subset.
+
+def sample_negatives(
+    events: pl.DataFrame, n_items: int, neg_ratio: int, seed: int, *, sampling: NegSampling = "uniform",
+    exclude: NegExclude = "before",
+) -> np.ndarray:
+    """(E, neg_ratio) int32 non-clicks for the E events of `order_events`, each drawn independently from the items
+    1..n_items except the event's own item and the user's clicks before the event (`exclude="before"`, by `pos`)
+    or at any time (`"ever"`); uniformly, or (`sampling="popularity"`) with probability proportional to the item's
+    number of clicks in `events` + 1.
+
+    Vectorised rejection sampling over all draws at once, then over the rejected ones, MAX_REJECTION_ROUNDS times;
+    what is still rejected is drawn from its event's explicit allowed set, which is exact too. `events` must hold
+    every click of each user (all of `order_events`' rows), not a filtered subset. The result depends only on the
+    events and `seed`. Raises DataError naming the user when an event leaves no item to sample.
     """
-    users = events["user"].to_numpy().astype(np.int64)
-    items = events["item"].to_numpy().astype(np.int64)
+    if sampling not in ("uniform", "popularity"):
+        raise ValueError(f"unknown sampling {sampling!r} (allowed: uniform, popularity)")
+    if exclude not in ("before", "ever"):
+        raise ValueError(f"unknown exclusion {exclude!r} (allowed: before, ever)")
+    user = events["user"].to_numpy().astype(np.int64)
+    item = events["item"].to_numpy()
     pos = events["pos"].to_numpy()
-    key = users * (n_items + 1) + items
-    first = (pl.DataFrame({"key": key, "pos": pos}).group_by("key").agg(pl.col("pos").min()).sort("key"))
-    keys, first_pos = first["key"].to_numpy(), first["pos"].to_numpy()
-    # Excluded items = distinct items clicked before the event (not `pos`: repeat clicks count once) + the target.
-    span = int(pos.max(initial=0)) + 1
-    starts = np.sort(keys // (n_items + 1) * span + first_pos)  # (user, first pos) of each clicked item
-    n_before = np.searchsorted(starts, users * span + pos) - np.searchsorted(starts, users * span)
-    excluded = n_before + (first_pos[np.searchsorted(keys, key)] == pos)
+    stride = n_items + 1
+    # Distinct (user, item) clicks as sorted keys, with the pos of the first click (events are in (user, pos)
+    # order, so np.unique's first occurrence is the earliest).
+    keys, first = np.unique(user * stride + item, return_index=True)
+    first_pos = pos[first]
+
+    if exclude == "before":
+        # Distinct items clicked before the event (not `pos`: repeat clicks count once), + the target if new.
+        span = int(pos.max(initial=0)) + 1
+        starts = np.sort(keys // stride * span + first_pos)  # (user, first pos) of each clicked item
+        n_before = np.searchsorted(starts, user * span + pos) - np.searchsorted(starts, user * span)
+        excluded = n_before + (first_pos[np.searchsorted(keys, user * stride + item)] == pos)
+        what = "distinct items before an event"
+    else:
+        key_user = keys // stride
+        n_before = excluded = np.searchsorted(key_user, user, "right") - np.searchsorted(key_user, user)
+        what = "distinct items in all (neg_exclude=ever)"
     if (excluded >= n_items).any():
         e = int(np.argmax(excluded >= n_items))
-        raise DataError(f"user {users[e]} has clicked {n_before[e]} distinct items before an event; "
-                        f"too few of the {n_items} items remain to sample non-clicks")
+        raise DataError(f"user {user[e]} has clicked {n_before[e]} {what}; too few of the {n_items} items remain "
+                        f"to sample non-clicks")
 
     rng = np.random.default_rng(seed)
-    out = rng.integers(1, n_items + 1, size=(len(events), neg_ratio))
-    todo = np.ones(out.shape, dtype=bool)
-    while True:
-        rows, cols = np.nonzero(todo)
-        cand = out[rows, cols]
-        ck = users[rows] * (n_items + 1) + cand
-        at = np.clip(np.searchsorted(keys, ck), 0, len(keys) - 1)
-        clicked_before = (keys[at] == ck) & (first_pos[at] < pos[rows])
-        bad = clicked_before | (cand == items[rows])
-        todo[:] = False
-        todo[rows[bad], cols[bad]] = True
-        if not bad.any():
-            return out.astype(np.int32)
-        out[rows[bad], cols[bad]] = rng.integers(1, n_items + 1, size=int(bad.sum()))
+    weights = np.ones(n_items, dtype=np.int64)  # (N,) weight of item i + 1
+    if sampling == "popularity":
+        weights += np.bincount(item, minlength=stride)[1:]
+        # Item i + 1 repeated weights[i] times (clicks + N cells): one lookup per draw, where a binary search
+        # over the cumulative weights costs 17 cache-missing steps per draw at 92k items.
+        owner = np.repeat(np.arange(1, stride, dtype=np.int32), weights)
+
+    def draw(n: int) -> np.ndarray:  # (n,) int32 items drawn with probability weights / weights.sum()
+        if sampling == "uniform":
+            return rng.integers(1, stride, size=n, dtype=np.int32)
+        return owner[rng.integers(0, len(owner), size=n)]
+
+    def rejected(rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """bool, shape of `cand`: candidate items `cand` of the events `rows` (same shape, or broadcast)."""
+        ck = user[rows] * stride + cand
+        at = np.minimum(np.searchsorted(keys, ck), len(keys) - 1)
+        clicked = keys[at] == ck
+        if exclude == "ever":
+            return clicked  # the target is one of the user's clicks
+        return (clicked & (first_pos[at] < pos[rows])) | (cand == item[rows])
+
+    out = draw(len(events) * neg_ratio).reshape(len(events), neg_ratio)
+    flat = out.reshape(-1)
+    # The first check broadcasts the (E, 1) event columns over the (E, R) draws: no (E*R,) gathers.
+    todo = np.flatnonzero(rejected(np.arange(len(events))[:, None], out))  # flat indices of rejected draws
+    for _ in range(MAX_REJECTION_ROUNDS):
+        if not todo.size:
+            break
+        flat[todo] = draw(todo.size)
+        todo = todo[rejected(todo // neg_ratio, flat[todo])]
+
+    # Exact draws for the few events whose allowed set is too small for rejection to finish quickly.
+    rows, first_slot, n_slots = np.unique(todo // neg_ratio, return_index=True, return_counts=True)
+    for e, lo, n in zip(rows.tolist(), first_slot.tolist(), n_slots.tolist(), strict=True):
+        mine = slice(np.searchsorted(keys, user[e] * stride), np.searchsorted(keys, (user[e] + 1) * stride))
+        banned = keys[mine] - user[e] * stride
+        if exclude == "before":
+            banned = np.append(banned[first_pos[mine] < pos[e]], item[e])
+        allowed = np.setdiff1d(np.arange(1, stride), banned)  # items, ascending
+        allowed_cum = np.cumsum(weights[allowed - 1])
+        flat[todo[lo:lo + n]] = allowed[np.searchsorted(allowed_cum, rng.integers(0, allowed_cum[-1], size=n),
+                                                        side="right")]
+    return out
 
 
-def labelled_rows(events: pl.DataFrame, negatives: np.ndarray, item_features: pl.DataFrame) -> pl.DataFrame:
-    """Events with histories and split + their (E, R) negatives -> split rows (module contract) plus `split`.
+@dataclass(frozen=True, eq=False)
+class SplitRows:
+    """Every labelled row, held as per-event arrays (E events in `order_events` order, N items, R = neg_ratio).
 
-    Rows are ordered by (event_ts, user_id) with each click followed by its non-clicks. Side features are
-    looked up by target item id through the item table (row i = item i).
+    user, item (E,) int32; ts, pos (E,) int64; split (E,) int8 code (index into SPLITS); keep (E,) bool (the
+    event has at least min_history earlier clicks); negatives (E, R) int32; likes, views (N+1,) int8, the levels
+    of item id i at index i. Rows of one split are assembled from these on demand (`frames`, `lazy`).
     """
-    e, r = negatives.shape
-    base = events.select(
-        pl.col("user").alias("user_id"), "item_seq", pl.col("timestamp").alias("event_ts"), "split",
-        pl.col("item").alias("pos_item"))
-    expanded = base.with_columns(
-        item_id=pl.concat_list([pl.col("pos_item"), pl.Series("neg", negatives, dtype=pl.Array(pl.Int32, r))
-                                .cast(pl.List(pl.Int32))]),
-        label=pl.lit([1.0] + [0.0] * r, dtype=pl.List(pl.Float32)),
-    ).explode(["item_id", "label"]).drop("pos_item").with_row_index("_k")
-    levels = item_features.select("item_id", "likes_level", "views_level")
-    # `_k` (event order, click before its non-clicks) breaks ties: sorting by label would put all clicks of a
-    # user's same-timestamp events before their non-clicks, and the join need not keep row order.
-    return (expanded.join(levels, on="item_id", how="left")
-            .sort(["event_ts", "user_id", "_k"])
-            .select("user_id", "item_seq", "item_id", "likes_level", "views_level", "label", "event_ts", "split"))
+
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    pos: np.ndarray
+    split: np.ndarray
+    keep: np.ndarray
+    negatives: np.ndarray
+    likes: np.ndarray
+    views: np.ndarray
+    max_len: int
+
+    def events_of(self, name: str) -> np.ndarray:
+        """(C,) int64 indices of the kept events of split `name`, in row order (event_ts, user, pos)."""
+        idx = np.flatnonzero(self.keep & (self.split == SPLITS.index(name)))
+        # idx is in (user, pos) order, so a stable sort by timestamp leaves ties in (user, pos) order.
+        return idx[np.argsort(self.ts[idx], kind="stable")]
+
+    def frames(self, name: str, chunk_events: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
+        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of up to chunk_events * (1 + R) rows; none
+        for an empty split. Chunking changes only where frames break, never the rows."""
+        per_event = 1 + self.negatives.shape[1]
+        label = np.zeros(per_event, dtype=np.float32)
+        label[0] = 1
+        idx = self.events_of(name)
+        for lo in range(0, len(idx), chunk_events):
+            ev = idx[lo:lo + chunk_events]  # (C,)
+            hist = history_matrix(self.item, self.pos, ev, self.max_len)  # (C, L)
+            item_id = np.concatenate([self.item[ev, None], self.negatives[ev]], axis=1).reshape(-1)  # (C*(1+R),)
+            seq = np.repeat(hist, per_event, axis=0)  # (C*(1+R), L)
+            yield pl.DataFrame({
+                "user_id": np.repeat(self.user[ev], per_event),
+                "item_seq": pl.Series(seq).cast(pl.List(pl.Int32)),
+                "item_id": item_id,
+                "likes_level": self.likes[item_id],
+                "views_level": self.views[item_id],
+                "label": np.tile(label, len(ev)),
+                "event_ts": np.repeat(self.ts[ev], per_event),
+            })
+
+    def lazy(self, name: str, chunk_events: int = CHUNK_EVENTS) -> pl.LazyFrame:
+        """Split `name`'s rows as a LazyFrame whose source is `frames`, so `sink_parquet` streams them to a file
+        in bounded memory. Uses polars' IO-plugin API (`register_io_source`, marked unstable; polars is pinned)."""
+
+        def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+                   _batch_size: int | None) -> Iterator[pl.DataFrame]:
+            left = math.inf if n_rows is None else n_rows
+            for frame in self.frames(name, chunk_events):
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if with_columns is not None:
+                    frame = frame.select(with_columns)
+                if left <= frame.height:
+                    yield frame.head(int(left))
+                    return
+                left -= frame.height
+                yield frame
+
+        return register_io_source(source, schema=ROW_SCHEMA)
+
+    def collect(self, name: str) -> pl.DataFrame:
+        """Split `name`'s rows in one frame (ROW_SCHEMA); for data that fits in memory."""
+        return pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *self.frames(name)])
+
+    def summary(self, name: str) -> dict[str, float | int | None]:
+        """rows, clicks and mean_history (non-padding cells of item_seq per row; None when empty) of `name`."""
+        idx = self.events_of(name)
+        n_hist = np.minimum(self.pos[idx], self.max_len)
+        return {"rows": len(idx) * (1 + self.negatives.shape[1]), "clicks": len(idx),
+                "mean_history": float(n_hist.mean()) if len(idx) else None}
 
 
 def build_split_rows(
-    pairs: pl.DataFrame, item_features: pl.DataFrame, *, max_len: int, min_history: int, valid_frac: float,
-    test_frac: float, neg_ratio: int, seed: int,
-) -> pl.DataFrame:
-    """Raw clicks -> all labelled rows with a `split` column (see module contract)."""
+    pairs: pl.DataFrame, item_features: pl.DataFrame, *, max_len: int, min_history: int, split: SplitMethod,
+    valid_frac: float, test_frac: float, neg_ratio: int, neg_sampling: NegSampling, neg_exclude: NegExclude,
+    seed: int,
+) -> SplitRows:
+    """Raw clicks (user, item Int32; timestamp Int64) and the item table (item_id 0..N, likes_level, views_level)
+    -> every labelled row (module contract), assembled per split by the returned SplitRows."""
     n_items = item_features.height - 1
+    ids = item_features["item_id"].to_numpy()
+    if not np.array_equal(np.sort(ids), np.arange(n_items + 1)):
+        raise DataError(f"item table: item_id must be 0..{n_items}, each once")
     unknown = pairs.filter((pl.col("item") > n_items))
     if unknown.height:
         raise DataError(f"pairs: item {unknown['item'][0]} of user {unknown['user'][0]} is not a known item "
                         f"(items are 1..{n_items})")
-    events = assign_split(add_histories(order_events(pairs), max_len), valid_frac, test_frac)
-    # Sample before the min_history filter: sample_negatives learns each user's earlier clicks from the events it
-    # is given, so the filtered-out first clicks must still be among them.
-    negatives = sample_negatives(events, n_items, neg_ratio, seed)
-    keep = (events["pos"] >= min_history).to_numpy()
-    events, negatives = events.filter(pl.Series(keep)), negatives[keep]
-    if events.height == 0:
+    events = order_events(pairs)
+    pos = events["pos"].to_numpy()
+    keep = pos >= min_history
+    if not keep.any():
         raise DataError(f"no click has at least build_sequences.min_history={min_history} earlier clicks")
-    return labelled_rows(events, negatives, item_features)
+    # Split and sample over every event before the min_history filter: leave_last counts from each user's last
+    # click and the sampler learns each user's earlier clicks from the events it is given.
+    codes = assign_split(events, split, valid_frac, test_frac)
+    negatives = sample_negatives(events, n_items, neg_ratio, seed, sampling=neg_sampling, exclude=neg_exclude)
+    likes = np.zeros(n_items + 1, dtype=np.int8)
+    views = np.zeros(n_items + 1, dtype=np.int8)
+    likes[ids] = item_features["likes_level"].to_numpy()
+    views[ids] = item_features["views_level"].to_numpy()
+    return SplitRows(user=events["user"].to_numpy().astype(np.int32), item=events["item"].to_numpy().astype(np.int32),
+                     ts=events["timestamp"].to_numpy().astype(np.int64), pos=pos, split=codes, keep=keep,
+                     negatives=negatives, likes=likes, views=views, max_len=max_len)
+
+
+def split_rows_reference(
+    pairs: pl.DataFrame, item_features: pl.DataFrame, negatives: np.ndarray, *, max_len: int, min_history: int,
+    split: SplitMethod, valid_frac: float, test_frac: float,
+) -> dict[str, list[tuple]]:
+    """Plain-Python reference for `build_split_rows`: {split name: rows as tuples in ROW_SCHEMA column order}.
+
+    `negatives` (E, R) are the non-clicks of the events in (user, timestamp, file row) order, as
+    `sample_negatives` returns them; everything else (order, histories, split, filter, side features, row order)
+    is recomputed here one event at a time.
+    """
+    levels = {i: (likes, views) for i, likes, views in
+              item_features.select("item_id", "likes_level", "views_level").iter_rows()}
+    ordered = sorted((user, ts, row, item) for row, (user, item, ts) in enumerate(pairs.iter_rows()))
+    by_user: dict[int, list[tuple[int, int]]] = {}
+    for user, ts, _, item in ordered:
+        by_user.setdefault(user, []).append((ts, item))
+    all_ts = sorted(ts for _, ts, _, _ in ordered)
+
+    valid_start = all_ts[time_cut_index(1 - valid_frac - test_frac, len(all_ts))]
+    test_start = all_ts[time_cut_index(1 - test_frac, len(all_ts))]
+    events: dict[str, list[tuple[int, int, int, int, list[int], list[int]]]] = {name: [] for name in SPLITS}
+    e = 0
+    for user, clicks in by_user.items():
+        for pos, (ts, item) in enumerate(clicks):
+            if split == "leave_last":
+                name = SPLITS[max(0, 2 - (len(clicks) - 1 - pos))]
+            else:
+                name = "test" if ts >= test_start else "valid" if ts >= valid_start else "train"
+            if pos >= min_history:
+                past = [it for _, it in clicks[:pos]][-max_len:]
+                events[name].append((ts, user, pos, item, [0] * (max_len - len(past)) + past, negatives[e].tolist()))
+            e += 1
+    out: dict[str, list[tuple]] = {}
+    for name, evs in events.items():
+        out[name] = []
+        for ts, user, _, item, seq, negs in sorted(evs, key=lambda ev: ev[:3]):
+            for target, label in [(item, 1.0)] + [(n, 0.0) for n in negs]:
+                out[name].append((user, seq, target, *levels[target], label, ts))
+    return out

@@ -1,35 +1,36 @@
 """Stage extract_text: BERT-family embeddings of item titles.
 
-In:  --titles  title_en.csv (no header, `item_id,title`)
+In:  --raw-dir  the raw folder of data.source (MicroLens titles file, or the challenge's item_feature.parquet)
 Out: --out     parquet: item_id Int32, emb Array(Float32, H), status Utf8 (ok | empty); one row per item
      --metrics JSON: item count, embedding width, counts per status
-Params: extract_text.* (ExtractTextConfig)
+Params: extract_text.* (ExtractTextConfig), data.source
 """
 
 import logging
 
 import click
 
-from pipeline.config import ExtractTextConfig, load_section
+from pipeline.config import DataConfig, ExtractTextConfig, load_section
 from pipeline.embeddings import extract_text_embeddings, load_text_encoder, status_counts
 from pipeline.io import write_json, write_parquet
-from pipeline.raw import read_titles
+from pipeline.sources import item_titles
 from pipeline.stage import params_option, pick_device, set_threads, stage_main
 
 log = logging.getLogger("extract_text")
 
 
 @click.command()
-@click.option("--titles", required=True, type=click.Path(dir_okay=False))
+@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(titles: str, out: str, metrics: str, params_path: str) -> None:
+def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "extract_text", ExtractTextConfig)
+    data = load_section(params_path, "data", DataConfig)
     set_threads(cfg.num_threads)
     device = pick_device(cfg.device, "extract_text.device")
-    items = read_titles(titles)
+    items = item_titles(data.source, raw_dir)
     tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code)
     log.info("encoding %d titles with %s on %s", items.height, cfg.model, device)
     frame = extract_text_embeddings(items, tokenizer, model, pooling=cfg.pooling, max_length=cfg.max_length,

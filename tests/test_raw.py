@@ -1,4 +1,6 @@
-"""pipeline/raw.py: the MicroLens raw-file readers, on small files written here, and the cover path guard."""
+"""pipeline/raw.py: file discovery and the MicroLens raw readers on small files of every release format written
+here (awkward cases included), the cover path guard, and the synthetic generator's output read back with no
+special case."""
 
 from __future__ import annotations
 
@@ -8,12 +10,29 @@ import numpy as np
 import polars as pl
 import pytest
 
+import pipeline.synthetic as syn
+from pipeline.config import MakeSyntheticConfig
 from pipeline.io import DataError
-from pipeline.raw import cover_path, item_ids, read_likes_views, read_pairs, read_tags, read_titles
+from pipeline.raw import (
+    MicroLensFiles,
+    check_known_items,
+    cover_path,
+    detect_cover_naming,
+    find_microlens_files,
+    item_ids,
+    read_likes_views,
+    read_pairs,
+    read_pairs_csv_reference,
+    read_tags,
+    read_titles,
+)
+
+PAIRS_SCHEMA = pl.Schema({"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64})
 
 
 def _file(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))
     return path
 
@@ -27,33 +46,150 @@ def _error(fn, path: Path) -> str:
     return message
 
 
+def _release(tmp_path: Path, names: list[str], covers: dict[str, list[str]] | None = None) -> Path:
+    """A raw dir holding empty files `names` and cover folders {folder: [file names]}."""
+    for name in names:
+        _file(tmp_path, name, "")
+    for folder, files in (covers or {}).items():
+        for name in files:
+            _file(tmp_path / folder, name, "")
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+def test_find_synthetic_names(tmp_path: Path) -> None:
+    raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt", "tags.csv", "planted.npz"],
+                   {"covers": ["1.jpg", "2.jpg", "notes.txt"]})
+    assert find_microlens_files(raw) == MicroLensFiles(
+        pairs=raw / "pairs.csv", titles=raw / "title_en.csv", likes_views=raw / "likes_and_views.txt",
+        tags=raw / "tags.csv", covers=raw / "covers", cover_naming="<id>.jpg")
+
+
+def test_find_100k_release_names(tmp_path: Path) -> None:
+    # The 100k release ships the pairs both as .csv and .tsv: the .csv wins, it has timestamps.
+    raw = _release(tmp_path, ["MicroLens-100k_pairs.csv", "MicroLens-100k_pairs.tsv", "MicroLens-100k_title_en.csv",
+                              "MicroLens-100k_likes_and_views.txt", "tags_to_summary.csv",
+                              "MicroLens-100k_comment_en.txt"],
+                   {"MicroLens-100k_Covers": ["image1.jpg", "image20.jpg"]})
+    files = find_microlens_files(raw)
+    assert files == MicroLensFiles(
+        pairs=raw / "MicroLens-100k_pairs.csv", titles=raw / "MicroLens-100k_title_en.csv",
+        likes_views=raw / "MicroLens-100k_likes_and_views.txt", tags=raw / "tags_to_summary.csv",
+        covers=raw / "MicroLens-100k_Covers", cover_naming="image<id>.jpg")
+
+
+def test_find_50k_tsv_without_optional_files(tmp_path: Path) -> None:
+    raw = _release(tmp_path, ["MicroLens-50k_pairs.tsv", "MicroLens-50k_titles.csv",
+                              "MicroLens-50k_likes_and_views.txt"])
+    files = find_microlens_files(raw)
+    assert (files.pairs, files.titles) == (raw / "MicroLens-50k_pairs.tsv", raw / "MicroLens-50k_titles.csv")
+    assert (files.tags, files.covers, files.cover_naming) == (None, None, None)
+
+
+def test_find_item_images_folder(tmp_path: Path) -> None:
+    raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt"], {"item_images": ["7.jpg"]})
+    files = find_microlens_files(raw)
+    assert (files.covers, files.cover_naming) == (raw / "item_images", "<id>.jpg")
+
+
+@pytest.mark.parametrize(("missing", "looked_for"), [
+    ("pairs.csv", "pairs file (looked for pairs.csv, MicroLens-<size>_pairs.csv or MicroLens-<size>_pairs.tsv)"),
+    ("title_en.csv",
+     "titles file (looked for title_en.csv, MicroLens-<size>_title_en.csv or MicroLens-<size>_titles.csv)"),
+    ("likes_and_views.txt",
+     "likes_views file (looked for likes_and_views.txt or MicroLens-<size>_likes_and_views.txt)"),
+])
+def test_find_missing_required_file(tmp_path: Path, missing: str, looked_for: str) -> None:
+    raw = _release(tmp_path, [n for n in ("pairs.csv", "title_en.csv", "likes_and_views.txt") if n != missing])
+    assert _error(find_microlens_files, raw) == f"{raw}: no {looked_for}"
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["MicroLens-100k_pairs.csv"], "more than one pairs file (MicroLens-100k_pairs.csv, pairs.csv); keep one"),
+    (["MicroLens-50k_pairs.tsv"], "more than one pairs file (MicroLens-50k_pairs.tsv, pairs.csv); keep one"),
+    (["MicroLens-50k_titles.csv"], "more than one titles file (MicroLens-50k_titles.csv, title_en.csv); keep one"),
+    (["tags.csv", "tags_to_summary.csv"], "more than one tags file (tags.csv, tags_to_summary.csv); keep one"),
+])
+def test_find_two_candidates_for_one_role(tmp_path: Path, extra: list[str], expected: str) -> None:
+    raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt", *extra])
+    assert _error(find_microlens_files, raw) == f"{raw}: {expected}"
+
+
+def test_find_two_cover_folders(tmp_path: Path) -> None:
+    raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt"],
+                   {"covers": ["1.jpg"], "item_images": ["1.jpg"]})
+    assert _error(find_microlens_files, raw) == f"{raw}: more than one covers folder (covers, item_images); keep one"
+
+
+def test_find_raw_dir_missing(tmp_path: Path) -> None:
+    assert _error(find_microlens_files, tmp_path / "nope") == f"{tmp_path / 'nope'}: raw data directory not found"
+
+
+def test_cover_naming_mixed_or_absent(tmp_path: Path) -> None:
+    mixed = _release(tmp_path / "a", [], {"covers": ["1.jpg", "image2.jpg"]}) / "covers"
+    message = _error(detect_cover_naming, mixed)
+    assert message.startswith(f"{mixed}: covers use both namings '<id>.jpg' and 'image<id>.jpg' (e.g. ")
+    empty = _release(tmp_path / "b", [], {"covers": ["readme.txt", "cover.jpg", "image.jpg"]}) / "covers"
+    assert _error(detect_cover_naming, empty) == f"{empty}: no cover named '<id>.jpg' or 'image<id>.jpg'"
+
+
 # ---------------------------------------------------------------------------------------------- pairs.csv
 
 
 def test_pairs_good_file_keeps_order_and_dtypes(tmp_path: Path) -> None:
     path = _file(tmp_path, "pairs.csv", "user,item,timestamp\n2,5,1700000000000\n1,3,20\n2,5,10\n")
     df = read_pairs(path)
-    assert df.schema == pl.Schema({"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64})
+    assert df.schema == PAIRS_SCHEMA
     assert df.rows() == [(2, 5, 1700000000000), (1, 3, 20), (2, 5, 10)]
+
+
+def test_pairs_blank_lines_bom_and_crlf(tmp_path: Path) -> None:
+    path = _file(tmp_path, "pairs.csv", "\ufeffuser,item,timestamp\r\n1,2,3\r\n\r\n4,5,6\r\n  \r\n\r\n")
+    assert read_pairs(path).rows() == [(1, 2, 3), (4, 5, 6)]
 
 
 @pytest.mark.parametrize("header", ["user,item,time", "item,user,timestamp", "1,2,3", ""])
 def test_pairs_wrong_header_names_line_1(tmp_path: Path, header: str) -> None:
     path = _file(tmp_path, "pairs.csv", f"{header}\n1,2,3\n")
-    message = _error(read_pairs, path)
-    assert message.startswith(f"{path}: line 1: expected header 'user,item,timestamp'")
+    assert _error(read_pairs, path) == f"{path}: line 1: expected header 'user,item,timestamp', got {header!r}"
 
 
-@pytest.mark.parametrize("row", ["1,x,4", "1.5,2,4", "1,2,3.5"])
-def test_pairs_non_integer_value_is_an_error(tmp_path: Path, row: str) -> None:
-    path = _file(tmp_path, "pairs.csv", f"user,item,timestamp\n1,2,3\n{row}\n")
-    assert "not integer" in _error(read_pairs, path)
+@pytest.mark.parametrize(("row", "problem"), [
+    ("1,x,4", "item 'x' is not an integer"),
+    ("1.5,2,4", "user '1.5' is not an integer"),
+    ("1,2,3.5", "timestamp '3.5' is not a 64-bit integer"),
+    ("1,2,", "timestamp '' is not a 64-bit integer"),
+    (",2,4", "user '' is not an integer"),
+    ("1,,4", "item '' is not an integer"),
+    ("0,2,4", "user 0 is outside 1..2147483647"),
+    ("1,0,4", "item 0 is outside 1..2147483647"),
+    ("-3,2,4", "user -3 is outside 1..2147483647"),
+    ("1,3000000000,4", "item 3000000000 is outside 1..2147483647"),
+    ("1,2", "expected 3 fields user,item,timestamp, got 2"),
+    ("1,2,3,4", "expected 3 fields user,item,timestamp, got 4"),
+    ("1\t2\t3", "expected 3 fields user,item,timestamp, got 1"),
+])
+def test_pairs_bad_row_names_its_physical_line(tmp_path: Path, row: str, problem: str) -> None:
+    # A blank line before the bad row: line numbers count physical lines.
+    path = _file(tmp_path, "pairs.csv", f"user,item,timestamp\n1,2,3\n\n{row}\n7,8,9\n")
+    assert _error(read_pairs, path) == f"{path}: line 4: {problem}"
 
 
-@pytest.mark.parametrize("row", [",2,4", "1,,4", "0,2,4", "1,0,4", "-3,2,4", "1,-2,4", "1,2,"])
-def test_pairs_empty_or_non_positive_id_names_the_line(tmp_path: Path, row: str) -> None:
-    path = _file(tmp_path, "pairs.csv", f"user,item,timestamp\n1,2,3\n4,5,6\n{row}\n7,8,9\n")
-    assert _error(read_pairs, path) == f"{path}: line 4: empty or non-positive user/item id"
+def test_pairs_fast_path_equals_reference(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.integers(1, 2**31 - 1, size=(500, 3)).tolist()
+    lines = [f"{u},{i},{t * 1000}" for u, i, t in rows]
+    clean = _file(tmp_path, "clean.csv", "user,item,timestamp\n" + "\n".join(lines) + "\n")
+    for k in sorted(rng.choice(len(lines), size=20, replace=False), reverse=True):
+        lines.insert(int(k), "")
+    blank = _file(tmp_path, "blank.csv", "user,item,timestamp\n" + "\n".join(lines) + "\n")
+    expected = pl.DataFrame(rows, schema=["user", "item", "timestamp"], orient="row").with_columns(
+        pl.col("user", "item").cast(pl.Int32), pl.col("timestamp") * 1000)
+    for path in (clean, blank):
+        assert read_pairs(path).equals(expected)
+        assert read_pairs_csv_reference(path).equals(expected)
 
 
 def test_pairs_missing_file(tmp_path: Path) -> None:
@@ -61,14 +197,84 @@ def test_pairs_missing_file(tmp_path: Path) -> None:
     assert _error(read_pairs, path) == f"{path}: file not found"
 
 
-# ---------------------------------------------------------------------------------------------- title_en.csv
+# ---------------------------------------------------------------------------------------------- pairs.tsv
 
 
-def test_titles_split_at_the_first_comma(tmp_path: Path) -> None:
-    text = "3,Hello, world, again\n1,\n2,Café — 猫 ☕\n10,\"quoted\",x\n"
-    df = read_titles(_file(tmp_path, "title_en.csv", text))
+def test_pairs_tsv_positions_are_timestamps(tmp_path: Path) -> None:
+    path = _file(tmp_path, "MicroLens-50k_pairs.tsv", "3\t7 1 7 2\n\n1\t5\r\n2\t4  6 \n")
+    df = read_pairs(path)
+    assert df.schema == PAIRS_SCHEMA
+    assert df.rows() == [(3, 7, 0), (3, 1, 1), (3, 7, 2), (3, 2, 3), (1, 5, 0), (2, 4, 0), (2, 6, 1)]
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("4 5 6", "expected 'user<TAB>item item ...', got '4 5 6'"),
+    ("x\t5 6", "user 'x' is not an integer"),
+    ("0\t5 6", "user 0 is outside 1..2147483647"),
+    ("4\t5 six", "item 'six' is not an integer"),
+    ("4\t5 0", "item 0 is outside 1..2147483647"),
+    ("1\t8", "user 1 already has line 1"),
+])
+def test_pairs_tsv_bad_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = _file(tmp_path, "pairs.tsv", f"1\t2 3\n\n{line}\n")
+    assert _error(read_pairs, path) == f"{path}: line 3: {problem}"
+
+
+# ---------------------------------------------------------------------------------------------- unknown items
+
+
+def test_check_known_items_error_names_first_click(tmp_path: Path) -> None:
+    pairs = pl.DataFrame({"user": [1, 2, 2, 3], "item": [1, 9, 2, 8], "timestamp": [1, 2, 3, 4]},
+                         schema=PAIRS_SCHEMA)
+    path = tmp_path / "pairs.csv"
+    with pytest.raises(DataError) as info:
+        check_known_items(pairs, np.array([1, 2, 3]), "error", path)
+    assert str(info.value) == f"{path}: 2 clicks reference unknown items; first: user 2 item 9"
+
+
+def test_check_known_items_drop_counts(tmp_path: Path) -> None:
+    pairs = pl.DataFrame({"user": [1, 2, 2, 3], "item": [1, 9, 2, 8], "timestamp": [1, 2, 3, 4]},
+                         schema=PAIRS_SCHEMA)
+    kept, n_dropped = check_known_items(pairs, np.array([1, 2, 3]), "drop", tmp_path / "pairs.csv")
+    assert n_dropped == 2 and kept.rows() == [(1, 1, 1), (2, 2, 3)] and kept.schema == PAIRS_SCHEMA
+    same, none = check_known_items(kept, np.array([1, 2]), "error", tmp_path / "pairs.csv")
+    assert none == 0 and same.equals(kept)
+    with pytest.raises(ValueError, match="unknown policy 'skip'"):
+        check_known_items(pairs, np.array([1]), "skip", tmp_path / "pairs.csv")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- titles
+
+
+def test_titles_awkward_lines(tmp_path: Path) -> None:
+    text = ("3,Hello, world, again\n"       # commas: split at the first one only
+            "1,\n"                          # empty title
+            "2,Café — 猫 ☕\n"               # non-ASCII
+            "10,\"quoted\",x\n"             # starts with a quote but is no CSV field: literal
+            "11,He said \"hi\", then left\n"  # quotes elsewhere: literal
+            "12,\"A \"\"big\"\" day, part 1\"\n"  # CSV-quoted: commas and doubled quotes
+            "13,\"two\n"                    # a quoted title over three physical lines
+            "\n"
+            "lines, \"\"ok\"\"\"\n"
+            "14,\"never closed\n"           # no closing quote before the end of the file: literal
+            "15,last\n")
+    df = read_titles(_file(tmp_path, "MicroLens-100k_title_en.csv", text))
     assert df.schema == pl.Schema({"item_id": pl.Int32, "title": pl.Utf8})
-    assert df.rows() == [(3, "Hello, world, again"), (1, ""), (2, "Café — 猫 ☕"), (10, '"quoted",x')]
+    assert df.rows() == [(3, "Hello, world, again"), (1, ""), (2, "Café — 猫 ☕"), (10, '"quoted",x'),
+                         (11, 'He said "hi", then left'), (12, 'A "big" day, part 1'), (13, 'two\n\nlines, "ok"'),
+                         (14, '"never closed'), (15, "last")]
+
+
+def test_titles_quoted_field_must_end_its_line(tmp_path: Path) -> None:
+    # The quoted reading of line 1 would close at the quote on line 2, which text follows: so line 1 is literal.
+    df = read_titles(_file(tmp_path, "title_en.csv", '1,"Best of\n2,the "year" show\n'))
+    assert df.rows() == [(1, '"Best of'), (2, 'the "year" show')]
+
+
+def test_titles_50k_header_form(tmp_path: Path) -> None:
+    text = "\ufeffitem,title\r\n5,\"a, b\"\r\n6,plain, text\r\n7,\r\n"
+    df = read_titles(_file(tmp_path, "MicroLens-50k_titles.csv", text))
+    assert df.rows() == [(5, "a, b"), (6, "plain, text"), (7, "")]
 
 
 def test_titles_crlf_and_blank_lines(tmp_path: Path) -> None:
@@ -82,85 +288,146 @@ def test_item_ids_are_sorted_from_titles(tmp_path: Path) -> None:
     assert ids.dtype == np.int64 and ids.tolist() == [1, 2, 3]
 
 
-def test_titles_duplicate_id_is_named(tmp_path: Path) -> None:
-    path = _file(tmp_path, "title_en.csv", "1,a\n7,b\n2,c\n7,d\n")
-    assert _error(read_titles, path) == f"{path}: duplicate item_id 7"
+def test_titles_duplicate_id_names_both_lines(tmp_path: Path) -> None:
+    path = _file(tmp_path, "title_en.csv", "1,a\n7,\"b\nc\"\n2,c\n\n7,d\n")
+    assert _error(read_titles, path) == f"{path}: line 6: duplicate item_id 7 (first on line 2)"
 
 
-@pytest.mark.parametrize("bad", ["no comma here", "x,title", "-1,title", " ,title", "1.5,title"])
+@pytest.mark.parametrize("bad", ["no comma here", "x,title", "-1,title", " ,title", "1.5,title", "item,title"])
 def test_titles_bad_line_is_named(tmp_path: Path, bad: str) -> None:
-    # line numbers count physical lines, blank ones included
-    path = _file(tmp_path, "title_en.csv", f"1,a\n\n{bad}\n2,b\n")
-    assert _error(read_titles, path).startswith(f"{path}: line 3: expected 'item_id,title'")
+    # line numbers count physical lines, blank ones and those of a multi-line title included
+    path = _file(tmp_path, "title_en.csv", f"1,\"a\nb\"\n\n{bad}\n2,b\n")
+    assert _error(read_titles, path) == f"{path}: line 4: expected 'item_id,title', got {bad!r}"
 
 
 def test_titles_id_zero_is_rejected(tmp_path: Path) -> None:
     path = _file(tmp_path, "title_en.csv", "1,a\n0,padding\n")
-    assert "item ids must be >= 1" in _error(read_titles, path)
+    assert _error(read_titles, path) == f"{path}: line 2: item_id 0 is outside 1..2147483647"
+
+
+def test_titles_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "title_en.csv"
+    path.write_bytes(b"1,a\n2,caf\xe9\n")
+    assert _error(read_titles, path) == f"{path}: line 2: not UTF-8 text (byte 5)"
 
 
 # ---------------------------------------------------------------------------------------------- likes_and_views
 
 
 def test_likes_views_good_file(tmp_path: Path) -> None:
-    df = read_likes_views(_file(tmp_path, "likes_and_views.txt", "2\t10\t300\n1\t0\t5\n3\t7\t123456789012\n"))
+    text = "2\t10\t300\n1\t0\t5\n\n3\t7\t123456789012\r\n"
+    df = read_likes_views(_file(tmp_path, "MicroLens-100k_likes_and_views.txt", text))
     assert df.schema == pl.Schema({"item_id": pl.Int32, "likes": pl.Int64, "views": pl.Int64})
     assert df.rows() == [(2, 10, 300), (1, 0, 5), (3, 7, 123456789012)]
 
 
-def test_likes_views_too_few_columns_names_the_line(tmp_path: Path) -> None:
-    path = _file(tmp_path, "likes_and_views.txt", "1\t2\t3\n2\t3\n3\t4\t5\n")
-    assert _error(read_likes_views, path) == f"{path}: line 2: missing value"
+@pytest.mark.parametrize(("row", "problem"), [
+    ("2\t3", "expected 3 tab-separated fields item_id,likes,views, got 2"),
+    ("2\t3\t4\t5", "expected 3 tab-separated fields item_id,likes,views, got 4"),
+    ("2,3,4", "expected 3 tab-separated fields item_id,likes,views, got 1"),
+    ("x\t3\t4", "item_id 'x' is not an integer"),
+    ("2\t3\tmany", "views 'many' is not a non-negative 64-bit integer"),
+    ("2\t-3\t4", "likes '-3' is not a non-negative 64-bit integer"),
+    ("1\t5\t6", "duplicate item_id 1 (first on line 1)"),
+])
+def test_likes_views_bad_line(tmp_path: Path, row: str, problem: str) -> None:
+    path = _file(tmp_path, "likes_and_views.txt", f"1\t2\t3\n\n{row}\n")
+    assert _error(read_likes_views, path) == f"{path}: line 3: {problem}"
 
 
-@pytest.mark.parametrize("text", ["1\t2\t3\n2\t3\t4\t5\n", "1,2,3\n2,3,4\n", "1\t2\tmany\n"])
-def test_likes_views_wrong_columns_is_an_error(tmp_path: Path, text: str) -> None:
-    path = _file(tmp_path, "likes_and_views.txt", text)
-    assert "expected 3 integer tab-separated columns" in _error(read_likes_views, path)
+# ---------------------------------------------------------------------------------------------- tags
 
 
-def test_likes_views_duplicate_id(tmp_path: Path) -> None:
-    path = _file(tmp_path, "likes_and_views.txt", "1\t2\t3\n4\t3\t4\n4\t5\t6\n")
-    assert _error(read_likes_views, path) == f"{path}: duplicate item_id 4"
-
-
-# ---------------------------------------------------------------------------------------------- tags.csv
-
-
-def test_tags_split_on_pipe(tmp_path: Path) -> None:
+def test_tags_header_and_pipes(tmp_path: Path) -> None:
     path = _file(tmp_path, "tags.csv", "item_id,tags\n3,music|live show\n1,\n2, a | |b \n4,solo\n")
     df = read_tags(path)
     assert df.schema == pl.Schema({"item_id": pl.Int32, "tags": pl.List(pl.Utf8)})
     assert df.rows() == [(3, ["music", "live show"]), (1, []), (2, ["a", "b"]), (4, ["solo"])]
 
 
-def test_tags_duplicate_id(tmp_path: Path) -> None:
-    path = _file(tmp_path, "tags.csv", "item_id,tags\n1,a\n2,b\n2,c\n")
-    assert _error(read_tags, path) == f"{path}: duplicate item_id 2"
+def test_tags_to_summary_variants(tmp_path: Path) -> None:
+    # No header: line 1 is data. Separators |, ; and , inside a (quoted) field, or commas between fields.
+    text = ("1,Food & Drink\n"
+            "2,\"Pets, Animals\"\n"
+            "3,a;b; c\n"
+            "4,x,y\n"
+            "\n"
+            "5,\"multi\nline|tag\"\n"
+            "6,\"\"\n")
+    df = read_tags(_file(tmp_path, "tags_to_summary.csv", text))
+    assert df.rows() == [(1, ["Food & Drink"]), (2, ["Pets", "Animals"]), (3, ["a", "b", "c"]), (4, ["x", "y"]),
+                         (5, ["multi\nline", "tag"]), (6, [])]
 
 
-@pytest.mark.parametrize("text", ["id,tags\n1,a\n", "item_id,tags\nx,a\n"])
-def test_tags_bad_header_or_id(tmp_path: Path, text: str) -> None:
-    assert "expected columns item_id,tags" in _error(read_tags, _file(tmp_path, "tags.csv", text))
+def test_tags_duplicate_id_names_both_lines(tmp_path: Path) -> None:
+    path = _file(tmp_path, "tags.csv", "item_id,tags\n1,a\n2,\"b\nc\"\n2,c\n")
+    assert _error(read_tags, path) == f"{path}: line 5: duplicate item_id 2 (first on line 3)"
 
 
-def test_tags_empty_id(tmp_path: Path) -> None:
-    path = _file(tmp_path, "tags.csv", "item_id,tags\n1,a\n,b\n")
-    assert _error(read_tags, path) == f"{path}: empty item_id"
+@pytest.mark.parametrize(("text", "problem"), [
+    ("id,tags\n1,a\n", "line 1: expected header 'item_id,tags' or an item_id,tags row, got 'id,tags'"),
+    ("item_id,tags\nx,a\n", "line 2: item_id 'x' is not an integer"),
+    ("item_id,tags\n1,a\n,b\n", "line 3: item_id '' is not an integer"),
+    ("1,a\n\n0,b\n", "line 3: item_id 0 is outside 1..2147483647"),
+    ("1,a\n2\n", "line 2: expected 'item_id,tags', got '2'"),
+])
+def test_tags_bad_lines(tmp_path: Path, text: str, problem: str) -> None:
+    path = _file(tmp_path, "tags.csv", text)
+    assert _error(read_tags, path) == f"{path}: {problem}"
 
 
 # ---------------------------------------------------------------------------------------------- cover_path
 
 
 @pytest.mark.parametrize("bad", [0, -1, -100, "../etc/passwd", "1", "1/../../x", True, False, 1.0, None])
-def test_cover_path_rejects_non_positive_or_non_int(tmp_path: Path, bad: object) -> None:
+@pytest.mark.parametrize("naming", ["<id>.jpg", "image<id>.jpg"])
+def test_cover_path_rejects_non_positive_or_non_int(tmp_path: Path, bad: object, naming: str) -> None:
     with pytest.raises(DataError, match="invalid item id"):
-        cover_path(tmp_path / "covers", bad)  # type: ignore[arg-type]
+        cover_path(tmp_path / "covers", bad, naming)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("good", [1, 42, np.int32(7), np.int64(123456), np.uint16(9)])
 def test_cover_path_stays_inside_the_covers_dir(tmp_path: Path, good: int) -> None:
     covers = tmp_path / "covers"
-    path = cover_path(covers, good)
-    assert path.name == f"{int(good)}.jpg"
-    assert path.resolve().parent == covers.resolve()
+    for naming, name in (("<id>.jpg", f"{int(good)}.jpg"), ("image<id>.jpg", f"image{int(good)}.jpg")):
+        path = cover_path(covers, good, naming)
+        assert path.name == name
+        assert path.resolve().parent == covers.resolve()
+    assert cover_path(covers, good) == covers / f"{int(good)}.jpg"
+
+
+def test_cover_path_unknown_naming(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown cover naming 'cover<id>.png'"):
+        cover_path(tmp_path, 1, "cover<id>.png")
+
+
+# ---------------------------------------------------------------------------------------------- the generator
+
+
+def test_generator_output_reads_with_no_special_case(tmp_path: Path) -> None:
+    cfg = MakeSyntheticConfig(seed=3, n_items=25, n_users=15, mean_clicks_per_user=6.0, min_clicks_per_user=3,
+                              max_clicks_per_user=12, n_topics=4, latent_dim=4, cover_size=32)
+    counts = syn.generate(cfg, tmp_path / "raw")
+    files = find_microlens_files(tmp_path / "raw")
+    assert files.tags is not None and files.covers is not None and files.cover_naming == "<id>.jpg"
+
+    titles = read_titles(files.titles)
+    ids = item_ids(titles)
+    assert ids.tolist() == list(range(1, cfg.n_items + 1))
+    # Titles are written unquoted, some with commas: the reader keeps everything after the first comma.
+    lines = files.titles.read_text(encoding="utf-8").splitlines()
+    assert titles["title"].to_list() == [line.partition(",")[2] for line in lines]
+    assert any("," in t for t in titles["title"])
+
+    pairs = read_pairs(files.pairs)
+    assert pairs.height == counts["clicks"]
+    assert pairs.equals(pl.read_csv(files.pairs, schema=dict(PAIRS_SCHEMA)))
+    kept, n_unknown = check_known_items(pairs, ids, "error", files.pairs)
+    assert n_unknown == 0 and kept.equals(pairs)
+
+    likes_views = read_likes_views(files.likes_views)
+    tags = read_tags(files.tags)
+    for frame in (likes_views, tags):
+        assert frame["item_id"].to_list() == list(range(1, cfg.n_items + 1))
+    assert all(1 <= len(t) <= 4 for t in tags["tags"].to_list())
+    assert all(cover_path(files.covers, int(i), files.cover_naming).is_file() for i in ids)

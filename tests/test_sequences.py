@@ -1,9 +1,9 @@
-"""pipeline/sequences.py: polars histories against the plain-Python reference, leakage, time split, negatives and
-the split-row contract."""
+"""pipeline/sequences.py: histories and whole split rows against the plain-Python references, leakage, both split
+methods, both negative samplers and exclusion modes, the chunked/streamed row paths and the split-row contract."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import polars as pl
@@ -11,12 +11,17 @@ import pytest
 
 from pipeline.io import DataError
 from pipeline.sequences import (
-    add_histories,
+    MAX_REJECTION_ROUNDS,
+    ROW_SCHEMA,
+    SPLITS,
+    SplitRows,
     assign_split,
     build_split_rows,
     histories_reference,
+    history_matrix,
     order_events,
     sample_negatives,
+    split_rows_reference,
 )
 
 
@@ -51,13 +56,20 @@ def _item_table(n_items: int, seed: int = 0) -> pl.DataFrame:
                          "views_level": pl.Series(views, dtype=pl.Int8)})
 
 
+def _histories(events: pl.DataFrame, max_len: int) -> list[list[int]]:
+    """history_matrix of every event, as lists in event order."""
+    rows = np.arange(events.height)
+    return history_matrix(events["item"].to_numpy(), events["pos"].to_numpy(), rows, max_len).tolist()
+
+
 # ---------------------------------------------------------------------------------------------- histories
 
 
 def test_ties_are_broken_by_file_row() -> None:
     pairs = _pairs([1, 1, 2, 1], [5, 7, 5, 9], [10, 10, 3, 5])
-    events = add_histories(order_events(pairs), 3)
-    got = {(u, t, i): (p, s) for u, i, t, p, s in events.select("user", "item", "timestamp", "pos", "item_seq").rows()}
+    events = order_events(pairs)
+    got = {(u, t, i): (p, s) for (u, i, t, p), s in zip(events.select("user", "item", "timestamp", "pos").rows(),
+                                                        _histories(events, 3), strict=True)}
     assert got == {
         (1, 5, 9): (0, [0, 0, 0]),
         (1, 10, 5): (1, [0, 0, 9]),
@@ -68,14 +80,25 @@ def test_ties_are_broken_by_file_row() -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("max_len", [1, 4, 50])
-def test_add_histories_equals_reference(seed: int, max_len: int) -> None:
+def test_history_matrix_equals_reference(seed: int, max_len: int) -> None:
     pairs = random_pairs(seed)
-    events = add_histories(order_events(pairs), max_len)
-    assert events.schema["item_seq"] == pl.List(pl.Int32)
+    events = order_events(pairs)
+    matrix = history_matrix(events["item"].to_numpy(), events["pos"].to_numpy(), np.arange(events.height), max_len)
+    assert matrix.dtype == np.int32 and matrix.shape == (events.height, max_len)
     reference = histories_reference(pairs, max_len)
     assert events.height == pairs.height == len(reference)
-    for user, item, ts, seq in events.select("user", "item", "timestamp", "item_seq").iter_rows():
+    for (user, item, ts), seq in zip(events.select("user", "item", "timestamp").iter_rows(), matrix.tolist(),
+                                     strict=True):
         assert seq == reference[(user, ts, item)], (user, ts, item)
+
+
+def test_history_matrix_of_a_subset_is_those_rows_of_the_full_matrix() -> None:
+    events = order_events(random_pairs(4))
+    item, pos = events["item"].to_numpy(), events["pos"].to_numpy()
+    full = history_matrix(item, pos, np.arange(events.height), 7)
+    rows = np.random.default_rng(0).permutation(events.height)[:300]
+    np.testing.assert_array_equal(history_matrix(item, pos, rows, 7), full[rows])
+    assert history_matrix(item, pos, rows[:0], 7).shape == (0, 7)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -83,19 +106,16 @@ def test_histories_are_leakage_free_and_most_recent_last(seed: int) -> None:
     max_len = 6
     pairs = random_pairs(seed + 100, n_users=15, n_rows=600, n_times=20)
     clicks = _ordered_clicks(pairs)
-    events = add_histories(order_events(pairs), max_len)
-    for user, item, ts, pos, seq in events.select("user", "item", "timestamp", "pos", "item_seq").iter_rows():
+    events = order_events(pairs)
+    for (user, item, ts, pos), seq in zip(events.select("user", "item", "timestamp", "pos").iter_rows(),
+                                          _histories(events, max_len), strict=True):
         user_clicks = clicks[user]
         # pos is this event's place in (timestamp, file row) order
         assert user_clicks[pos][0] == ts and user_clicks[pos][2] == item
         earlier = [it for _, _, it in user_clicks[:pos]]
-        assert len(seq) == max_len
         n_real = min(pos, max_len)
         assert seq[:max_len - n_real] == [0] * (max_len - n_real)  # left padding only
-        assert all(s != 0 for s in seq[max_len - n_real:])
-        assert all(s in earlier for s in seq if s != 0)  # only earlier clicks of the same user
-        if pos:
-            assert seq[-1] == earlier[-1]  # most recent last
+        assert seq[max_len - n_real:] == earlier[len(earlier) - n_real:]  # the latest earlier clicks, in order
 
 
 def test_order_events_does_not_mutate_and_keeps_all_columns() -> None:
@@ -110,27 +130,57 @@ def test_order_events_does_not_mutate_and_keeps_all_columns() -> None:
 # ---------------------------------------------------------------------------------------------- assign_split
 
 
+def _split_names(codes: np.ndarray) -> list[str]:
+    return [SPLITS[c] for c in codes.tolist()]
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("n_times", [20, 100_000])
-def test_split_is_a_time_cut(seed: int, n_times: int) -> None:
+def test_time_split_is_a_time_cut(seed: int, n_times: int) -> None:
     events = order_events(random_pairs(seed, n_rows=5000, n_times=n_times))
-    split = assign_split(events, valid_frac=0.15, test_frac=0.1)
-    ts = {s: split.filter(pl.col("split") == s)["timestamp"] for s in ("train", "valid", "test")}
+    codes = assign_split(events, "time", valid_frac=0.15, test_frac=0.1)
+    assert codes.dtype == np.int8 and codes.shape == (events.height,)
+    ts = {s: events["timestamp"].to_numpy()[codes == k] for k, s in enumerate(SPLITS)}
     assert all(len(v) for v in ts.values())
     assert ts["train"].max() < ts["valid"].min()
     assert ts["valid"].max() < ts["test"].min()
-    assert split.height == events.height
     if n_times > events.height:  # (nearly) distinct timestamps: the fractions are close to the target
-        frac = {s: len(v) / split.height for s, v in ts.items()}
+        frac = {s: len(v) / events.height for s, v in ts.items()}
         assert abs(frac["test"] - 0.1) < 0.01
         assert abs(frac["valid"] - 0.15) < 0.01
 
 
-def test_split_ties_go_to_one_side() -> None:
+def test_time_split_ties_go_to_one_side() -> None:
     events = order_events(_pairs([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 2, 2, 3]))
-    split = assign_split(events, valid_frac=0.2, test_frac=0.2)
-    by_ts = split.group_by("timestamp").agg(pl.col("split").n_unique())
-    assert (by_ts["split"] == 1).all()
+    codes = assign_split(events, "time", valid_frac=0.2, test_frac=0.2)
+    by_ts = defaultdict(set)
+    for ts, code in zip(events["timestamp"].to_list(), codes.tolist(), strict=True):
+        by_ts[ts].add(code)
+    assert all(len(v) == 1 for v in by_ts.values())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_leave_last_holds_out_each_users_last_two_events(seed: int) -> None:
+    pairs = random_pairs(seed, n_users=30, n_rows=400)
+    events = order_events(pairs)
+    codes = _split_names(assign_split(events, "leave_last", valid_frac=0.1, test_frac=0.1))
+    clicks = _ordered_clicks(pairs)
+    got: dict[int, dict[int, str]] = defaultdict(dict)
+    for (user, pos), name in zip(events.select("user", "pos").rows(), codes, strict=True):
+        got[user][pos] = name
+    for user, user_clicks in clicks.items():
+        n = len(user_clicks)
+        assert [got[user][p] for p in range(n)] == (["train"] * (n - 2) + ["valid", "test"])[-n:]
+
+
+def test_leave_last_with_one_or_two_clicks() -> None:
+    events = order_events(_pairs([1, 2, 2, 3, 3, 3], [1, 1, 2, 1, 2, 3], [5, 9, 1, 4, 4, 4]))
+    codes = _split_names(assign_split(events, "leave_last", valid_frac=0.1, test_frac=0.1))
+    assert list(zip(events["user"].to_list(), events["item"].to_list(), codes, strict=True)) == [
+        (1, 1, "test"),  # a single click is the user's last
+        (2, 2, "valid"), (2, 1, "test"),  # by timestamp, not file order
+        (3, 1, "train"), (3, 2, "valid"), (3, 3, "test"),  # equal timestamps: file order
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- sample_negatives
@@ -143,11 +193,12 @@ def _clicked_before(events: pl.DataFrame) -> list[set[int]]:
     return [{it for it, p in seen[u].items() if p < pos} for u, pos in events.select("user", "pos").iter_rows()]
 
 
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
 @pytest.mark.parametrize("seed", range(3))
-def test_negatives_are_never_the_target_or_an_earlier_click(seed: int) -> None:
+def test_negatives_are_never_the_target_or_an_earlier_click(seed: int, sampling: str) -> None:
     n_items = 30
     events = order_events(random_pairs(seed, n_users=10, n_items=n_items, n_rows=400))
-    neg = sample_negatives(events, n_items, neg_ratio=8, seed=seed)
+    neg = sample_negatives(events, n_items, neg_ratio=8, seed=seed, sampling=sampling, exclude="before")
     assert neg.shape == (events.height, 8) and neg.dtype == np.int32
     assert neg.min() >= 1 and neg.max() <= n_items
     targets = events["item"].to_numpy()
@@ -156,8 +207,21 @@ def test_negatives_are_never_the_target_or_an_earlier_click(seed: int) -> None:
         assert not before.intersection(neg[row].tolist()), row
 
 
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+@pytest.mark.parametrize("seed", range(3))
+def test_negatives_ever_are_never_any_click_of_the_user(seed: int, sampling: str) -> None:
+    n_items = 60
+    events = order_events(random_pairs(seed, n_users=10, n_items=n_items, n_rows=300))
+    neg = sample_negatives(events, n_items, neg_ratio=8, seed=seed, sampling=sampling, exclude="ever")
+    clicked: dict[int, set[int]] = defaultdict(set)
+    for user, item in events.select("user", "item").iter_rows():
+        clicked[user].add(item)
+    for row, user in enumerate(events["user"].to_list()):
+        assert not clicked[user].intersection(neg[row].tolist()), row
+
+
 def test_negatives_cover_exactly_the_allowed_items() -> None:
-    # one user clicks 2, 5, 2 (repeat), 7; later clicks stay allowed, earlier ones never are
+    # one user clicks 2, 5, 2 (repeat), 7; with `before` later clicks stay allowed, earlier ones never are
     n_items = 10
     events = order_events(_pairs([1, 1, 1, 1], [2, 5, 2, 7], [1, 2, 3, 4]))
     neg = sample_negatives(events, n_items, neg_ratio=500, seed=0)
@@ -166,15 +230,25 @@ def test_negatives_cover_exactly_the_allowed_items() -> None:
     assert set(neg[1].tolist()) == everything - {2, 5}
     assert set(neg[2].tolist()) == everything - {2, 5}  # a repeat click: its own earlier click excluded too
     assert set(neg[3].tolist()) == everything - {2, 5, 7}
+    ever = sample_negatives(events, n_items, neg_ratio=500, seed=0, exclude="ever")
+    for row in ever:
+        assert set(row.tolist()) == everything - {2, 5, 7}
 
 
-def test_negatives_are_deterministic_for_a_seed() -> None:
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+@pytest.mark.parametrize("exclude", ["before", "ever"])
+def test_negatives_are_deterministic_for_a_seed(sampling: str, exclude: str) -> None:
     events = order_events(random_pairs(3, n_rows=300))
-    a = sample_negatives(events, 30, neg_ratio=4, seed=11)
-    b = sample_negatives(events, 30, neg_ratio=4, seed=11)
-    c = sample_negatives(events, 30, neg_ratio=4, seed=12)
+    kw = dict(sampling=sampling, exclude=exclude)
+    a = sample_negatives(events, 30, neg_ratio=4, seed=11, **kw)
+    b = sample_negatives(events, 30, neg_ratio=4, seed=11, **kw)
+    c = sample_negatives(events, 30, neg_ratio=4, seed=12, **kw)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def _chi2(counts: np.ndarray, expected: np.ndarray) -> float:
+    return float(((counts - expected) ** 2 / expected).sum())
 
 
 def test_negatives_are_uniform_over_allowed_items() -> None:
@@ -184,11 +258,49 @@ def test_negatives_are_uniform_over_allowed_items() -> None:
     allowed = sorted(set(range(1, n_items + 1)) - {3, 8, 1, 15, 20, 4})
     counts = np.array([(neg == i).sum() for i in allowed])
     assert counts.sum() == neg.size
-    expected = neg.size / len(allowed)
-    chi2 = ((counts - expected) ** 2 / expected).sum()
+    expected = np.full(len(allowed), neg.size / len(allowed))
     # 13 degrees of freedom: P(chi2 > 40) < 1e-4 under uniformity
-    assert chi2 < 40, chi2
+    assert _chi2(counts, expected) < 40
     assert np.abs(counts / expected - 1).max() < 0.06
+
+
+@pytest.mark.parametrize("exclude", ["before", "ever"])
+def test_popularity_negatives_are_proportional_to_clicks_plus_one(exclude: str) -> None:
+    # users 2..4 make items 1..6 unequally popular; user 1's first event excludes only its target (item 9)
+    n_items = 10
+    users = [1, 1] + [2] * 5 + [3] * 4 + [4] * 3
+    items = [9, 10] + [1, 2, 3, 4, 5] + [1, 2, 3, 4] + [1, 2, 6]
+    events = order_events(_pairs(users, items, list(range(len(users)))))
+    neg = sample_negatives(events, n_items, neg_ratio=60_000, seed=5, sampling="popularity", exclude=exclude)[0]
+    clicks = Counter(items)
+    allowed = [i for i in range(1, n_items + 1) if i != 9 and not (exclude == "ever" and i == 10)]
+    weights = np.array([clicks[i] + 1 for i in allowed], dtype=float)  # 4, 4, 3, 3, 2, 2, 1, 1, (2)
+    counts = np.array([(neg == i).sum() for i in allowed])
+    assert counts.sum() == neg.size
+    expected = neg.size * weights / weights.sum()
+    # 7 or 8 degrees of freedom: P(chi2 > 30) < 3e-4 under the weights
+    assert _chi2(counts, expected) < 30
+    assert np.abs(counts / expected - 1).max() < 0.05
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_negatives_when_nearly_every_item_was_clicked(sampling: str) -> None:
+    # user 1 clicks items 3..n: only 1 and 2 remain (weights 3 and 1 under popularity, of about 800 in all), so a
+    # draw is accepted with probability < 1/200 and most are made by the exact fallback after MAX_REJECTION_ROUNDS
+    n_items = 400
+    users = [2, 3] + [1] * (n_items - 2)
+    items = [1, 1] + list(range(3, n_items + 1))
+    events = order_events(_pairs(users, items, list(range(len(users)))))
+    assert (1 - 1 / 200) ** (MAX_REJECTION_ROUNDS + 1) > 0.8
+    neg = sample_negatives(events, n_items, neg_ratio=100, seed=0, sampling=sampling, exclude="ever")
+    mine = neg[(events["user"] == 1).to_numpy()]  # (398, 100)
+    assert set(mine.ravel().tolist()) == {1, 2}
+    p_item1 = 0.75 if sampling == "popularity" else 0.5
+    assert abs((mine == 1).mean() - p_item1) < 0.01  # sd about 0.0017 at 39,800 draws
+    # with `before`, the first events still have most items to choose from
+    neg = sample_negatives(events, n_items, neg_ratio=50, seed=0, sampling=sampling, exclude="before")
+    for row, before in enumerate(_clicked_before(events)):
+        assert not before.intersection(neg[row].tolist()) and events["item"][row] not in neg[row]
 
 
 @pytest.mark.parametrize("items", [[1, 2, 3], [1, 2, 3, 1], [2, 1, 2, 3, 3]])
@@ -196,6 +308,14 @@ def test_negatives_refuse_when_no_item_remains(items: list[int]) -> None:
     events = order_events(_pairs([1] * len(items), items, list(range(len(items)))))
     with pytest.raises(DataError, match="too few of the 3 items remain"):
         sample_negatives(events, 3, neg_ratio=1, seed=0)
+
+
+def test_negatives_ever_refuse_a_user_who_clicked_every_item() -> None:
+    events = order_events(_pairs([4, 7, 7, 7, 4], [1, 1, 3, 2, 2], [1, 2, 3, 4, 5]))
+    with pytest.raises(DataError) as info:
+        sample_negatives(events, 3, neg_ratio=1, seed=0, exclude="ever")
+    message = str(info.value)
+    assert message.startswith("user 7 has clicked 3 distinct items") and "too few of the 3 items remain" in message
 
 
 @pytest.mark.parametrize(("items", "allowed_last"), [
@@ -213,13 +333,45 @@ def test_negatives_with_repeat_clicks_sample_what_is_left(items: list[int], allo
 
 SPLIT_SCHEMA = pl.Schema({
     "user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32, "likes_level": pl.Int8,
-    "views_level": pl.Int8, "label": pl.Float32, "event_ts": pl.Int64, "split": pl.Utf8,
+    "views_level": pl.Int8, "label": pl.Float32, "event_ts": pl.Int64,
 })
 
 
-def _build(pairs: pl.DataFrame, items: pl.DataFrame, **kw) -> pl.DataFrame:
-    args = dict(max_len=5, min_history=1, valid_frac=0.1, test_frac=0.1, neg_ratio=3, seed=0) | kw
+def _build(pairs: pl.DataFrame, items: pl.DataFrame, **kw) -> SplitRows:
+    args = dict(max_len=5, min_history=1, split="time", valid_frac=0.1, test_frac=0.1, neg_ratio=3,
+                neg_sampling="uniform", neg_exclude="before", seed=0) | kw
     return build_split_rows(pairs, items, **args)
+
+
+def _all_rows(rows: SplitRows) -> pl.DataFrame:
+    """Every split's rows with a `split` column, train then valid then test."""
+    return pl.concat([rows.collect(name).with_columns(split=pl.lit(name)) for name in SPLITS])
+
+
+def test_row_schema_is_the_file_contract() -> None:
+    assert ROW_SCHEMA == SPLIT_SCHEMA
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("split", ["leave_last", "time"])
+@pytest.mark.parametrize(("max_len", "min_history"), [(1, 0), (4, 1), (30, 3)])
+def test_split_rows_equal_the_reference_builder(seed: int, split: str, max_len: int, min_history: int) -> None:
+    n_items = 40
+    pairs = random_pairs(seed, n_users=20, n_items=n_items, n_rows=400, n_times=25)
+    items = _item_table(n_items, seed)
+    sampling, exclude = [("uniform", "before"), ("popularity", "ever")][seed % 2]
+    common = dict(max_len=max_len, min_history=min_history, split=split, valid_frac=0.15, test_frac=0.2)
+    rows = _build(pairs, items, neg_sampling=sampling, neg_exclude=exclude, seed=seed, **common)
+    reference = split_rows_reference(pairs, items, rows.negatives, **common)
+    for name in SPLITS:
+        assert rows.collect(name).rows() == reference[name], name
+    assert sum(len(v) for v in reference.values()) == (pairs.height - _n_short(pairs, min_history)) * 4
+
+
+def _n_short(pairs: pl.DataFrame, min_history: int) -> int:
+    """Clicks with fewer than min_history earlier clicks of the same user."""
+    counts = pairs.group_by("user").len()["len"].to_numpy()
+    return int(np.minimum(counts, min_history).sum())
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -227,8 +379,9 @@ def test_split_rows_contract(seed: int) -> None:
     n_items, neg_ratio, max_len = 60, 3, 5
     pairs = random_pairs(seed, n_users=25, n_items=n_items, n_rows=800, n_times=30)
     items = _item_table(n_items, seed)
-    rows = _build(pairs, items, max_len=max_len, neg_ratio=neg_ratio)
-    assert rows.schema == SPLIT_SCHEMA
+    built = _build(pairs, items, max_len=max_len, neg_ratio=neg_ratio)
+    rows = _all_rows(built)
+    assert rows.drop("split").schema == SPLIT_SCHEMA
     assert (rows["item_seq"].list.len() == max_len).all()
     assert set(rows["label"].unique().to_list()) <= {0.0, 1.0}
 
@@ -256,35 +409,102 @@ def test_split_rows_contract(seed: int) -> None:
     for u, t, i, seq in click_rows.select("user_id", "event_ts", "item_id", "item_seq").rows():
         assert seq == reference[(u, t, i)]
 
-    # rows are ordered by (event_ts, user_id)
-    keys = rows.select("event_ts", "user_id").rows()
-    assert keys == sorted(keys)
+    # rows of each split are ordered by (event_ts, user_id); the summary counts them
+    for name in SPLITS:
+        part = built.collect(name)
+        keys = part.select("event_ts", "user_id").rows()
+        assert keys == sorted(keys)
+        n_real = part["item_seq"].list.eval(pl.element() != 0).list.sum()
+        assert built.summary(name) == {"rows": part.height, "clicks": int(part["label"].sum()),
+                                       "mean_history": pytest.approx(n_real.mean())}
 
 
+@pytest.mark.parametrize("split", ["leave_last", "time"])
+def test_chunked_streamed_and_collected_rows_are_identical(split: str, tmp_path) -> None:
+    pairs = random_pairs(11, n_users=30, n_items=50, n_rows=900, n_times=40)
+    rows = _build(pairs, _item_table(50), split=split, max_len=8, neg_ratio=2)
+    for name in SPLITS:
+        whole = rows.collect(name)
+        assert whole.height > 0
+        # one chunk holding every event is the straightforward path; small chunks only move frame boundaries
+        (single,) = rows.frames(name, chunk_events=10**9)
+        assert single.equals(whole)
+        for chunk_events in (1, 7):
+            frames = list(rows.frames(name, chunk_events=chunk_events))
+            assert max(f.height for f in frames) == chunk_events * 3
+            assert pl.concat(frames).equals(whole)
+        assert rows.lazy(name, chunk_events=7).collect().equals(whole)
+        path = tmp_path / f"{name}.parquet"
+        rows.lazy(name, chunk_events=7).sink_parquet(path)
+        assert pl.read_parquet(path).equals(whole)
+
+
+def test_lazy_rows_honour_projection_filters_and_limits() -> None:
+    rows = _build(random_pairs(12, n_rows=600), _item_table(30), neg_ratio=2)
+    whole = rows.collect("train")
+    lazy = rows.lazy("train", chunk_events=5)
+    query = [pl.col("label") == 0, pl.col("user_id") > 10]
+    got = lazy.filter(*query).select("item_id", "event_ts").head(23).collect()
+    assert got.equals(whole.filter(*query).select("item_id", "event_ts").head(23))
+    assert lazy.select(pl.len()).collect().item() == whole.height
+    assert lazy.head(4).collect().equals(whole.head(4))
+
+
+def test_empty_split_has_the_contract_schema_and_no_rows(tmp_path) -> None:
+    # every user has 2 clicks: with leave_last and min_history 1 nothing is left in train or valid
+    pairs = _pairs([1, 1, 2, 2], [1, 2, 3, 4], [1, 2, 3, 4])
+    rows = _build(pairs, _item_table(10), split="leave_last")
+    assert rows.collect("train").height == rows.collect("valid").height == 0
+    assert rows.collect("valid").schema == SPLIT_SCHEMA
+    assert rows.summary("valid") == {"rows": 0, "clicks": 0, "mean_history": None}
+    rows.lazy("valid").sink_parquet(tmp_path / "valid.parquet")
+    empty = pl.read_parquet(tmp_path / "valid.parquet")
+    assert empty.height == 0 and empty.schema == SPLIT_SCHEMA
+    assert rows.collect("test").filter(pl.col("label") == 1).select("user_id", "item_id").rows() == [(1, 2), (2, 4)]
+
+
+@pytest.mark.parametrize(("min_history", "expected"), [
+    (0, {"train": [(3, 1)], "valid": [(2, 1), (3, 2)], "test": [(1, 1), (2, 2), (3, 3)]}),
+    (1, {"train": [], "valid": [(3, 2)], "test": [(2, 2), (3, 3)]}),
+])
+def test_leave_last_rows_of_users_with_few_clicks(min_history: int, expected: dict[str, list]) -> None:
+    # user u clicks items 1..u in order: one click (a test event), two (valid, test), three (train, valid, test)
+    pairs = _pairs([1, 2, 2, 3, 3, 3], [1, 1, 2, 1, 2, 3], [1, 1, 2, 1, 2, 3])
+    rows = _build(pairs, _item_table(10), split="leave_last", min_history=min_history)
+    for name in SPLITS:
+        got = rows.collect(name).filter(pl.col("label") == 1).select("user_id", "item_id").rows()
+        assert sorted(got) == expected[name], name
+
+
+@pytest.mark.parametrize("exclude", ["before", "ever"])
 @pytest.mark.parametrize("min_history", [1, 3])
-def test_split_row_negatives_exclude_every_earlier_click(min_history: int) -> None:
-    # the events dropped by min_history still count as clicks the user made before
+def test_split_row_negatives_exclude_the_users_clicks(min_history: int, exclude: str) -> None:
+    # the events dropped by min_history still count as clicks the user made
     n_items, neg_ratio = 40, 20
     pairs = random_pairs(5, n_users=6, n_items=n_items, n_rows=60, n_times=40)
-    rows = _build(pairs, _item_table(n_items), min_history=min_history, neg_ratio=neg_ratio)
+    rows = _build(pairs, _item_table(n_items), min_history=min_history, neg_ratio=neg_ratio, neg_exclude=exclude)
     clicks = _ordered_clicks(pairs)
-    listed = rows.select("user_id", "event_ts", "item_id", "label").rows()
-    n_checked = 0
+    listed = _all_rows(rows).select("user_id", "event_ts", "item_id", "label").rows()
+    n_checked = n_future = 0
     for k in range(0, len(listed), 1 + neg_ratio):
         user, ts, target, label = listed[k]
         assert label == 1
         (pos,) = [p for p, (t, _, it) in enumerate(clicks[user]) if (t, it) == (ts, target)]
         earlier = {it for _, _, it in clicks[user][:pos]}
+        later = {it for _, _, it in clicks[user][pos + 1:]} - earlier - {target}
         for _, _, neg, label in listed[k + 1:k + 1 + neg_ratio]:
             assert label == 0 and neg != target and neg not in earlier
+            assert exclude == "before" or neg not in later
+            n_future += neg in later
             n_checked += 1
     assert n_checked == (pairs.height - 6 * min_history) * neg_ratio
+    assert (n_future > 0) == (exclude == "before")  # `before` does sample clicks the user makes later
 
 
 @pytest.mark.parametrize("min_history", [0, 2, 4])
 def test_min_history_filters_rows(min_history: int) -> None:
     pairs = _pairs([1] * 5 + [2] * 2, [1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 1, 2])
-    rows = _build(pairs, _item_table(20), min_history=min_history, neg_ratio=2)
+    rows = _all_rows(_build(pairs, _item_table(20), min_history=min_history, neg_ratio=2))
     got = sorted(rows.filter(pl.col("label") == 1).select("user_id", "item_id").rows())
     expected = sorted([(1, i) for i in range(1 + min_history, 6)] + [(2, i) for i in range(6 + min_history, 8)])
     assert got == expected
@@ -304,10 +524,29 @@ def test_unknown_item_names_item_and_user() -> None:
     assert "item 11 of user 4" in message and "1..10" in message and "\n" not in message
 
 
-def test_split_rows_do_not_depend_on_pairs_row_order_without_ties() -> None:
+def test_side_features_follow_item_id_not_row_position() -> None:
+    pairs = random_pairs(2, n_rows=300)
+    items = _item_table(30, seed=3)
+    a = _all_rows(_build(pairs, items))
+    b = _all_rows(_build(pairs, items.sample(fraction=1.0, shuffle=True, seed=0)))
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize("split", ["leave_last", "time"])
+def test_split_rows_do_not_depend_on_pairs_row_order_without_ties(split: str) -> None:
     pairs = random_pairs(9, n_rows=500, n_times=10**9)
     assert pairs["timestamp"].n_unique() == pairs.height
     items = _item_table(30)
-    a = _build(pairs, items)
-    b = _build(pairs.sample(fraction=1.0, shuffle=True, seed=1), items)
+    a = _all_rows(_build(pairs, items, split=split))
+    b = _all_rows(_build(pairs.sample(fraction=1.0, shuffle=True, seed=1), items, split=split))
     assert a.drop("item_id", "likes_level", "views_level").equals(b.drop("item_id", "likes_level", "views_level"))
+
+
+def test_split_rows_are_deterministic_for_a_seed() -> None:
+    pairs, items = random_pairs(8, n_rows=400), _item_table(30)
+    kw = dict(split="leave_last", neg_sampling="popularity", neg_exclude="ever")
+    a, b = _all_rows(_build(pairs, items, seed=3, **kw)), _all_rows(_build(pairs, items, seed=3, **kw))
+    c = _all_rows(_build(pairs, items, seed=4, **kw))
+    assert a.equals(b)
+    assert a.drop("item_id", "likes_level", "views_level").equals(c.drop("item_id", "likes_level", "views_level"))
+    assert not a["item_id"].equals(c["item_id"])

@@ -1,0 +1,366 @@
+"""Readers for the WWW2025 MMCTR challenge data (MicroLens_1M_x1), and the challenge's submission file.
+
+`find_challenge_files(data_dir)` looks for each file in data_dir and in data_dir/MicroLens_1M_x1 (the download
+puts the splits and item_info there and item_feature.parquet beside that folder):
+    train.parquet, valid.parquet, test.parquet   user_id, item_seq (int list, left-padded with 0, most recent
+                                                 last), item_id, likes_level, views_level (0..10), label
+                                                 (test: absent or dummy)
+    item_info.parquet      item_id, item_tags (int list, left-padded with 0), item_emb_d128 (128 floats);
+                           row i = item i, row 0 the all-zero padding item
+    item_feature.parquet   item_id 1..N, item_title, item_tags, likes_level, views_level, txt_emb_BERT (768 floats),
+                           img_emb_CLIPRN50 (1024 floats)
+    item_images/           covers `<item_id>.jpg` (or `image<item_id>.jpg`; optional)
+
+`read_split` returns our split contract (pipeline/sequences.py): user_id Int32, item_seq List(Int32) (all of one
+length), item_id Int32, likes_level Int8, views_level Int8, label Float32, event_ts Int64. The challenge has no
+timestamps, so event_ts is the row index: every row is its own event and file order is kept.
+
+Every problem is a one-line DataError naming the file and the column or row (0-based, as in the parquet file).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.io import DataError, atomic_path
+from pipeline.items import check_item_table
+from pipeline.raw import INT32_MAX, detect_cover_naming
+
+N_LEVELS = 11  # likes_level and views_level are 0..10
+ITEM_EMB_DIM = 128  # item_info.item_emb_d128
+TEXT_EMB_DIM = 768  # item_feature.txt_emb_BERT
+IMAGE_EMB_DIM = 1024  # item_feature.img_emb_CLIPRN50
+CHALLENGE_SUBDIR = "MicroLens_1M_x1"
+SUBMISSION_MEMBER = "prediction.csv"
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the files
+
+
+@dataclass(frozen=True)
+class ChallengeFiles:
+    """The challenge files of one data directory; `images` and `image_naming` are None without item_images/.
+
+    image_naming is one of pipeline.raw.COVER_NAMINGS, for pipeline.raw.cover_path.
+    """
+
+    train: Path
+    valid: Path
+    test: Path
+    item_info: Path
+    item_feature: Path
+    images: Path | None
+    image_naming: str | None
+
+
+def _locate(data_dir: Path, name: str, is_dir: bool = False) -> Path | None:
+    """data_dir/name or data_dir/MicroLens_1M_x1/name; both present is a DataError naming both."""
+    found = [d / name for d in (data_dir, data_dir / CHALLENGE_SUBDIR)
+             if ((d / name).is_dir() if is_dir else (d / name).is_file())]
+    if len(found) > 1:
+        raise DataError(f"{data_dir}: both {found[0]} and {found[1]} exist; keep one")
+    return found[0] if found else None
+
+
+def find_challenge_files(data_dir: str | Path) -> ChallengeFiles:
+    """Find the five parquet files (required) and item_images/ (optional) of the module docstring."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: challenge data directory not found")
+    paths = {}
+    for role in ("train", "valid", "test", "item_info", "item_feature"):
+        path = _locate(data_dir, f"{role}.parquet")
+        if path is None:
+            raise DataError(f"{data_dir}: no {role}.parquet (looked in {data_dir} and {data_dir / CHALLENGE_SUBDIR})")
+        paths[role] = path
+    images = _locate(data_dir, "item_images", is_dir=True)
+    return ChallengeFiles(**paths, images=images,
+                          image_naming=detect_cover_naming(images) if images is not None else None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema and value checks
+
+
+def _schema(path: Path) -> dict[str, pl.DataType]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return dict(pl.read_parquet_schema(path))
+    except Exception as e:  # polars raises several types for corrupt files
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+
+
+# A column kind: (does a dtype qualify, how an error message names the kind).
+_Kind = tuple[Callable[[pl.DataType], bool], str]
+INTEGER: _Kind = (lambda t: t.is_integer(), "an integer type")
+INT_LIST: _Kind = (lambda t: isinstance(t, pl.List | pl.Array) and t.inner.is_integer(), "a list of integers")
+NUMBER_LIST: _Kind = (lambda t: isinstance(t, pl.List | pl.Array) and t.inner.is_numeric(), "a list of numbers")
+NUMBER: _Kind = (lambda t: t.is_numeric() or t == pl.Boolean, "a number type")
+TEXT: _Kind = (lambda t: t in (pl.Utf8, pl.Null), "a string type")
+
+
+def _require_columns(path: Path, schema: dict[str, pl.DataType], columns: dict[str, _Kind]) -> None:
+    for name, (ok, kind) in columns.items():
+        if name not in schema:
+            raise DataError(f"{path}: missing column {name!r} (has {', '.join(schema)})")
+        if not ok(schema[name]):
+            raise DataError(f"{path}: column {name!r} has dtype {schema[name]}, expected {kind}")
+
+
+def _first_true(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def _check_range(path: Path, df: pl.DataFrame, column: str, low: int, high: int) -> None:
+    """Every value of an integer column in low..high (no nulls); else a DataError naming the first bad row."""
+    col = df[column]
+    bad = _first_true((col.is_null() | (col < low) | (col > high)).fill_null(True).to_numpy())
+    if bad is not None:
+        value = col[bad]
+        what = "is null" if value is None else f"{value} is outside {low}..{high}"
+        raise DataError(f"{path}: row {bad}: {column} {what}")
+
+
+def _list_matrix(path: Path, df: pl.DataFrame, column: str, width: int | None, dtype: type[pl.DataType]
+                 ) -> np.ndarray:
+    """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array."""
+    col = df[column].cast(pl.List(dtype))
+    lengths = col.list.len()
+    width = width if width is not None else (lengths[0] if len(col) else 0)
+    bad = _first_true((lengths != width).fill_null(True).to_numpy())
+    if bad is not None:
+        got = "is null" if lengths[bad] is None else f"has length {lengths[bad]}"
+        raise DataError(f"{path}: row {bad}: {column} {got}, expected length {width}")
+    bad = _first_true(col.list.eval(pl.element().is_null()).list.any().to_numpy())
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: {column} holds a null")
+    return col.list.to_array(width).to_numpy() if width else np.zeros((len(col), 0))
+
+
+def _check_finite(path: Path, column: str, values: np.ndarray) -> None:
+    bad = _first_true(~np.isfinite(values).all(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: {column} holds a non-finite value")
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits
+
+
+@dataclass(frozen=True)
+class ChallengeSplit:
+    """A split in our contract (module docstring). labels_hidden: the file's labels are absent or dummy, so
+    `rows.label` is all 0.0 and must not be scored."""
+
+    rows: pl.DataFrame
+    labels_hidden: bool
+
+
+def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -> ChallengeSplit:
+    """Read and validate one of train/valid/test.parquet against an item table of items 1..n_items.
+
+    Checks, each naming the first bad row: user_id in 0..2^31-1; item_id in 1..n_items; likes_level and
+    views_level in 0..10; item_seq of one length (row 0's) with ids in 0..n_items, left-padded (no 0 after an
+    item id); no nulls. With require_labels, `label` must exist and be 0 or 1. Without it (test), the labels
+    count as hidden when the column is absent, holds anything but 0 and 1, or is constant (a real test split has
+    both classes); hidden labels come back as 0.0 with labels_hidden=True. Other columns are dropped.
+
+    The checks are one streaming pass over the file, so only the returned frame is held whole in memory (about
+    1 GB peak per million rows of 100-long histories).
+    """
+    path = Path(path)
+    schema = _schema(path)
+    _require_columns(path, schema, {"user_id": INTEGER, "item_seq": INT_LIST, "item_id": INTEGER,
+                                    "likes_level": INTEGER, "views_level": INTEGER})
+    if require_labels or "label" in schema:
+        _require_columns(path, schema, {"label": NUMBER})
+    has_label = "label" in schema
+
+    lf = pl.scan_parquet(path).with_row_index("_row")
+    seq = pl.col("item_seq").cast(pl.List(pl.Int64))
+    n_rows, seq_len = lf.select(pl.len(), seq.first().list.len()).collect().row(0)
+    if n_rows == 0:
+        raise DataError(f"{path}: no rows")
+    n_zero = seq.list.eval(pl.element() == 0).list.sum()
+    first_item = seq.list.eval(pl.element() != 0).list.arg_max()
+    label = pl.col("label").cast(pl.Float64)
+    # name -> (bad-row expression, value shown in the message, message given the value)
+    checks: dict[str, tuple[pl.Expr, pl.Expr, Callable[[object], str]]] = {}
+    for column, low, high in (("user_id", 0, INT32_MAX), ("item_id", 1, n_items),
+                              ("likes_level", 0, N_LEVELS - 1), ("views_level", 0, N_LEVELS - 1)):
+        c = pl.col(column)
+        checks[column] = (c.is_null() | (c < low) | (c > high), c,
+                          lambda v, column=column, low=low, high=high:
+                          f"{column} is null" if v is None else f"{column} {v} is outside {low}..{high}")
+    checks["seq_length"] = ((seq.list.len() != seq_len).fill_null(True), seq.list.len(),
+                            lambda v: "item_seq is null" if v is None
+                            else f"item_seq has length {v}, expected {seq_len} (as row 0)")
+    checks["seq_null"] = (seq.list.eval(pl.element().is_null()).list.any(), pl.lit(None),
+                          lambda v: "item_seq holds a null")
+    outside = (pl.element() < 0) | (pl.element() > n_items)
+    checks["seq_range"] = (seq.list.eval(outside).list.any(), seq.list.eval(pl.element().filter(outside)).list.first(),
+                           lambda v: f"item_seq holds item id {v} outside 0..{n_items}")
+    checks["seq_padding"] = ((n_zero < seq.list.len()) & (first_item != n_zero), pl.lit(None),
+                             lambda v: "item_seq is not left-padded (a 0 follows an item id)")
+    if require_labels:
+        checks["label"] = (label.is_null() | ~label.is_in([0.0, 1.0]), label,
+                           lambda v: "label is null" if v is None else f"label {v} is not 0 or 1")
+
+    first_bad = lf.select([pl.col("_row").filter(bad).min().alias(name) for name, (bad, _, _) in checks.items()]
+                          ).collect(engine="streaming").row(0, named=True)
+    for name, (_, shown, message) in checks.items():
+        row = first_bad[name]
+        if row is not None:
+            value = lf.filter(pl.col("_row") == row).select(shown).collect().item()
+            raise DataError(f"{path}: row {row}: {message(value)}")
+
+    labels_hidden = not has_label
+    if has_label and not require_labels:
+        n_bad, n_values = lf.select((label.is_null() | ~label.is_in([0.0, 1.0])).sum().alias("n_bad"),
+                                    label.n_unique().alias("n_values")).collect().row(0)
+        labels_hidden = n_bad > 0 or n_values < 2
+    rows = pl.scan_parquet(path).select(
+        pl.col("user_id").cast(pl.Int32), pl.col("item_seq").cast(pl.List(pl.Int32)), pl.col("item_id").cast(pl.Int32),
+        pl.col("likes_level").cast(pl.Int8), pl.col("views_level").cast(pl.Int8),
+        pl.lit(0.0, dtype=pl.Float32).alias("label") if labels_hidden else pl.col("label").cast(pl.Float32),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("event_ts"),
+    ).collect(engine="streaming")
+    return ChallengeSplit(rows=rows, labels_hidden=labels_hidden)
+
+
+# --------------------------------------------------------------------------------------------------
+# Item tables
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """item_info.parquet as an item table (row i = item i, row 0 padding, N = n_items).
+
+    tags: item_id Int32 (0..N), item_tags List(Int32) of one length T (tag ids, left-padded with 0);
+    emb_d128: (N+1, 128) float32, the organisers' PCA of BERT + CLIP embeddings; row 0 zeros.
+    """
+
+    tags: pl.DataFrame
+    emb_d128: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        """N, the number of real items (ids 1..N)."""
+        return self.tags.height - 1
+
+
+def read_item_info(path: str | Path) -> ItemInfo:
+    """Read and validate item_info.parquet: item_id = row index from 0, item_tags of one length with ids >= 0,
+    item_emb_d128 of 128 finite values, row 0 all zero; each problem names the first bad row."""
+    path = Path(path)
+    schema = _schema(path)
+    _require_columns(path, schema, {"item_id": INTEGER, "item_tags": INT_LIST, "item_emb_d128": NUMBER_LIST})
+    df = pl.read_parquet(path, columns=["item_id", "item_tags", "item_emb_d128"])
+    if df.height < 2:
+        raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
+    check_item_table(df, str(path))
+    tags = _list_matrix(path, df, "item_tags", None, pl.Int64)
+    bad = _first_true(((tags < 0) | (tags > INT32_MAX)).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: item_tags holds a tag id outside 0..{INT32_MAX}")
+    emb = _list_matrix(path, df, "item_emb_d128", ITEM_EMB_DIM, pl.Float32)
+    _check_finite(path, "item_emb_d128", emb)
+    if tags[0].any() or emb[0].any():
+        raise DataError(f"{path}: row 0 (the padding item) must have all-zero item_tags and item_emb_d128")
+    frame = pl.DataFrame({"item_id": df["item_id"].cast(pl.Int32),
+                          "item_tags": df["item_tags"].cast(pl.List(pl.Int32))})
+    return ItemInfo(tags=frame, emb_d128=emb.astype(np.float32, copy=False))
+
+
+@dataclass(frozen=True)
+class ItemFeature:
+    """item_feature.parquet sorted by item_id (N items, ids 1..N; row j holds item j+1).
+
+    titles: item_id Int32, title Utf8 (a null title becomes ""), the contract of pipeline.raw.read_titles;
+    levels: item_id Int32, likes_level Int8, views_level Int8 (0..10);
+    item_ids: (N,) int64, the id of each embedding row; text_emb: (N, 768) float32 txt_emb_BERT;
+    image_emb: (N, 1024) float32 img_emb_CLIPRN50.
+    """
+
+    titles: pl.DataFrame
+    levels: pl.DataFrame
+    item_ids: np.ndarray
+    text_emb: np.ndarray
+    image_emb: np.ndarray
+
+
+def read_item_feature(path: str | Path, n_items: int | None = None) -> ItemFeature:
+    """Read and validate item_feature.parquet, whose rows may come in any order.
+
+    item_id must hold each of 1..N exactly once (N = n_items when given, e.g. from item_info), levels lie in
+    0..10, embeddings have 768 and 1024 finite values; each problem names the first bad row of the file.
+    """
+    path = Path(path)
+    schema = _schema(path)
+    _require_columns(path, schema, {"item_id": INTEGER, "item_title": TEXT, "likes_level": INTEGER,
+                                    "views_level": INTEGER, "txt_emb_BERT": NUMBER_LIST,
+                                    "img_emb_CLIPRN50": NUMBER_LIST})
+    df = pl.read_parquet(path, columns=["item_id", "item_title", "likes_level", "views_level", "txt_emb_BERT",
+                                        "img_emb_CLIPRN50"])
+    n = df.height if n_items is None else n_items
+    _check_range(path, df, "item_id", 1, n)
+    ids = df["item_id"].to_numpy().astype(np.int64)
+    order = np.argsort(ids, kind="stable")
+    if ids.size != n or np.unique(ids).size != ids.size:
+        repeated = _first_true(np.diff(ids[order]) == 0)
+        if repeated is not None:
+            rows = sorted(order[repeated:repeated + 2].tolist())
+            raise DataError(f"{path}: item_id {ids[rows[0]]} appears twice (rows {rows[0]} and {rows[1]})")
+        missing = np.setdiff1d(np.arange(1, n + 1), ids)
+        raise DataError(f"{path}: {ids.size} items, expected each of 1..{n} once; item_id {missing[0]} is missing")
+    for column in ("likes_level", "views_level"):
+        _check_range(path, df, column, 0, N_LEVELS - 1)
+    text = _list_matrix(path, df, "txt_emb_BERT", TEXT_EMB_DIM, pl.Float32)
+    _check_finite(path, "txt_emb_BERT", text)
+    image = _list_matrix(path, df, "img_emb_CLIPRN50", IMAGE_EMB_DIM, pl.Float32)
+    _check_finite(path, "img_emb_CLIPRN50", image)
+
+    df = df[order]
+    item_id = df["item_id"].cast(pl.Int32)
+    return ItemFeature(
+        titles=pl.DataFrame({"item_id": item_id, "title": df["item_title"].cast(pl.Utf8).fill_null("")}),
+        levels=pl.DataFrame({"item_id": item_id, "likes_level": df["likes_level"].cast(pl.Int8),
+                             "views_level": df["views_level"].cast(pl.Int8)}),
+        item_ids=ids[order],
+        text_emb=text[order].astype(np.float32, copy=False),
+        image_emb=image[order].astype(np.float32, copy=False),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Submission
+
+
+def write_submission(scores: np.ndarray, out_zip: str | Path) -> None:
+    """Write the challenge submission: out_zip holds one member, prediction.csv, with columns ID (0..n-1, the
+    test split's row order) and Task1 (scores[ID], a click probability in [0, 1]).
+
+    The zip is written atomically and byte-identically for identical scores (fixed member date); floats are
+    written in their shortest round-tripping form.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be one probability per test row, got shape {scores.shape}")
+    bad = _first_true(~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0)))
+    if bad is not None:
+        raise ValueError(f"score {bad} is {scores[bad]}, not a probability in [0, 1]")
+    table = pl.DataFrame({"ID": np.arange(scores.size, dtype=np.int64), "Task1": scores})
+    member = zipfile.ZipInfo(SUBMISSION_MEMBER, date_time=(1980, 1, 1, 0, 0, 0))
+    member.compress_type = zipfile.ZIP_DEFLATED
+    member.external_attr = 0o644 << 16
+    with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+        zf.writestr(member, table.write_csv())

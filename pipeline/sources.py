@@ -1,0 +1,118 @@
+"""Where each stage's raw inputs come from, by `data.source`.
+
+- `synthetic` and `microlens`: a MicroLens raw release folder (pipeline/raw.py finds its files by name);
+- `mmctr`: the WWW2025 MMCTR challenge folder (pipeline/challenge.py): titles from item_feature.parquet,
+  covers from item_images/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from pipeline.challenge import find_challenge_files, read_item_feature, read_item_info, read_split
+from pipeline.config import BuildSequencesConfig
+from pipeline.feature_map import Feature, FeatureMap
+from pipeline.io import DataError
+from pipeline.items import build_item_features, scatter_by_id
+from pipeline.raw import (
+    check_known_items, cover_path, find_microlens_files, item_ids, read_likes_views, read_pairs, read_tags,
+    read_titles)
+from pipeline.sequences import SPLITS, build_split_rows
+
+
+def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
+    """The item universe with titles: item_id Int32 (unique), title Utf8."""
+    if source == "mmctr":
+        return read_item_feature(find_challenge_files(raw_dir).item_feature).titles
+    return read_titles(find_microlens_files(raw_dir).titles)
+
+
+def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[Path]:
+    """The cover path of each id (a path may not exist: extraction marks it `missing`)."""
+    if source == "mmctr":
+        files = find_challenge_files(raw_dir)
+        folder, naming = files.images, files.image_naming
+    else:
+        files = find_microlens_files(raw_dir)
+        folder, naming = files.covers, files.cover_naming
+    if folder is None:
+        raise DataError(f"{raw_dir}: no covers folder found")
+    return [cover_path(folder, int(i), naming) for i in ids]
+
+
+@dataclass(frozen=True)
+class SequenceData:
+    """What build_sequences writes, whatever the source: per-split row frames (or lazy frames) in the split
+    contract, the item table (pipeline/items.py contract) and the counts its feature map needs."""
+
+    splits: dict[str, pl.LazyFrame]
+    summary: dict[str, dict[str, float]]
+    items: pl.DataFrame
+    n_tags: int  # tag ids are 1..n_tags
+    max_tags: int  # length of item_tags
+    max_len: int  # length of item_seq
+    n_levels: int  # likes/views levels are 0..n_levels-1
+    dropped_clicks: int  # clicks on unknown items dropped under data.unknown_items: drop
+
+    def feature_map(self) -> FeatureMap:
+        """The feature map of these splits (the frozen item embedding is added by train)."""
+        n_item_ids = self.items.height
+        return FeatureMap((
+            Feature("item_id", "categorical", "item", vocab_size=n_item_ids),
+            Feature("item_tags", "sequence", "item", vocab_size=self.n_tags + 1, max_len=self.max_tags),
+            Feature("item_seq", "sequence", "history", vocab_size=n_item_ids, max_len=self.max_len,
+                    share_embedding="item_id"),
+            Feature("likes_level", "categorical", "context", vocab_size=self.n_levels),
+            Feature("views_level", "categorical", "context", vocab_size=self.n_levels),
+        ))
+
+
+CHALLENGE_LEVELS = 11  # the challenge's likes_level / views_level are 0..10
+
+
+def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSequencesConfig) -> SequenceData:
+    """A MicroLens raw release (or the synthetic one) -> histories, split and sampled non-clicks."""
+    files = find_microlens_files(raw_dir)
+    ids = item_ids(read_titles(files.titles))
+    tags = read_tags(files.tags) if files.tags else pl.DataFrame(
+        {"item_id": pl.Series([], dtype=pl.Int32), "tags": pl.Series([], dtype=pl.List(pl.Utf8))})
+    items, vocab = build_item_features(ids, read_likes_views(files.likes_views), tags, max_tags=cfg.max_tags,
+                                       n_levels=cfg.n_levels)
+    pairs, dropped = check_known_items(read_pairs(files.pairs), ids, unknown_items, files.pairs)
+    rows = build_split_rows(pairs, items, max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split,
+                            valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, neg_ratio=cfg.neg_ratio,
+                            neg_sampling=cfg.neg_sampling, neg_exclude=cfg.neg_exclude, seed=cfg.seed)
+    return SequenceData({name: rows.lazy(name) for name in SPLITS}, {name: rows.summary(name) for name in SPLITS},
+                        items, len(vocab), cfg.max_tags, cfg.max_len, cfg.n_levels, dropped)
+
+
+def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> SequenceData:
+    """The MMCTR challenge's own splits, validated and passed through (the challenge fixes histories, labels and
+    split). Histories longer than build_sequences.max_len keep their most recent max_len items, as the
+    challenge's data loader does; the other build_sequences keys do not apply."""
+    files = find_challenge_files(raw_dir)
+    info = read_item_info(files.item_info)
+    levels = read_item_feature(files.item_feature, info.n_items).levels
+    n_rows = info.n_items + 1
+    items = info.tags.with_columns(**{
+        col: pl.Series(scatter_by_id(levels["item_id"].to_numpy(), levels[col].to_numpy(), n_rows), dtype=pl.Int8)
+        for col in ("likes_level", "views_level")})
+    splits, summary, lengths = {}, {}, {}
+    for name in SPLITS:
+        path = getattr(files, name)
+        rows = read_split(path, info.n_items, require_labels=name != "test").rows
+        lengths[name] = length = int(rows["item_seq"].list.len().max())
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{path}: item_seq has length {length}, but {lengths} across the splits")
+        if length > cfg.max_len:
+            rows = rows.with_columns(pl.col("item_seq").list.slice(length - cfg.max_len))
+        splits[name] = rows.lazy()
+        summary[name] = {"rows": rows.height, "clicks": int(rows["label"].sum()), "mean_history": float(
+            rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
+    n_tags = int(items["item_tags"].list.max().max() or 0)
+    max_tags = int(items["item_tags"].list.len().max())
+    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0)

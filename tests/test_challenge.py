@@ -1,0 +1,334 @@
+"""pipeline/challenge.py: the MMCTR challenge readers on tiny parquet files in the challenge's layout, each bad
+input with its message, and the submission zip round trip."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.challenge import (
+    ChallengeFiles,
+    find_challenge_files,
+    read_item_feature,
+    read_item_info,
+    read_split,
+    write_submission,
+)
+from pipeline.io import DataError
+
+N_ITEMS = 6
+SEQ_LEN = 4
+SPLIT_SCHEMA = pl.Schema({"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
+                          "likes_level": pl.Int8, "views_level": pl.Int8, "label": pl.Float32,
+                          "event_ts": pl.Int64})
+
+
+def _split(**changes: list) -> pl.DataFrame:
+    """A valid split as the challenge stores it (Int64 ids, List(Int64) histories, Float64 labels)."""
+    data: dict[str, list] = {
+        "user_id": [1, 1, 2, 3],
+        "item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0]],
+        "item_id": [2, 3, 1, 6],
+        "likes_level": [0, 10, 3, 5],
+        "views_level": [1, 2, 10, 0],
+        "label": [1.0, 0.0, 1.0, 0.0],
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+def _write(df: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path)
+    return path
+
+
+def _error(fn, path: Path, *args, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        fn(path, *args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    return message
+
+
+def _item_info(n: int = N_ITEMS, **changes: list) -> pl.DataFrame:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((n + 1, 128)).astype(np.float32)
+    emb[0] = 0
+    data: dict[str, list] = {
+        "item_id": list(range(n + 1)),
+        "item_tags": [[0] * 5] + [[0] * (4 - i % 3) + list(range(1, 2 + i % 3)) for i in range(1, n + 1)],
+        "item_emb_d128": emb.tolist(),
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+def _item_feature(n: int = N_ITEMS, **changes: list) -> pl.DataFrame:
+    rng = np.random.default_rng(1)
+    data: dict[str, list] = {
+        "item_id": list(range(1, n + 1)),
+        "item_title": [f"title {i}, with a comma" for i in range(1, n + 1)],
+        "item_tags": [[0, 0, 0, 0, i] for i in range(1, n + 1)],
+        "likes_level": [i % 11 for i in range(1, n + 1)],
+        "views_level": [(3 * i) % 11 for i in range(1, n + 1)],
+        "txt_emb_BERT": rng.standard_normal((n, 768)).tolist(),
+        "img_emb_CLIPRN50": rng.standard_normal((n, 1024)).tolist(),
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+def _layout(root: Path, split_dir: Path, images: list[str] | None = None) -> None:
+    for name in ("train", "valid", "test"):
+        _write(_split(), split_dir / f"{name}.parquet")
+    _write(_item_info(), split_dir / "item_info.parquet")
+    _write(_item_feature(), root / "item_feature.parquet")
+    for name in images or []:
+        (root / "item_images").mkdir(parents=True, exist_ok=True)
+        (root / "item_images" / name).write_bytes(b"")
+
+
+def test_find_files_in_the_download_layout(tmp_path: Path) -> None:
+    # As downloaded: splits and item_info in MicroLens_1M_x1/, item_feature and item_images beside it.
+    sub = tmp_path / "MicroLens_1M_x1"
+    _layout(tmp_path, sub, images=["1.jpg", "2.jpg"])
+    assert find_challenge_files(tmp_path) == ChallengeFiles(
+        train=sub / "train.parquet", valid=sub / "valid.parquet", test=sub / "test.parquet",
+        item_info=sub / "item_info.parquet", item_feature=tmp_path / "item_feature.parquet",
+        images=tmp_path / "item_images", image_naming="<id>.jpg")
+
+
+def test_find_files_flat_without_images(tmp_path: Path) -> None:
+    _layout(tmp_path, tmp_path)
+    files = find_challenge_files(tmp_path)
+    assert files.train == tmp_path / "train.parquet" and (files.images, files.image_naming) == (None, None)
+
+
+def test_find_files_image_prefix_naming(tmp_path: Path) -> None:
+    _layout(tmp_path, tmp_path, images=["image1.jpg", "image2.jpg"])
+    assert find_challenge_files(tmp_path).image_naming == "image<id>.jpg"
+
+
+def test_find_files_missing_or_twice(tmp_path: Path) -> None:
+    _layout(tmp_path, tmp_path)
+    (tmp_path / "valid.parquet").unlink()
+    assert _error(find_challenge_files, tmp_path) == (
+        f"{tmp_path}: no valid.parquet (looked in {tmp_path} and {tmp_path / 'MicroLens_1M_x1'})")
+    _write(_split(), tmp_path / "valid.parquet")
+    _write(_split(), tmp_path / "MicroLens_1M_x1" / "train.parquet")
+    assert _error(find_challenge_files, tmp_path) == (
+        f"{tmp_path}: both {tmp_path / 'train.parquet'} and {tmp_path / 'MicroLens_1M_x1' / 'train.parquet'} "
+        "exist; keep one")
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+def test_read_split_casts_to_the_split_contract(tmp_path: Path) -> None:
+    df = _split().with_columns(extra=pl.lit("x"))
+    split = read_split(_write(df, tmp_path / "train.parquet"), N_ITEMS)
+    assert not split.labels_hidden
+    assert split.rows.schema == SPLIT_SCHEMA
+    assert split.rows.drop("event_ts").rows() == _split().rows()
+    assert split.rows["event_ts"].to_list() == [0, 1, 2, 3]  # the row index: file order is event order
+
+
+def test_read_split_accepts_narrow_and_array_types(tmp_path: Path) -> None:
+    df = _split().with_columns(pl.col("user_id", "item_id").cast(pl.UInt32), pl.col("label").cast(pl.Int8),
+                               pl.col("item_seq").cast(pl.Array(pl.Int16, SEQ_LEN)))
+    split = read_split(_write(df, tmp_path / "valid.parquet"), N_ITEMS)
+    assert split.rows.schema == SPLIT_SCHEMA and split.rows.drop("event_ts").rows() == _split().rows()
+
+
+@pytest.mark.parametrize(("labels", "hidden"), [(None, True), ([0.0] * 4, True), ([-1.0] * 4, True),
+                                                ([1.0, None, 0.0, 1.0], True), ([1.0, 0.0, 0.0, 1.0], False)])
+def test_read_test_split_hidden_labels(tmp_path: Path, labels: list | None, hidden: bool) -> None:
+    df = _split().drop("label") if labels is None else _split(label=labels)
+    split = read_split(_write(df, tmp_path / "test.parquet"), N_ITEMS, require_labels=False)
+    assert split.labels_hidden is hidden
+    assert split.rows.schema == SPLIT_SCHEMA
+    expected = [0.0] * 4 if hidden else labels
+    assert split.rows["label"].to_list() == expected
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"item_id": [2, 7, 1, 6]}, "row 1: item_id 7 is outside 1..6"),
+    ({"item_id": [2, 3, 0, 6]}, "row 2: item_id 0 is outside 1..6"),
+    ({"user_id": [1, None, 2, 3]}, "row 1: user_id is null"),
+    ({"user_id": [1, 1, -2, 3]}, "row 2: user_id -2 is outside 0..2147483647"),
+    ({"likes_level": [0, 11, 3, 5]}, "row 1: likes_level 11 is outside 0..10"),
+    ({"views_level": [1, 2, 10, -1]}, "row 3: views_level -1 is outside 0..10"),
+    ({"item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [4, 5, 6], [0, 0, 0, 0]]},
+     "row 2: item_seq has length 3, expected 4 (as row 0)"),
+    ({"item_seq": [[0, 0, 1], [0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0]]},
+     "row 1: item_seq has length 4, expected 3 (as row 0)"),
+    ({"item_seq": [[0, 0, 0, 1], None, [3, 4, 5, 6], [0, 0, 0, 0]]}, "row 1: item_seq is null"),
+    ({"item_seq": [[0, 0, 0, 1], [0, 0, None, 2], [3, 4, 5, 6], [0, 0, 0, 0]]}, "row 1: item_seq holds a null"),
+    ({"item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 9, 6], [0, 0, 0, 0]]},
+     "row 2: item_seq holds item id 9 outside 0..6"),
+    ({"item_seq": [[0, 0, 0, 1], [0, 2, 0, 2], [3, 4, 5, 6], [0, 0, 0, 0]]},
+     "row 1: item_seq is not left-padded (a 0 follows an item id)"),
+    ({"item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 5, 6], [1, 0, 0, 0]]},
+     "row 3: item_seq is not left-padded (a 0 follows an item id)"),
+    ({"label": [1.0, 0.0, 2.0, 0.0]}, "row 2: label 2.0 is not 0 or 1"),
+    ({"label": [1.0, None, 1.0, 0.0]}, "row 1: label is null"),
+])
+def test_read_split_bad_values_name_the_row(tmp_path: Path, changes: dict, problem: str) -> None:
+    path = _write(_split(**changes), tmp_path / "train.parquet")
+    assert _error(read_split, path, N_ITEMS) == f"{path}: {problem}"
+
+
+@pytest.mark.parametrize(("df", "problem"), [
+    (_split().drop("label"), "missing column 'label' (has user_id, item_seq, item_id, likes_level, views_level)"),
+    (_split().drop("item_seq"), "missing column 'item_seq' (has user_id, item_id, likes_level, views_level, label)"),
+    (_split().with_columns(pl.col("item_id").cast(pl.Float64)),
+     "column 'item_id' has dtype Float64, expected an integer type"),
+    (_split().with_columns(pl.col("item_seq").cast(pl.List(pl.Utf8))),
+     "column 'item_seq' has dtype List(String), expected a list of integers"),
+    (_split().with_columns(pl.col("label").cast(pl.Utf8)), "column 'label' has dtype String, expected a number type"),
+    (_split().head(0), "no rows"),
+])
+def test_read_split_bad_columns(tmp_path: Path, df: pl.DataFrame, problem: str) -> None:
+    path = _write(df, tmp_path / "train.parquet")
+    assert _error(read_split, path, N_ITEMS) == f"{path}: {problem}"
+
+
+def test_read_split_missing_or_corrupt_file(tmp_path: Path) -> None:
+    assert _error(read_split, tmp_path / "train.parquet", N_ITEMS) == f"{tmp_path / 'train.parquet'}: file not found"
+    path = tmp_path / "valid.parquet"
+    path.write_bytes(b"PAR1 not really")
+    assert _error(read_split, path, N_ITEMS).startswith(f"{path}: not a readable parquet file (")
+
+
+# ---------------------------------------------------------------------------------------------- item_info
+
+
+def test_read_item_info(tmp_path: Path) -> None:
+    df = _item_info()
+    info = read_item_info(_write(df, tmp_path / "item_info.parquet"))
+    assert info.n_items == N_ITEMS
+    assert info.tags.schema == pl.Schema({"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
+    assert info.tags.rows() == df.select("item_id", "item_tags").rows()
+    assert info.emb_d128.dtype == np.float32 and info.emb_d128.shape == (N_ITEMS + 1, 128)
+    np.testing.assert_array_equal(info.emb_d128, np.array(df["item_emb_d128"].to_list(), dtype=np.float32))
+
+
+def _emb_rows(n: int, row: int, value: list) -> list:
+    rows = _item_info(n)["item_emb_d128"].to_list()
+    rows[row] = value
+    return rows
+
+
+@pytest.mark.parametrize(("df", "problem"), [
+    (_item_info(item_id=[0, 1, 3, 2, 4, 5, 6]),
+     "row 2 holds item_id 3; an item table must hold item i at row i, from 0 (padding)"),
+    (_item_info(item_id=[1, 2, 3, 4, 5, 6, 7]),
+     "row 0 holds item_id 1; an item table must hold item i at row i, from 0 (padding)"),
+    (_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
+     "row 2: item_tags has length 4, expected length 5"),
+    (_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 0, -1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
+     "row 2: item_tags holds a tag id outside 0..2147483647"),
+    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 3, [0.5] * 127)),
+     "row 3: item_emb_d128 has length 127, expected length 128"),
+    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 4, [float("nan")] * 128)),
+     "row 4: item_emb_d128 holds a non-finite value"),
+    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 0, [0.5] * 128)),
+     "row 0 (the padding item) must have all-zero item_tags and item_emb_d128"),
+    (_item_info().head(1), "1 rows; expected the padding row 0 and at least one item"),
+])
+def test_read_item_info_bad(tmp_path: Path, df: pl.DataFrame, problem: str) -> None:
+    path = _write(df, tmp_path / "item_info.parquet")
+    assert _error(read_item_info, path) == f"{path}: {problem}"
+
+
+# ---------------------------------------------------------------------------------------------- item_feature
+
+
+def test_read_item_feature_sorts_by_id(tmp_path: Path) -> None:
+    df = _item_feature().with_columns(item_title=pl.Series(["a, b", None, 'say "x"', "", "猫", "multi\nline"]))
+    shuffled = df[[3, 0, 5, 1, 4, 2]]
+    feature = read_item_feature(_write(shuffled, tmp_path / "item_feature.parquet"), n_items=N_ITEMS)
+    assert feature.item_ids.tolist() == list(range(1, N_ITEMS + 1))
+    assert feature.titles.schema == pl.Schema({"item_id": pl.Int32, "title": pl.Utf8})
+    assert feature.titles.rows() == [(1, "a, b"), (2, ""), (3, 'say "x"'), (4, ""), (5, "猫"), (6, "multi\nline")]
+    assert feature.levels.schema == pl.Schema({"item_id": pl.Int32, "likes_level": pl.Int8, "views_level": pl.Int8})
+    assert feature.levels.rows() == df.select("item_id", "likes_level", "views_level").rows()
+    for arr, column, dim in ((feature.text_emb, "txt_emb_BERT", 768), (feature.image_emb, "img_emb_CLIPRN50", 1024)):
+        assert arr.dtype == np.float32 and arr.shape == (N_ITEMS, dim)
+        np.testing.assert_array_equal(arr, np.array(df[column].to_list(), dtype=np.float32))
+
+
+def _vectors(n: int, dim: int, row: int, value: list) -> list:
+    rows = np.zeros((n, dim)).tolist()
+    rows[row] = value
+    return rows
+
+
+@pytest.mark.parametrize(("df", "n_items", "problem"), [
+    (_item_feature(item_id=[1, 2, 3, 2, 5, 6]), None, "item_id 2 appears twice (rows 1 and 3)"),
+    (_item_feature(item_id=[1, 2, 3, 4, 5, 7]), None, "row 5: item_id 7 is outside 1..6"),
+    (_item_feature(item_id=[1, 2, 3, 4, 5, 0]), None, "row 5: item_id 0 is outside 1..6"),
+    (_item_feature(), 7, "6 items, expected each of 1..7 once; item_id 7 is missing"),
+    (_item_feature(), 5, "row 5: item_id 6 is outside 1..5"),
+    (_item_feature(likes_level=[0, 1, 2, 11, 4, 5]), None, "row 3: likes_level 11 is outside 0..10"),
+    (_item_feature(views_level=[0, 1, None, 3, 4, 5]), None, "row 2: views_level is null"),
+    (_item_feature(txt_emb_BERT=_vectors(6, 768, 4, [0.0] * 512)), None,
+     "row 4: txt_emb_BERT has length 512, expected length 768"),
+    (_item_feature(img_emb_CLIPRN50=_vectors(6, 1024, 1, [float("inf")] * 1024)), None,
+     "row 1: img_emb_CLIPRN50 holds a non-finite value"),
+    (_item_feature().drop("txt_emb_BERT"), None,
+     "missing column 'txt_emb_BERT' (has item_id, item_title, item_tags, likes_level, views_level, img_emb_CLIPRN50)"),
+])
+def test_read_item_feature_bad(tmp_path: Path, df: pl.DataFrame, n_items: int | None, problem: str) -> None:
+    path = _write(df, tmp_path / "item_feature.parquet")
+    assert _error(read_item_feature, path, n_items) == f"{path}: {problem}"
+
+
+# ---------------------------------------------------------------------------------------------- submission
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_submission_round_trips(tmp_path: Path) -> None:
+    scores = np.concatenate([np.random.default_rng(0).random(997), [0.0, 1.0, 1e-300]])
+    out = tmp_path / "sub" / "prediction.zip"
+    write_submission(scores, out)
+    members = _members(out)
+    assert list(members) == ["prediction.csv"]
+    table = pl.read_csv(io.BytesIO(members["prediction.csv"]))
+    assert table.columns == ["ID", "Task1"]
+    assert table["ID"].to_list() == list(range(scores.size))
+    np.testing.assert_array_equal(table["Task1"].to_numpy(), scores)  # exact: shortest round-trip floats
+    assert [p.name for p in out.parent.iterdir()] == ["prediction.zip"]  # no temporary file left
+
+    again = tmp_path / "again.zip"
+    write_submission(scores.astype(np.float32).astype(np.float64), again)
+    write_submission(scores, again)
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize(("scores", "problem"), [
+    (np.array([0.5, np.nan]), "score 1 is nan, not a probability in [0, 1]"),
+    (np.array([0.5, 0.2, 1.5]), "score 2 is 1.5, not a probability in [0, 1]"),
+    (np.array([-0.1]), "score 0 is -0.1, not a probability in [0, 1]"),
+    (np.zeros((2, 2)), "scores must be one probability per test row, got shape (2, 2)"),
+])
+def test_submission_rejects_non_probabilities(tmp_path: Path, scores: np.ndarray, problem: str) -> None:
+    out = tmp_path / "prediction.zip"
+    with pytest.raises(ValueError) as info:
+        write_submission(scores, out)
+    assert str(info.value) == problem
+    assert not list(tmp_path.iterdir())

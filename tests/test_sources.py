@@ -1,0 +1,58 @@
+"""`data` params and the source dispatch of item titles and covers (pipeline/sources.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import DataConfig, ParamsError, from_dict
+from pipeline.sources import item_cover_paths, item_titles
+from tests.test_challenge import N_ITEMS, _layout
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "synthetic", "raw_dir": "data/other"}, "data.raw_dir: the synthetic source is read from data/raw"),
+    ({"source": "microlens", "raw_dir": "data/raw"}, "data.raw_dir: data/raw is rewritten by make_synthetic"),
+    ({"source": "mmctr", "raw_dir": "./data/raw/"}, "data.raw_dir: data/raw is rewritten by make_synthetic"),
+    ({"source": "kaggle"}, "data.source: must be one of 'synthetic', 'microlens', 'mmctr'"),
+    ({"unknown_items": "skip"}, "data.unknown_items: must be one of 'error', 'drop'"),
+])
+def test_data_section_errors_name_the_key(data, message):
+    with pytest.raises(ParamsError) as info:
+        from_dict(DataConfig, data, "data")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_data_section_accepts_real_sources_elsewhere():
+    assert from_dict(DataConfig, {"source": "microlens", "raw_dir": "data/microlens"}, "data").source == "microlens"
+
+
+def microlens_release(root: Path) -> Path:
+    """A MicroLens-100k-style folder: release file names, covers named image<id>.jpg."""
+    root.mkdir()
+    (root / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n1,2,10\n1,1,20\n")
+    (root / "MicroLens-100k_title_en.csv").write_text("2,second, with a comma\n1,first\n")
+    (root / "MicroLens-100k_likes_and_views.txt").write_text("1\t3\t30\n2\t4\t40\n")
+    (root / "covers").mkdir()
+    for i in (1, 2):
+        (root / "covers" / f"image{i}.jpg").write_bytes(b"")
+    return root
+
+
+def test_microlens_titles_and_covers(tmp_path):
+    raw = microlens_release(tmp_path / "ml")
+    titles = item_titles("microlens", raw)
+    assert dict(titles.iter_rows()) == {2: "second, with a comma", 1: "first"}
+    paths = item_cover_paths("microlens", raw, np.array([1, 2]))
+    assert paths == [raw / "covers" / "image1.jpg", raw / "covers" / "image2.jpg"]
+
+
+def test_challenge_titles_and_covers(tmp_path):
+    _layout(tmp_path, tmp_path / "MicroLens_1M_x1", images=[f"{i}.jpg" for i in range(1, N_ITEMS + 1)])
+    titles = item_titles("mmctr", tmp_path)
+    assert titles["item_id"].to_list() == list(range(1, N_ITEMS + 1))
+    assert titles["title"][0] == "title 1, with a comma"
+    paths = item_cover_paths("mmctr", tmp_path, np.array([3]))
+    assert paths == [tmp_path / "item_images" / "3.jpg"]
