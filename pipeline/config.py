@@ -139,6 +139,9 @@ class DataConfig:
     source: Literal["synthetic", "microlens", "mmctr"] = "synthetic"
     raw_dir: str = SYNTHETIC_RAW_DIR  # synthetic: make_synthetic's output; else a MicroLens release / challenge folder
     unknown_items: Literal["error", "drop"] = "error"  # clicks on items without a title row
+    # The frozen item embedding the model gets: PCA over our extracted text+image embeddings, PCA over the
+    # organisers' txt_emb_BERT + img_emb_CLIPRN50, or the organisers' own item_emb_d128 (the last two: mmctr only).
+    item_embeddings: Literal["extracted", "challenge_bert_clip", "challenge_d128"] = "extracted"
 
     def __post_init__(self) -> None:
         on_synthetic_dir = Path(self.raw_dir) == Path(SYNTHETIC_RAW_DIR)
@@ -148,6 +151,8 @@ class DataConfig:
         else:
             require(not on_synthetic_dir, "data.raw_dir", f"{SYNTHETIC_RAW_DIR} is rewritten by make_synthetic; "
                     f"put {self.source} data in another folder (e.g. data/{self.source})")
+        require(self.item_embeddings == "extracted" or self.source == "mmctr", "data.item_embeddings",
+                f"{self.item_embeddings!r} uses the challenge's files: it needs data.source 'mmctr'")
 
 
 @dataclass(frozen=True)

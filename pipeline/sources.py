@@ -16,8 +16,9 @@ import polars as pl
 from pipeline.challenge import find_challenge_files, read_item_feature, read_item_info, read_split
 from pipeline.config import BuildSequencesConfig
 from pipeline.feature_map import Feature, FeatureMap
-from pipeline.io import DataError
+from pipeline.io import DataError, read_parquet
 from pipeline.items import build_item_features, scatter_by_id
+from pipeline.pca import aligned_matrices
 from pipeline.raw import (
     check_known_items, cover_path, find_microlens_files, item_ids, read_likes_views, read_pairs, read_tags,
     read_titles)
@@ -116,3 +117,19 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0)
+
+
+def pca_inputs(item_embeddings: str, raw_dir: str | Path, text: str | Path, image: str | Path
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two modalities fit_pca concatenates, as (ids (N,), text (N, Ft), image (N, Fi)) aligned by item id:
+    our extracted embedding frames (`extracted`) or the organisers' BERT and CLIP-RN50 vectors
+    (`challenge_bert_clip`)."""
+    if item_embeddings == "challenge_bert_clip":
+        feature = read_item_feature(find_challenge_files(raw_dir).item_feature)
+        return feature.item_ids, feature.text_emb, feature.image_emb
+    return aligned_matrices(read_parquet(text, {"item_id": pl.Int32}), read_parquet(image, {"item_id": pl.Int32}))
+
+
+def challenge_item_embeddings(raw_dir: str | Path) -> np.ndarray:
+    """The organisers' item_emb_d128 table, (N+1, 128) float32, row i = item i."""
+    return read_item_info(find_challenge_files(raw_dir).item_info).emb_d128

@@ -140,7 +140,8 @@ def test_bad_params_key_is_one_line_error(project):
     bad.write_text(yaml.safe_dump(params))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "stages.fit_pca", "--params", str(bad), "--text", "x", "--image",
-                           "y", "--items", "z", "--out", "o", "--transform", "t", "--metrics", "m", "--plot", "p"],
+                           "y", "--items", "z", "--raw-dir", "r", "--out", "o", "--transform", "t", "--metrics", "m",
+                           "--plot", "p"],
                           cwd=project, env=env, capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("Error: fit_pca.dimm: unknown key")
@@ -165,9 +166,9 @@ def test_microlens_release_source(project):
         shutil.copy(cover, release / "covers" / f"image{cover.name}")
     set_data(project, source="microlens", raw_dir="data/microlens")
     out = run(["dvc", "repro"], project)
-    # The same data in the release layout gives byte-identical embeddings and sequences, so DVC keeps fit_pca and
+    # The same data in the release layout gives byte-identical embeddings, sequences and item table, so DVC keeps
     # train cached: the release readers see exactly what the synthetic layout holds.
-    assert ran_stages(out) == {"extract_text", "extract_image", "build_sequences", "evaluate"}
+    assert ran_stages(out) == {"extract_text", "extract_image", "build_sequences", "fit_pca", "evaluate"}
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert metrics["auc"] > 0.7 and "oracle_auc" not in metrics  # no planted model behind a real release
     assert json.loads((project / "data/metrics/extract_image.json").read_text())["status"]["ok"] == 150
@@ -208,3 +209,21 @@ def test_challenge_source(project):
         lines = z.read("prediction.csv").decode().splitlines()
     assert lines[0] == "ID,Task1" and len(lines) == test_rows.height + 1
     assert json.loads((project / "data/metrics/train/metrics.json").read_text())["valid_auc"] > 0.7
+
+
+@pytest.mark.parametrize("embeddings, column", [("challenge_d128", "item_emb_d128"), ("challenge_bert_clip", None)])
+def test_challenge_embeddings_replace_extraction(project, embeddings, column):
+    """data.item_embeddings swaps our extracted embeddings for the organisers' (runs after test_challenge_source)."""
+    assert yaml.safe_load((project / "params.yaml").read_text())["data"]["source"] == "mmctr"
+    set_data(project, item_embeddings=embeddings)
+    out = run(["dvc", "repro"], project)
+    assert ran_stages(out) == {"fit_pca", "train", "evaluate"}
+    info = pl.read_parquet(project / "data/features/item_info.parquet")
+    dim = yaml.safe_load((project / "params.yaml").read_text())["fit_pca"]["dim"]
+    assert info.columns[-1] == (column or f"item_emb_d{dim}")
+    if column:
+        given = pl.read_parquet(project / "data/mmctr/MicroLens_1M_x1/item_info.parquet")["item_emb_d128"]
+        np.testing.assert_array_equal(info[column].to_numpy(), np.array(given.to_list(), dtype=np.float32))
+    else:
+        assert json.loads((project / "data/metrics/fit_pca.json").read_text())["input_dims"] == {
+            "text": 768, "image": 1024}

@@ -18,6 +18,7 @@ from tests.test_challenge import N_ITEMS, _layout
     ({"source": "mmctr", "raw_dir": "./data/raw/"}, "data.raw_dir: data/raw is rewritten by make_synthetic"),
     ({"source": "kaggle"}, "data.source: must be one of 'synthetic', 'microlens', 'mmctr'"),
     ({"unknown_items": "skip"}, "data.unknown_items: must be one of 'error', 'drop'"),
+    ({"item_embeddings": "challenge_d128"}, "data.item_embeddings: 'challenge_d128' uses the challenge's files"),
 ])
 def test_data_section_errors_name_the_key(data, message):
     with pytest.raises(ParamsError) as info:
