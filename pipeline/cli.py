@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+import numpy as np
 import polars as pl
 
+from pipeline.config import DataConfig, ParamsError, load_section
 from pipeline.io import DataError, read_parquet
 from pipeline.items import check_item_table
-from pipeline.neighbours import item_neighbours
+from pipeline.neighbours import draw_gallery, item_neighbours
 from pipeline.raw import read_titles
+from pipeline.sources import item_cover_paths, item_titles
 
 
 @click.group()
@@ -21,20 +26,36 @@ def main() -> None:
 @click.option("-k", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option("--item-info", default="data/features/item_info.parquet", show_default=True,
               type=click.Path(dir_okay=False), help="PCA item table written by fit_pca")
-@click.option("--titles", default="data/raw/title_en.csv", show_default=True, type=click.Path(dir_okay=False))
-def neighbours(item_id: int, k: int, item_info: str, titles: str) -> None:
-    """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles."""
+@click.option("--gallery", default=None, type=click.Path(dir_okay=False),
+              help="also draw the query's and the neighbours' covers, ids, titles and scores into this PNG")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="its data section (source, raw_dir) says where titles and covers are; defaults if absent")
+@click.option("--raw-dir", default=None, type=click.Path(file_okay=False), help="overrides data.raw_dir")
+@click.option("--titles", default=None, type=click.Path(dir_okay=False),
+              help="a MicroLens titles file, instead of the titles of data.source in the raw folder")
+def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params_path: str, raw_dir: str | None,
+               titles: str | None) -> None:
+    """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles; with
+    --gallery, also draw their covers in a PNG grid (query first; missing covers are drawn grey)."""
     try:
+        data = load_section(params_path, "data", DataConfig) if Path(params_path).is_file() else DataConfig()
+        raw_dir = raw_dir or data.raw_dir
         info = read_parquet(item_info, {"item_id": pl.Int32})
         check_item_table(info, item_info)
         col = next((c for c in info.columns if c.startswith("item_emb_d")), None)
         if col is None:
             raise DataError(f"{item_info}: no item_emb_d<dim> column")
         table = info[col].to_numpy()
-        names = dict(read_titles(titles).iter_rows())
+        names = dict((read_titles(titles) if titles else item_titles(data.source, raw_dir)).iter_rows())
         found = item_neighbours(table, item_id, k)
-    except (DataError, ValueError) as e:
+        if gallery is not None:
+            shown = [(item_id, None), *found]
+            covers = item_cover_paths(data.source, raw_dir, np.array([i for i, _ in shown]))
+            draw_gallery([(i, names.get(i, ""), score, cover) for (i, score), cover in zip(shown, covers)], gallery)
+    except (DataError, ParamsError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"query {item_id}: {names.get(item_id, '')}")
     for rank, (other, score) in enumerate(found, start=1):
         click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}  {names.get(other, '')}")
+    if gallery is not None:
+        click.echo(f"gallery: {gallery}")

@@ -201,9 +201,11 @@ class ExtractTextConfig:
     max_length: int = 32
     batch_size: int = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # autocast (bf16) on CUDA; CPU always runs fp32
+    amp: bool = True  # autocast on CUDA (dtype amp_dtype); CPU always runs fp32
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     trust_remote_code: bool = False
+    shard_size: int = 1024  # items per resumable shard (finished shards survive a crash or kill)
 
     def __post_init__(self) -> None:
         s = "extract_text"
@@ -211,6 +213,7 @@ class ExtractTextConfig:
         require(1 <= self.max_length <= 512, f"{s}.max_length", "must be in [1, 512]")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
         require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+        require(self.shard_size >= 1, f"{s}.shard_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -220,18 +223,23 @@ class ExtractImageConfig:
     model: str = "mmctr-tiny-vit"  # an open_clip architecture (the project's configs are registered too)
     pretrained: str = "seed:0"  # an open_clip tag, a checkpoint path, or `seed:<n>` (seeded random init)
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader decode workers; -1 = one per available core (at most 16); 0 = in-process
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
+    amp: bool = True  # autocast on CUDA (dtype amp_dtype); CPU always runs fp32
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
     num_threads: int = 0
+    shard_size: int = 1024  # items per resumable shard (finished shards survive a crash or kill)
+    max_pixels: int = 89_478_485  # larger covers get status too_large, never decoded (PIL's bomb limit)
 
     def __post_init__(self) -> None:
         s = "extract_image"
         require(bool(self.model.strip()), f"{s}.model", "must not be empty")
         require(bool(self.pretrained.strip()), f"{s}.pretrained", "must not be empty")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
-        require(self.num_workers >= 0, f"{s}.num_workers", "must be >= 0")
+        require(self.num_workers >= -1, f"{s}.num_workers", "must be >= 0, or -1 for one per core")
         require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+        require(self.shard_size >= 1, f"{s}.shard_size", "must be >= 1")
+        require(self.max_pixels >= 1, f"{s}.max_pixels", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -324,3 +332,24 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         require(self.calibration_bins >= 2, "evaluate.calibration_bins", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class EmbeddingReportConfig:
+    """`embedding_report`: neighbour agreement of the text, image and PCA embeddings (pipeline/embedding_report.py)
+    and the faiss index that finds the neighbours."""
+
+    index: Literal["flat", "ivf", "hnsw"] = "flat"  # flat = exact; ivf / hnsw = approximate, recall reported
+    k: int = 10  # neighbours per item
+    sample_items: int = 2000  # query items (a seeded sample when there are more; all items otherwise)
+    seed: int = 0  # the sample, the random-neighbour baseline and IVF's k-means
+    ivf_nlist: int = 64  # IVF cells (at most the number of items)
+    ivf_nprobe: int = 8  # IVF cells searched per query
+    hnsw_m: int = 32  # HNSW links per node
+    hnsw_ef_search: int = 128  # HNSW search breadth
+
+    def __post_init__(self) -> None:
+        s = "embedding_report"
+        for name in ("k", "sample_items", "ivf_nlist", "ivf_nprobe", "hnsw_m", "hnsw_ef_search"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        require(self.hnsw_m >= 2, f"{s}.hnsw_m", f"must be >= 2, got {self.hnsw_m}")

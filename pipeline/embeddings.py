@@ -1,17 +1,32 @@
 """Item embeddings: BERT-family text encoder over titles, open_clip image tower over covers.
 
 Both return an embedding frame with the contract
-    item_id Int32 (unique), emb Array(Float32, D), status Utf8 ("ok" | "empty" | "missing" | "corrupt")
+    item_id Int32 (unique), emb Array(Float32, D), status Utf8 (one of STATUSES)
 in the order of the ids given. An item whose input is unusable keeps its row with a zero vector and its status,
-so the item universe never shrinks silently.
+so the item universe never shrinks silently:
+    text:  ok | empty (null, empty or whitespace-only title)
+    image: ok | missing (no file) | empty (zero-byte file) | corrupt (undecodable, truncated) |
+           too_large (more than max_pixels pixels; never decoded, so memory stays bounded)
+
+Long runs are resumable: `ShardStore` keeps finished shards of `shard_size` items in a hidden folder beside the
+output (`.<out name>.shards/`, outside what DVC caches), each written atomically under a name carrying a digest
+of its item ids, inputs and the model/params fingerprint, so a rerun reuses exactly the shards that still match.
+On CUDA out-of-memory the batch is halved and retried (`BatchSize`), down to 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
-from collections.abc import Sequence
+import os
+import shutil
+import signal
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +35,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.config import ParamsError
+from pipeline.config import ExtractImageConfig, ExtractTextConfig, ParamsError
+from pipeline.io import DataError, atomic_path
 
 log = logging.getLogger(__name__)
 
 CLIP_CONFIG_DIR = Path(__file__).parent / "clip_configs"
+STATUSES = ("ok", "empty", "missing", "corrupt", "too_large")
+# Test hook: when set to k, the process SIGKILLs itself right after writing its k-th new shard (kill-and-resume
+# tests). Never set it outside tests.
+FAULT_ENV = "MMCTR_FAULT_AFTER_SHARDS"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def embedding_frame(ids: np.ndarray, emb: np.ndarray, status: Sequence[str]) -> pl.DataFrame:
@@ -36,11 +57,143 @@ def embedding_frame(ids: np.ndarray, emb: np.ndarray, status: Sequence[str]) -> 
     })
 
 
-def _autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; CPU always runs fp32 (CPU autocast is slower and less exact)."""
+def check_unique_ids(ids: np.ndarray, what: str) -> None:
+    """A duplicate item id is a one-line DataError naming the (first) duplicate."""
+    uniq, counts = np.unique(np.asarray(ids), return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        raise DataError(f"{what}: duplicate item_id {int(dup[0])} ({len(dup)} duplicated id(s)); ids must be unique")
+
+
+def _autocast(device: torch.device, amp: bool, amp_dtype: str = "bf16"):
+    """Autocast (bf16 or fp16) on CUDA when asked; CPU always runs fp32 (CPU autocast is slower, less exact)."""
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=AMP_DTYPES[amp_dtype])
     return nullcontext()
+
+
+def default_num_workers(choice: int) -> int:
+    """DataLoader workers for `choice`: -1 -> one per core this process may use (at most 16), else `choice`."""
+    if choice >= 0:
+        return choice
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 16)
+
+
+# ------------------------------------------------------------------------------------- OOM batch halving
+
+
+@dataclass
+class BatchSize:
+    """The current batch size, shared across calls; halved on CUDA out-of-memory and kept smaller after."""
+
+    value: int
+    halvings: int = 0
+
+
+def run_batches(step: Callable[[int, int], None], n: int, batch: BatchSize, what: str) -> None:
+    """Call step(start, stop) over [0, n) in chunks of batch.value. On torch.cuda.OutOfMemoryError the chunk is
+    retried at half the size (and later chunks keep it); at size 1 the error is re-raised with a clear message."""
+    start = 0
+    while start < n:
+        stop = min(n, start + batch.value)
+        try:
+            step(start, stop)
+        except torch.cuda.OutOfMemoryError as e:
+            if batch.value == 1:
+                raise torch.cuda.OutOfMemoryError(
+                    f"{what}: CUDA out of memory even at batch size 1 (after {batch.halvings} halvings): "
+                    f"use a smaller model or max_length/image size, or another device") from e
+            batch.value //= 2
+            batch.halvings += 1
+            log.warning("%s: CUDA out of memory; batch size halved to %d", what, batch.value)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
+
+
+# ------------------------------------------------------------------------------------------- shards
+
+
+def fingerprint(**parts: object) -> str:
+    """A stable hex digest of JSON-able parts (model spec, the params that change the vectors, device kind)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ShardStore:
+    """Finished shards of an extraction, kept in `.<out name>.shards/` beside `out`.
+
+    Shard k covers items [k * shard_size, (k + 1) * shard_size) of `ids`; its file name carries a digest of the
+    fingerprint, its ids and its per-item input keys (titles, or cover path + size + mtime), so a shard is reused
+    only when all of those still match (and its item_id column is checked again on load). Shards are written to a
+    temp file and renamed, so a kill never leaves a half-written shard under a valid name.
+    """
+
+    def __init__(self, out: str | Path, ids: np.ndarray, keys: Sequence[str], fp: str, shard_size: int):
+        out = Path(out)
+        self.folder = out.parent / f".{out.name}.shards"
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.bounds = [(a, min(a + shard_size, len(ids))) for a in range(0, len(ids), shard_size)]
+        self.names = []
+        for k, (a, b) in enumerate(self.bounds):
+            h = hashlib.sha256(fp.encode())
+            h.update(self.ids[a:b].tobytes())
+            h.update("\0".join(keys[a:b]).encode("utf-8", "surrogatepass"))
+            self.names.append(f"shard-{k:06d}-{h.hexdigest()[:20]}.parquet")
+        self.written = 0
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def load(self, k: int) -> pl.DataFrame | None:
+        """Shard k from disk if it was finished for these inputs, else None."""
+        path = self.folder / self.names[k]
+        if not path.is_file():
+            return None
+        try:
+            frame = pl.read_parquet(path)
+        except Exception:  # a damaged shard is recomputed, never trusted
+            return None
+        a, b = self.bounds[k]
+        if frame.columns != ["item_id", "emb", "status"] or not np.array_equal(frame["item_id"].to_numpy(),
+                                                                               self.ids[a:b]):
+            return None
+        return frame
+
+    def save(self, k: int, frame: pl.DataFrame) -> None:
+        """Write shard k atomically; then honour the MMCTR_FAULT_AFTER_SHARDS test hook."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / self.names[k]) as tmp:
+            frame.write_parquet(tmp, compression="zstd")
+        self.written += 1
+        fault = os.environ.get(FAULT_ENV)
+        if fault and self.written >= int(fault):
+            log.warning("%s=%s: killing this process after %d new shard(s) (test hook)", FAULT_ENV, fault,
+                        self.written)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def run(self, compute: Callable[[list[int]], Iterable[tuple[int, pl.DataFrame]]]) -> tuple[pl.DataFrame,
+                                                                                               dict[str, int]]:
+        """Reuse finished shards, compute the others with compute(pending) -> (k, frame) pairs, and assemble the
+        whole table from the shard files (the same bytes whether or not the run was resumed).
+        Returns (frame, {"total": shards, "reused": shards taken from an earlier run})."""
+        if not self.bounds:
+            raise DataError("no items to embed")
+        pending = [k for k in range(len(self)) if self.load(k) is None]
+        reused = len(self) - len(pending)
+        if reused:
+            log.info("resuming: %d of %d shards already finished", reused, len(self))
+        for k, frame in compute(pending):
+            self.save(k, frame)
+        frames = [self.load(k) for k in range(len(self))]
+        if any(f is None for f in frames):
+            raise RuntimeError(f"{self.folder}: a shard vanished while the run was assembling")
+        return pl.concat(frames, rechunk=True), {"total": len(self), "reused": reused}
+
+    def remove(self) -> None:
+        """Delete the shard folder (after the final table is written)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -76,47 +229,79 @@ def load_text_encoder(spec: str, trust_remote_code: bool = False):
 
 
 def encode_texts(
-    tokenizer, model, texts: Sequence[str], *, pooling: str, max_length: int, batch_size: int,
-    device: torch.device, amp: bool,
+    tokenizer, model, texts: Sequence[str], *, pooling: str, max_length: int, batch_size: int | BatchSize,
+    device: torch.device, amp: bool, amp_dtype: str = "bf16",
 ) -> np.ndarray:
     """Embed `texts` -> (N, H) float32, in input order.
 
     Batches are formed over texts sorted by length so each batch pads to a similar length; `mean` pooling
-    averages the last hidden state over real tokens, `cls` takes the first token.
+    averages the last hidden state over real tokens, `cls` takes the first token. Pass a BatchSize to observe
+    (or share across calls) the size after any out-of-memory halving.
     """
+    batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     model = model.to(device)
     order = np.argsort([len(t) for t in texts], kind="stable")
-    hidden = model.config.hidden_size
-    out = np.zeros((len(texts), hidden), dtype=np.float32)
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+
+    def step(start: int, stop: int) -> None:
+        idx = order[start:stop]
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt").to(device)
+        with _autocast(device, amp, amp_dtype):
+            h = model(**enc).last_hidden_state  # (B, T, H)
+        h = h.float()
+        if pooling == "cls":
+            pooled = h[:, 0]  # (B, H)
+        else:
+            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+        out[idx] = pooled.cpu().numpy()
+
     with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="titles", unit="batch"):
-            idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(device)
-            with _autocast(device, amp):
-                h = model(**batch).last_hidden_state  # (B, T, H)
-            h = h.float()
-            if pooling == "cls":
-                pooled = h[:, 0]  # (B, H)
-            else:
-                m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-                pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
-            out[idx] = pooled.cpu().numpy()
+        run_batches(step, len(texts), batch, "extract_text")
     return out
 
 
 def extract_text_embeddings(
-    titles: pl.DataFrame, tokenizer, model, *, pooling: str, max_length: int, batch_size: int,
-    device: torch.device, amp: bool,
+    titles: pl.DataFrame, tokenizer, model, *, pooling: str, max_length: int, batch_size: int | BatchSize,
+    device: torch.device, amp: bool, amp_dtype: str = "bf16",
 ) -> pl.DataFrame:
-    """titles (item_id, title) -> embedding frame; empty/whitespace titles get zeros and status `empty`."""
+    """titles (item_id, title) -> embedding frame; null/empty/whitespace titles get zeros and status `empty`.
+    Titles longer than max_length tokens are truncated; a duplicate item_id is a DataError."""
+    check_unique_ids(titles["item_id"].to_numpy(), "titles")
     texts = [t if t is not None else "" for t in titles["title"].to_list()]
-    ok = np.array([bool(t.strip()) for t in texts])
+    ok = np.array([bool(t.strip()) for t in texts], dtype=bool)
     emb = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     if ok.any():
         emb[ok] = encode_texts(tokenizer, model, [t for t, k in zip(texts, ok) if k], pooling=pooling,
-                               max_length=max_length, batch_size=batch_size, device=device, amp=amp)
+                               max_length=max_length, batch_size=batch_size, device=device, amp=amp,
+                               amp_dtype=amp_dtype)
     return embedding_frame(titles["item_id"].to_numpy(), emb, np.where(ok, "ok", "empty"))
+
+
+def text_shard_store(out: str | Path, titles: pl.DataFrame, cfg: ExtractTextConfig, device: torch.device
+                     ) -> ShardStore:
+    """The shard store of an extract_text run: keyed by each item's title and the params that shape vectors."""
+    check_unique_ids(titles["item_id"].to_numpy(), "titles")
+    fp = fingerprint(stage="extract_text", model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
+                     amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype,
+                     trust_remote_code=cfg.trust_remote_code, device=device.type)
+    keys = [t if t is not None else "" for t in titles["title"].to_list()]
+    return ShardStore(out, titles["item_id"].to_numpy(), keys, fp, cfg.shard_size)
+
+
+def extract_text_sharded(store: ShardStore, titles: pl.DataFrame, tokenizer, model, cfg: ExtractTextConfig,
+                         device: torch.device, batch: BatchSize) -> tuple[pl.DataFrame, dict[str, int]]:
+    """extract_text_embeddings shard by shard through `store` (finished shards are reused)."""
+
+    def compute(pending: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+        for k in tqdm(pending, desc="title shards", unit="shard"):
+            a, b = store.bounds[k]
+            yield k, extract_text_embeddings(titles.slice(a, b - a), tokenizer, model, pooling=cfg.pooling,
+                                             max_length=cfg.max_length, batch_size=batch, device=device,
+                                             amp=cfg.amp, amp_dtype=cfg.amp_dtype)
+
+    return store.run(compute)
 
 
 # --------------------------------------------------------------------------------------------- image
@@ -149,53 +334,151 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
     return model.eval(), preprocess
 
 
-class CoverDataset(torch.utils.data.Dataset):
-    """Decodes and preprocesses covers in DataLoader workers; unreadable files yield a status, not an error."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Alpha (RGBA, LA, PA, palette with transparency) is composited on white, so what
+    hides under transparent pixels does not leak into the embedding; CMYK, L, P, I;16 ... convert directly."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
 
-    def __init__(self, paths: Sequence[Path], preprocess, image_size: tuple[int, int]):
-        self.paths = list(paths)
+
+class CoverDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses covers in DataLoader workers; an unusable file yields a status, never an error.
+
+    The pixel count is read from the header before decoding, so a huge cover is refused (`too_large`) without
+    allocating it."""
+
+    def __init__(self, paths: Sequence[Path], preprocess, image_size: tuple[int, int],
+                 max_pixels: int = Image.MAX_IMAGE_PIXELS):
+        self.paths = [Path(p) for p in paths]
         self.preprocess = preprocess
         self.blank = torch.zeros(3, *image_size)
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
-        path = self.paths[i]
+        return self.load(self.paths[i])
+
+    def load(self, path: Path) -> tuple[torch.Tensor, str]:
         if not path.is_file():
             return self.blank, "missing"
+        if path.stat().st_size == 0:
+            return self.blank, "empty"
         try:
-            with Image.open(path) as img:
-                return self.preprocess(img.convert("RGB")), "ok"
-        except (OSError, ValueError, Image.DecompressionBombError):
+            with warnings.catch_warnings():
+                # the size check below replaces PIL's decompression-bomb warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
+                width, height = img.size
+                if width * height > self.max_pixels:
+                    return self.blank, "too_large"
+                return self.preprocess(to_rgb(img)), "ok"
+        except Image.DecompressionBombError:
+            return self.blank, "too_large"
+        except Exception as e:  # any decoder failure (truncated, bad header, unsupported mode) marks the item only
+            log.debug("%s: unreadable cover (%s)", path, e)
             return self.blank, "corrupt"
 
 
-def extract_image_embeddings(
-    ids: np.ndarray, paths: Sequence[Path], model, preprocess, *, batch_size: int, num_workers: int,
-    device: torch.device, amp: bool,
-) -> pl.DataFrame:
-    """(N,) ids and their cover paths -> embedding frame of L2-free image features (N, D) float32."""
+def _image_size(model) -> tuple[int, int]:
     size = model.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    loader = torch.utils.data.DataLoader(
-        CoverDataset(paths, preprocess, size), batch_size=batch_size, num_workers=num_workers,
-        pin_memory=device.type == "cuda", shuffle=False)
-    chunks: list[np.ndarray] = []
-    statuses: list[str] = []
-    with torch.inference_mode():
-        for pixels, status in tqdm(loader, desc="covers", unit="batch"):
-            with _autocast(device, amp):
-                feats = model.encode_image(pixels.to(device, non_blocking=True))  # (B, D)
-            feats = feats.float().cpu().numpy()
-            bad = np.array([s != "ok" for s in status])
-            feats[bad] = 0.0
-            chunks.append(feats)
-            statuses.extend(status)
-    return embedding_frame(ids, np.concatenate(chunks), statuses)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def encode_cover_groups(
+    ids: np.ndarray, paths: Sequence[Path], groups: Sequence[np.ndarray], model, preprocess, *, batch: BatchSize,
+    num_workers: int, device: torch.device, amp: bool, amp_dtype: str = "bf16",
+    max_pixels: int = Image.MAX_IMAGE_PIXELS,
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """Yield (g, embedding frame of the items groups[g]) for each group in turn, from one DataLoader whose batches
+    never cross a group boundary (so workers start once, and a group is complete as soon as its last batch is).
+    Only `ok` covers go through the model; the others are zero rows."""
+    ids = np.asarray(ids)
+    dataset = CoverDataset(paths, preprocess, _image_size(model), max_pixels)
+    plan = [(g, idx[i:i + batch.value].tolist()) for g, idx in enumerate(groups)
+            for i in range(0, len(idx), batch.value)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[chunk for _, chunk in plan],
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    model = model.to(device)
+    with torch.inference_mode(), _autocast(device, amp, amp_dtype):
+        dim = model.encode_image(dataset.blank[None].to(device)).shape[1]
+    feats_acc: list[np.ndarray] = []
+    status_acc: list[str] = []
+    remaining = [len(idx) for idx in groups]
+    for (g, chunk), (pixels, status) in zip(plan, tqdm(loader, desc="covers", unit="batch")):
+        feats = np.zeros((len(chunk), dim), dtype=np.float32)
+        ok = np.flatnonzero(np.array([s == "ok" for s in status], dtype=bool))
+
+        def step(a: int, b: int, pixels=pixels, ok=ok, feats=feats) -> None:
+            x = pixels[ok[a:b]].to(device, non_blocking=True)  # (B, 3, H, W)
+            with torch.inference_mode(), _autocast(device, amp, amp_dtype):
+                out = model.encode_image(x)  # (B, D)
+            feats[ok[a:b]] = out.float().cpu().numpy()
+
+        run_batches(step, len(ok), batch, "extract_image")
+        feats_acc.append(feats)
+        status_acc.extend(status)
+        remaining[g] -= len(chunk)
+        if remaining[g] == 0:  # yielded outside inference mode: the consumer writes the shard
+            yield g, embedding_frame(ids[groups[g]], np.concatenate(feats_acc), status_acc)
+            feats_acc, status_acc = [], []
+    for g, idx in enumerate(groups):
+        if len(idx) == 0:  # an empty group has no batch; keep the contract of one yield per group
+            yield g, embedding_frame(ids[idx], np.zeros((0, dim), dtype=np.float32), [])
+
+
+def extract_image_embeddings(
+    ids: np.ndarray, paths: Sequence[Path], model, preprocess, *, batch_size: int | BatchSize, num_workers: int,
+    device: torch.device, amp: bool, amp_dtype: str = "bf16", max_pixels: int = Image.MAX_IMAGE_PIXELS,
+) -> pl.DataFrame:
+    """(N,) ids and their cover paths -> embedding frame of L2-free image features (N, D) float32.
+    A duplicate id is a DataError."""
+    check_unique_ids(ids, "covers")
+    batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
+    ((_, frame),) = encode_cover_groups(ids, paths, [np.arange(len(ids))], model, preprocess, batch=batch,
+                                        num_workers=num_workers, device=device, amp=amp, amp_dtype=amp_dtype,
+                                        max_pixels=max_pixels)
+    return frame
+
+
+def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], cfg: ExtractImageConfig,
+                      device: torch.device) -> ShardStore:
+    """The shard store of an extract_image run: keyed by each cover's path, size and mtime (a replaced cover is
+    re-embedded) and the params that shape vectors."""
+    check_unique_ids(ids, "covers")
+    fp = fingerprint(stage="extract_image", model=cfg.model, pretrained=cfg.pretrained, max_pixels=cfg.max_pixels,
+                     amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype, device=device.type)
+    keys = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            keys.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
+        except OSError:
+            keys.append(f"{p}|missing")
+    return ShardStore(out, ids, keys, fp, cfg.shard_size)
+
+
+def extract_image_sharded(store: ShardStore, ids: np.ndarray, paths: Sequence[Path], model, preprocess,
+                          cfg: ExtractImageConfig, device: torch.device, batch: BatchSize
+                          ) -> tuple[pl.DataFrame, dict[str, int]]:
+    """extract_image_embeddings shard by shard through `store` (finished shards are reused)."""
+
+    def compute(pending: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
+        groups = [np.arange(*store.bounds[k]) for k in pending]
+        for g, frame in encode_cover_groups(ids, paths, groups, model, preprocess, batch=batch,
+                                            num_workers=default_num_workers(cfg.num_workers), device=device,
+                                            amp=cfg.amp, amp_dtype=cfg.amp_dtype, max_pixels=cfg.max_pixels):
+            yield pending[g], frame
+
+    return store.run(compute)
 
 
 def status_counts(frame: pl.DataFrame) -> dict[str, int]:
     """{status: count} for an embedding frame, with every status present (0 when absent)."""
     counts = dict(frame.group_by("status").len().iter_rows())
-    return {s: int(counts.get(s, 0)) for s in ("ok", "empty", "missing", "corrupt")}
+    return {s: int(counts.get(s, 0)) for s in STATUSES}

@@ -1,8 +1,11 @@
 """Stage extract_image: open_clip image-tower embeddings of item covers.
 
 In:  --raw-dir  the raw folder of data.source: the item universe (its titles file) and its covers folder
-Out: --out     parquet: item_id Int32, emb Array(Float32, D), status Utf8 (ok | missing | corrupt)
-     --metrics JSON: item count, embedding width, counts per status
+Out: --out     parquet: item_id Int32, emb Array(Float32, D),
+               status Utf8 (ok | missing | empty | corrupt | too_large; zero vector unless ok)
+     --metrics JSON: item count, embedding width, counts per status, shards (total, reused), final batch size
+Work in progress lives in `.<out name>.shards/` beside --out (finished shards, reused by a rerun after a crash
+or kill); it is removed once --out is written. Test hook: MMCTR_FAULT_AFTER_SHARDS (pipeline/embeddings.py).
 Params: extract_image.* (ExtractImageConfig), data.source
 """
 
@@ -11,7 +14,8 @@ import logging
 import click
 
 from pipeline.config import DataConfig, ExtractImageConfig, load_section
-from pipeline.embeddings import extract_image_embeddings, load_image_encoder, status_counts
+from pipeline.embeddings import (
+    BatchSize, default_num_workers, extract_image_sharded, image_shard_store, load_image_encoder, status_counts)
 from pipeline.io import write_json, write_parquet
 from pipeline.raw import item_ids
 from pipeline.sources import item_cover_paths, item_titles
@@ -32,14 +36,18 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     set_threads(cfg.num_threads)
     device = pick_device(cfg.device, "extract_image.device")
     ids = item_ids(item_titles(data.source, raw_dir))
+    paths = item_cover_paths(data.source, raw_dir, ids)
+    store = image_shard_store(out, ids, paths, cfg, device)
     model, preprocess = load_image_encoder(cfg.model, cfg.pretrained, device)
-    log.info("encoding %d covers with %s (%s) on %s", len(ids), cfg.model, cfg.pretrained, device)
-    frame = extract_image_embeddings(ids, item_cover_paths(data.source, raw_dir, ids), model, preprocess,
-                                     batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device,
-                                     amp=cfg.amp)
+    log.info("encoding %d covers with %s (%s) on %s in %d shards, %d loader workers", len(ids), cfg.model,
+             cfg.pretrained, device, len(store), default_num_workers(cfg.num_workers))
+    batch = BatchSize(cfg.batch_size)
+    frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch)
     write_parquet(frame, out)
+    store.remove()
     counts = status_counts(frame)
-    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts}, metrics)
+    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
+                "batch_size": batch.value}, metrics)
     log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)
 
 

@@ -2,7 +2,9 @@
 
 In:  --raw-dir  the raw folder of data.source (MicroLens titles file, or the challenge's item_feature.parquet)
 Out: --out     parquet: item_id Int32, emb Array(Float32, H), status Utf8 (ok | empty); one row per item
-     --metrics JSON: item count, embedding width, counts per status
+     --metrics JSON: item count, embedding width, counts per status, shards (total, reused), final batch size
+Work in progress lives in `.<out name>.shards/` beside --out (finished shards, reused by a rerun after a crash
+or kill); it is removed once --out is written. Test hook: MMCTR_FAULT_AFTER_SHARDS (pipeline/embeddings.py).
 Params: extract_text.* (ExtractTextConfig), data.source
 """
 
@@ -11,7 +13,8 @@ import logging
 import click
 
 from pipeline.config import DataConfig, ExtractTextConfig, load_section
-from pipeline.embeddings import extract_text_embeddings, load_text_encoder, status_counts
+from pipeline.embeddings import (
+    BatchSize, extract_text_sharded, load_text_encoder, status_counts, text_shard_store)
 from pipeline.io import write_json, write_parquet
 from pipeline.sources import item_titles
 from pipeline.stage import params_option, pick_device, set_threads, stage_main
@@ -31,13 +34,16 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     set_threads(cfg.num_threads)
     device = pick_device(cfg.device, "extract_text.device")
     items = item_titles(data.source, raw_dir)
+    store = text_shard_store(out, items, cfg, device)
     tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code)
-    log.info("encoding %d titles with %s on %s", items.height, cfg.model, device)
-    frame = extract_text_embeddings(items, tokenizer, model, pooling=cfg.pooling, max_length=cfg.max_length,
-                                    batch_size=cfg.batch_size, device=device, amp=cfg.amp)
+    log.info("encoding %d titles with %s on %s in %d shards", items.height, cfg.model, device, len(store))
+    batch = BatchSize(cfg.batch_size)
+    frame, shards = extract_text_sharded(store, items, tokenizer, model, cfg, device, batch)
     write_parquet(frame, out)
+    store.remove()
     counts = status_counts(frame)
-    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts}, metrics)
+    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
+                "batch_size": batch.value}, metrics)
     log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)
 
 

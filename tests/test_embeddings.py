@@ -1,6 +1,9 @@
-"""Text and image extraction against direct model calls (the references)."""
+"""Text and image extraction against direct model calls (the references); bad inputs, duplicate ids and
+out-of-memory batch halving (by an injected fault)."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import polars as pl
@@ -10,8 +13,9 @@ from PIL import Image
 
 from pipeline.config import ParamsError
 from pipeline.embeddings import (
-    extract_image_embeddings, extract_text_embeddings, load_image_encoder, load_text_encoder, resolve_text_model,
-    status_counts)
+    BatchSize, _autocast, default_num_workers, extract_image_embeddings, extract_text_embeddings, load_image_encoder,
+    load_text_encoder, resolve_text_model, run_batches, status_counts, to_rgb)
+from pipeline.io import DataError
 from pipeline.stage import pick_device
 
 CPU = torch.device("cpu")
@@ -46,7 +50,7 @@ def test_text_empty_titles_get_zero_rows_and_status(tiny_bert_dir):
     assert frame["status"].to_list() == ["ok", "empty", "empty"]
     emb = frame["emb"].to_numpy()
     assert np.abs(emb[0]).sum() > 0 and not emb[1:].any()
-    assert status_counts(frame) == {"ok": 1, "empty": 2, "missing": 0, "corrupt": 0}
+    assert status_counts(frame) == {"ok": 1, "empty": 2, "missing": 0, "corrupt": 0, "too_large": 0}
 
 
 def test_packaged_minilm_resolves_and_loads():
@@ -120,3 +124,173 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(ParamsError, match=r"^train\.device: 'cuda' requested"):
             pick_device("cuda", "train.device")
+
+
+# ------------------------------------------------------------------------------------- bad inputs
+
+
+def test_text_bad_titles_each_get_a_row(tiny_bert_dir):
+    """Null, empty, whitespace-only -> zeros + `empty`; non-ASCII and very long titles embed (truncated)."""
+    tok, model = load_text_encoder(str(tiny_bert_dir))
+    long_title = "cat dog " * 500
+    titles = [None, "", " \t\n ", "café ☕ 猫 – naïve", long_title, "cat"]
+    frame = extract_text_embeddings(pl.DataFrame({"item_id": [1, 2, 3, 4, 5, 6], "title": titles}), tok, model,
+                                    pooling="mean", max_length=16, batch_size=4, device=CPU, amp=False)
+    assert frame["status"].to_list() == ["empty", "empty", "empty", "ok", "ok", "ok"]
+    emb = frame["emb"].to_numpy()
+    assert not emb[:3].any() and np.isfinite(emb).all() and (np.abs(emb[3:]).sum(1) > 0).all()
+    # the long title is embedded as its first max_length tokens ([CLS] + 14 words + [SEP])
+    with torch.no_grad():
+        b = tok(["cat dog " * 7], return_tensors="pt")
+        assert b["input_ids"].shape[1] == 16
+        ref = model(**b).last_hidden_state[0].mean(0).numpy()  # (H,)
+    np.testing.assert_allclose(emb[4], ref, atol=1e-5)
+
+
+def test_duplicate_ids_are_a_one_line_error_naming_the_id(tiny_bert_dir, tmp_path):
+    tok, model = load_text_encoder(str(tiny_bert_dir))
+    with pytest.raises(DataError, match=r"^titles: duplicate item_id 7 "):
+        extract_text_embeddings(pl.DataFrame({"item_id": [3, 7, 7], "title": ["a", "b", "c"]}), tok, model,
+                                pooling="mean", max_length=8, batch_size=4, device=CPU, amp=False)
+    img_model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    with pytest.raises(DataError, match=r"^covers: duplicate item_id 2 "):
+        extract_image_embeddings(np.array([2, 2]), [tmp_path / "a.jpg"] * 2, img_model, preprocess, batch_size=2,
+                                 num_workers=0, device=CPU, amp=False)
+
+
+def _bad_covers(d):
+    """One file per image class, and the status (and reference RGB image, for `ok`) each should give."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    cases = {}
+
+    def save(name, img, **kw):
+        img.save(d / name, **kw)
+        return d / name
+
+    cases["rgb"] = (save("rgb.jpg", noise), "ok")
+    cases["missing"] = (d / "missing.jpg", "missing")
+    (d / "zero.jpg").write_bytes(b"")
+    cases["zero_byte"] = (d / "zero.jpg", "empty")
+    full = save("full.jpg", noise, quality=95).read_bytes()
+    (d / "truncated.jpg").write_bytes(full[:len(full) // 2])
+    cases["truncated"] = (d / "truncated.jpg", "corrupt")
+    (d / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all")
+    cases["garbage"] = (d / "garbage.jpg", "corrupt")
+    cases["cmyk"] = (save("cmyk.jpg", noise.convert("CMYK")), "ok")
+    cases["grey"] = (save("grey.png", noise.convert("L")), "ok")
+    cases["palette"] = (save("palette.png", noise.convert("P")), "ok")
+    rgba = noise.convert("RGBA")
+    rgba.putalpha(Image.fromarray(rng.integers(0, 255, (120, 160), dtype=np.uint8)))
+    cases["rgba"] = (save("rgba.png", rgba), "ok")
+    cases["la"] = (save("la.png", rgba.convert("LA")), "ok")
+    cases["tiny"] = (save("tiny.jpg", Image.new("RGB", (1, 1), (200, 10, 10))), "ok")
+    # 10000 x 10000 = 1e8 pixels > PIL's bomb limit (89.5M); 1-bit, so building it stays cheap
+    cases["huge"] = (save("huge.png", Image.new("1", (10_000, 10_000))), "too_large")
+    return cases
+
+
+def test_image_bad_files_each_get_a_row_status_and_defined_vector(tmp_path):
+    model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    cases = _bad_covers(tmp_path)
+    paths = [p for p, _ in cases.values()]
+    frame = extract_image_embeddings(np.arange(1, len(paths) + 1), paths, model, preprocess, batch_size=4,
+                                     num_workers=0, device=CPU, amp=False, max_pixels=Image.MAX_IMAGE_PIXELS)
+    assert dict(zip(cases, frame["status"].to_list())) == {k: s for k, (_, s) in cases.items()}
+    emb = frame["emb"].to_numpy()
+    ok = np.array([s == "ok" for _, s in cases.values()])
+    assert np.isfinite(emb).all() and not emb[~ok].any() and (np.abs(emb[ok]).sum(1) > 0).all()
+    # ok rows equal direct encoding of the RGB image (alpha composited on white)
+    with torch.no_grad():
+        ref = model.encode_image(torch.stack([preprocess(to_rgb(Image.open(p))) for p, s in cases.values()
+                                              if s == "ok"]))
+    np.testing.assert_allclose(emb[ok], ref.numpy(), atol=1e-5)
+    assert status_counts(frame) == {"ok": 7, "empty": 1, "missing": 1, "corrupt": 2, "too_large": 1}
+
+
+def test_alpha_is_composited_on_white_and_max_pixels_applies(tmp_path):
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # fully transparent black reads as white
+    assert to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("LA", (2, 2), (0, 255))).getpixel((0, 0)) == (0, 0, 0)
+    model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (10, 10)).save(tmp_path / "b.jpg")
+    frame = extract_image_embeddings(np.array([1, 2]), [tmp_path / "a.jpg", tmp_path / "b.jpg"], model, preprocess,
+                                     batch_size=2, num_workers=0, device=CPU, amp=False, max_pixels=1000)
+    assert frame["status"].to_list() == ["too_large", "ok"]
+
+
+def test_image_loader_workers_give_the_same_frame(tmp_path):
+    model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    paths = _covers(tmp_path, 7) + [tmp_path / "nope.jpg"]
+    kw = {"batch_size": 3, "device": CPU, "amp": True}
+    a = extract_image_embeddings(np.arange(1, 9), paths, model, preprocess, num_workers=0, **kw)
+    b = extract_image_embeddings(np.arange(1, 9), paths, model, preprocess, num_workers=2, **kw)
+    assert a.equals(b)
+    assert default_num_workers(0) == 0 and default_num_workers(3) == 3
+    assert 1 <= default_num_workers(-1) <= 16
+
+
+# ------------------------------------------------------------------------------------- OOM halving
+
+
+def _oom_above(limit, call):
+    """A model call that raises CUDA out-of-memory for batches larger than `limit` (the injected fault)."""
+    def wrapped(*args, **kwargs):
+        x = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        if x.shape[0] > limit:
+            raise torch.cuda.OutOfMemoryError(f"injected: batch {x.shape[0]} > {limit}")
+        return call(*args, **kwargs)
+    return wrapped
+
+
+def test_text_oom_halves_the_batch_and_gives_the_same_output(tiny_bert_dir):
+    tok, model = load_text_encoder(str(tiny_bert_dir))
+    titles = pl.DataFrame({"item_id": list(range(1, 12)), "title": [
+        "cat", "dog video", "funny cat", "my best cooking recipe", "spicy noodles", "travel", "beach guitar",
+        "football goal", "new music", "kitten", "puppy part 2"]})
+    kw = {"pooling": "mean", "max_length": 16, "device": CPU, "amp": False}
+    ref = extract_text_embeddings(titles, tok, model, batch_size=8, **kw)
+    model.forward = _oom_above(2, model.forward)
+    batch = BatchSize(8)
+    got = extract_text_embeddings(titles, tok, model, batch_size=batch, **kw)
+    assert (batch.value, batch.halvings) == (2, 2)  # 8 -> 4 -> 2, kept for the later batches
+    np.testing.assert_allclose(got["emb"].to_numpy(), ref["emb"].to_numpy(), atol=1e-5)
+    assert got["status"].equals(ref["status"])
+    model.forward = _oom_above(0, model.forward)  # out of memory even for one title
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="even at batch size 1"):
+        extract_text_embeddings(titles, tok, model, batch_size=4, **kw)
+
+
+def test_image_oom_halves_the_batch_and_gives_the_same_output(tmp_path):
+    model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    paths = _covers(tmp_path, 9)
+    kw = {"num_workers": 0, "device": CPU, "amp": False}
+    ref = extract_image_embeddings(np.arange(1, 10), paths, model, preprocess, batch_size=4, **kw)
+    model.encode_image = _oom_above(1, model.encode_image)
+    batch = BatchSize(4)
+    got = extract_image_embeddings(np.arange(1, 10), paths, model, preprocess, batch_size=batch, **kw)
+    assert (batch.value, batch.halvings) == (1, 2)
+    np.testing.assert_allclose(got["emb"].to_numpy(), ref["emb"].to_numpy(), atol=1e-5)
+
+
+def test_run_batches_covers_every_item_once_and_reraises_at_one():
+    seen = []
+
+    def step(a, b):
+        if b - a > 3:
+            raise torch.cuda.OutOfMemoryError("injected")
+        seen.extend(range(a, b))
+
+    batch = BatchSize(16)
+    run_batches(step, 20, batch, "x")
+    assert seen == list(range(20)) and batch.value == 2
+    with pytest.raises(torch.cuda.OutOfMemoryError, match=r"^x: CUDA out of memory even at batch size 1"):
+        run_batches(lambda a, b: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")), 3, BatchSize(2), "x")
+
+
+def test_autocast_is_fp32_on_cpu_and_follows_amp_dtype():
+    assert isinstance(_autocast(CPU, True, "fp16"), nullcontext)
+    if torch.cuda.is_available():
+        assert _autocast(torch.device("cuda"), True, "fp16").fast_dtype == torch.float16
+        assert _autocast(torch.device("cuda"), True, "bf16").fast_dtype == torch.bfloat16

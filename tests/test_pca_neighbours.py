@@ -1,5 +1,5 @@
-"""pipeline/pca.py against sklearn, pipeline/neighbours.py (faiss) against the exact numpy reference, and the
-`mmctr neighbours` command."""
+"""pipeline/pca.py against sklearn, pipeline/neighbours.py (faiss, exact and approximate) against the exact numpy
+reference, and the `mmctr neighbours` command with its cover gallery."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from sklearn.decomposition import PCA
 from pipeline.cli import main
 from pipeline.config import ParamsError
 from pipeline.io import DataError
-from pipeline.neighbours import exact_topk, faiss_index, faiss_topk, item_neighbours, unit_rows
+from pipeline.neighbours import (
+    GALLERY_CAPTION, GALLERY_COLUMNS, GALLERY_COVER, PLACEHOLDER_GREY, approx_index, exact_topk, faiss_index,
+    faiss_topk, gallery_size, item_neighbours, recall_at_k, unit_rows)
 from pipeline.pca import FittedPCA, Normalizer, aligned_matrices, fit_pca
 
 
@@ -277,3 +279,119 @@ def test_cli_neighbours_rejects_a_shuffled_item_table(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.strip().startswith(f"Error: {info}: row 2 holds item_id 3")
     assert len(result.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------- approximate indexes
+
+
+def _clustered(n: int = 2000, d: int = 16, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    return (centres[rng.integers(0, clusters, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_recall_at_k_counts_shared_ids_per_row() -> None:
+    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert recall_at_k(exact, exact) == 1.0
+    assert recall_at_k(np.array([[4, 3, 9, 9], [-1, -1, -1, -1]]), exact) == pytest.approx((2 / 4 + 0) / 2)
+    assert recall_at_k(exact[:, ::-1], exact) == 1.0  # order within the top k does not matter
+    with pytest.raises(ValueError, match="shapes"):
+        recall_at_k(exact[:, :2], exact)
+
+
+def test_flat_index_equals_exact() -> None:
+    vectors = _clustered(300)
+    queries = vectors[::7]
+    got = approx_index(vectors, "flat").search(unit_rows(queries), 10)
+    _assert_same_topk(got, exact_topk(vectors, queries, 10))
+
+
+@pytest.mark.parametrize("kind, knobs", [("ivf", {"nlist": 32, "nprobe": 16}),
+                                         ("hnsw", {"hnsw_m": 16, "ef_search": 128})])
+def test_approximate_index_recall_is_high_with_generous_search(kind: str, knobs: dict) -> None:
+    vectors = _clustered()
+    queries = vectors[::10]
+    _, approx = approx_index(vectors, kind, seed=0, **knobs).search(unit_rows(queries), 10)
+    _, exact = exact_topk(vectors, queries, 10)
+    assert recall_at_k(approx, exact) > 0.9
+    scores, _ = approx_index(vectors, kind, seed=0, **knobs).search(unit_rows(queries), 10)
+    assert (scores <= 1 + 1e-5).all()  # inner products of unit rows are cosines
+
+
+def test_ivf_with_one_probe_loses_recall_and_is_reproducible() -> None:
+    vectors = _clustered(seed=1)
+    queries = vectors[::10]
+    _, exact = exact_topk(vectors, queries, 10)
+    runs = [approx_index(vectors, "ivf", nlist=64, nprobe=1, seed=3).search(unit_rows(queries), 10)[1]
+            for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert recall_at_k(runs[0], exact) < recall_at_k(
+        approx_index(vectors, "ivf", nlist=64, nprobe=64, seed=3).search(unit_rows(queries), 10)[1], exact)
+
+
+def test_unknown_index_kind_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown index 'lsh'"):
+        approx_index(_clustered(50), "lsh")
+
+
+# ---------------------------------------------------------------------------------------------- gallery
+
+
+def _colour(item: int) -> tuple[int, int, int]:
+    return (30 + 17 * item % 200, 200 - 13 * item % 180, 40 + 29 * item % 200)
+
+
+def _raw_dir(tmp_path: Path, missing: int) -> Path:
+    from PIL import Image
+
+    raw = tmp_path / "raw"
+    (raw / "covers").mkdir(parents=True)
+    for name in ("pairs.csv", "likes_and_views.txt"):
+        (raw / name).write_text("")
+    for item in range(1, 13):
+        if item != missing:
+            Image.new("RGB", (64, 48), _colour(item)).save(raw / "covers" / f"{item}.jpg", quality=95)
+    return raw
+
+
+def _tile_mean(img, pos: int) -> np.ndarray:
+    x = (pos % GALLERY_COLUMNS) * GALLERY_COVER
+    y = (pos // GALLERY_COLUMNS) * (GALLERY_COVER + GALLERY_CAPTION)
+    m = 10  # inside the query's frame
+    return np.asarray(img.crop((x + m, y + m, x + GALLERY_COVER - m, y + GALLERY_COVER - m))).reshape(-1, 3).mean(0)
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_cli_neighbours_gallery_draws_query_and_neighbour_covers(tmp_path: Path, k: int) -> None:
+    from PIL import Image
+
+    info, titles, table = _cli_files(tmp_path)
+    found = [i for i, _ in item_neighbours(table, 5, k)]
+    raw = _raw_dir(tmp_path, missing=found[1])
+    (raw / "title_en.csv").write_text(titles.read_text())
+    out = tmp_path / "g" / "gallery.png"
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", str(k), "--item-info", str(info),
+                                       "--titles", str(titles), "--raw-dir", str(raw), "--gallery", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == f"gallery: {out}"
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+        assert img.size == gallery_size(k + 1)
+        cols = min(k + 1, GALLERY_COLUMNS)
+        rows = -(-(k + 1) // GALLERY_COLUMNS)
+        assert img.size == (cols * GALLERY_COVER, rows * (GALLERY_COVER + GALLERY_CAPTION))
+        img = img.convert("RGB")
+        for pos, item in enumerate([5, *found]):
+            want = PLACEHOLDER_GREY if item == found[1] else _colour(item)
+            np.testing.assert_allclose(_tile_mean(img, pos), want, atol=4)
+    assert [p.name for p in out.parent.iterdir()] == ["gallery.png"]  # no temporary left behind
+
+
+def test_cli_neighbours_gallery_without_raw_folder_is_one_line(tmp_path: Path) -> None:
+    info, titles, _ = _cli_files(tmp_path)
+    out = tmp_path / "gallery.png"
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "--item-info", str(info), "--titles",
+                                       str(titles), "--raw-dir", str(tmp_path / "nope"), "--gallery", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path / 'nope'}: raw data directory not found"
+    assert not out.exists()

@@ -26,7 +26,8 @@ from pipeline.raw import read_titles
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_params.yaml")
-STAGES = ["make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "train", "evaluate"]
+STAGES = ["make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
+          "train", "evaluate"]
 
 
 def run(cmd: list[str], cwd: Path) -> str:
@@ -129,7 +130,7 @@ def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["fit_pca"]["dim"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run(["dvc", "repro"], project)) == {"fit_pca", "train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"fit_pca", "embedding_report", "train", "evaluate"}
     assert "item_emb_d8" in pl.read_parquet(project / "data/features/item_info.parquet").columns
 
 
@@ -168,7 +169,8 @@ def test_microlens_release_source(project):
     out = run(["dvc", "repro"], project)
     # The same data in the release layout gives byte-identical embeddings, sequences and item table, so DVC keeps
     # train cached: the release readers see exactly what the synthetic layout holds.
-    assert ran_stages(out) == {"extract_text", "extract_image", "build_sequences", "fit_pca", "evaluate"}
+    assert ran_stages(out) == {"extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
+                               "evaluate"}
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert metrics["auc"] > 0.7 and "oracle_auc" not in metrics  # no planted model behind a real release
     assert json.loads((project / "data/metrics/extract_image.json").read_text())["status"]["ok"] == 150
@@ -217,7 +219,7 @@ def test_challenge_embeddings_replace_extraction(project, embeddings, column):
     assert yaml.safe_load((project / "params.yaml").read_text())["data"]["source"] == "mmctr"
     set_data(project, item_embeddings=embeddings)
     out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"fit_pca", "train", "evaluate"}
+    assert ran_stages(out) == {"fit_pca", "embedding_report", "train", "evaluate"}
     info = pl.read_parquet(project / "data/features/item_info.parquet")
     dim = yaml.safe_load((project / "params.yaml").read_text())["fit_pca"]["dim"]
     assert info.columns[-1] == (column or f"item_emb_d{dim}")
