@@ -26,6 +26,8 @@ def stage_main(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        # faiss logs its CPU-feature probing (ModuleNotFoundError for the AVX512 build, ...) at INFO: noise, not news
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         try:
             return fn(*args, **kwargs)
         except (ParamsError, DataError) as e:
