@@ -36,7 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import ExtractImageConfig, ExtractTextConfig, ParamsError
-from pipeline.io import DataError, atomic_path
+from pipeline.io import DataError, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -482,3 +482,15 @@ def status_counts(frame: pl.DataFrame) -> dict[str, int]:
     """{status: count} for an embedding frame, with every status present (0 when absent)."""
     counts = dict(frame.group_by("status").len().iter_rows())
     return {s: int(counts.get(s, 0)) for s in STATUSES}
+
+
+def write_extraction(frame: pl.DataFrame, out: str | Path, metrics: str | Path, store: ShardStore,
+                     shards: dict[str, int], batch: BatchSize) -> None:
+    """Write an extraction stage's outputs: the embedding frame (atomically), then drop its shard folder, then the
+    metrics JSON (items, width, counts per status, shards total/reused, the batch size after any halving)."""
+    write_parquet(frame, out)
+    store.remove()
+    counts = status_counts(frame)
+    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
+                "batch_size": batch.value}, metrics)
+    log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)

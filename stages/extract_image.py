@@ -15,8 +15,7 @@ import click
 
 from pipeline.config import DataConfig, ExtractImageConfig, load_section
 from pipeline.embeddings import (
-    BatchSize, default_num_workers, extract_image_sharded, image_shard_store, load_image_encoder, status_counts)
-from pipeline.io import write_json, write_parquet
+    BatchSize, default_num_workers, extract_image_sharded, image_shard_store, load_image_encoder, write_extraction)
 from pipeline.raw import item_ids
 from pipeline.sources import item_cover_paths, item_titles
 from pipeline.stage import params_option, pick_device, set_threads, stage_main
@@ -43,13 +42,7 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
              cfg.pretrained, device, len(store), default_num_workers(cfg.num_workers))
     batch = BatchSize(cfg.batch_size)
     frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch)
-    write_parquet(frame, out)
-    store.remove()
-    counts = status_counts(frame)
-    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
-                "batch_size": batch.value}, metrics)
-    log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)
-
+    write_extraction(frame, out, metrics, store, shards, batch)
 
 if __name__ == "__main__":
     main()

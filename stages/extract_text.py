@@ -14,8 +14,7 @@ import click
 
 from pipeline.config import DataConfig, ExtractTextConfig, load_section
 from pipeline.embeddings import (
-    BatchSize, extract_text_sharded, load_text_encoder, status_counts, text_shard_store)
-from pipeline.io import write_json, write_parquet
+    BatchSize, extract_text_sharded, load_text_encoder, text_shard_store, write_extraction)
 from pipeline.sources import item_titles
 from pipeline.stage import params_option, pick_device, set_threads, stage_main
 
@@ -39,13 +38,7 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     log.info("encoding %d titles with %s on %s in %d shards", items.height, cfg.model, device, len(store))
     batch = BatchSize(cfg.batch_size)
     frame, shards = extract_text_sharded(store, items, tokenizer, model, cfg, device, batch)
-    write_parquet(frame, out)
-    store.remove()
-    counts = status_counts(frame)
-    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
-                "batch_size": batch.value}, metrics)
-    log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)
-
+    write_extraction(frame, out, metrics, store, shards, batch)
 
 if __name__ == "__main__":
     main()
