@@ -5,8 +5,8 @@
 
 Both paths embed the same items with the same model in the same process, after a short warm-up each:
     text   extract_text_embeddings (length-sorted batches, fast tokenizer per batch) vs tokenizer + model per title
-    image  extract_image_embeddings (DataLoader workers decode and preprocess, batched encode) vs open, decode,
-           preprocess and encode per cover
+    image  extract_image_embeddings (DataLoader workers decode -- at a reduced JPEG scale with --jpeg-draft, the
+           stage's default -- and preprocess, batched encode) vs open, full decode, preprocess and encode per cover
 and checks that they agree (max |difference| of the vectors). Titles are random word sequences of 3-20 words;
 covers are random-block JPEGs of `--cover-size` pixels, written to a temporary folder.
 """
@@ -96,9 +96,11 @@ def report(name: str, n: int, t_stage: float, t_naive: float, diff: float) -> No
 @click.option("--cover-size", default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast (CUDA only)")
+@click.option("--jpeg-draft/--no-jpeg-draft", default=True, show_default=True,
+              help="the stage decodes JPEGs at the smallest DCT scale >= the model input (extract_image.jpeg_draft)")
 @click.option("--seed", default=0, show_default=True)
 def main(n_titles, n_covers, text_model, image_model, pretrained, batch_size, max_length, num_workers, cover_size,
-         device, amp, seed):
+         device, amp, jpeg_draft, seed):
     device = torch.device(device)
     workers = default_num_workers(num_workers)
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {batch_size}, loader workers {workers}")
@@ -120,12 +122,14 @@ def main(n_titles, n_covers, text_model, image_model, pretrained, batch_size, ma
             paths = make_covers(Path(d), n_covers, cover_size, seed)
             ids = np.arange(1, n_covers + 1)
             run_stage = lambda i, p: extract_image_embeddings(i, p, model, preprocess, batch_size=batch_size,
-                                                              num_workers=workers, device=device, amp=amp)
+                                                              num_workers=workers, device=device, amp=amp,
+                                                              jpeg_draft=jpeg_draft)
             run_stage(ids[:batch_size], paths[:batch_size])
             naive_image(model, preprocess, paths[:8], device, amp)
             staged, t_stage = timed(lambda: run_stage(ids, paths)["emb"].to_numpy())
             naive, t_naive = timed(lambda: naive_image(model, preprocess, paths, device, amp))
-        report(f"image ({image_model}, {cover_size}px jpeg)", n_covers, t_stage, t_naive,
+        draft = "on" if jpeg_draft else "off"
+        report(f"image ({image_model}, {cover_size}px jpeg, draft {draft})", n_covers, t_stage, t_naive,
                float(np.abs(staged - naive).max()))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import click
 import numpy as np
 import polars as pl
 
+from pipeline.compare import comparison_table, experiment_records, queue_commands
 from pipeline.config import DataConfig, ParamsError, load_section
 from pipeline.io import DataError, read_parquet
 from pipeline.items import check_item_table
@@ -59,3 +62,24 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
         click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}  {names.get(other, '')}")
     if gallery is not None:
         click.echo(f"gallery: {gallery}")
+
+
+@main.command()
+@click.option("--queue/--show", "queue", default=False,
+              help="--queue: add the 10 experiments to DVC's queue (then `dvc queue start`); "
+                   "--show (default): print the table from `dvc exp show --json`")
+@click.option("--dry-run", is_flag=True, help="with --queue: print the commands instead of running them")
+def compare(queue: bool, dry_run: bool) -> None:
+    """The paper's Table 2 on the current data: DIN, DIN+Dice, Transformer+DCNv2 and its two ablations, each
+    without and with the frozen multimodal embedding, as DVC experiments named cmp-<variant>-<id|mm>."""
+    if queue:
+        for cmd in queue_commands():
+            click.echo(" ".join(cmd))
+            if not dry_run:
+                subprocess.run(cmd, check=True)
+        if not dry_run:
+            click.echo("queued; run them with `dvc queue start` (one at a time) and watch `dvc queue status`")
+        return
+    out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True,
+                         text=True).stdout
+    click.echo(comparison_table(experiment_records(json.loads(out))))

@@ -230,6 +230,7 @@ class ExtractImageConfig:
     num_threads: int = 0
     shard_size: int = 1024  # items per resumable shard (finished shards survive a crash or kill)
     max_pixels: int = 89_478_485  # larger covers get status too_large, never decoded (PIL's bomb limit)
+    jpeg_draft: bool = True  # decode JPEGs at the smallest DCT scale >= the model input (CoverDataset)
 
     def __post_init__(self) -> None:
         s = "extract_image"
@@ -303,6 +304,7 @@ class TrainConfig(ModelConfig):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     num_threads: int = 0
+    resume: bool = False  # continue from the last finished epoch's state of an interrupted run (same params, data)
 
     def __post_init__(self) -> None:
         s = "train"
@@ -313,8 +315,14 @@ class TrainConfig(ModelConfig):
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
         for name in ("transformer_dropout", "net_dropout"):
             require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
-        for name in ("dnn_hidden_units", "mlp_hidden_units"):
+        for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
             require(all(u >= 1 for u in getattr(self, name)), f"{s}.{name}", "units must be >= 1")
+        # Switches the chosen model has no part for would silently change nothing: reject them.
+        require(not self.dice or self.model == "din", f"{s}.dice",
+                f"Dice activations exist only in model 'din', got model {self.model!r}")
+        for name in ("use_transformer", "use_dcn"):
+            require(getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
+                    f"false ablates a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         require(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
         require(0 < self.lr_decay <= 1, f"{s}.lr_decay", "must be in (0, 1]")
         require(self.max_grad_norm > 0, f"{s}.max_grad_norm", "must be > 0")

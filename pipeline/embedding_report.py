@@ -59,11 +59,19 @@ def sample_queries(n_items: int, sample_items: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(ids, size=sample_items, replace=False))
 
 
-def neighbours_without_self(index, table: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
-    """(Q, k) item ids of each query's nearest items in a faiss index over table[1:] (row r = item r+1), the query
-    itself excluded (its first occurrence; otherwise the (k+1)-th hit is dropped). -1 = no result."""
-    _, rows = index.search(unit_rows(table[query_ids]), k + 1)  # (Q, k+1) rows of table[1:]
-    ids = np.where(rows >= 0, rows + 1, -1)
+def usable_items(table: np.ndarray) -> np.ndarray:
+    """Ascending ids of the items whose row of an (N+1, D) item table is not all zeros: an item whose title or
+    cover was unusable has a zero vector (its extraction status), which has no direction to compare."""
+    return np.flatnonzero(np.any(table[1:] != 0, axis=1)) + 1
+
+
+def neighbours_without_self(index, table: np.ndarray, index_ids: np.ndarray, query_ids: np.ndarray,
+                            k: int) -> np.ndarray:
+    """(Q, k) item ids of each query's nearest items in a faiss index over table[index_ids] (index row r = item
+    index_ids[r]), the query itself excluded (its first occurrence; otherwise the (k+1)-th hit is dropped).
+    -1 = no result."""
+    _, rows = index.search(unit_rows(table[query_ids]), k + 1)  # (Q, k+1) rows of table[index_ids]
+    ids = np.where(rows >= 0, index_ids[np.clip(rows, 0, None)], -1)
     out = np.empty((len(query_ids), k), dtype=np.int64)
     for i, (q, row) in enumerate(zip(query_ids, ids)):
         hit = np.flatnonzero(row == q)
@@ -109,8 +117,10 @@ def _agreements(query_ids: np.ndarray, neighbour_ids: np.ndarray, tags: list[fro
 
 def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], topic: np.ndarray | None,
                      cfg: EmbeddingReportConfig) -> dict:
-    """The metrics dict: per table {tag_agreement, topic_agreement (when `topic`), recall_at_k}, `chance` (random
-    neighbours), `index`, `k`, `queries`, and `recall_at_k` = the lowest recall over the tables.
+    """The metrics dict: per table {tag_agreement, topic_agreement (when `topic`), recall_at_k, queries,
+    zero_items}, `chance` (random neighbours), `index`, `k`, `queries`, and `recall_at_k` = the lowest recall over
+    the tables. Items with a zero vector in a table (`zero_items`: unusable title/cover) are neither queries nor
+    neighbours for that table.
 
     tables: name -> (N+1, D) item table; tags: N+1 tag sets; topic: (N+1,) planted topics or None."""
     n_rows = len(tags)
@@ -124,14 +134,19 @@ def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], 
         raise DataError(f"neighbour agreement needs at least 2 items, got {n_items}")
     k = min(cfg.k, n_items - 1)
     queries = sample_queries(n_items, cfg.sample_items, cfg.seed)
-    report: dict = {"index": cfg.index, "k": k, "queries": int(len(queries))}
+    report: dict = {"index": cfg.index, "k": k, "queries": len(queries)}
     for name, table in tables.items():
-        index = approx_index(table[1:], cfg.index, nlist=cfg.ivf_nlist, nprobe=cfg.ivf_nprobe, hnsw_m=cfg.hnsw_m,
+        ids = usable_items(table)
+        if len(ids) <= k:
+            raise DataError(f"{name} embeddings: only {len(ids)} items have a non-zero vector, need more than k={k}")
+        mine = queries[np.isin(queries, ids)]
+        index = approx_index(table[ids], cfg.index, nlist=cfg.ivf_nlist, nprobe=cfg.ivf_nprobe, hnsw_m=cfg.hnsw_m,
                              ef_search=cfg.hnsw_ef_search, seed=cfg.seed)
-        found = neighbours_without_self(index, table, queries, k)
+        found = neighbours_without_self(index, table, ids, mine, k)
         exact = found if cfg.index == "flat" else neighbours_without_self(
-            approx_index(table[1:], "flat"), table, queries, k)
-        report[name] = {**_agreements(queries, found, tags, topic), "recall_at_k": recall_at_k(found, exact)}
+            approx_index(table[ids], "flat"), table, ids, mine, k)
+        report[name] = {**_agreements(mine, found, tags, topic), "recall_at_k": recall_at_k(found, exact),
+                        "queries": len(mine), "zero_items": int(n_items - len(ids))}
     report["chance"] = _agreements(queries, random_neighbours(queries, n_items, k, cfg.seed), tags, topic)
     report["recall_at_k"] = min((report[name]["recall_at_k"] for name in tables), default=1.0)
     return report

@@ -36,6 +36,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.config import ExtractImageConfig, ExtractTextConfig, ParamsError
+from pipeline.distributed import SINGLE, Dist
 from pipeline.io import DataError, atomic_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ STATUSES = ("ok", "empty", "missing", "corrupt", "too_large")
 # Test hook: when set to k, the process SIGKILLs itself right after writing its k-th new shard (kill-and-resume
 # tests). Never set it outside tests.
 FAULT_ENV = "MMCTR_FAULT_AFTER_SHARDS"
+CPU = torch.device("cpu")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -72,12 +74,13 @@ def _autocast(device: torch.device, amp: bool, amp_dtype: str = "bf16"):
     return nullcontext()
 
 
-def default_num_workers(choice: int) -> int:
-    """DataLoader workers for `choice`: -1 -> one per core this process may use (at most 16), else `choice`."""
+def default_num_workers(choice: int, ranks: int = 1) -> int:
+    """DataLoader workers for `choice`: -1 -> this rank's share of the cores this process may use (cores / ranks
+    on the machine, at least 1, at most 16), else `choice`."""
     if choice >= 0:
         return choice
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, 16)
+    return max(1, min(cores // max(ranks, 1), 16))
 
 
 # ------------------------------------------------------------------------------------- OOM batch halving
@@ -173,23 +176,30 @@ class ShardStore:
                         self.written)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def run(self, compute: Callable[[list[int]], Iterable[tuple[int, pl.DataFrame]]]) -> tuple[pl.DataFrame,
-                                                                                               dict[str, int]]:
-        """Reuse finished shards, compute the others with compute(pending) -> (k, frame) pairs, and assemble the
-        whole table from the shard files (the same bytes whether or not the run was resumed).
-        Returns (frame, {"total": shards, "reused": shards taken from an earlier run})."""
+    def run(self, compute: Callable[[list[int]], Iterable[tuple[int, pl.DataFrame]]], dist: Dist = SINGLE,
+            device: torch.device = CPU) -> tuple[pl.DataFrame | None, dict[str, int]]:
+        """Reuse finished shards, compute this rank's others with compute(pending) -> (k, frame) pairs, and on rank
+        0 assemble the whole table from the shard files (the same bytes whether or not the run was resumed or
+        split across ranks). Under torchrun rank r owns the shards k with k % world == r, and every rank waits at a
+        barrier before rank 0 assembles; `device` carries the one count exchanged (NCCL needs CUDA tensors).
+        Returns (frame, or None off rank 0; {"total": shards, "reused": shards taken from an earlier run})."""
         if not self.bounds:
             raise DataError("no items to embed")
-        pending = [k for k in range(len(self)) if self.load(k) is None]
-        reused = len(self) - len(pending)
+        mine = [k for k in range(len(self)) if dist.owns(k)]
+        pending = [k for k in mine if self.load(k) is None]
+        reused = int(dist.sum(len(mine) - len(pending), device))
         if reused:
             log.info("resuming: %d of %d shards already finished", reused, len(self))
         for k, frame in compute(pending):
             self.save(k, frame)
+        dist.barrier()
+        counts = {"total": len(self), "reused": reused}
+        if not dist.is_main:
+            return None, counts
         frames = [self.load(k) for k in range(len(self))]
         if any(f is None for f in frames):
             raise RuntimeError(f"{self.folder}: a shard vanished while the run was assembling")
-        return pl.concat(frames, rechunk=True), {"total": len(self), "reused": reused}
+        return pl.concat(frames, rechunk=True), counts
 
     def remove(self) -> None:
         """Delete the shard folder (after the final table is written)."""
@@ -291,8 +301,10 @@ def text_shard_store(out: str | Path, titles: pl.DataFrame, cfg: ExtractTextConf
 
 
 def extract_text_sharded(store: ShardStore, titles: pl.DataFrame, tokenizer, model, cfg: ExtractTextConfig,
-                         device: torch.device, batch: BatchSize) -> tuple[pl.DataFrame, dict[str, int]]:
-    """extract_text_embeddings shard by shard through `store` (finished shards are reused)."""
+                         device: torch.device, batch: BatchSize, dist: Dist = SINGLE
+                         ) -> tuple[pl.DataFrame | None, dict[str, int]]:
+    """extract_text_embeddings shard by shard through `store` (finished shards are reused; ShardStore.run says
+    how ranks share the shards and what each returns)."""
 
     def compute(pending: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
         for k in tqdm(pending, desc="title shards", unit="shard"):
@@ -301,7 +313,7 @@ def extract_text_sharded(store: ShardStore, titles: pl.DataFrame, tokenizer, mod
                                              max_length=cfg.max_length, batch_size=batch, device=device,
                                              amp=cfg.amp, amp_dtype=cfg.amp_dtype)
 
-    return store.run(compute)
+    return store.run(compute, dist, device)
 
 
 # --------------------------------------------------------------------------------------------- image
@@ -348,14 +360,19 @@ class CoverDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses covers in DataLoader workers; an unusable file yields a status, never an error.
 
     The pixel count is read from the header before decoding, so a huge cover is refused (`too_large`) without
-    allocating it."""
+    allocating it. With `jpeg_draft` a JPEG is decoded at the smallest DCT scale (1/1, 1/2, 1/4 or 1/8) that keeps
+    both sides at least the model's input size: a 1280x720 cover for a 224-pixel model decodes at 1/2 (a quarter
+    of the pixels), and the resize that follows starts from a smaller image. Vectors then differ slightly from a
+    full-size decode (max |diff| is printed by benchmarks/extract.py)."""
 
     def __init__(self, paths: Sequence[Path], preprocess, image_size: tuple[int, int],
-                 max_pixels: int = Image.MAX_IMAGE_PIXELS):
+                 max_pixels: int = Image.MAX_IMAGE_PIXELS, jpeg_draft: bool = False):
         self.paths = [Path(p) for p in paths]
         self.preprocess = preprocess
+        self.image_size = image_size
         self.blank = torch.zeros(3, *image_size)
         self.max_pixels = max_pixels
+        self.jpeg_draft = jpeg_draft
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -377,6 +394,8 @@ class CoverDataset(torch.utils.data.Dataset):
                 width, height = img.size
                 if width * height > self.max_pixels:
                     return self.blank, "too_large"
+                if self.jpeg_draft and img.format == "JPEG":
+                    img.draft("RGB", (self.image_size[1], self.image_size[0]))  # (width, height)
                 return self.preprocess(to_rgb(img)), "ok"
         except Image.DecompressionBombError:
             return self.blank, "too_large"
@@ -393,13 +412,13 @@ def _image_size(model) -> tuple[int, int]:
 def encode_cover_groups(
     ids: np.ndarray, paths: Sequence[Path], groups: Sequence[np.ndarray], model, preprocess, *, batch: BatchSize,
     num_workers: int, device: torch.device, amp: bool, amp_dtype: str = "bf16",
-    max_pixels: int = Image.MAX_IMAGE_PIXELS,
+    max_pixels: int = Image.MAX_IMAGE_PIXELS, jpeg_draft: bool = False,
 ) -> Iterator[tuple[int, pl.DataFrame]]:
     """Yield (g, embedding frame of the items groups[g]) for each group in turn, from one DataLoader whose batches
     never cross a group boundary (so workers start once, and a group is complete as soon as its last batch is).
     Only `ok` covers go through the model; the others are zero rows."""
     ids = np.asarray(ids)
-    dataset = CoverDataset(paths, preprocess, _image_size(model), max_pixels)
+    dataset = CoverDataset(paths, preprocess, _image_size(model), max_pixels, jpeg_draft)
     plan = [(g, idx[i:i + batch.value].tolist()) for g, idx in enumerate(groups)
             for i in range(0, len(idx), batch.value)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=[chunk for _, chunk in plan],
@@ -435,6 +454,7 @@ def encode_cover_groups(
 def extract_image_embeddings(
     ids: np.ndarray, paths: Sequence[Path], model, preprocess, *, batch_size: int | BatchSize, num_workers: int,
     device: torch.device, amp: bool, amp_dtype: str = "bf16", max_pixels: int = Image.MAX_IMAGE_PIXELS,
+    jpeg_draft: bool = False,
 ) -> pl.DataFrame:
     """(N,) ids and their cover paths -> embedding frame of L2-free image features (N, D) float32.
     A duplicate id is a DataError."""
@@ -442,7 +462,7 @@ def extract_image_embeddings(
     batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     ((_, frame),) = encode_cover_groups(ids, paths, [np.arange(len(ids))], model, preprocess, batch=batch,
                                         num_workers=num_workers, device=device, amp=amp, amp_dtype=amp_dtype,
-                                        max_pixels=max_pixels)
+                                        max_pixels=max_pixels, jpeg_draft=jpeg_draft)
     return frame
 
 
@@ -452,6 +472,7 @@ def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], c
     re-embedded) and the params that shape vectors."""
     check_unique_ids(ids, "covers")
     fp = fingerprint(stage="extract_image", model=cfg.model, pretrained=cfg.pretrained, max_pixels=cfg.max_pixels,
+                     jpeg_draft=cfg.jpeg_draft,
                      amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype, device=device.type)
     keys = []
     for p in paths:
@@ -464,18 +485,20 @@ def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], c
 
 
 def extract_image_sharded(store: ShardStore, ids: np.ndarray, paths: Sequence[Path], model, preprocess,
-                          cfg: ExtractImageConfig, device: torch.device, batch: BatchSize
-                          ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """extract_image_embeddings shard by shard through `store` (finished shards are reused)."""
+                          cfg: ExtractImageConfig, device: torch.device, batch: BatchSize, dist: Dist = SINGLE
+                          ) -> tuple[pl.DataFrame | None, dict[str, int]]:
+    """extract_image_embeddings shard by shard through `store` (finished shards are reused; ShardStore.run says
+    how ranks share the shards and what each returns)."""
 
     def compute(pending: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
         groups = [np.arange(*store.bounds[k]) for k in pending]
         for g, frame in encode_cover_groups(ids, paths, groups, model, preprocess, batch=batch,
-                                            num_workers=default_num_workers(cfg.num_workers), device=device,
-                                            amp=cfg.amp, amp_dtype=cfg.amp_dtype, max_pixels=cfg.max_pixels):
+                                            num_workers=default_num_workers(cfg.num_workers, dist.local_world),
+                                            device=device, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
+                                            max_pixels=cfg.max_pixels, jpeg_draft=cfg.jpeg_draft):
             yield pending[g], frame
 
-    return store.run(compute)
+    return store.run(compute, dist, device)
 
 
 def status_counts(frame: pl.DataFrame) -> dict[str, int]:

@@ -182,10 +182,10 @@ def _recent_latent(model: PlantedModel, windows: np.ndarray) -> np.ndarray:
     return model.item_latent[windows].sum(axis=1) / counts[:, None]
 
 
-def _click_probs(model: PlantedModel, users: np.ndarray, recent: np.ndarray, clicked: np.ndarray) -> np.ndarray:
-    """The next-click distribution: (B,) users, (B, d) recent mean latent, (B, N+1) bool already-clicked mask
-    (column 0 True) -> (B, N+1) float64 rows summing to 1, exactly 0 where masked."""
-    query = model.preference_weight * model.user_pref[users] + model.recency_weight * recent  # (B, d)
+def _click_probs(model: PlantedModel, pref: np.ndarray, recent: np.ndarray, clicked: np.ndarray) -> np.ndarray:
+    """The next-click distribution: (B, d) user preference vectors, (B, d) recent mean latent, (B, N+1) bool
+    already-clicked mask (column 0 True) -> (B, N+1) float64 rows summing to 1, exactly 0 where masked."""
+    query = model.preference_weight * pref + model.recency_weight * recent  # (B, d)
     logits = query @ model.item_latent.T + model.popularity_weight * model.item_log_pop  # (B, N+1)
     logits[clicked] = -np.inf
     logits -= logits.max(axis=1, keepdims=True)
@@ -215,7 +215,7 @@ def next_click_probs(model: PlantedModel, users: np.ndarray, histories: list[np.
     if users.shape != (len(histories),):
         raise ValueError(f"users has shape {users.shape} but {len(histories)} histories were given")
     windows, clicked = _windows_and_mask(model, histories)
-    return _click_probs(model, users, _recent_latent(model, windows), clicked)
+    return _click_probs(model, model.user_pref[users], _recent_latent(model, windows), clicked)
 
 
 def oracle_posterior(probs_of_item: np.ndarray, n_prior: np.ndarray, n_items: int, neg_ratio: int) -> np.ndarray:
@@ -248,10 +248,24 @@ def _prior_counts(pair_user: np.ndarray, pair_ts: np.ndarray, ev_user: np.ndarra
     return before[len(pair_user):] - np.searchsorted(pair_user, ev_user, side="left")
 
 
-def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, neg_ratio: int) -> np.ndarray:
+def history_preference(model: PlantedModel, item_seq: np.ndarray) -> np.ndarray:
+    """(n, L) item histories (0 = padding) -> (n, d) float64 unit mean of their items' planted latents (zeros for
+    an empty history): the user's preference as far as a history of that length reveals it."""
+    seq = np.asarray(item_seq, dtype=np.int64)
+    mean = model.item_latent[seq].sum(axis=1)  # item 0's latent is zero
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return np.divide(mean, norm, out=np.zeros_like(mean), where=norm > 0)
+
+
+def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, neg_ratio: int,
+                  pref: np.ndarray | None = None) -> np.ndarray:
     """pairs: the raw clicks (user, item, timestamp: Int64 columns); rows: (user_id, event_ts, item_id) for labelled
     rows (event_ts = the timestamp of the click event the row belongs to). Returns (n_rows,) float64 Bayes-optimal
     P(label=1) using each row's FULL prior click history (clicks of that user with timestamp < event_ts).
+
+    `pref` (n_rows, d), when given, replaces the planted user preference of each row's event (rows of one event
+    must agree; the first is used), e.g. `history_preference` of what a model sees: the score of a model that
+    knows every item's planted parameters but, like any model, not the user's hidden preference vector.
 
     Rows are grouped into events (user_id, event_ts); one next-click distribution is computed per event, in
     blocks of events so memory stays at about ORACLE_CHUNK_CELLS floats.
@@ -265,6 +279,12 @@ def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, 
     row_event, row_item = rows["_event"].to_numpy().astype(np.int64), rows["item_id"].to_numpy()
 
     n_prior = _prior_counts(pair_user, pair_ts, ev_user, ev_ts)  # (E,)
+    if pref is None:
+        ev_pref = model.user_pref[ev_user]  # (E, d)
+    else:
+        first_row = np.full(len(ev_user), -1, dtype=np.int64)
+        first_row[row_event[::-1]] = np.arange(len(row_event))[::-1]  # the first row of each event
+        ev_pref = np.asarray(pref, dtype=np.float64)[first_row]
     start = np.searchsorted(pair_user, ev_user, side="left")  # (E,) first click of each event's user
     n_items, w = model.n_items, model.recency_window
     prob_of_row = np.zeros(len(row_item))
@@ -283,7 +303,7 @@ def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, 
         ev_rep = np.repeat(np.arange(hi - lo), e_prior)
         within = np.arange(len(ev_rep)) - np.repeat(np.cumsum(e_prior) - e_prior, e_prior)
         clicked[ev_rep, pair_item[np.repeat(e_start, e_prior) + within]] = True
-        probs = _click_probs(model, ev_user[lo:hi], _recent_latent(model, windows), clicked)  # (E_c, N+1)
+        probs = _click_probs(model, ev_pref[lo:hi], _recent_latent(model, windows), clicked)  # (E_c, N+1)
         sel = row_order[row_bounds[c]:row_bounds[c + 1]]
         prob_of_row[sel] = probs[row_event[sel] - lo, row_item[sel]]
     return oracle_posterior(prob_of_row, n_prior[row_event], n_items, neg_ratio)
@@ -327,7 +347,7 @@ def simulate_clicks(model: PlantedModel, n_clicks: np.ndarray, rng: np.random.Ge
             for lo in range(0, len(active), CLICK_CHUNK):
                 users = active[lo:lo + CLICK_CHUNK]
                 recent = _recent_latent(model, hist[users, max(0, k - w):k])  # (B, d)
-                items = _sample_from_rows(_click_probs(model, users, recent, clicked[users]), rng)
+                items = _sample_from_rows(_click_probs(model, model.user_pref[users], recent, clicked[users]), rng)
                 hist[users, k] = items
                 clicked[users, items] = True
             bar.update(len(active))

@@ -16,7 +16,12 @@ import click
 import polars as pl
 
 from pipeline.config import DataConfig, EmbeddingReportConfig, load_section
-from pipeline.embedding_report import embedding_report, frame_table, item_info_table, item_tag_sets
+from pipeline.embedding_report import (
+    embedding_report,
+    frame_table,
+    item_info_table,
+    item_tag_sets,
+)
 from pipeline.io import read_parquet, write_json
 from pipeline.stage import params_option, stage_main
 from pipeline.synthetic import PlantedModel

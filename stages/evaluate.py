@@ -4,9 +4,11 @@ In:  --model        checkpoint from train
      --test         test split parquet
      --raw-dir      the raw folder of data.source; on synthetic data its pairs.csv and planted.npz give the
                     Bayes-optimal (oracle) score of every test row
-Out: --metrics      JSON: test AUC, logloss, gAUC, rows (and oracle_auc / oracle_logloss with --planted)
+Out: --metrics      JSON: test AUC, logloss, gAUC, rows; on synthetic data also oracle_auc / oracle_logloss (the
+                    planted model with each user's hidden preference) and history_oracle_auc / _logloss (the
+                    planted items, the preference estimated from the visible history)
      --roc, --calibration  plot JSONs: [{fpr, tpr}] at 201 points, [{prob_pred, prob_true, count}] per bin
-     --predictions  parquet: user_id, item_id, event_ts, label, score (model probability) [, oracle]
+     --predictions  parquet: user_id, item_id, event_ts, label, score (model probability) [, oracle, history_oracle]
      --submission   the challenge's submission zip: prediction.csv with ID (test row order) and Task1 (probability)
 Params: evaluate.*, data.source, build_sequences.* (the oracle needs the sampling set-up)
 """
@@ -19,12 +21,17 @@ import numpy as np
 import polars as pl
 
 from pipeline.challenge import write_submission
-from pipeline.config import BuildSequencesConfig, DataConfig, EvaluateConfig, load_section
+from pipeline.config import (
+    BuildSequencesConfig,
+    DataConfig,
+    EvaluateConfig,
+    load_section,
+)
 from pipeline.io import write_json, write_parquet
 from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
 from pipeline.raw import find_microlens_files, read_pairs
 from pipeline.stage import params_option, pick_device, stage_main
-from pipeline.synthetic import PlantedModel, oracle_scores
+from pipeline.synthetic import PlantedModel, history_preference, oracle_scores
 from pipeline.training import load_checkpoint, load_split, predict_logits, sigmoid
 
 log = logging.getLogger("evaluate")
@@ -70,10 +77,17 @@ def main(model_path: str, test_path: str, raw_dir: str, metrics: str, roc: str, 
             log.info("no oracle: it is exact only for build_sequences.neg_sampling uniform, neg_exclude before")
         if data.source == "synthetic" and exact:
             raw = find_microlens_files(raw_dir)
-            oracle = oracle_scores(PlantedModel.load(Path(raw_dir) / "planted.npz"), read_pairs(raw.pairs), rows,
-                                   sequences.neg_ratio)
-            out |= {"oracle_auc": auc(labels, oracle), "oracle_logloss": logloss(labels, oracle)}
-            preds = preds.with_columns(oracle=pl.Series(oracle))
+            planted, pairs = PlantedModel.load(Path(raw_dir) / "planted.npz"), read_pairs(raw.pairs)
+            oracle = oracle_scores(planted, pairs, rows, sequences.neg_ratio)
+            # The oracle knows each user's hidden preference vector; no model can. The history oracle knows every
+            # item's planted parameters but infers the preference from the history the model sees: the gap
+            # between the two is information that is not in the data.
+            history_oracle = oracle_scores(planted, pairs, rows, sequences.neg_ratio,
+                                           pref=history_preference(planted, test.item_seq.numpy()))
+            out |= {"oracle_auc": auc(labels, oracle), "oracle_logloss": logloss(labels, oracle),
+                    "history_oracle_auc": auc(labels, history_oracle),
+                    "history_oracle_logloss": logloss(labels, history_oracle)}
+            preds = preds.with_columns(oracle=pl.Series(oracle), history_oracle=pl.Series(history_oracle))
         write_json(roc_points(labels, probs), roc)
         write_json(calibration_points(labels, probs, cfg.calibration_bins), calibration)
     write_parquet(preds, predictions)

@@ -14,11 +14,18 @@ import logging
 import click
 
 from pipeline.config import DataConfig, ExtractImageConfig, load_section
+from pipeline.distributed import distributed
 from pipeline.embeddings import (
-    BatchSize, default_num_workers, extract_image_sharded, image_shard_store, load_image_encoder, write_extraction)
+    BatchSize,
+    default_num_workers,
+    extract_image_sharded,
+    image_shard_store,
+    load_image_encoder,
+    write_extraction,
+)
 from pipeline.raw import item_ids
 from pipeline.sources import item_cover_paths, item_titles
-from pipeline.stage import params_option, pick_device, set_threads, stage_main
+from pipeline.stage import params_option, set_threads, stage_main
 
 log = logging.getLogger("extract_image")
 
@@ -33,16 +40,19 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "extract_image", ExtractImageConfig)
     data = load_section(params_path, "data", DataConfig)
     set_threads(cfg.num_threads)
-    device = pick_device(cfg.device, "extract_image.device")
     ids = item_ids(item_titles(data.source, raw_dir))
     paths = item_cover_paths(data.source, raw_dir, ids)
-    store = image_shard_store(out, ids, paths, cfg, device)
-    model, preprocess = load_image_encoder(cfg.model, cfg.pretrained, device)
-    log.info("encoding %d covers with %s (%s) on %s in %d shards, %d loader workers", len(ids), cfg.model,
-             cfg.pretrained, device, len(store), default_num_workers(cfg.num_workers))
-    batch = BatchSize(cfg.batch_size)
-    frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch)
-    write_extraction(frame, out, metrics, store, shards, batch)
+    with distributed(cfg.device, "extract_image.device") as (dist, device):
+        store = image_shard_store(out, ids, paths, cfg, device)
+        model, preprocess = load_image_encoder(cfg.model, cfg.pretrained, device)
+        workers = default_num_workers(cfg.num_workers, dist.local_world)
+        log.info("encoding %d covers with %s (%s) on %s in %d shards, %d loader workers (rank %d of %d)", len(ids),
+                 cfg.model, cfg.pretrained, device, len(store), workers, dist.rank, dist.world)
+        batch = BatchSize(cfg.batch_size)
+        frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch, dist)
+        if dist.is_main:
+            write_extraction(frame, out, metrics, store, shards, batch)
+
 
 if __name__ == "__main__":
     main()

@@ -13,10 +13,16 @@ import logging
 import click
 
 from pipeline.config import DataConfig, ExtractTextConfig, load_section
+from pipeline.distributed import distributed
 from pipeline.embeddings import (
-    BatchSize, extract_text_sharded, load_text_encoder, text_shard_store, write_extraction)
+    BatchSize,
+    extract_text_sharded,
+    load_text_encoder,
+    text_shard_store,
+    write_extraction,
+)
 from pipeline.sources import item_titles
-from pipeline.stage import params_option, pick_device, set_threads, stage_main
+from pipeline.stage import params_option, set_threads, stage_main
 
 log = logging.getLogger("extract_text")
 
@@ -31,14 +37,17 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "extract_text", ExtractTextConfig)
     data = load_section(params_path, "data", DataConfig)
     set_threads(cfg.num_threads)
-    device = pick_device(cfg.device, "extract_text.device")
     items = item_titles(data.source, raw_dir)
-    store = text_shard_store(out, items, cfg, device)
-    tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code)
-    log.info("encoding %d titles with %s on %s in %d shards", items.height, cfg.model, device, len(store))
-    batch = BatchSize(cfg.batch_size)
-    frame, shards = extract_text_sharded(store, items, tokenizer, model, cfg, device, batch)
-    write_extraction(frame, out, metrics, store, shards, batch)
+    with distributed(cfg.device, "extract_text.device") as (dist, device):
+        store = text_shard_store(out, items, cfg, device)
+        tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code)
+        log.info("encoding %d titles with %s on %s in %d shards (rank %d of %d)", items.height, cfg.model, device,
+                 len(store), dist.rank, dist.world)
+        batch = BatchSize(cfg.batch_size)
+        frame, shards = extract_text_sharded(store, items, tokenizer, model, cfg, device, batch, dist)
+        if dist.is_main:
+            write_extraction(frame, out, metrics, store, shards, batch)
+
 
 if __name__ == "__main__":
     main()

@@ -5,20 +5,31 @@ In:  --train, --valid   split parquets (pipeline/sequences.py contract)
      --feature-map      feature_map.json from build_sequences
 Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
+     `.<model name>.resume.pt` beside --model while it runs: the last finished epoch's state (train.resume)
 Params: train.* (TrainConfig)
+Data-parallel: torchrun --standalone --nproc_per_node N -m stages.train ... (pipeline/distributed.py)
 """
 
 import logging
+from contextlib import nullcontext
 
 import click
 import torch
 from dvclive import Live
 
-from model.transformer_dcn import TransformerDCN
+from model.factory import build_model
 from pipeline.config import TrainConfig, load_section
+from pipeline.distributed import distributed
 from pipeline.feature_map import FeatureMap
-from pipeline.stage import params_option, pick_device, set_threads, stage_main
-from pipeline.training import fit, load_item_tables, load_split, model_config, save_checkpoint
+from pipeline.stage import params_option, set_threads, stage_main
+from pipeline.training import (
+    fit,
+    load_item_tables,
+    load_split,
+    model_config,
+    resume_path,
+    save_checkpoint,
+)
 
 log = logging.getLogger("train")
 
@@ -36,20 +47,23 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, mod
          params_path: str) -> None:
     cfg = load_section(params_path, "train", TrainConfig)
     set_threads(cfg.num_threads)
-    device = pick_device(cfg.device, "train.device")
     tags, mm, mm_dim = load_item_tables(item_info)
     fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)
     train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
-    torch.manual_seed(cfg.seed)
-    model = TransformerDCN(model_config(cfg), fmap, tags, mm)
-    log.info("%d train / %d valid rows, %d parameters, device %s", len(train), len(valid),
-             sum(p.numel() for p in model.parameters()), device)
-    with Live(live_dir, save_dvc_exp=False, dvcyaml=False) as live:
-        history = fit(model, train, valid, cfg, device, live)
-        best = max(history, key=lambda r: r["valid_auc"])
-        live.summary = {"best_epoch": best["epoch"], "valid_auc": best["valid_auc"],
-                        "valid_logloss": best["valid_logloss"], "epochs_run": len(history)}
-    save_checkpoint(model_path, model, fmap)
+    with distributed(cfg.device, "train.device") as (dist, device):
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_config(cfg), fmap, tags, mm)
+        log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),
+                 sum(p.numel() for p in model.parameters()), device, dist.rank, dist.world)
+        with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
+            history = fit(model, train, valid, cfg, device, live, dist, resume_path(model_path))
+            if dist.is_main:
+                best = max(history, key=lambda r: r["valid_auc"])
+                live.summary = {"best_epoch": best["epoch"], "valid_auc": best["valid_auc"],
+                                "valid_logloss": best["valid_logloss"], "epochs_run": len(history)}
+        if dist.is_main:
+            save_checkpoint(model_path, model, fmap)
+            resume_path(model_path).unlink(missing_ok=True)  # the run finished: nothing left to resume
 
 
 if __name__ == "__main__":

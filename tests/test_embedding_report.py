@@ -102,7 +102,8 @@ def test_neighbours_exclude_the_query_even_with_a_duplicate() -> None:
     tables, _, _ = _tiny()
     table = tables["text"].copy()
     table[9] = table[4] * 3  # same direction as item 4: both score 1 for query 4
-    found = neighbours_without_self(approx_index(table[1:], "flat"), table, np.array([4, 9]), 3)
+    ids = np.arange(1, N_ITEMS + 1)
+    found = neighbours_without_self(approx_index(table[1:], "flat"), table, ids, np.array([4, 9]), 3)
     assert found[0, 0] == 9 and 4 not in found[0].tolist()
     assert found[1, 0] == 4 and 9 not in found[1].tolist()
 
@@ -113,7 +114,26 @@ def test_items_without_tags_are_left_out_and_no_tags_means_no_key() -> None:
     tables, _, _ = _tiny()
     report = embedding_report(tables, [frozenset()] * (N_ITEMS + 1), None,
                               EmbeddingReportConfig(index="flat", k=3))
-    assert report["text"] == {"recall_at_k": 1.0} and report["chance"] == {}
+    assert report["text"] == {"recall_at_k": 1.0, "queries": N_ITEMS, "zero_items": 0} and report["chance"] == {}
+
+
+def test_zero_vector_items_are_neither_queries_nor_neighbours() -> None:
+    """An item whose cover was unusable has a zero image vector: it is left out of that table's queries and index
+    (its agreement would be noise), and counted as zero_items; other tables still use it."""
+    tables, tags, topic = _tiny()
+    zero = [2, 5, 11]
+    tables["image"][zero] = 0.0
+    report = embedding_report(tables, tags, topic, EmbeddingReportConfig(index="flat", k=3))
+    assert report["image"]["queries"] == N_ITEMS - 3 and report["image"]["zero_items"] == 3
+    assert report["text"]["queries"] == N_ITEMS and report["text"]["zero_items"] == 0
+    queries = [q for q in range(1, N_ITEMS + 1) if q not in zero]
+    ref_rows = np.vstack([tables["image"][i] for i in [0, *queries]])
+    remap = {new: old for new, old in enumerate([0, *queries])}
+    tag_ref, topic_ref = _reference(ref_rows, list(range(1, len(queries) + 1)), 3,
+                                    [tags[remap[i]] for i in range(len(remap))],
+                                    np.array([topic[remap[i]] for i in range(len(remap))]))
+    assert report["image"]["tag_agreement"] == pytest.approx(tag_ref)
+    assert report["image"]["topic_agreement"] == pytest.approx(topic_ref)
 
 
 def test_frame_table_places_rows_by_item_id() -> None:
@@ -187,7 +207,7 @@ def test_stage_writes_agreement_metrics(tmp_path: Path) -> None:
     expected = embedding_report(tables, tags, topic, cfg)  # the stage placed the shuffled frames by item_id
     assert got == expected
     assert got["index"] == "hnsw" and got["queries"] == 30 and got["recall_at_k"] > 0.9
-    assert set(got["text"]) == {"tag_agreement", "topic_agreement", "recall_at_k"}
+    assert set(got["text"]) == {"tag_agreement", "topic_agreement", "recall_at_k", "queries", "zero_items"}
 
 
 def test_stage_without_planted_model_reports_tags_only(tmp_path: Path) -> None:
@@ -195,7 +215,8 @@ def test_stage_without_planted_model_reports_tags_only(tmp_path: Path) -> None:
     result = _invoke(p)
     assert result.exit_code == 0, result.output
     got = json.loads(p["metrics"].read_text())
-    assert set(got["pca"]) == {"tag_agreement", "recall_at_k"} and set(got["chance"]) == {"tag_agreement"}
+    assert set(got["pca"]) == {"tag_agreement", "recall_at_k", "queries", "zero_items"}
+    assert set(got["chance"]) == {"tag_agreement"}
 
 
 def test_stage_bad_params_key_is_one_line(tmp_path: Path) -> None:

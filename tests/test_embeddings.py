@@ -229,6 +229,28 @@ def test_image_loader_workers_give_the_same_frame(tmp_path):
     assert a.equals(b)
     assert default_num_workers(0) == 0 and default_num_workers(3) == 3
     assert 1 <= default_num_workers(-1) <= 16
+    assert default_num_workers(-1, ranks=64) == 1  # torchrun ranks split the cores, never below one worker
+
+
+def test_jpeg_draft_decodes_at_a_reduced_scale_only_for_jpegs(tmp_path):
+    """jpeg_draft: a 512x384 JPEG for a 64-pixel model is decoded at 1/4 scale (128x96, still >= 64 on both
+    sides), giving a vector close to the full decode's; a PNG is untouched."""
+    model, preprocess = load_image_encoder("mmctr-tiny-vit", "seed:0", CPU)
+    rng = np.random.default_rng(0)
+    blocks = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((512, 384), Image.BILINEAR)
+    blocks.save(tmp_path / "1.jpg", quality=95)
+    blocks.save(tmp_path / "2.png")
+    with Image.open(tmp_path / "1.jpg") as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (128, 96)
+    paths = [tmp_path / "1.jpg", tmp_path / "2.png"]
+    kw = {"batch_size": 2, "num_workers": 0, "device": CPU, "amp": False}
+    full = extract_image_embeddings(np.array([1, 2]), paths, model, preprocess, jpeg_draft=False, **kw)
+    draft = extract_image_embeddings(np.array([1, 2]), paths, model, preprocess, jpeg_draft=True, **kw)
+    a, b = full["emb"].to_numpy(), draft["emb"].to_numpy()
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], b[0])
+    assert np.dot(a[0], b[0]) / (np.linalg.norm(a[0]) * np.linalg.norm(b[0])) > 0.99
 
 
 # ------------------------------------------------------------------------------------- OOM halving

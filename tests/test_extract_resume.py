@@ -51,12 +51,17 @@ def project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     return tmp_path
 
 
-def run_stage(project: Path, stage: str, out: str, fault_after: int | None = None) -> subprocess.CompletedProcess:
+def run_stage(project: Path, stage: str, out: str, fault_after: int | None = None,
+              ranks: int = 0) -> subprocess.CompletedProcess:
+    """Run an extraction stage in a subprocess; ranks > 0 launches it under torchrun with that many CPU ranks."""
     env = {k: v for k, v in os.environ.items() if k != "MMCTR_FAULT_AFTER_SHARDS"}
     env["PYTHONPATH"] = str(ROOT)
     if fault_after is not None:
         env["MMCTR_FAULT_AFTER_SHARDS"] = str(fault_after)
-    cmd = [sys.executable, "-m", f"stages.{stage}", "--raw-dir", str(project / "raw"), "--out",
+    launcher = [sys.executable]
+    if ranks:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    cmd = [*launcher, "-m", f"stages.{stage}", "--raw-dir", str(project / "raw"), "--out",
            str(project / out), "--metrics", str(project / f"{out}.json"), "--params", str(project / "params.yaml")]
     return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -118,3 +123,24 @@ def test_resume_takes_finished_shards_as_they_are_and_ignores_stale_ones(project
     metrics = json.loads((project / "emb.parquet.json").read_text())
     assert metrics["shards"]["reused"] == 0
     assert not (pl.read_parquet(project / "emb.parquet")["emb"].to_numpy() == 7.0).any()
+
+
+@pytest.mark.parametrize(("stage", "n_shards"), [("extract_text", 4), ("extract_image", 5)])
+def test_torchrun_ranks_share_shards_and_rank0_assembles_the_same_table(project: Path, stage: str,
+                                                                       n_shards: int) -> None:
+    """Two gloo ranks under torchrun (each takes shards k % 2 == rank, rank 0 assembles) write the same bytes as
+    one process; a rerun after killing one rank's work mid-way reuses what was finished."""
+    assert run_stage(project, stage, "ref.parquet").returncode == 0
+    two = run_stage(project, stage, "emb.parquet", ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert (project / "emb.parquet").read_bytes() == (project / "ref.parquet").read_bytes()
+    assert json.loads((project / "emb.parquet.json").read_text())["shards"] == {"total": n_shards, "reused": 0}
+    assert not shard_dir(project, "emb.parquet").exists()
+    # Shards written by a 2-rank run that died are reused by a single-process rerun (same fingerprint).
+    killed = run_stage(project, stage, "again.parquet", fault_after=1, ranks=2)
+    assert killed.returncode != 0 and not (project / "again.parquet").exists()
+    finished = len(list(shard_dir(project, "again.parquet").glob("shard-*.parquet")))
+    assert finished >= 1
+    assert run_stage(project, stage, "again.parquet").returncode == 0
+    assert json.loads((project / "again.parquet.json").read_text())["shards"]["reused"] == finished
+    assert (project / "again.parquet").read_bytes() == (project / "ref.parquet").read_bytes()

@@ -1,12 +1,19 @@
-"""The Transformer+DCNv2 model: widths from the feature map, padding masking, the winning configuration."""
+"""The CTR models: Transformer+DCNv2 (widths from the feature map, padding masking, the winning configuration),
+its ablations and DIN (against a per-row reference), through build_model."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from model.config import ModelConfig
-from model.transformer_dcn import CrossNetV2, TransformerDCN, masked_mean
+from model.din import DIN
+from model.factory import build_model
+from model.layers import CrossNetV2, Dice, masked_mean
+from model.transformer_dcn import TransformerDCN
+from pipeline.config import ParamsError, TrainConfig, from_dict
 from pipeline.feature_map import Feature, FeatureMap
 
 N_ITEMS, N_TAGS, MM = 60, 12, 8
@@ -148,3 +155,199 @@ def test_item_table_size_must_match_feature_map():
     tags, emb = item_tables(n_items=10)
     with pytest.raises(ValueError, match="item tables have 11/11 rows"):
         TransformerDCN(SMALL, feature_map(), tags, emb)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ablations and DIN: every variant goes through build_model, as training and load_checkpoint do.
+
+VARIANTS = {
+    "transformer_dcn": SMALL,
+    "no_transformer": dataclasses.replace(SMALL, use_transformer=False),
+    "no_dcn": dataclasses.replace(SMALL, use_dcn=False),
+    "no_mm_emb": dataclasses.replace(SMALL, use_mm_emb=False),
+    "din": dataclasses.replace(SMALL, model="din", din_attention_units=(6, 5)),
+    "din_dice": dataclasses.replace(SMALL, model="din", din_attention_units=(6, 5), dice=True),
+    "din_no_mm_emb": dataclasses.replace(SMALL, model="din", use_mm_emb=False, dice=True),
+}
+
+
+def built(cfg: ModelConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(cfg, feature_map(), *item_tables())
+
+
+def nonzero_dice_stats(model: torch.nn.Module) -> None:
+    """Give every Dice non-trivial running statistics and alpha, as after training, so eval-mode tests see them."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, Dice):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.alpha.copy_(torch.randn(m.alpha.shape, generator=g))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_forward_backward(name: str):
+    cfg = VARIANTS[name]
+    model = built(cfg).train()
+    assert model.cfg == cfg and {"item_tags", "item_mm"} <= dict(model.named_buffers()).keys()
+    seq = random_histories(6, 10)
+    seq[0] = 0  # an empty history in a training batch
+    out = model(batch(seq))
+    assert out.shape == (6,) and out.dtype == torch.float32
+    torch.nn.functional.binary_cross_entropy_with_logits(out, torch.tensor([1.0, 0, 1, 0, 1, 0])).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), name
+    assert grads["item_emb.weight"][1:].abs().sum() > 0 and not grads["item_emb.weight"][0].any()
+    # short batches (L < first_k) are accepted
+    assert model.eval()(batch(seq[:, -2:])).shape == (6,)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_padding_invariance(name: str):
+    """Extra left padding and a garbage padding-item embedding change no output, and in eval mode a row's logit
+    does not depend on the other rows of its batch (their lengths set how far it is padded)."""
+    model = built(VARIANTS[name]).eval()
+    nonzero_dice_stats(model)
+    seq = random_histories(6, 10)
+    seq[2] = 0
+    b = batch(seq)
+    with torch.no_grad():
+        ref = model(b)
+        padded = dict(b, item_seq=torch.nn.functional.pad(seq, (15, 0)))
+        torch.testing.assert_close(model(padded), ref, rtol=1e-5, atol=1e-6)
+        model.item_emb.weight[0] = 5.0
+        model.item_mm[0] = 3.0
+        torch.testing.assert_close(model(padded), ref, rtol=1e-5, atol=1e-6)
+        for row in range(6):
+            length = max(int((seq[row] != 0).sum()), 1)
+            alone = {k: v[row:row + 1] for k, v in b.items()} | {"item_seq": seq[row:row + 1, -length:]}
+            torch.testing.assert_close(model(alone), ref[row:row + 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["din", "din_dice"])
+def test_din_padding_invariance_in_training_mode(name: str):
+    """Only real positions feed DIN's attention MLP, so padding does not enter Dice's batch statistics."""
+    model = built(dataclasses.replace(VARIANTS[name], net_dropout=0.0)).train()
+    seq = random_histories(6, 10)
+    b = batch(seq)
+    ref = model(b)
+    torch.testing.assert_close(model(dict(b, item_seq=torch.nn.functional.pad(seq, (7, 0)))), ref,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_ablations_remove_their_part():
+    fmap, (tags, mm) = feature_map(), item_tables()
+    plain = built(SMALL)
+    assert isinstance(plain, TransformerDCN) and plain.encoder is not None and plain.cross is not None
+    no_tf = built(VARIANTS["no_transformer"])
+    assert no_tf.encoder is None and not any("encoder" in n for n, _ in no_tf.named_parameters())
+    # only the encoder goes: the sequence output keeps its width
+    assert no_tf.dnn[0].in_features == plain.dnn[0].in_features
+    no_dcn = built(VARIANTS["no_dcn"])
+    assert no_dcn.cross is None and no_dcn.head[0][0].in_features == SMALL.dnn_hidden_units[-1]
+    no_mm = built(VARIANTS["no_mm_emb"]).eval()
+    assert no_mm.mm_proj is None and no_mm.item_dim == 2 * SMALL.embedding_dim
+    assert no_mm.embed_items(torch.tensor([3])).shape == (1, 2 * SMALL.embedding_dim)
+    with torch.no_grad():  # the frozen embedding is not read at all
+        before = no_mm(batch(random_histories(4, 10)))
+        no_mm.item_mm.normal_()
+        torch.testing.assert_close(no_mm(batch(random_histories(4, 10))), before)
+    din = build_model(VARIANTS["din"], fmap, tags, mm)
+    assert isinstance(din, DIN) and din.item_dim == 2 * SMALL.embedding_dim + MM
+
+
+def test_no_transformer_sequence_output_is_the_zeroed_tokens():
+    """Without the encoder the k most recent slots hold [e_item_i || e_target] at real positions, 0 at padding."""
+    model = built(dataclasses.replace(SMALL, use_transformer=False, concat_max_pool=False)).eval()
+    seq = torch.tensor([[0, 0, 0, 5, 9], [0, 0, 0, 0, 0]])
+    target_id = torch.tensor([3, 4])
+    with torch.no_grad():
+        history, target = model.embed_items(seq), model.embed_items(target_id)
+        out = model.sequence_output(history, target, seq == 0).view(2, SMALL.first_k, -1)
+    expected = torch.zeros_like(out)
+    expected[0, -2:] = torch.cat([history[0, -2:], target[0].expand(2, -1)], dim=-1)
+    torch.testing.assert_close(out, expected)
+
+
+def din_reference(model: DIN, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row and per real position, one attention-MLP call each: (pooled (B, I), logits (B,))."""
+    pooled, logits = [], []
+    for row in range(b["item_id"].shape[0]):
+        t = model.embed_items(b["item_id"][row])  # (I,)
+        acc = torch.zeros_like(t)
+        for item in b["item_seq"][row].tolist():
+            if item != 0:
+                h = model.embed_items(torch.tensor(item))
+                acc = acc + model.attention(torch.cat([t, h, t - h, t * h])[None])[0, 0] * h
+        context = [model.context_emb[n](b[n][row]) for n in model.context_names]
+        pooled.append(acc)
+        logits.append(model.dnn(torch.cat([*context, t, acc])[None])[0, 0])
+    return torch.stack(pooled), torch.stack(logits)
+
+
+@pytest.mark.parametrize("name", ["din", "din_dice", "din_no_mm_emb"])
+def test_din_matches_per_row_reference(name: str):
+    model = built(VARIANTS[name]).eval()
+    nonzero_dice_stats(model)
+    with torch.no_grad():  # larger embeddings than the 1e-4 init so attention weights are far from constant
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+        model.item_emb.weight[0] = 0.0
+        model.tag_emb.weight[0] = 0.0
+        seq = random_histories(5, 9)
+        seq[1] = 0
+        b = batch(seq)
+        ref_pooled, ref_logits = din_reference(model, b)
+        pooled = model.attend(model.embed_items(seq), model.embed_items(b["item_id"]), seq != 0)
+        assert ref_pooled.abs().max() > 1e-2 and not pooled[1].any()
+        torch.testing.assert_close(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(b), ref_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_dice_matches_formula_in_eval_and_batch_statistics_in_training():
+    torch.manual_seed(0)
+    dice = Dice(4)
+    nonzero_dice_stats(dice)
+    x = torch.randn(3, 5, 4)  # (B, L, U): each unit normalised over all B*L positions
+    dice.eval()
+    p = torch.sigmoid((x - dice.running_mean) / torch.sqrt(dice.running_var + 1e-9))
+    torch.testing.assert_close(dice(x), p * x + (1 - p) * dice.alpha * x)
+    dice.train()
+    flat = x.reshape(-1, 4)
+    p = torch.sigmoid((x - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + 1e-9))
+    mean_before = dice.running_mean.clone()
+    torch.testing.assert_close(dice(x), p * x + (1 - p) * dice.alpha * x)
+    torch.testing.assert_close(dice.running_mean, 0.99 * mean_before + 0.01 * flat.mean(0))
+    # one row has no batch variance: the running statistics normalise it, as in eval
+    one = torch.randn(1, 4)
+    p = torch.sigmoid((one - dice.running_mean) / torch.sqrt(dice.running_var + 1e-9))
+    torch.testing.assert_close(dice(one), p * one + (1 - p) * dice.alpha * one)
+
+
+def test_unknown_model_is_rejected_by_build_model():
+    with pytest.raises(ValueError, match="unknown model 'dien'"):
+        build_model(dataclasses.replace(SMALL, model="dien"), feature_map(), *item_tables())
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"model": "din", "dice": False, "use_transformer": False}, "train.use_transformer"),
+    ({"model": "din", "use_dcn": False}, "train.use_dcn"),
+    ({"model": "transformer_dcn", "dice": True}, "train.dice"),
+    ({"model": "dien"}, "train.model"),
+    ({"model": "din", "din_attention_units": [8, 0]}, "train.din_attention_units"),
+    ({"use_mm_emb": "no"}, "train.use_mm_emb"),
+])
+def test_config_errors_name_the_key(values: dict, key: str):
+    with pytest.raises(ParamsError) as info:
+        from_dict(TrainConfig, values, "train")
+    assert str(info.value).startswith(f"{key}: ")
+
+
+def test_config_accepts_every_variant():
+    for cfg in VARIANTS.values():
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+        train = from_dict(TrainConfig, values, "train")
+        assert all(getattr(train, k) == getattr(cfg, k) for k in values)

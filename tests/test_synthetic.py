@@ -3,6 +3,7 @@ against plain references and Monte Carlo, modality signal, and the make_syntheti
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import replace
@@ -287,6 +288,34 @@ def test_oracle_scores_match_reference_and_separate_labels(
     assert roc_auc_score(rows["label"].to_numpy(), scores) > 0.75
     # Calibrated: the mean posterior matches the positive share (1 in 5) closely.
     assert abs(scores.mean() - 0.2) < 0.02
+
+
+def test_oracle_with_given_preferences_replaces_the_planted_ones(
+        model: syn.PlantedModel, pairs: pl.DataFrame) -> None:
+    """pref = each row's planted preference gives the default scores; other per-event vectors (here the history
+    estimate) give what next_click_probs gives for a model holding that vector as the user's preference."""
+    rng = np.random.default_rng(4)
+    rows = _labelled_rows(pairs, model.n_items, neg_ratio=2, rng=rng)
+    users = rows["user_id"].to_numpy()
+    default = syn.oracle_scores(model, pairs, rows, neg_ratio=2)
+    np.testing.assert_array_equal(syn.oracle_scores(model, pairs, rows, 2, pref=model.user_pref[users]), default)
+
+    hist = _histories(pairs)
+    times = {u: g.sort("timestamp")["timestamp"].to_numpy() for (u,), g in pairs.group_by("user")}
+    priors = [hist[u][times[u] < ts] for u, ts in rows.select("user_id", "event_ts").iter_rows()]
+    width = max(len(h) for h in priors)
+    seq = np.array([np.pad(h, (width - len(h), 0)) for h in priors])
+    pref = syn.history_preference(model, seq)
+    assert np.allclose(np.linalg.norm(pref[[len(h) > 0 for h in priors]], axis=1), 1.0)
+    scores = syn.oracle_scores(model, pairs, rows, 2, pref=pref)
+    for r in range(0, rows.height, max(1, rows.height // 40)):
+        u, item = int(users[r]), int(rows["item_id"][r])
+        mean = model.item_latent[priors[r]].sum(0)
+        swapped = model.user_pref.copy()
+        swapped[u] = mean / np.linalg.norm(mean) if len(priors[r]) else 0.0
+        p = syn.next_click_probs(dataclasses.replace(model, user_pref=swapped), np.array([u]), [priors[r]])[0, item]
+        assert scores[r] == pytest.approx(float(syn.oracle_posterior(p, len(priors[r]), model.n_items, 2)),
+                                          rel=1e-9)
 
 
 # --------------------------------------------------------------------------------------------------

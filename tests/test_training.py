@@ -10,7 +10,15 @@ from model.transformer_dcn import TransformerDCN
 from pipeline.config import TrainConfig
 from pipeline.io import DataError
 from pipeline.training import (
-    SplitTensors, evaluate_split, fit, load_checkpoint, make_batch, predict_logits, save_checkpoint, trim_history)
+    SplitTensors,
+    evaluate_split,
+    fit,
+    load_checkpoint,
+    make_batch,
+    predict_logits,
+    save_checkpoint,
+    trim_history,
+)
 from tests.test_model import N_ITEMS, SMALL, feature_map, item_tables, random_histories
 
 CPU = torch.device("cpu")
@@ -73,6 +81,26 @@ def test_fit_is_deterministic_for_a_seed():
         model = new_model()
         runs.append(fit(model, train, valid, train_cfg(epochs=2), CPU))
     assert runs[0] == runs[1]
+
+
+def test_resumed_run_continues_to_the_uninterrupted_result(tmp_path):
+    """A run stopped after 2 epochs and resumed (train.resume) from its epoch state, into a differently initialised
+    model, ends with the same history and weights as 4 uninterrupted epochs; a state written under other params
+    is ignored."""
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    whole = new_model()
+    ref = fit(whole, train, valid, train_cfg(epochs=4, patience=5), CPU, resume_file=tmp_path / "ref.pt")
+    state = tmp_path / "state.pt"
+    fit(new_model(), train, valid, train_cfg(epochs=2, patience=5), CPU, resume_file=state)
+    torch.manual_seed(123)
+    resumed = TransformerDCN(SMALL, feature_map(), *item_tables())
+    got = fit(resumed, train, valid, train_cfg(epochs=4, patience=5, resume=True), CPU, resume_file=state)
+    assert got == ref
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    afresh = fit(new_model(), train, valid, train_cfg(epochs=1, learning_rate=1e-3, resume=True), CPU,
+                 resume_file=state)
+    assert [r["epoch"] for r in afresh] == [0]
 
 
 def test_nan_loss_stops_with_the_step():

@@ -1,0 +1,146 @@
+"""Benchmark: training throughput of the train stage's batching against a plain per-row Dataset + DataLoader.
+
+    python benchmarks/train.py                       # default data (make repro first), params.yaml's train section
+    python benchmarks/train.py --steps 100 --device cuda
+
+Both paths train the same model (same initial weights, same optimiser, same batch size) for `--steps` steps
+after `--warmup` steps, in one process, one after the other:
+    stage  pipeline/training.py: each split held as contiguous tensors, a batch is an index into them, histories
+           trimmed to the batch's longest real history (never below first_k); what `fit` does per step
+    naive  a torch Dataset whose __getitem__ builds one row's tensors from the parquet columns, batched by
+           DataLoader's default per-row collate, histories at full length
+and prints samples/s of each, the ratio, and the epoch time each implies for the train split (the stage's is also
+measured over a whole epoch with --epoch). Evaluation throughput (scoring the valid split in eval batches) is
+printed for the stage path.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import click
+import polars as pl
+import torch
+from torch import nn
+
+from model.factory import build_model
+from pipeline.config import TrainConfig, load_section
+from pipeline.feature_map import FeatureMap
+from pipeline.stage import pick_device
+from pipeline.training import (
+    SplitTensors,
+    autocast,
+    load_item_tables,
+    load_split,
+    make_batch,
+    model_config,
+    predict_logits,
+)
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """The plain way: one row's tensors per __getitem__, from Python lists of the split's columns."""
+
+    def __init__(self, path: str, context: list[str]):
+        df = pl.read_parquet(path)
+        self.cols = {c: df[c].to_list() for c in ["item_seq", "item_id", "label", *context]}
+        self.context = context
+
+    def __len__(self) -> int:
+        return len(self.cols["label"])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = {"item_seq": torch.tensor(self.cols["item_seq"][i], dtype=torch.long),
+               "item_id": torch.tensor(self.cols["item_id"][i], dtype=torch.long),
+               "label": torch.tensor(self.cols["label"][i], dtype=torch.float32)}
+        return row | {c: torch.tensor(self.cols[c][i], dtype=torch.long) for c in self.context}
+
+
+def train_steps(model: nn.Module, batches, steps: int, device: torch.device, amp: bool, lr: float,
+                max_grad_norm: float) -> float:
+    """Run `steps` optimiser steps over (batch dict, labels) pairs; return the seconds they took."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    start = time.perf_counter()
+    for _, (batch, label) in zip(range(steps), batches):
+        with autocast(device, amp):
+            loss = loss_fn(model(batch).float(), label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def stage_batches(split: SplitTensors, cfg: TrainConfig, device: torch.device, seed: int):
+    """What fit does per step: a shuffled order, index slices, trimmed histories; endless over epochs."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(split), generator=gen)
+        for start in range(0, len(split), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            yield make_batch(split, idx, cfg.first_k, device), split.label[idx].to(device, non_blocking=True)
+
+
+def naive_batches(dataset: RowDataset, cfg: TrainConfig, device: torch.device, workers: int):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers)
+    while True:
+        for batch in loader:
+            label = batch.pop("label").to(device)
+            yield {k: v.to(device) for k, v in batch.items()}, label
+
+
+@click.command()
+@click.option("--data", default="data", show_default=True, help="the pipeline's data folder")
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--steps", default=60, show_default=True, help="timed steps per path")
+@click.option("--warmup", default=5, show_default=True)
+@click.option("--workers", default=0, show_default=True, help="DataLoader workers of the naive path")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda", "auto"]))
+@click.option("--epoch/--no-epoch", default=False, show_default=True, help="also time one whole stage epoch")
+def main(data, params_path, steps, warmup, workers, device, epoch):
+    cfg = load_section(params_path, "train", TrainConfig)
+    device = pick_device(device, "--device")
+    tags, mm, mm_dim = load_item_tables(f"{data}/features/item_info.parquet")
+    fmap = FeatureMap.load(f"{data}/sequences/feature_map.json").with_mm_embedding(mm_dim)
+    train = load_split(f"{data}/sequences/train.parquet", fmap)
+    valid = load_split(f"{data}/sequences/valid.parquet", fmap)
+    context = [f.name for f in fmap.context_features]
+    torch.manual_seed(cfg.seed)
+    initial = build_model(model_config(cfg), fmap, tags, mm).to(device)
+    real = (train.item_seq != 0).sum(1).float()
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
+          f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "
+          f"median {real.median():.0f}), {sum(p.numel() for p in initial.parameters())} parameters")
+
+    results = {}
+    for name, batches in (("stage", stage_batches(train, cfg, device, cfg.seed)),
+                          ("naive", naive_batches(RowDataset(f"{data}/sequences/train.parquet", context), cfg,
+                                                  device, workers))):
+        model = copy.deepcopy(initial)
+        train_steps(model, batches, warmup, device, cfg.amp, cfg.learning_rate, cfg.max_grad_norm)
+        seconds = train_steps(model, batches, steps, device, cfg.amp, cfg.learning_rate, cfg.max_grad_norm)
+        results[name] = steps * cfg.batch_size / seconds
+        print(f"{name:5s} {results[name]:9.0f} samples/s ({seconds:6.2f} s for {steps} steps) | implied epoch "
+              f"{len(train) / results[name]:6.1f} s")
+    print(f"ratio stage / naive: {results['stage'] / results['naive']:.1f}x")
+
+    start = time.perf_counter()
+    predict_logits(initial, valid, cfg.eval_batch_size, device, cfg.amp)
+    seconds = time.perf_counter() - start
+    print(f"eval  {len(valid) / seconds:9.0f} samples/s ({len(valid)} valid rows in {seconds:.2f} s, "
+          f"batch {cfg.eval_batch_size})")
+    if epoch:
+        model = copy.deepcopy(initial)
+        n_steps = -(-len(train) // cfg.batch_size)
+        seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg.amp,
+                              cfg.learning_rate, cfg.max_grad_norm)
+        print(f"stage epoch: {seconds:.1f} s ({len(train) / seconds:.0f} samples/s)")
+
+
+if __name__ == "__main__":
+    main()

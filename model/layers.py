@@ -1,0 +1,139 @@
+"""Building blocks shared by the CTR models (model/transformer_dcn.py, model/din.py).
+
+`CTRBase` owns what every model here embeds the same way: the item tables as buffers indexed by item id
+(row i = item i, row 0 = padding), so a batch carries ids only and the checkpoint holds everything needed to
+score; the item embedding e_item = [id embedding (E) || mean of its tag embeddings (E) || W_mm * frozen
+embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim); one E-wide embedding per
+context feature; and FuxiCTR's initialisation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+from pipeline.feature_map import FeatureMap
+
+
+class Dice(nn.Module):
+    """Dice (Zhou et al. 2018, DIN): p = sigmoid(BN(x)), out = p * x + (1 - p) * alpha * x, alpha learnable per
+    unit, BN without affine parameters (FuxiCTR: eps 1e-9, momentum 0.01).
+
+    Input (..., U): each unit is normalised over all leading positions together. Training uses the batch's
+    statistics and updates running ones; eval uses the running statistics, so each row is then independent of
+    the others. A training batch with fewer than two rows has no variance to estimate (the last batch of an
+    epoch can be that small) and is normalised with the running statistics instead.
+    """
+
+    def __init__(self, units: int, eps: float = 1e-9, momentum: float = 0.01):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.alpha = nn.Parameter(torch.zeros(units))
+        self.register_buffer("running_mean", torch.zeros(units))
+        self.register_buffer("running_var", torch.ones(units))
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (N, U)
+        batch_stats = self.training and flat.shape[0] > 1
+        z = nn.functional.batch_norm(flat, self.running_mean, self.running_var, training=batch_stats,
+                                     momentum=self.momentum, eps=self.eps)  # (N, U)
+        p = torch.sigmoid(z).view_as(x)  # (..., U)
+        return p * x + (1 - p) * self.alpha * x
+
+
+class MLP(nn.Sequential):
+    """Linear -> ReLU (Dice when `dice`) -> Dropout blocks over `units`; output width `out_dim` = units[-1] (or
+    in_dim when `units` is empty, an identity)."""
+
+    def __init__(self, in_dim: int, units: tuple[int, ...], dropout: float, dice: bool = False):
+        layers: list[nn.Module] = []
+        for out_dim in units:
+            layers += [nn.Linear(in_dim, out_dim), Dice(out_dim) if dice else nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = out_dim
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+def mlp_head(in_dim: int, units: tuple[int, ...], dropout: float, dice: bool = False) -> nn.Sequential:
+    """MLP(in_dim, units) followed by a Linear to one output: (..., in_dim) -> (..., 1)."""
+    body = MLP(in_dim, units, dropout, dice)
+    return nn.Sequential(body, nn.Linear(body.out_dim, 1))
+
+
+class CrossNetV2(nn.Module):
+    """DCNv2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, full-rank W_l (input_dim x input_dim)."""
+
+    def __init__(self, input_dim: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0  # (B, D)
+        for layer in self.layers:
+            x = x0 * layer(x) + x  # (B, D)
+        return x
+
+
+def masked_mean(emb: Tensor, ids: Tensor) -> Tensor:
+    """Mean of `emb` (..., T, E) over positions where ids (..., T) != 0; all-padding rows give zeros."""
+    mask = (ids != 0).unsqueeze(-1).to(emb.dtype)  # (..., T, 1)
+    return (emb * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)  # (..., E)
+
+
+class CTRBase(nn.Module):
+    """Item tables, item and context embeddings and init shared by the models; see the module docstring.
+
+    A subclass builds its own layers after `super().__init__` and then calls `reset_parameters()`, so every
+    Linear and Embedding, its own included, gets FuxiCTR's init.
+    """
+
+    def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor):
+        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings (kept
+        as a buffer even without `use_mm_emb`, so every checkpoint has the same tables)."""
+        super().__init__()
+        self.cfg = cfg
+        e = cfg.embedding_dim
+        n_items = feature_map["item_id"].vocab_size
+        if item_tags.shape[0] != n_items or item_mm.shape[0] != n_items:
+            raise ValueError(f"item tables have {item_tags.shape[0]}/{item_mm.shape[0]} rows, feature map says "
+                             f"{n_items} item ids")
+        self.register_buffer("item_tags", item_tags.long())  # (N+1, T)
+        self.register_buffer("item_mm", item_mm.float())  # (N+1, M)
+        self.context_names = [f.name for f in feature_map.context_features]
+
+        self.item_emb = nn.Embedding(n_items, e, padding_idx=0)
+        self.tag_emb = nn.Embedding(feature_map["item_tags"].vocab_size, e, padding_idx=0)
+        mm_dim = (cfg.mm_dim or item_mm.shape[1]) if cfg.use_mm_emb else 0
+        self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
+        self.context_emb = nn.ModuleDict(
+            {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
+        self.item_dim = 2 * e + mm_dim
+        self.context_dim = len(self.context_names) * e
+
+    def reset_parameters(self) -> None:
+        """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias."""
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=1e-4)
+                with torch.no_grad():
+                    m.weight[0].zero_()
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def embed_items(self, ids: Tensor) -> Tensor:
+        """Item ids (...) -> item embeddings (..., item_dim); id 0 (padding) maps to all zeros."""
+        tags = self.item_tags[ids]  # (..., T)
+        parts = [self.item_emb(ids), masked_mean(self.tag_emb(tags), tags)]
+        if self.mm_proj is not None:
+            parts.append(self.mm_proj(self.item_mm[ids]))
+        return torch.cat(parts, dim=-1)  # (..., item_dim)
+
+    def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
+        """The batch's context features, each (B,) int64 -> their embeddings, each (B, E), in feature-map
+        order (context_dim wide side by side)."""
+        return [self.context_emb[name](batch[name]) for name in self.context_names]

@@ -1,0 +1,108 @@
+"""The paper's model comparison (its Table 2) as DVC experiments on the current data.
+
+Each row of the table is a model variant, run twice: without and with the frozen multimodal (PCA) item embedding
+(`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 10 experiments;
+`experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays them out like
+the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from evaluate)
+without | with the MM embedding, plus the oracle AUCs of the data when it is synthetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+# Row label, experiment name stem and the train params that make the variant (on top of params.yaml).
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
+    (label, stem, {"train.model": model, "train.dice": dice, "train.use_transformer": transformer,
+                   "train.use_dcn": dcn})
+    for label, stem, model, dice, transformer, dcn in (
+        ("DIN", "din", "din", False, True, True),
+        ("DIN + Dice", "din-dice", "din", True, True, True),
+        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True),
+        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True),
+        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False),
+    )
+)
+PREFIX = "cmp"
+TRAIN_METRICS = "data/metrics/train/metrics.json"
+EVAL_METRICS = "data/metrics/evaluate.json"
+
+
+def experiment_name(stem: str, mm: bool) -> str:
+    return f"{PREFIX}-{stem}-{'mm' if mm else 'id'}"
+
+
+def _yaml_value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def queue_commands() -> list[list[str]]:
+    """argv of `dvc exp run --queue -n <name> -S key=value ...` for every variant, without and with MM emb."""
+    cmds = []
+    for _, stem, params in VARIANTS:
+        for mm in (False, True):
+            sets = {**params, "train.use_mm_emb": mm}
+            cmd = ["dvc", "exp", "run", "--queue", "-n", experiment_name(stem, mm)]
+            for key, value in sets.items():
+                cmd += ["-S", f"{key}={_yaml_value(value)}"]
+            cmds.append(cmd)
+    return cmds
+
+
+def _walk(node: Any) -> Iterator[dict]:
+    """Every dict in a `dvc exp show --json` tree that describes one revision (has a `data` dict with metrics)."""
+    if isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "metrics" in data:
+            yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _metric(data: dict, path: str) -> dict[str, Any]:
+    entry = (data.get("metrics") or {}).get(path) or {}
+    return entry.get("data") or {}
+
+
+def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
+    """`dvc exp show --json` -> {experiment name: {valid_auc, valid_logloss, auc, logloss, oracle_auc,
+    history_oracle_auc}} for the experiments this module names (later entries of a name win)."""
+    records = {}
+    for node in _walk(exp_show):
+        name = node.get("name") or node["data"].get("name")
+        if not isinstance(name, str) or not name.startswith(f"{PREFIX}-"):
+            continue
+        train, test = _metric(node["data"], TRAIN_METRICS), _metric(node["data"], EVAL_METRICS)
+        records[name] = {"valid_auc": train.get("valid_auc"), "valid_logloss": train.get("valid_logloss"),
+                         "auc": test.get("auc"), "logloss": test.get("logloss"),
+                         "oracle_auc": test.get("oracle_auc"), "history_oracle_auc": test.get("history_oracle_auc")}
+    return records
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def comparison_table(records: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table shaped like the paper's Table 2 (missing experiments show '-')."""
+    head = ("| model | valid AUC | valid logloss | test AUC | test logloss "
+            "| valid AUC (MM) | valid logloss (MM) | test AUC (MM) | test logloss (MM) |")
+    lines = [head, "|" + "---|" * 9]
+    for label, stem, _ in VARIANTS:
+        cells = []
+        for mm in (False, True):
+            r = records.get(experiment_name(stem, mm), {})
+            cells += [_fmt(r.get(k)) for k in ("valid_auc", "valid_logloss", "auc", "logloss")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    oracles = {k: v for r in records.values() for k, v in r.items() if k.endswith("oracle_auc") and v is not None}
+    if oracles:
+        lines.append("")
+        lines.append(f"Test oracle AUC (planted model, hidden user preference): {_fmt(oracles.get('oracle_auc'))}; "
+                     f"history oracle AUC (planted items, preference from the visible history): "
+                     f"{_fmt(oracles.get('history_oracle_auc'))}")
+    return "\n".join(lines)
