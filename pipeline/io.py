@@ -6,6 +6,7 @@ half-written file where DVC would cache it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,34 +23,52 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and row or column where known) in one line."""
 
 
+# Errors of the output location itself (read-only, full, no permission): reported as a DataError naming the output.
+OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+@contextmanager
+def _output_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in OUTPUT_ERRNOS:
+            raise
+        raise DataError(f"{path}: cannot write the output ({os.strerror(e.errno)})") from None
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it."""
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it. A read-only,
+    full or forbidden output location is a one-line DataError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    with _output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside `path`; on success it replaces `path` whole."""
+    """Yield a fresh temporary directory beside `path`; on success it replaces `path` whole. Output-location
+    errors as in atomic_path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _output_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:

@@ -1,0 +1,232 @@
+"""Reliability and security: files that try to run code, every params key given a wrong type, corrupt inputs and a
+read-only or full output location. Each case must end in a one-line error naming the file or key (or a refusal),
+never in a deep traceback, executed code or a half-written artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import typing
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from pipeline import config as config_module
+from pipeline.config import ParamsError, load_section
+from pipeline.distributed import SINGLE
+from pipeline.embeddings import load_image_encoder
+from pipeline.feature_map import FeatureMap
+from pipeline.io import DataError, write_json, write_parquet
+from pipeline.pca import FittedPCA
+from pipeline.raw import read_pairs
+from pipeline.training import FitState, load_checkpoint, load_item_tables, load_split
+from tests.test_model import feature_map, small_model
+from tests.test_training import toy_split, train_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+SECTIONS = {
+    "data": config_module.DataConfig, "make_synthetic": config_module.MakeSyntheticConfig,
+    "extract_text": config_module.ExtractTextConfig, "extract_image": config_module.ExtractImageConfig,
+    "fit_pca": config_module.FitPCAConfig, "build_sequences": config_module.BuildSequencesConfig,
+    "train": config_module.TrainConfig, "evaluate": config_module.EvaluateConfig,
+    "embedding_report": config_module.EmbeddingReportConfig,
+}
+
+
+# ------------------------------------------------------------------------------- nothing executes from a file
+
+
+class _RunsCode:
+    """Unpickling this runs `touch <marker>`: what a hostile checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _hostile(path: Path, marker: Path, payload: dict | None = None) -> Path:
+    torch.save({"model": _RunsCode(marker), **(payload or {})}, path)
+    return path
+
+
+def test_a_checkpoint_that_runs_code_on_load_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(DataError, match=r"model\.pt: not a valid mmctr checkpoint"):
+        load_checkpoint(_hostile(tmp_path / "model.pt", marker), torch.device("cpu"))
+    assert not marker.exists()
+
+
+def test_a_resume_state_that_runs_code_is_ignored_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    state = _hostile(tmp_path / "state.pt", marker)
+    model = small_model()
+    opt = torch.optim.Adam(model.parameters())
+    assert FitState.load(state, "fp", model, opt, torch.Generator()) is None
+    assert not marker.exists()
+
+
+def test_fitted_transform_and_image_checkpoint_are_loaded_without_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    np.savez(tmp_path / "pca.npz", components=np.array([_RunsCode(marker)], dtype=object))
+    with pytest.raises(DataError, match="pca.npz"):
+        FittedPCA.load(tmp_path / "pca.npz")
+    with pytest.raises(ParamsError, match="extract_image.pretrained: cannot load"):
+        load_image_encoder("mmctr-tiny-vit", str(_hostile(tmp_path / "clip.pt", marker)), torch.device("cpu"))
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------- the params matrix
+
+
+def _wrong_type(annotation: typing.Any) -> typing.Any:
+    """A value of the wrong type for a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "no_such_choice"
+    if annotation is bool:
+        return "yes"
+    if annotation in (int, float):
+        return "ten"
+    if annotation is str:
+        return 5
+    if origin is tuple:
+        return "not a list"
+    raise AssertionError(f"no wrong value for {annotation}")
+
+
+def _matrix() -> list[tuple[str, str, typing.Any]]:
+    cases = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            cases.append((section, f.name, _wrong_type(hints[f.name])))
+        cases.append((section, "no_such_key", 1))
+    return cases
+
+
+MATRIX = _matrix()
+
+
+@pytest.mark.parametrize(("section", "key", "value"), MATRIX, ids=[f"{s}.{k}" for s, k, _ in MATRIX])
+def test_every_params_key_with_a_wrong_value_is_one_line_naming_it(tmp_path: Path, section: str, key: str,
+                                                                   value: typing.Any) -> None:
+    params = yaml.safe_load(PARAMS.read_text())
+    params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError) as err:
+        load_section(tmp_path / "params.yaml", section, SECTIONS[section])
+    message = str(err.value)
+    assert message.startswith(f"{section}.{key}:") and "\n" not in message
+
+
+def test_the_matrix_covers_every_key() -> None:
+    keys = {(s, k) for s, k, _ in MATRIX}
+    params = yaml.safe_load(PARAMS.read_text())
+    assert {(s, k) for s in SECTIONS for k in params[s]} <= keys
+    assert len(MATRIX) > 100
+
+
+# ----------------------------------------------------------------------------------------- corrupt inputs
+
+
+def _split_file(tmp_path: Path, n: int = 6, label: float | None = None) -> tuple[Path, FeatureMap]:
+    split = toy_split(n, seed=0)
+    fmap = feature_map()
+    df = pl.DataFrame({
+        "user_id": pl.Series(split.user_id.numpy(), dtype=pl.Int32),
+        "item_seq": pl.Series(split.item_seq.numpy().tolist(), dtype=pl.List(pl.Int32)),
+        "item_id": pl.Series(split.item_id.numpy(), dtype=pl.Int32),
+        "label": pl.Series(split.label.numpy() if label is None else np.full(n, label), dtype=pl.Float32),
+        **{k: pl.Series(v.numpy(), dtype=pl.Int8) for k, v in split.context.items()},
+    })
+    path = tmp_path / "split.parquet"
+    write_parquet(df, path)
+    return path, fmap
+
+
+def test_truncated_random_and_mistyped_split_files_are_one_line_errors(tmp_path: Path) -> None:
+    path, fmap = _split_file(tmp_path)
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"split\.parquet: not a readable parquet file"):
+        load_split(path, fmap)
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(DataError, match=r"split\.parquet: not a readable parquet file"):
+        load_split(path, fmap)
+    path.write_bytes(good)
+    pl.read_parquet(path).with_columns(pl.col("item_id").cast(pl.Utf8)).write_parquet(path)
+    with pytest.raises(DataError, match=r"split\.parquet: column 'item_id' has dtype String, expected Int32"):
+        load_split(path, fmap)
+
+
+def test_empty_split_and_one_class_split(tmp_path: Path) -> None:
+    path, fmap = _split_file(tmp_path)
+    pl.read_parquet(path).head(0).write_parquet(path)
+    with pytest.raises(DataError, match=r"split\.parquet: split has no rows"):
+        load_split(path, fmap)
+    train, valid = toy_split(64, seed=1), toy_split(32, seed=2)
+    one_class = dataclasses.replace(valid, label=torch.ones(32))
+    with pytest.raises(DataError, match="AUC is undefined: the labels hold one class only"):
+        from pipeline.training import fit
+        fit(small_model(), train, one_class, train_cfg(epochs=1), torch.device("cpu"), dist=SINGLE)
+
+
+def test_random_bytes_as_clicks_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(np.random.default_rng(1).bytes(2048))
+    with pytest.raises(DataError, match=r"pairs\.csv: line 1: expected header"):
+        read_pairs(path)
+
+
+def test_nan_or_inf_in_frozen_embeddings_is_a_one_line_error(tmp_path: Path) -> None:
+    emb = np.ones((4, 3), dtype=np.float32)
+    emb[2, 1] = np.inf
+    info = pl.DataFrame({"item_id": pl.Series(range(4), dtype=pl.Int32),
+                         "item_tags": pl.Series([[0], [1], [1], [2]], dtype=pl.List(pl.Int32)),
+                         "item_emb_d3": pl.Series(emb, dtype=pl.Array(pl.Float32, 3))})
+    write_parquet(info, tmp_path / "item_info.parquet")
+    with pytest.raises(DataError, match=r"item_info\.parquet: column item_emb_d3 holds NaN or inf"):
+        load_item_tables(tmp_path / "item_info.parquet")
+
+
+# --------------------------------------------------------------------- a read-only or full output location
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES])
+def test_unwritable_output_is_one_line_and_keeps_the_earlier_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   code: int) -> None:
+    out = tmp_path / "metrics.json"
+    write_json({"auc": 0.5}, out)
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(DataError, match=rf"metrics\.json: cannot write the output \({os.strerror(code)}\)"):
+        write_json({"auc": 0.9}, out)
+    monkeypatch.undo()
+    assert out.read_text() == '{\n  "auc": 0.5\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left behind
+
+
+def test_a_stage_reports_an_unwritable_output_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage wrapper turns it into `Error: <file>: cannot write the output (...)`, exit code 1."""
+    from stages.make_synthetic import main
+
+    params = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "ro")))
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "raw"), "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]  # after the progress bars
+    assert line.startswith("Error: ") and "cannot write the output (Read-only file system)" in line
+    assert not (tmp_path / "raw").exists()
