@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import warnings
@@ -340,7 +341,7 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
         weights = pretrained
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as e:  # the last: weights_only refused it
         raise ParamsError(f"extract_image.pretrained: cannot load {pretrained!r} for {name!r} "
                           f"({str(e).splitlines()[0]})") from None
     return model.eval(), preprocess
