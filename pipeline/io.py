@@ -1,15 +1,17 @@
 """Atomic file output and the project's one-line data errors.
 
 Every artifact is written to a temporary sibling and renamed into place, so a killed stage never leaves a
-half-written file where DVC would cache it.
+half-written file where DVC would cache it; the temp of a killed writer is removed by the next write of that path.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,10 @@ import polars as pl
 class DataError(ValueError):
     """Bad input data; the message names the file (and row or column where known) in one line."""
 
+
+# Test hook: when set to a file name, the process SIGKILLs itself right before renaming a finished temp output onto
+# a path of that name (kill-mid-stage tests). Never set it outside tests.
+FAULT_ENV = "MMCTR_FAULT_BEFORE_RENAME"
 
 # Errors of the output location itself (read-only, full, no permission): reported as a DataError naming the output.
 OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -37,6 +43,33 @@ def _output_errors(path: Path) -> Iterator[None]:
         raise DataError(f"{path}: cannot write the output ({os.strerror(e.errno)})") from None
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temp siblings are named `.<name>.<pid>.<random>.tmp`, so a later run can tell whose they are."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp siblings of `path` left by a process that no longer runs (killed mid-write): a killed run leaves
+    no litter past the next run, and a temp of a live process (a concurrent writer) is never touched."""
+    if not path.parent.is_dir():
+        return
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            continue
+
+
+def _fault_hook(path: Path) -> None:
+    if os.environ.get(FAULT_ENV) == path.name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it. A read-only,
@@ -44,11 +77,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp_path = Path(tmp)
         try:
             yield tmp_path
+            _fault_hook(path)
             os.replace(tmp_path, path)
         finally:
             tmp_path.unlink(missing_ok=True)
@@ -61,9 +96,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     with _output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        _remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
         try:
             yield tmp
+            _fault_hook(path)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)

@@ -173,8 +173,7 @@ class FitState:
                 "bad_epochs": self.bad_epochs, "history": self.history, "best_state": self.best_state,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state()}
-        with atomic_path(path) as tmp:
-            torch.save(blob, tmp)
+        save_atomic(blob, path)
 
     @classmethod
     def load(cls, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
@@ -299,14 +298,20 @@ def fit(model: nn.Module, train: SplitTensors, valid: SplitTensors, cfg: TrainCo
     return state.history
 
 
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically, byte-identical for identical contents: torch names the archive's
+    folder after the file it is given, so it is given a file object (folder `archive`), not the random temp name."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, feature_map: FeatureMap) -> None:
     """Atomically write {"model": state_dict, "config": ModelConfig as dict, "feature_map": dict}; plain types
     only, so it loads with torch.load(weights_only=True)."""
     ckpt = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.cfg).items()},
             "feature_map": feature_map.to_dict()}
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    save_atomic(ckpt, path)
 
 
 def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, FeatureMap]:

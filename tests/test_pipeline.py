@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -30,9 +32,14 @@ STAGES = ["make_synthetic", "extract_text", "extract_image", "build_sequences", 
           "train", "evaluate"]
 
 
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a pipeline command: offline, this interpreter's bin first on PATH."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                **extra)
+
+
 def run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 
@@ -124,6 +131,58 @@ def test_neighbours_cli_on_pipeline_output(project):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("query 1:") and len(lines) == 6
+
+
+def _artifact_bytes(project: Path) -> dict[str, bytes]:
+    """Every file the pipeline wrote under data/, and dvc.lock, by relative path."""
+    files = [p for p in (project / "data").rglob("*") if p.is_file()] + [project / "dvc.lock"]
+    return {str(p.relative_to(project)): p.read_bytes() for p in files}
+
+
+def test_forced_rerun_is_byte_identical_on_cpu(project):
+    """`dvc repro --force` with the same params rewrites every artifact with the same bytes: raw files, embeddings,
+    PCA, splits, the checkpoint, predictions, the submission zip, metrics and plots (CPU; see README on GPU)."""
+    before = _artifact_bytes(project)
+    assert ran_stages(run(["dvc", "repro", "--force"], project)) == set(STAGES)
+    after = _artifact_bytes(project)
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if before[name] != after[name]] == []
+    assert any(name.endswith("model.pt") for name in before) and len(before) > 150
+
+
+def stage_command(project: Path, stage: str, params: Path) -> list[str]:
+    """The stage's command line from dvc.yaml (data.raw_dir resolved), run with `params`."""
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]
+    raw_dir = yaml.safe_load(params.read_text())["data"]["raw_dir"]
+    return [*shlex.split(spec["cmd"].replace("${data.raw_dir}", raw_dir)), "--params", str(params)]
+
+
+@pytest.mark.parametrize(("stage", "out"), [
+    ("make_synthetic", "data/raw"), ("build_sequences", "data/sequences/train.parquet"),
+    ("fit_pca", "data/features/item_info.parquet"), ("train", "data/model/model.pt"),
+    ("evaluate", "data/metrics/evaluate.json")])
+def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_the_same_bytes(
+        project, stage, out):
+    """SIGKILL (MMCTR_FAULT_BEFORE_RENAME) at the worst moment, the output finished in its temp file: the output
+    path stays absent, as DVC leaves it before running a stage; a rerun writes the same bytes as the DVC run. train
+    is rerun with train.resume: true and resumes from the state of its last finished epoch."""
+    target = project / out
+    reference = _artifact_bytes(project)
+    params = project / "kill_params.yaml"
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["train"]["resume"] = stage == "train"
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    killed = subprocess.run(stage_command(project, stage, params), cwd=project, capture_output=True,
+                            env=stage_env(MMCTR_FAULT_BEFORE_RENAME=target.name))
+    assert killed.returncode == -signal.SIGKILL
+    assert not target.exists()
+    if stage == "train":
+        assert (target.parent / f".{target.name}.resume.pt").is_file()
+    run(stage_command(project, stage, params), project)
+    assert _artifact_bytes(project) == reference
+    if stage == "train":
+        assert not (target.parent / f".{target.name}.resume.pt").exists()
 
 
 def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import subprocess
 import typing
 from pathlib import Path
 
@@ -230,3 +231,15 @@ def test_a_stage_reports_an_unwritable_output_in_one_line(tmp_path: Path, monkey
     line = result.output.strip().splitlines()[-1]  # after the progress bars
     assert line.startswith("Error: ") and "cannot write the output (Read-only file system)" in line
     assert not (tmp_path / "raw").exists()
+
+
+def test_the_next_write_removes_a_killed_writers_temp_but_not_a_live_ones(tmp_path: Path) -> None:
+    proc = subprocess.Popen(["sleep", "0"])  # its pid is free once it has exited
+    proc.wait()
+    stale = tmp_path / f".out.json.{proc.pid}.abc.tmp"
+    live = tmp_path / f".out.json.{os.getppid()}.def.tmp"
+    stale.write_text("half")
+    live.write_text("being written")
+    write_json({"a": 1}, tmp_path / "out.json")
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.json"]
