@@ -21,12 +21,13 @@ from click.testing import CliRunner
 from pipeline import config as config_module
 from pipeline.config import ParamsError, load_section
 from pipeline.distributed import SINGLE
-from pipeline.embeddings import load_image_encoder
+from pipeline.embeddings import load_image_encoder, load_text_encoder
 from pipeline.feature_map import FeatureMap
 from pipeline.io import DataError, write_json, write_parquet
-from pipeline.pca import FittedPCA
+from pipeline.pca import FittedPCA, fit_pca
 from pipeline.raw import read_pairs
 from pipeline.training import FitState, load_checkpoint, load_item_tables, load_split
+from tests.test_config import OUT_OF_RANGE
 from tests.test_model import feature_map, small_model
 from tests.test_training import toy_split, train_cfg
 
@@ -104,33 +105,73 @@ def _wrong_type(annotation: typing.Any) -> typing.Any:
     raise AssertionError(f"no wrong value for {annotation}")
 
 
-def _matrix() -> list[tuple[str, str, typing.Any]]:
+# Out-of-range values and combinations that only the whole section can judge, as (section, values, key named).
+RANGE_CASES = [*OUT_OF_RANGE,
+               ("train", {"dice": True}, "train.dice"),
+               ("train", {"model": "din", "use_transformer": False}, "train.use_transformer"),
+               ("train", {"din_attention_units": [64, 0]}, "train.din_attention_units"),
+               ("train", {"batch_size": -5}, "train.batch_size"),
+               ("embedding_report", {"k": 0}, "embedding_report.k")]
+
+
+def _matrix() -> list[tuple[str, dict[str, typing.Any], str]]:
+    """Every key of every section with a wrong-type value, an unknown key per section, and RANGE_CASES."""
     cases = []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            cases.append((section, f.name, _wrong_type(hints[f.name])))
-        cases.append((section, "no_such_key", 1))
-    return cases
+            cases.append((section, {f.name: _wrong_type(hints[f.name])}, f"{section}.{f.name}"))
+        cases.append((section, {"no_such_key": 1}, f"{section}.no_such_key"))
+    return cases + RANGE_CASES
 
 
 MATRIX = _matrix()
 
 
-@pytest.mark.parametrize(("section", "key", "value"), MATRIX, ids=[f"{s}.{k}" for s, k, _ in MATRIX])
-def test_every_params_key_with_a_wrong_value_is_one_line_naming_it(tmp_path: Path, section: str, key: str,
-                                                                   value: typing.Any) -> None:
+@pytest.mark.parametrize(("section", "values", "key"), MATRIX,
+                         ids=[f"{k}={list(v.values())[-1]!r}" for _, v, k in MATRIX])
+def test_every_params_key_with_a_bad_value_is_one_line_naming_it(tmp_path: Path, section: str,
+                                                                 values: dict[str, typing.Any], key: str) -> None:
     params = yaml.safe_load(PARAMS.read_text())
-    params[section][key] = value
+    params[section].update(values)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError) as err:
         load_section(tmp_path / "params.yaml", section, SECTIONS[section])
     message = str(err.value)
-    assert message.startswith(f"{section}.{key}:") and "\n" not in message
+    assert message.startswith(f"{key}:") and "\n" not in message
+
+
+def test_pca_dim_beyond_the_items_or_input_features_names_the_key() -> None:
+    """fit_pca.dim is checked against the data as soon as the embeddings are read, before the PCA is fitted."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ParamsError, match=r"fit_pca\.dim: 9 exceeds min\(items, input features\) = min\(8, 12\)"):
+        fit_pca(rng.normal(size=(8, 6)), rng.normal(size=(8, 6)), dim=9, normalize="l2", seed=0)
+    with pytest.raises(ParamsError, match=r"= min\(50, 5\)"):
+        fit_pca(rng.normal(size=(50, 3)), rng.normal(size=(50, 2)), dim=6, normalize="l2", seed=0)
+
+
+def test_hub_models_load_without_remote_code_unless_the_key_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trust_remote_code reaches transformers as False by default (ExtractTextConfig and params.yaml), and True only
+    when extract_text.trust_remote_code is set."""
+    import transformers
+
+    seen = []
+
+    def fake(source, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake)
+    assert load_section(PARAMS, "extract_text", config_module.ExtractTextConfig).trust_remote_code is False
+    for flag in (False, True):
+        with pytest.raises(ParamsError, match="extract_text.model"):
+            load_text_encoder("someone/custom-bert", trust_remote_code=flag)
+    assert seen == [False, True]
 
 
 def test_the_matrix_covers_every_key() -> None:
-    keys = {(s, k) for s, k, _ in MATRIX}
+    keys = {tuple(key.split(".", 1)) for _, _, key in MATRIX}
     params = yaml.safe_load(PARAMS.read_text())
     assert {(s, k) for s in SECTIONS for k in params[s]} <= keys
     assert len(MATRIX) > 100
