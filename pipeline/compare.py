@@ -71,13 +71,19 @@ def _metric(data: dict, path: str) -> dict[str, Any]:
 
 def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
     """`dvc exp show --json` -> {experiment name: {valid_auc, valid_logloss, auc, logloss, oracle_auc,
-    history_oracle_auc}} for the experiments this module names (later entries of a name win)."""
-    records = {}
+    history_oracle_auc}} for the experiments this module names. A name run on several commits (--all-commits)
+    keeps its newest run (ISO timestamps compare as strings)."""
+    records: dict[str, dict[str, Any]] = {}
+    stamps: dict[str, str] = {}
     for node in _walk(exp_show):
         name = node.get("name") or node["data"].get("name")
         if not isinstance(name, str) or not name.startswith(f"{PREFIX}-"):
             continue
+        stamp = node["data"].get("timestamp") or ""
+        if name in stamps and stamp < stamps[name]:
+            continue
         train, test = _metric(node["data"], TRAIN_METRICS), _metric(node["data"], EVAL_METRICS)
+        stamps[name] = stamp
         records[name] = {"valid_auc": train.get("valid_auc"), "valid_logloss": train.get("valid_logloss"),
                          "auc": test.get("auc"), "logloss": test.get("logloss"),
                          "oracle_auc": test.get("oracle_auc"), "history_oracle_auc": test.get("history_oracle_auc")}

@@ -31,8 +31,8 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 
 
-def _rev(name: str | None, valid_auc: float, auc: float) -> dict:
-    return {"rev": "x", "name": name, "error": None, "experiments": None, "data": {
+def _rev(name: str | None, valid_auc: float, auc: float, timestamp: str = "2026-11-30T19:00:00") -> dict:
+    return {"rev": "x", "name": name, "error": None, "experiments": None, "data": {"timestamp": timestamp,
         "params": {"params.yaml": {"data": {"train": {}}}},
         "metrics": {"data/metrics/train/metrics.json": {"data": {"valid_auc": valid_auc, "valid_logloss": 0.4}},
                     "data/metrics/evaluate.json": {"data": {"auc": auc, "logloss": 0.41, "oracle_auc": 0.88,
@@ -48,7 +48,10 @@ def test_table_from_dvc_exp_show_json() -> None:
          "name": experiment_name("tdcn", True)},
         {"revs": [_rev("someone-elses-exp", 0.5, 0.5)], "executor": None, "name": "someone-elses-exp"},
     ]
-    records = experiment_records([_rev(None, 0.1, 0.1), baseline])
+    older = _rev("old-main", 0.85, 0.84)  # the same experiment name run on an older commit (--all-commits)
+    older["experiments"] = [{"revs": [_rev(experiment_name("din", False), 0.5, 0.5, "2026-11-01T10:00:00")],
+                             "executor": None, "name": experiment_name("din", False)}]
+    records = experiment_records([_rev(None, 0.1, 0.1), baseline, older])
     assert set(records) == {"cmp-din-id", "cmp-tdcn-mm"}
     assert records["cmp-tdcn-mm"]["auc"] == 0.855
     table = comparison_table(records).splitlines()
