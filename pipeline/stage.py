@@ -21,7 +21,8 @@ params_option = click.option(
 
 
 def stage_main(fn: F) -> F:
-    """Wrap a stage body: configure logging and turn ParamsError/DataError into a one-line click error."""
+    """Wrap a stage body: configure logging and turn ParamsError/DataError, and training's NaN/inf-loss
+    FloatingPointError, into a one-line click error."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -30,7 +31,7 @@ def stage_main(fn: F) -> F:
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
         try:
             return fn(*args, **kwargs)
-        except (ParamsError, DataError) as e:
+        except (ParamsError, DataError, FloatingPointError) as e:
             raise click.ClickException(str(e)) from None
 
     return wrapper  # type: ignore[return-value]

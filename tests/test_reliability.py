@@ -284,3 +284,20 @@ def test_the_next_write_removes_a_killed_writers_temp_but_not_a_live_ones(tmp_pa
     write_json({"a": 1}, tmp_path / "out.json")
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out.json"]
+
+
+def test_a_nan_loss_reaches_the_user_as_one_line_naming_the_step() -> None:
+    """fit raises FloatingPointError at a NaN/inf loss (tests/test_training.py); the stage wrapper prints it as one
+    line, exit code 1, instead of a traceback."""
+    import click
+
+    from pipeline.stage import stage_main
+
+    @click.command()
+    @stage_main
+    def failing() -> None:
+        raise FloatingPointError("train: loss is nan at step 3 (epoch 0)")
+
+    result = CliRunner().invoke(failing, [])
+    assert result.exit_code == 1
+    assert result.output == "Error: train: loss is nan at step 3 (epoch 0)\n"
