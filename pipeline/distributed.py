@@ -82,10 +82,10 @@ SINGLE = Dist()  # the default: one process, no process group
 
 
 def dist_from_env(env: dict[str, str] | None = None) -> Dist:
-    """The Dist described by torchrun's environment variables; SINGLE when they are absent."""
+    """The Dist described by torchrun's environment variables; Dist() when they are absent."""
     env = os.environ if env is None else env
     if "WORLD_SIZE" not in env:
-        return SINGLE
+        return Dist()
     try:
         d = Dist(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"])),
                  int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
