@@ -1,0 +1,320 @@
+"""Benchmark: FuxiCTR's DIN against this project's DIN on the same splits, trained one after the other.
+
+    python benchmarks/fuxictr_din.py                  # default data (make repro first), params.yaml's train section
+    python benchmarks/fuxictr_din.py --epochs 1 --threads 2 --work-dir /tmp/fuxictr_din   # keep the export
+    python benchmarks/fuxictr_din.py --fuxictr-python /path/to/venv/bin/python
+
+FuxiCTR lives in its own virtual environment, outside the repository; this one reuses the project's torch:
+    python3 -m venv /work/fuxictr-venv
+    echo /work/main/.venv/lib/python3.11/site-packages \
+        > /work/fuxictr-venv/lib/python3.11/site-packages/mmctr_venv_site.pth
+    /work/fuxictr-venv/bin/pip install fuxictr          # 2.3.10; adds pandas, h5py and ray[data] there only
+
+The DIN that `pip install fuxictr` ships is `model_zoo.LongCTR.DIN` (the WWW2025 MMCTR challenge's layout): each
+split row carries `user_index`, `item_index`, `seq_len` and its context features; the history is
+`user_info.parquet`'s `full_item_seq[user_index][:seq_len]`; the target and every history item are looked up in
+`item_info.parquet` by row position, so both share the item features' embeddings. `export_fuxictr` writes that
+layout from the pipeline's splits and item table (see its docstring), with the frozen PCA embedding as FuxiCTR's
+`embedding` feature (a bias-free Linear to `mm_dim`, as ours) when `train.use_mm_emb` is set.
+
+The script (1) exports the splits, (2) runs FuxiCTR's DIN in a subprocess under the FuxiCTR venv's python (this
+file again, with --fuxictr-worker) and (3) trains the project's DIN (`train` params with model=din) with
+`pipeline.training.fit`, on the CPU, with the same threads and epochs, one process at a time. It prints test AUC and
+logloss (both scored here with `pipeline.metrics` from each model's test probabilities), train samples/s and
+seconds per epoch (the wall time between validation passes, so validation is not counted), and the settings that
+cannot be made equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import click
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainConfig
+    from pipeline.feature_map import FeatureMap
+    from pipeline.training import SplitTensors
+
+DATASET_ID = "mmctr"
+SPLITS = ("train", "valid", "test")
+# Named here once: FuxiCTR's fit reduces the lr on plateau by its fixed factor and floor (BaseModel.lr_decay()).
+FUXICTR_LR_DECAY, FUXICTR_MIN_LR = 0.1, 1e-6
+# Settings that stay different whatever the params; printed under the table.
+FIXED_DIFFERENCES = (
+    ("loss: FuxiCTR's DIN ends in a sigmoid and trains on F.binary_cross_entropy of probabilities; ours on "
+     "BCEWithLogits of logits (the same loss, computed differently near 0 and 1)"),
+    ("epoch order, dropout masks and initial weights: same schemes (N(0, 1e-4) embeddings with zero padding rows, "
+     "xavier-normal Linear, zero bias) and seed, but each framework draws them in its own order"),
+    ("batches: FuxiCTR collates each batch in Python from a pandas item table (iloc) and the user_info table, "
+     "ours indexes tensors; both cut the history to the batch's longest (ours: at least first_k columns)"),
+    ("early stopping: FuxiCTR counts an epoch as better only if valid AUC rises by more than 1e-6, ours by any "
+     "amount; both multiply the lr by lr_decay on a plateau, stop after `patience` such epochs and keep the best"),
+    "item tags: FuxiCTR's MaskedAveragePooling finds padding as all-zero tag vectors, ours as tag id 0",
+)
+
+
+def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: Tensor, fmap: FeatureMap,
+                   cfg: TrainConfig, out_dir: Path) -> None:
+    """Write the splits and item table in the layout of FuxiCTR's LongCTR DIN into `out_dir`:
+
+    {split}.parquet   user_index Int64 (row of user_info), item_index Int32 (= item_id), seq_len Int32 (real
+                      history length), each context feature Int8, label Int8 (0/1: FuxiCTR stacks all columns into
+                      one matrix and indexes tables with them, so none may be a float)
+    user_info.parquet full_item_seq List(Int32): one row per split row, over the splits in SPLITS order, holding
+                      that row's real history oldest first. A row's history is its own, not a prefix of one
+                      sequence per user, because the splits keep only the last max_len clicks of each history.
+    item_info.parquet item_index Int64, item_id Int32, item_tags List(Int32), item_emb_d<M> List(Float32) (with
+                      cfg.use_mm_emb only); row i holds item i (FuxiCTR joins by position), as load_item_tables
+                      has checked
+    feature_map.json  FuxiCTR's feature map (dataset_id "mmctr"): meta columns, the context features, and the item
+                      features of `fmap` with ours' widths and padding id 0
+
+    `splits` come from pipeline.training.load_split, `item_tags` (N+1, T) and `item_mm` (N+1, M) from
+    load_item_tables. A history with a 0 after a real item is a DataError: FuxiCTR reads histories as a length.
+    """
+    from pipeline.io import DataError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    histories, offset = [], 0
+    for name in SPLITS:
+        split = splits[name]
+        seq = split.item_seq.numpy()  # (n, L)
+        lengths = (seq != 0).sum(axis=1)  # (n,)
+        padded_left = (seq != 0) == (np.arange(seq.shape[1]) >= seq.shape[1] - lengths[:, None])  # (n, L)
+        if not padded_left.all():
+            row = int(np.argmin(padded_left.all(axis=1)))
+            raise DataError(f"{name} split: row {row} has padding after a real history item")
+        labels = split.label.numpy()
+        if not np.isin(labels, (0.0, 1.0)).all():
+            raise DataError(f"{name} split: labels must be 0 or 1 to export")
+        padded = pl.DataFrame({"seq": pl.Series(seq.astype(np.int32)).arr.to_list(),
+                               "n": pl.Series(lengths, dtype=pl.UInt32)})
+        histories.append(padded.select(pl.col("seq").list.tail(pl.col("n")))["seq"])
+        frame = pl.DataFrame({
+            "user_index": pl.Series(np.arange(offset, offset + len(split)), dtype=pl.Int64),
+            "item_index": pl.Series(split.item_id.numpy(), dtype=pl.Int32),
+            "seq_len": pl.Series(lengths, dtype=pl.Int32),
+            **{n: pl.Series(t.numpy(), dtype=pl.Int8) for n, t in split.context.items()},
+            "label": pl.Series(labels, dtype=pl.Int8),
+        })
+        frame.write_parquet(out_dir / f"{name}.parquet")
+        offset += len(split)
+    pl.DataFrame({"full_item_seq": pl.concat(histories)}).write_parquet(out_dir / "user_info.parquet")
+
+    mm = fmap.mm_feature
+    items = pl.DataFrame({
+        "item_index": pl.Series(np.arange(item_tags.shape[0]), dtype=pl.Int64),
+        "item_id": pl.Series(np.arange(item_tags.shape[0]), dtype=pl.Int32),
+        "item_tags": pl.Series(item_tags.numpy().astype(np.int32)).arr.to_list(),
+    })
+    if cfg.use_mm_emb:
+        items = items.with_columns(pl.Series(mm.name, item_mm.numpy()).arr.to_list())
+    items.write_parquet(out_dir / "item_info.parquet")
+
+    features: list[dict[str, Any]] = [{n: {"type": "meta"}} for n in ("user_index", "item_index", "seq_len")]
+    features += [{f.name: {"type": "categorical", "source": "context", "vocab_size": f.vocab_size, "padding_idx": 0}}
+                 for f in fmap.context_features]
+    features += [
+        {"item_id": {"type": "categorical", "source": "item", "vocab_size": fmap["item_id"].vocab_size,
+                     "padding_idx": 0}},
+        {"item_tags": {"type": "sequence", "source": "item", "vocab_size": fmap["item_tags"].vocab_size,
+                       "max_len": item_tags.shape[1], "padding_idx": 0,
+                       "feature_encoder": "layers.MaskedAveragePooling()"}},
+    ]
+    if cfg.use_mm_emb:
+        features.append({mm.name: {"type": "embedding", "source": "item", "pretrain_dim": mm.embedding_dim,
+                                   "embedding_dim": cfg.mm_dim or mm.embedding_dim}})
+    feature_map = {"dataset_id": DATASET_ID, "labels": [fmap.label], "features": features}
+    (out_dir / "feature_map.json").write_text(json.dumps(feature_map, indent=2) + "\n")
+
+
+def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int) -> dict[str, Any]:
+    """What the worker needs: FuxiCTR DIN's constructor arguments matched to `cfg`, and the loop's settings."""
+    activation = "Dice" if cfg.dice else "ReLU"
+    din = {"model_id": "DIN", "gpu": -1, "task": "binary_classification", "embedding_dim": cfg.embedding_dim,
+           "attention_hidden_units": list(cfg.din_attention_units), "attention_hidden_activations": activation,
+           "attention_output_activation": None, "attention_dropout": 0, "din_use_softmax": False,
+           "dnn_hidden_units": list(cfg.dnn_hidden_units), "dnn_activations": activation,
+           "net_dropout": cfg.net_dropout, "batch_norm": False, "accumulation_steps": 1,
+           "embedding_regularizer": None, "net_regularizer": None, "optimizer": "adam", "loss": "binary_crossentropy",
+           "learning_rate": cfg.learning_rate, "metrics": ["logloss", "AUC"], "monitor": "AUC",
+           "monitor_mode": "max", "early_stop_patience": cfg.patience, "reduce_lr_on_plateau": True,
+           "save_best_only": True, "eval_steps": None, "verbose": 0}
+    return {"din": din, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
+            "max_gradient_norm": cfg.max_grad_norm, "max_len": max_len, "seed": cfg.seed, "threads": threads}
+
+
+def train_seconds(fit_start: float, valid_spans: list[tuple[float, float]]) -> list[float]:
+    """Per-epoch training seconds: from the end of the previous validation pass (or the start of fit) to the start
+    of the next one."""
+    ends = [fit_start] + [end for _, end in valid_spans[:-1]]
+    return [start - end for (start, _), end in zip(valid_spans, ends)]
+
+
+def run_fuxictr_worker(work_dir: Path) -> None:
+    """Train FuxiCTR's DIN on the export in `work_dir` as `run.json` says; write `result.json` and
+    `test_probs.npy` (test probabilities in row order). Runs under the FuxiCTR venv's python."""
+    import fuxictr
+    from fuxictr.features import FeatureMap
+    from fuxictr.pytorch.torch_utils import seed_everything
+    from model_zoo.LongCTR.DIN import DIN
+    from model_zoo.LongCTR.longctr_dataloader import LongCTRDataLoader
+
+    # Subclassed only to read clocks and valid AUCs: FuxiCTR validates inside train_epoch.
+    class ClockedDIN(DIN):
+        def __init__(self, feature_map, **kwargs):
+            super().__init__(feature_map, **kwargs)
+            self.valid_spans: list[tuple[float, float]] = []
+            self.valid_auc: list[float] = []
+
+        def eval_step(self):
+            start = time.perf_counter()
+            super().eval_step()
+            self.valid_spans.append((start, time.perf_counter()))
+
+        def checkpoint_and_earlystop(self, logs, min_delta=1e-6):
+            self.valid_auc.append(float(logs["AUC"]))
+            super().checkpoint_and_earlystop(logs, min_delta)
+
+    run = json.loads((work_dir / "run.json").read_text())
+    torch.set_num_threads(run["threads"])
+    seed_everything(run["seed"])
+    feature_map = FeatureMap(DATASET_ID, str(work_dir))
+    feature_map.load(str(work_dir / "feature_map.json"), {"embedding_dim": run["din"]["embedding_dim"]})
+    model_root = work_dir / "checkpoints"
+    (model_root / DATASET_ID).mkdir(parents=True, exist_ok=True)
+    model = ClockedDIN(feature_map, model_root=str(model_root), **run["din"])
+
+    def loader(split: str, batch_size: int, shuffle: bool) -> LongCTRDataLoader:
+        # num_workers=0: batches are built in this process, as ours are, so both use the same threads
+        return LongCTRDataLoader(feature_map, str(work_dir / f"{split}.parquet"), str(work_dir / "user_info.parquet"),
+                                 str(work_dir / "item_info.parquet"), batch_size=batch_size, shuffle=shuffle,
+                                 num_workers=0, max_len=run["max_len"])
+
+    train_gen = loader("train", run["batch_size"], True)
+    valid_gen = loader("valid", run["eval_batch_size"], False)
+    fit_start = time.perf_counter()
+    model.fit(train_gen, epochs=run["epochs"], validation_data=valid_gen, max_gradient_norm=run["max_gradient_norm"])
+    np.save(work_dir / "test_probs.npy", model.predict(loader("test", run["eval_batch_size"], False)))
+    result = {"train_rows": train_gen.num_samples, "train_seconds": train_seconds(fit_start, model.valid_spans),
+              "valid_seconds": [end - start for start, end in model.valid_spans], "valid_auc": model.valid_auc,
+              "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "threads": torch.get_num_threads(), "version": fuxictr.__version__}
+    (work_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxictr_python: str,
+            work_dir: Path) -> None:
+    """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
+    # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
+    from model.factory import build_model
+    from pipeline import training
+    from pipeline.config import TrainConfig, from_dict, load_section
+    from pipeline.feature_map import FeatureMap
+    from pipeline.metrics import auc, logloss
+    from pipeline.stage import set_threads
+
+    params = dataclasses.asdict(load_section(params_path, "train", TrainConfig))
+    overrides = {"model": "din", "device": "cpu", "num_threads": threads, "resume": False}
+    cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
+    set_threads(threads)
+    device = torch.device("cpu")
+    tags, mm, mm_dim = training.load_item_tables(f"{data}/features/item_info.parquet")
+    fmap = FeatureMap.load(f"{data}/sequences/feature_map.json").with_mm_embedding(mm_dim)
+    splits = {s: training.load_split(f"{data}/sequences/{s}.parquet", fmap) for s in SPLITS}
+    test_labels = splits["test"].label.numpy()
+    export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
+    settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads)
+    (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    subprocess.run([fuxictr_python, __file__, "--fuxictr-worker", str(work_dir)], env=env, check=True)
+    fux = json.loads((work_dir / "result.json").read_text())
+    fux_probs = np.load(work_dir / "test_probs.npy")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(training.model_config(cfg), fmap, tags, mm)
+    valid_spans: list[tuple[float, float]] = []
+    evaluate_split = training.evaluate_split
+
+    def clocked_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
+        start = time.perf_counter()
+        scores = evaluate_split(*args, **kwargs)
+        valid_spans.append((start, time.perf_counter()))
+        return scores
+
+    # fit validates after every epoch through this module attribute; wrapping it times the epochs without it
+    with mock.patch.object(training, "evaluate_split", clocked_evaluate):
+        fit_start = time.perf_counter()
+        history = training.fit(model, splits["train"], splits["valid"], cfg, device)
+    ours_probs = training.sigmoid(training.predict_logits(model, splits["test"], cfg.eval_batch_size, device))
+    ours = {"train_rows": len(splits["train"]), "train_seconds": train_seconds(fit_start, valid_spans),
+            "valid_seconds": [end - start for start, end in valid_spans],
+            "valid_auc": [r["valid_auc"] for r in history],
+            "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "threads": torch.get_num_threads()}
+
+    print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, CPU, "
+          f"epochs <= {cfg.epochs} (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.learning_rate}, "
+          f"embedding {cfg.embedding_dim}, mm {'off' if not cfg.use_mm_emb else cfg.mm_dim or mm_dim}, attention "
+          f"{list(cfg.din_attention_units)}, DNN {list(cfg.dnn_hidden_units)}, dropout {cfg.net_dropout}")
+    header = (f"{'framework':16s} {'test AUC':>9s} {'logloss':>8s} {'best val':>9s} {'samples/s':>10s} "
+              f"{'epoch s':>8s} {'valid s':>8s} {'epochs':>6s} {'threads':>7s} {'params':>8s}")
+    print(header)
+    for name, run, probs in ((f"FuxiCTR {fux['version']}", fux, fux_probs), ("mmctr", ours, ours_probs)):
+        epoch_s = float(np.mean(run["train_seconds"]))
+        print(f"{name:16s} {auc(test_labels, probs):9.5f} {logloss(test_labels, probs):8.5f} "
+              f"{max(run['valid_auc']):9.5f} {run['train_rows'] / epoch_s:10.0f} {epoch_s:8.1f} "
+              f"{np.mean(run['valid_seconds']):8.2f} {len(run['train_seconds']):6d} {run['threads']:7d} "
+              f"{run['parameters']:8d}")
+    print("epoch s: training only (mean over the epochs run); valid s: one validation pass. Differences that stay:")
+    notes = list(FIXED_DIFFERENCES)
+    if (cfg.lr_decay, cfg.min_lr) != (FUXICTR_LR_DECAY, FUXICTR_MIN_LR):
+        notes.append(f"lr on plateau: FuxiCTR x{FUXICTR_LR_DECAY} down to {FUXICTR_MIN_LR} (fixed), ours "
+                     f"x{cfg.lr_decay} down to {cfg.min_lr}")
+    if cfg.dice:
+        notes.append("Dice: FuxiCTR's attention MLP normalises over padded history positions too, ours over real "
+                     "ones only")
+    for note in notes:
+        print(f"  - {note}")
+
+
+@click.command()
+@click.option("--data", default="data", show_default=True, help="the pipeline's data folder")
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--epochs", type=int, default=None, help="override train.epochs for both models")
+@click.option("--threads", default=1, show_default=True, help="torch threads of each model's process")
+@click.option("--fuxictr-python", default="/work/fuxictr-venv/bin/python", show_default=True,
+              help="python of the virtual environment holding fuxictr")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the export and FuxiCTR's checkpoint go (kept); default: a temporary folder")
+@click.option("--fuxictr-worker", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
+def main(data: str, params_path: str, epochs: int | None, threads: int, fuxictr_python: str,
+         work_dir: Path | None, fuxictr_worker: Path | None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    if fuxictr_worker is not None:
+        run_fuxictr_worker(fuxictr_worker)
+    elif work_dir is not None:
+        compare(data, params_path, epochs, threads, fuxictr_python, work_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="fuxictr_din.") as tmp:
+            compare(data, params_path, epochs, threads, fuxictr_python, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The export of benchmarks/fuxictr_din.py, read back the way FuxiCTR's LongCTR DIN reads it (no fuxictr needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from benchmarks.fuxictr_din import SPLITS, export_fuxictr
+from model.factory import build_model
+from pipeline.config import TrainConfig
+from pipeline.feature_map import FeatureMap
+from pipeline.io import DataError
+from pipeline.training import load_item_tables, load_split, model_config
+
+MAX_LEN, N_ITEMS, N_TAGS, MM = 4, 6, 4, 3
+HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 1, 2, 3], [0, 0, 0, 2]],
+             "test": [[0, 0, 6, 5]]}
+
+
+def feature_map() -> FeatureMap:
+    return FeatureMap.from_dict({"label": "label", "features": [
+        {"name": "item_id", "type": "categorical", "source": "item", "vocab_size": N_ITEMS + 1},
+        {"name": "item_tags", "type": "sequence", "source": "item", "vocab_size": N_TAGS + 1, "max_len": 2},
+        {"name": "item_seq", "type": "sequence", "source": "history", "vocab_size": N_ITEMS + 1,
+         "max_len": MAX_LEN, "share_embedding": "item_id"},
+        {"name": "likes_level", "type": "categorical", "source": "context", "vocab_size": 11},
+        {"name": "views_level", "type": "categorical", "source": "context", "vocab_size": 11}]})
+
+
+def write_inputs(tmp_path, histories):
+    """Split parquets (sequences contract) and an item_info.parquet (row i = item i) under tmp_path."""
+    rng = np.random.default_rng(0)
+    for name, seqs in histories.items():
+        n = len(seqs)
+        pl.DataFrame({
+            "user_id": pl.Series(np.arange(n), dtype=pl.Int32),
+            "item_seq": pl.Series(seqs, dtype=pl.List(pl.Int32)),
+            "item_id": pl.Series(rng.integers(1, N_ITEMS + 1, n), dtype=pl.Int32),
+            "likes_level": pl.Series(rng.integers(0, 11, n), dtype=pl.Int8),
+            "views_level": pl.Series(rng.integers(0, 11, n), dtype=pl.Int8),
+            "label": pl.Series(np.arange(n) % 2, dtype=pl.Float32),
+            "event_ts": pl.Series(np.arange(n), dtype=pl.Int64),
+        }).write_parquet(tmp_path / f"{name}.parquet")
+    tags = rng.integers(0, N_TAGS + 1, (N_ITEMS + 1, 2))
+    mm = rng.normal(size=(N_ITEMS + 1, MM)).astype(np.float32)
+    tags[0], mm[0] = 0, 0.0
+    pl.DataFrame({"item_id": pl.Series(np.arange(N_ITEMS + 1), dtype=pl.Int32),
+                  "item_tags": pl.Series(tags.tolist(), dtype=pl.List(pl.Int32)),
+                  f"item_emb_d{MM}": pl.Series(mm, dtype=pl.Array(pl.Float32, MM))}
+                 ).write_parquet(tmp_path / "item_info.parquet")
+
+
+def export(tmp_path, cfg: TrainConfig):
+    tags, mm, mm_dim = load_item_tables(tmp_path / "item_info.parquet")
+    fmap = feature_map().with_mm_embedding(mm_dim)
+    splits = {s: load_split(tmp_path / f"{s}.parquet", fmap) for s in SPLITS}
+    export_fuxictr(splits, tags, mm, fmap, cfg, tmp_path / "out")
+    return splits, tags, mm, fmap
+
+
+def test_rows_read_back_as_fuxictr_reads_them(tmp_path):
+    """FuxiCTR's collator: history = full_item_seq[user_index][:seq_len] left-padded with 0, item features =
+    item_info row `item_index`. That must give back every split row's history, item and features exactly."""
+    write_inputs(tmp_path, HISTORIES)
+    splits, tags, mm, _ = export(tmp_path, TrainConfig(model="din", embedding_dim=4, mm_dim=2))
+    out = tmp_path / "out"
+    user_info = pl.read_parquet(out / "user_info.parquet")["full_item_seq"].to_list()
+    items = pl.read_parquet(out / "item_info.parquet")
+    seen_users = []
+    for name in SPLITS:
+        rows = pl.read_parquet(out / f"{name}.parquet")
+        assert all(dtype.is_integer() for dtype in rows.dtypes)  # FuxiCTR stacks the columns into one int matrix
+        for i, row in enumerate(rows.iter_rows(named=True)):
+            history = user_info[row["user_index"]][:row["seq_len"]]
+            assert [0] * (MAX_LEN - len(history)) + history == splits[name].item_seq[i].tolist()
+            assert row["item_index"] == splits[name].item_id[i].item()
+            assert row["label"] == splits[name].label[i].item()
+            for c in ("likes_level", "views_level"):
+                assert row[c] == splits[name].context[c][i].item()
+            seen_users.append(row["user_index"])
+    assert sorted(seen_users) == list(range(len(user_info)))  # one user_info row per split row, none shared
+    for item in range(N_ITEMS + 1):
+        row = items.row(item, named=True)  # FuxiCTR: item_info.set_index("item_index").iloc[item]
+        assert row["item_index"] == row["item_id"] == item
+        assert row["item_tags"] == tags[item].tolist()
+        np.testing.assert_array_equal(np.array(row[f"item_emb_d{MM}"], dtype=np.float32), mm[item].numpy())
+
+
+@pytest.mark.parametrize("use_mm_emb", [True, False])
+def test_feature_map_names_every_column_with_our_widths(tmp_path, use_mm_emb):
+    """FuxiCTR's collator passes only columns named in its feature map; its DIN's item width (the item-sourced
+    features' embedding_dim, default embedding_dim) must equal our DIN's item_dim."""
+    write_inputs(tmp_path, HISTORIES)
+    cfg = TrainConfig(model="din", embedding_dim=4, mm_dim=2, use_mm_emb=use_mm_emb)
+    _, tags, mm, fmap = export(tmp_path, cfg)
+    out = tmp_path / "out"
+    spec = json.loads((out / "feature_map.json").read_text())
+    assert spec["dataset_id"] == "mmctr" and spec["labels"] == ["label"]
+    features = {k: v for f in spec["features"] for k, v in f.items()}
+    item_features = {k for k, v in features.items() if v.get("source") == "item"}
+    for name in SPLITS:
+        assert set(pl.read_parquet(out / f"{name}.parquet").columns) == set(features) - item_features | {"label"}
+    assert set(pl.read_parquet(out / "item_info.parquet").columns) == item_features | {"item_index"}
+    assert {k for k, v in features.items() if v["type"] == "meta"} == {"user_index", "item_index", "seq_len"}
+    assert (f"item_emb_d{MM}" in features) == use_mm_emb
+    item_dim = sum(features[k].get("embedding_dim", cfg.embedding_dim) for k in item_features)
+    torch.manual_seed(0)
+    assert item_dim == build_model(model_config(cfg), fmap, tags, mm).item_dim
+    assert features["item_id"]["vocab_size"] == N_ITEMS + 1 and features["item_tags"]["vocab_size"] == N_TAGS + 1
+
+
+def test_padding_after_a_real_item_is_refused(tmp_path):
+    """FuxiCTR keeps a history as a length, so a 0 inside a history cannot be exported faithfully."""
+    write_inputs(tmp_path, {**HISTORIES, "valid": [[0, 1, 0, 3], [0, 0, 0, 2]]})
+    with pytest.raises(DataError, match="valid split: row 0"):
+        export(tmp_path, TrainConfig(model="din", embedding_dim=4, mm_dim=2))
