@@ -40,6 +40,7 @@ from pipeline.training import (
     load_split,
     make_batch,
     model_config,
+    optimizer_step,
     predict_logits,
 )
 
@@ -73,10 +74,7 @@ def train_steps(model: nn.Module, batches, steps: int, device: torch.device, amp
     for _, (batch, label) in zip(range(steps), batches):
         with autocast(device, amp):
             loss = loss_fn(model(batch).float(), label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        opt.step()
+        optimizer_step(model, opt, loss, max_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

@@ -219,6 +219,14 @@ def batch_loss(net: nn.Module, split: SplitTensors, rows: Tensor, cfg: TrainConf
     return loss_sum * (dist.world / len(rows)), loss_sum
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float) -> None:
+    """One update from `loss`: clear the gradients, backpropagate, clip their global norm to max_grad_norm, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+
+
 def fit(model: nn.Module, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
         live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None) -> list[dict[str, float]]:
     """Adam on BCEWithLogits with early stopping on valid AUC; returns per-epoch metrics and leaves the model
@@ -265,10 +273,7 @@ def fit(model: nn.Module, train: SplitTensors, valid: SplitTensors, cfg: TrainCo
             loss, loss_sum = batch_loss(net, train, order[start:start + cfg.batch_size], cfg, device, dist)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train: loss is {loss.item()} at step {state.step} (epoch {epoch})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
+            optimizer_step(model, opt, loss, cfg.max_grad_norm)
             total += loss_sum.item()
             state.step += 1
         scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
