@@ -123,7 +123,8 @@ def report(name: str, n: int, t_stage: float, t_naive: float, t_model: float, di
 @click.option("--pretrained", default="seed:0", show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--max-length", default=32, show_default=True)
-@click.option("--num-workers", default=-1, show_default=True, help="-1: one per core (as extract_image.num_workers)")
+@click.option("--num-workers", default=-1, show_default=True,
+              help="-1: as extract_image.num_workers (one per core on CUDA, 0 on CPU)")
 @click.option("--cover-size", default=256, show_default=True)
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--amp/--no-amp", default=False, show_default=True, help="bf16 autocast (CUDA only)")
@@ -133,7 +134,7 @@ def report(name: str, n: int, t_stage: float, t_naive: float, t_model: float, di
 def main(n_titles, n_covers, text_model, image_model, pretrained, batch_size, max_length, num_workers, cover_size,
          device, amp, jpeg_draft, seed):
     device = torch.device(device)
-    workers = default_num_workers(num_workers)
+    workers = default_num_workers(num_workers, device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {batch_size}, loader workers {workers}")
     if n_titles:
         tok, model = load_text_encoder(text_model)

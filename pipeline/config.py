@@ -223,7 +223,7 @@ class ExtractImageConfig:
     model: str = "mmctr-tiny-vit"  # an open_clip architecture (the project's configs are registered too)
     pretrained: str = "seed:0"  # an open_clip tag, a checkpoint path, or `seed:<n>` (seeded random init)
     batch_size: int = 64
-    num_workers: int = -1  # DataLoader decode workers; -1 = one per available core (at most 16); 0 = in-process
+    num_workers: int = -1  # DataLoader decode workers; -1 = on CUDA one per available core (at most 16), on CPU 0; 0 = in-process
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # autocast on CUDA (dtype amp_dtype); CPU always runs fp32
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
@@ -237,7 +237,7 @@ class ExtractImageConfig:
         require(bool(self.model.strip()), f"{s}.model", "must not be empty")
         require(bool(self.pretrained.strip()), f"{s}.pretrained", "must not be empty")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
-        require(self.num_workers >= -1, f"{s}.num_workers", "must be >= 0, or -1 for one per core")
+        require(self.num_workers >= -1, f"{s}.num_workers", "must be >= 0, or -1 for the device's default")
         require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
         require(self.shard_size >= 1, f"{s}.shard_size", "must be >= 1")
         require(self.max_pixels >= 1, f"{s}.max_pixels", "must be >= 1")

@@ -45,7 +45,7 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
     with distributed(cfg.device, "extract_image.device") as (dist, device):
         store = image_shard_store(out, ids, paths, cfg, device)
         model, preprocess = load_image_encoder(cfg.model, cfg.pretrained, device)
-        workers = default_num_workers(cfg.num_workers, dist.local_world)
+        workers = default_num_workers(cfg.num_workers, device, dist.local_world)
         log.info("encoding %d covers with %s (%s) on %s in %d shards, %d loader workers (rank %d of %d)", len(ids),
                  cfg.model, cfg.pretrained, device, len(store), workers, dist.rank, dist.world)
         batch = BatchSize(cfg.batch_size)

@@ -227,9 +227,11 @@ def test_image_loader_workers_give_the_same_frame(tmp_path):
     a = extract_image_embeddings(np.arange(1, 9), paths, model, preprocess, num_workers=0, **kw)
     b = extract_image_embeddings(np.arange(1, 9), paths, model, preprocess, num_workers=2, **kw)
     assert a.equals(b)
-    assert default_num_workers(0) == 0 and default_num_workers(3) == 3
-    assert 1 <= default_num_workers(-1) <= 16
-    assert default_num_workers(-1, ranks=64) == 1  # torchrun ranks split the cores, never below one worker
+    cuda = torch.device("cuda")
+    assert default_num_workers(0, cuda) == 0 and default_num_workers(3, CPU) == 3
+    assert 1 <= default_num_workers(-1, cuda) <= 16
+    assert default_num_workers(-1, cuda, ranks=64) == 1  # torchrun ranks split the cores, never below one worker
+    assert default_num_workers(-1, CPU) == 0  # on CPU the model's threads use the cores; decode in-process
 
 
 def test_jpeg_draft_decodes_at_a_reduced_scale_only_for_jpegs(tmp_path):
