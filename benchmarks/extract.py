@@ -9,7 +9,7 @@ Both paths embed the same items with the same model in the same process, after a
            stage's default -- and preprocess, batched encode) vs open, full decode, preprocess and encode per cover
 and checks that they agree (max |difference| of the vectors). A third timing, "model only", runs just the forward
 passes of the stage's batches on inputs prepared beforehand (titles tokenized in the stage's length-sorted batches,
-covers decoded and preprocessed): the throughput of the model itself. The stage's share of it shows how much time
+covers decoded and preprocessed as the stage does, which is timed too): the throughput of the model itself. The stage's share of it shows how much time
 goes to tokenizing, decoding and Python; naive time / model-only time is the highest ratio that batching and
 loaders could reach on this machine. Titles are random word sequences of 3-20 words;
 covers are random-block JPEGs of `--cover-size` pixels, written to a temporary folder.
@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from pipeline.embeddings import (
-    _autocast, default_num_workers, extract_image_embeddings, extract_text_embeddings, load_image_encoder,
+    CoverDataset, _autocast, _image_size, default_num_workers, extract_image_embeddings, extract_text_embeddings, load_image_encoder,
     load_text_encoder, to_rgb)
 
 WORDS = ["cat", "dog", "kitten", "puppy", "funny", "video", "cooking", "noodles", "spicy", "recipe", "travel", "beach", "football", "goal", "music", "guitar", "part", "new", "best", "my", "dance", "challenge", "makeup", "tutorial", "game", "review", "unboxing", "phone", "city", "night", "street", "food", "vlog", "daily", "life", "family", "baby", "school", "exam", "summer", "winter", "snow", "rain"]
@@ -92,13 +92,16 @@ def model_only_text(tok, model, titles, max_length, batch_size, device, amp) -> 
     return seconds
 
 
-def model_only_image(model, preprocess, paths, batch_size, device, amp) -> float:
-    """Seconds of encode_image alone over batches of covers decoded and preprocessed beforehand."""
-    pixels = torch.stack([decode(p, preprocess) for p in paths])  # (N, 3, H, W)
+def model_only_image(model, preprocess, paths, batch_size, device, amp, jpeg_draft) -> tuple[float, float]:
+    """Seconds of the stage's per-cover decode and preprocess alone (in this process, one after another), and of
+    encode_image alone over batches of the covers so prepared."""
+    dataset = CoverDataset(paths, preprocess, _image_size(model), jpeg_draft=jpeg_draft)
+    loaded, t_decode = timed(lambda: [dataset.load(p)[0] for p in paths])
+    pixels = torch.stack(loaded)  # (N, 3, H, W)
     batches = [pixels[s:s + batch_size].to(device) for s in range(0, len(paths), batch_size)]
     with torch.inference_mode(), _autocast(device, amp):
         _, seconds = timed(lambda: [model.encode_image(x).float().cpu() for x in batches])
-    return seconds
+    return t_decode, seconds
 
 
 def timed(fn):
@@ -107,12 +110,16 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
-def report(name: str, n: int, t_stage: float, t_naive: float, t_model: float, diff: float) -> None:
+def report(name: str, n: int, t_stage: float, t_naive: float, t_model: float, diff: float,
+           t_decode: float | None = None) -> None:
     print(f"{name}: {n} items | stage {n / t_stage:.1f} items/s ({t_stage:.2f} s) | naive {n / t_naive:.1f} items/s "
           f"({t_naive:.2f} s) | ratio {t_naive / t_stage:.1f}x | max|diff| {diff:.1e}\n"
           f"    model only {n / t_model:.1f} items/s ({t_model:.2f} s): the stage runs at {t_model / t_stage:.0%} of "
           f"the model's own throughput; no batching or loader could beat naive by more than {t_naive / t_model:.1f}x "
           f"here")
+    if t_decode is not None:
+        print(f"    decode + preprocess alone {n / t_decode:.1f} items/s ({t_decode:.2f} s, one process): with the model, "
+              f"{n / (t_decode + t_model):.1f} items/s done one after the other")
 
 
 @click.command()
@@ -161,10 +168,10 @@ def main(n_titles, n_covers, text_model, image_model, pretrained, batch_size, ma
             naive_image(model, preprocess, paths[:8], device, amp)
             staged, t_stage = timed(lambda: run_stage(ids, paths)["emb"].to_numpy())
             naive, t_naive = timed(lambda: naive_image(model, preprocess, paths, device, amp))
-            t_model = model_only_image(model, preprocess, paths, batch_size, device, amp)
+            t_decode, t_model = model_only_image(model, preprocess, paths, batch_size, device, amp, jpeg_draft)
         draft = "on" if jpeg_draft else "off"
         report(f"image ({image_model}, {cover_size}px jpeg, draft {draft})", n_covers, t_stage, t_naive, t_model,
-               float(np.abs(staged - naive).max()))
+               float(np.abs(staged - naive).max()), t_decode)
 
 
 if __name__ == "__main__":
