@@ -156,7 +156,7 @@ OUT_OF_RANGE = [
     ("build_sequences", {"neg_ratio": 0}, "build_sequences.neg_ratio"),
     ("build_sequences", {"n_levels": 1}, "build_sequences.n_levels"),
     ("build_sequences", {"min_history": -1}, "build_sequences.min_history"),
-    ("make_synthetic", {"max_clicks_per_user": 3000}, "make_synthetic.max_clicks_per_user"),
+    ("make_synthetic", {"n_items": 3000, "max_clicks_per_user": 3000}, "make_synthetic.max_clicks_per_user"),
     ("make_synthetic", {"n_items": 19}, "make_synthetic.n_items"),
     ("make_synthetic", {"cover_size": 31}, "make_synthetic.cover_size"),
     ("extract_text", {"max_length": 513}, "extract_text.max_length"),
@@ -176,7 +176,7 @@ def test_out_of_range_names_the_key(tmp_path: Path, section: str, values: dict[s
 @pytest.mark.parametrize(("section", "values"), [
     ("train", {"net_dropout": 0.0, "cross_layers": 0, "lr_decay": 1.0}),
     ("build_sequences", {"valid_frac": 0.49, "test_frac": 0.5, "min_history": 0, "n_levels": 2}),
-    ("make_synthetic", {"max_clicks_per_user": 2999, "cover_size": 32}),
+    ("make_synthetic", {"n_items": 3000, "max_clicks_per_user": 2999, "cover_size": 32}),
     ("fit_pca", {"dim": 1}),
 ])
 def test_range_boundaries_are_accepted(tmp_path: Path, section: str, values: dict[str, Any]) -> None:
