@@ -5,14 +5,15 @@
 
 Both paths embed the same items with the same model in the same process, after a short warm-up each:
     text   extract_text_embeddings (length-sorted batches, fast tokenizer per batch) vs tokenizer + model per title
-    image  extract_image_embeddings (DataLoader workers decode -- at a reduced JPEG scale with --jpeg-draft, the
-           stage's default -- and preprocess, batched encode) vs open, full decode, preprocess and encode per cover
+    image  extract_image_embeddings (decode -- at a reduced JPEG scale with --jpeg-draft, the stage's default -- and
+           preprocess, in DataLoader workers on CUDA, then batched encode) vs open, full decode, preprocess and
+           encode per cover
 and checks that they agree (max |difference| of the vectors). A third timing, "model only", runs just the forward
-passes of the stage's batches on inputs prepared beforehand (titles tokenized in the stage's length-sorted batches,
-covers decoded and preprocessed as the stage does, which is timed too): the throughput of the model itself. The stage's share of it shows how much time
-goes to tokenizing, decoding and Python; naive time / model-only time is the highest ratio that batching and
-loaders could reach on this machine. Titles are random word sequences of 3-20 words;
-covers are random-block JPEGs of `--cover-size` pixels, written to a temporary folder.
+passes of the stage's batches on inputs prepared beforehand (titles tokenized in the stage's length-sorted
+batches, covers decoded and preprocessed as the stage does, which is timed too): the throughput of the model
+itself. The stage's share of it shows how much time goes to tokenizing, decoding and Python; naive time /
+model-only time is the highest ratio that batching and loaders could reach on this machine. Titles are random
+word sequences of 3-20 words; covers are random-block JPEGs of `--cover-size` pixels, written to a temporary folder.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import torch
 from PIL import Image
 
 from pipeline.embeddings import (
-    CoverDataset, _autocast, _image_size, default_num_workers, extract_image_embeddings, extract_text_embeddings, load_image_encoder,
-    load_text_encoder, to_rgb)
+    CoverDataset, _autocast, _image_size, default_num_workers, extract_image_embeddings, extract_text_embeddings,
+    load_image_encoder, load_text_encoder, to_rgb)
 
 WORDS = ["cat", "dog", "kitten", "puppy", "funny", "video", "cooking", "noodles", "spicy", "recipe", "travel", "beach", "football", "goal", "music", "guitar", "part", "new", "best", "my", "dance", "challenge", "makeup", "tutorial", "game", "review", "unboxing", "phone", "city", "night", "street", "food", "vlog", "daily", "life", "family", "baby", "school", "exam", "summer", "winter", "snow", "rain"]
 
@@ -118,8 +119,8 @@ def report(name: str, n: int, t_stage: float, t_naive: float, t_model: float, di
           f"the model's own throughput; no batching or loader could beat naive by more than {t_naive / t_model:.1f}x "
           f"here")
     if t_decode is not None:
-        print(f"    decode + preprocess alone {n / t_decode:.1f} items/s ({t_decode:.2f} s, one process): with the model, "
-              f"{n / (t_decode + t_model):.1f} items/s done one after the other")
+        print(f"    decode + preprocess alone {n / t_decode:.1f} items/s ({t_decode:.2f} s, one process): with the "
+              f"model, {n / (t_decode + t_model):.1f} items/s done one after the other")
 
 
 @click.command()

@@ -223,7 +223,8 @@ class ExtractImageConfig:
     model: str = "mmctr-tiny-vit"  # an open_clip architecture (the project's configs are registered too)
     pretrained: str = "seed:0"  # an open_clip tag, a checkpoint path, or `seed:<n>` (seeded random init)
     batch_size: int = 64
-    num_workers: int = -1  # DataLoader decode workers; -1 = on CUDA one per available core (at most 16), on CPU 0; 0 = in-process
+    # DataLoader decode workers; -1 = on CUDA one per available core (at most 16), on CPU 0; 0 = in-process
+    num_workers: int = -1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # autocast on CUDA (dtype amp_dtype); CPU always runs fp32
     amp_dtype: Literal["bf16", "fp16"] = "bf16"

@@ -492,15 +492,15 @@ def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], c
 
 
 def extract_image_sharded(store: ShardStore, ids: np.ndarray, paths: Sequence[Path], model, preprocess,
-                          cfg: ExtractImageConfig, device: torch.device, batch: BatchSize, dist: Dist = SINGLE
-                          ) -> tuple[pl.DataFrame | None, dict[str, int]]:
-    """extract_image_embeddings shard by shard through `store` (finished shards are reused; ShardStore.run says
-    how ranks share the shards and what each returns)."""
+                          cfg: ExtractImageConfig, device: torch.device, batch: BatchSize, num_workers: int,
+                          dist: Dist = SINGLE) -> tuple[pl.DataFrame | None, dict[str, int]]:
+    """extract_image_embeddings shard by shard through `store` with `num_workers` decode workers (finished shards
+    are reused; ShardStore.run says how ranks share the shards and what each returns)."""
 
     def compute(pending: list[int]) -> Iterator[tuple[int, pl.DataFrame]]:
         groups = [np.arange(*store.bounds[k]) for k in pending]
         for g, frame in encode_cover_groups(ids, paths, groups, model, preprocess, batch=batch,
-                                            num_workers=default_num_workers(cfg.num_workers, device, dist.local_world),
+                                            num_workers=num_workers,
                                             device=device, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
                                             max_pixels=cfg.max_pixels, jpeg_draft=cfg.jpeg_draft):
             yield pending[g], frame

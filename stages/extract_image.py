@@ -49,7 +49,8 @@ def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
         log.info("encoding %d covers with %s (%s) on %s in %d shards, %d loader workers (rank %d of %d)", len(ids),
                  cfg.model, cfg.pretrained, device, len(store), workers, dist.rank, dist.world)
         batch = BatchSize(cfg.batch_size)
-        frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch, dist)
+        frame, shards = extract_image_sharded(store, ids, paths, model, preprocess, cfg, device, batch, workers,
+                                              dist)
         if dist.is_main:
             write_extraction(frame, out, metrics, store, shards, batch)
 
