@@ -7,10 +7,11 @@ from torch import Tensor, nn
 from model.config import ModelConfig
 from model.din import DIN
 from model.layers import CTRBase
+from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.feature_map import FeatureMap
 
-MODELS: dict[str, type[CTRBase]] = {"transformer_dcn": TransformerDCN, "din": DIN}
+MODELS: dict[str, type[CTRBase]] = {"transformer_dcn": TransformerDCN, "din": DIN, "meanpool": MeanPool}
 
 
 def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor) -> nn.Module:

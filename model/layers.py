@@ -1,10 +1,10 @@
-"""Building blocks shared by the CTR models (model/transformer_dcn.py, model/din.py).
+"""Building blocks shared by the CTR models (model/transformer_dcn.py, model/din.py, model/meanpool.py).
 
 `CTRBase` owns what every model here embeds the same way: the item tables as buffers indexed by item id
 (row i = item i, row 0 = padding), so a batch carries ids only and the checkpoint holds everything needed to
 score; the item embedding e_item = [id embedding (E) || mean of its tag embeddings (E) || W_mm * frozen
 embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim); one E-wide embedding per
-context feature; and FuxiCTR's initialisation.
+context feature; embedding dropout on both; and FuxiCTR's initialisation.
 """
 
 from __future__ import annotations
@@ -64,11 +64,16 @@ def mlp_head(in_dim: int, units: tuple[int, ...], dropout: float, dice: bool = F
 
 
 class CrossNetV2(nn.Module):
-    """DCNv2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l, full-rank W_l (input_dim x input_dim)."""
+    """DCNv2 cross network: x_{l+1} = x_0 * (W_l x_l + b_l) + x_l. W_l is full-rank (input_dim x input_dim), or
+    with rank r > 0 the DCNv2 paper's low-rank form W_l = U_l V_l^T (U_l, V_l: input_dim x r): 2 * D * r weights
+    per layer instead of D^2, fewer to fit on small data and cheaper per step."""
 
-    def __init__(self, input_dim: int, num_layers: int):
+    def __init__(self, input_dim: int, num_layers: int, rank: int = 0):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            nn.Linear(input_dim, input_dim) if rank == 0
+            else nn.Sequential(nn.Linear(input_dim, rank, bias=False), nn.Linear(rank, input_dim))
+            for _ in range(num_layers))
 
     def forward(self, x0: Tensor) -> Tensor:
         x = x0  # (B, D)
@@ -112,6 +117,10 @@ class CTRBase(nn.Module):
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.item_dim = 2 * e + mm_dim
         self.context_dim = len(self.context_names) * e
+        # Dropout on every item and context embedding, in training only. Its rate is a training option
+        # (train.embedding_dropout, set by pipeline.training.fit), not part of the architecture or the checkpoint;
+        # at rate 0 it returns its input untouched and draws no random numbers.
+        self.embedding_dropout = nn.Dropout(0.0)
 
     def reset_parameters(self) -> None:
         """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias."""
@@ -125,15 +134,23 @@ class CTRBase(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
+        train.embedding_regularizer): the id, tag and context tables and the projection of the frozen embedding.
+        Every other parameter is a network parameter (train.net_regularizer)."""
+        tables = [self.item_emb, self.tag_emb, self.context_emb, self.mm_proj]
+        return [p for m in tables if m is not None for p in m.parameters()]
+
     def embed_items(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> item embeddings (..., item_dim); id 0 (padding) maps to all zeros."""
+        """Item ids (...) -> item embeddings (..., item_dim), after embedding dropout; id 0 (padding) maps to all
+        zeros."""
         tags = self.item_tags[ids]  # (..., T)
         parts = [self.item_emb(ids), masked_mean(self.tag_emb(tags), tags)]
         if self.mm_proj is not None:
             parts.append(self.mm_proj(self.item_mm[ids]))
-        return torch.cat(parts, dim=-1)  # (..., item_dim)
+        return self.embedding_dropout(torch.cat(parts, dim=-1))  # (..., item_dim)
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
-        """The batch's context features, each (B,) int64 -> their embeddings, each (B, E), in feature-map
-        order (context_dim wide side by side)."""
-        return [self.context_emb[name](batch[name]) for name in self.context_names]
+        """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),
+        in feature-map order (context_dim wide side by side)."""
+        return [self.embedding_dropout(self.context_emb[name](batch[name])) for name in self.context_names]

@@ -9,6 +9,11 @@ is the flattened outputs of the `first_k` most recent positions plus a max-pool 
 linear layer). DCNv2 takes [context feature embeddings || e_target || sequence output]; its cross network and deep
 MLP run in parallel and their outputs, concatenated, go through the prediction MLP to one logit.
 
+`mean_interest` (our addition, not in the published model) also gives DCNv2 the mean u of all the history's item
+embeddings and its elementwise product with the target, t * u: the first-k outputs see only the most recent items,
+and a product of target and history features is what a click model of "user taste . item" needs, which the deep
+MLP can only approximate and the cross network must learn from data.
+
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
 then reads the deep MLP's output alone.
@@ -22,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import ModelConfig
-from model.layers import MLP, CrossNetV2, CTRBase, mlp_head
+from model.layers import MLP, CrossNetV2, CTRBase, masked_mean, mlp_head
 from pipeline.feature_map import FeatureMap
 
 
@@ -39,8 +44,8 @@ class TransformerDCN(CTRBase):
             cfg.transformer_layers, enable_nested_tensor=False) if cfg.use_transformer else None
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None
         seq_out = (cfg.first_k + int(cfg.concat_max_pool)) * d_model
-        dcn_in = self.context_dim + self.item_dim + seq_out
-        self.cross = CrossNetV2(dcn_in, cfg.cross_layers) if cfg.use_dcn else None
+        dcn_in = self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
+        self.cross = CrossNetV2(dcn_in, cfg.cross_layers, cfg.cross_rank) if cfg.use_dcn else None
         self.dnn = MLP(dcn_in, cfg.dnn_hidden_units, cfg.net_dropout)
         self.head = mlp_head(dcn_in * int(cfg.use_dcn) + self.dnn.out_dim, cfg.mlp_hidden_units, 0.0)
         self.reset_parameters()
@@ -73,7 +78,11 @@ class TransformerDCN(CTRBase):
         target = self.embed_items(target_id)  # (B, I)
         history = self.embed_items(seq)  # (B, L, I)
         seq_out = self.sequence_output(history, target, seq == 0)  # (B, S)
-        x0 = torch.cat([*self.embed_context(batch), target, seq_out], dim=1)  # (B, D)
+        parts = [*self.embed_context(batch), target, seq_out]
+        if self.cfg.mean_interest:
+            interest = masked_mean(history, seq)  # (B, I): the mean of the whole history, 0 when empty
+            parts += [interest, target * interest]
+        x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:
             x = torch.cat([self.cross(x0), x], dim=1)  # (B, D + deep_out)

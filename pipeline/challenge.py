@@ -342,6 +342,47 @@ def read_item_feature(path: str | Path, n_items: int | None = None) -> ItemFeatu
 
 
 # --------------------------------------------------------------------------------------------------
+# Writing the layout
+
+
+def write_challenge_dataset(out_dir: str | Path, splits: dict[str, pl.DataFrame], *, item_tags: np.ndarray,
+                            item_emb: np.ndarray, titles: list[str], text_emb: np.ndarray, image_emb: np.ndarray
+                            ) -> None:
+    """Write a dataset in the challenge layout the readers above take (flat, no images), e.g. synthetic data for
+    held-out checks: out_dir/{train,valid,test}.parquet from frames in our split contract (written with the
+    challenge's columns: user_id, item_seq, item_id, likes_level, views_level, label; event_ts dropped);
+    item_info.parquet from item_tags (N+1, T) int and item_emb (N+1, 128) float (row i = item i, row 0 zeros);
+    item_feature.parquet for items 1..N: titles (N), their levels (taken from the splits' rows, 0 for an item in
+    none), text_emb (N, 768), image_emb (N, 1024). Each file is written atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = item_emb.shape[0] - 1
+    if item_tags.shape[0] != n + 1 or item_emb.shape[1] != ITEM_EMB_DIM or len(titles) != n:
+        raise ValueError(f"item tables disagree: tags {item_tags.shape}, emb {item_emb.shape}, {len(titles)} titles")
+    if text_emb.shape != (n, TEXT_EMB_DIM) or image_emb.shape != (n, IMAGE_EMB_DIM):
+        raise ValueError(f"text/image embeddings must be ({n}, {TEXT_EMB_DIM}) / ({n}, {IMAGE_EMB_DIM})")
+    columns = ["user_id", "item_seq", "item_id", "likes_level", "views_level", "label"]
+    for name in ("train", "valid", "test"):
+        with atomic_path(out_dir / f"{name}.parquet") as tmp:
+            splits[name].select(columns).write_parquet(tmp)
+    likes, views = np.zeros(n + 1, np.int8), np.zeros(n + 1, np.int8)
+    for frame in splits.values():
+        ids = frame["item_id"].to_numpy()
+        likes[ids], views[ids] = frame["likes_level"].to_numpy(), frame["views_level"].to_numpy()
+    tags = pl.Series(item_tags.astype(np.int64)).cast(pl.List(pl.Int64))
+    with atomic_path(out_dir / "item_info.parquet") as tmp:
+        pl.DataFrame({"item_id": np.arange(n + 1), "item_tags": tags,
+                      "item_emb_d128": pl.Series(item_emb.astype(np.float32)).cast(pl.List(pl.Float32))}
+                     ).write_parquet(tmp)
+    with atomic_path(out_dir / "item_feature.parquet") as tmp:
+        pl.DataFrame({"item_id": np.arange(1, n + 1), "item_title": titles, "item_tags": tags[1:],
+                      "likes_level": likes[1:], "views_level": views[1:],
+                      "txt_emb_BERT": pl.Series(text_emb.astype(np.float32)).cast(pl.List(pl.Float32)),
+                      "img_emb_CLIPRN50": pl.Series(image_emb.astype(np.float32)).cast(pl.List(pl.Float32))}
+                     ).write_parquet(tmp)
+
+
+# --------------------------------------------------------------------------------------------------
 # Submission
 
 

@@ -17,6 +17,19 @@ from pipeline.items import check_item_table
 from pipeline.neighbours import draw_gallery, item_neighbours
 from pipeline.raw import read_titles
 from pipeline.sources import item_cover_paths, item_titles
+from pipeline.tune import (
+    TuneError,
+    apply_trial,
+    best_trial,
+    load_trials,
+    results_table,
+    run_dvc,
+    run_trials,
+    session_number,
+    stale_stages,
+    trial_command,
+    trial_names,
+)
 
 
 @click.group()
@@ -83,3 +96,44 @@ def compare(queue: bool, dry_run: bool) -> None:
     out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True,
                          text=True).stdout
     click.echo(comparison_table(experiment_records(json.loads(out))))
+
+
+@main.command()
+@click.option("--trials", type=click.IntRange(min=1), default=None, help="overrides tune.trials")
+@click.option("--dry-run", is_flag=True, help="print the plan and the dvc commands without running them")
+@click.option("--no-apply", is_flag=True, help="leave the workspace as it is (`dvc exp apply NAME` applies a trial)")
+@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="its tune section is the search space, its train section the current values")
+def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) -> None:
+    """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
+    stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
+    by valid AUC (the test split is never scored) and applies the best with `dvc exp apply`."""
+    try:
+        plan = load_trials(params_path, trials)
+        names = trial_names(session_number(run_dvc(["dvc", "exp", "list", "--name-only"]).split()), len(plan))
+        commands = [(name, trial_command(name, trial, plan[0])) for name, trial in zip(names, plan)]
+        status = json.loads(run_dvc(["dvc", "status", "--json", "train"]) or "{}")
+        runs = len(plan) - (not status)  # DVC skips the first trial (no change) when train is up to date
+        click.echo(f"{len(plan)} trials, run one after another; cost: {runs} run(s) of the train stage"
+                   + (f" ({names[0]}, the current values, is already trained)" if not status else ""))
+        if stale := stale_stages(status):
+            click.echo(f"note: {', '.join(stale)} not up to date: trials run them too (`dvc repro train` first "
+                       "keeps the search to training)")
+        if dry_run:
+            for _, cmd in commands:
+                click.echo(" ".join(cmd))
+            return
+        records = run_trials(commands, first_is_free=not status, echo=click.echo)
+        click.echo(results_table(records, current=names[0]))
+        best = best_trial(records)
+        click.echo(f"best by valid AUC: {best['name']} ({best['valid_auc']:.4f})")
+        if best["name"] == names[0]:
+            click.echo("the current train values scored best: nothing to apply")
+        elif no_apply:
+            click.echo(f"not applied; `dvc exp apply {best['name']}` applies it")
+        else:
+            apply_trial(best, params_path)
+            click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, the trained model); "
+                       "run `dvc repro` to evaluate it on the test split, then commit")
+    except (ParamsError, TuneError, ValueError) as e:
+        raise click.ClickException(str(e)) from None

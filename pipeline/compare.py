@@ -1,7 +1,8 @@
 """The paper's model comparison (its Table 2) as DVC experiments on the current data.
 
-Each row of the table is a model variant, run twice: without and with the frozen multimodal (PCA) item embedding
-(`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 10 experiments;
+Each row of the table is a model variant (the paper's five, plus the mean-pool MLP baseline of model/meanpool.py),
+run twice: without and with the frozen multimodal (PCA) item embedding
+(`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 12 experiments;
 `experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays them out like
 the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from evaluate)
 without | with the MM embedding, plus the oracle AUCs of the data when it is synthetic.
@@ -23,6 +24,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
         ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True),
         ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True),
         ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False),
+        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True),
     )
 )
 PREFIX = "cmp"

@@ -172,6 +172,15 @@ class MakeSyntheticConfig:
     recency_weight: float = 2.0  # gamma: mean latent of the last `recency_window` clicks . item latent
     recency_window: int = 3
     cover_size: int = 96
+    # sampled: a click log (build_sequences samples the non-clicks); exposures: an exposure log whose unclicked
+    # impressions are the negatives (impressions.csv; pipeline/synthetic.py has both click models)
+    negatives: Literal["sampled", "exposures"] = "sampled"
+    mean_requests_per_user: float = 5.0  # exposures: requests per user, drawn as click counts are (min 1);
+    max_requests_per_user: int = 50  #   the *_clicks_per_user keys do not apply to an exposure log
+    slate_size: int = 10  # exposures: items shown per request
+    click_bias: float = -2.0  # exposures: intercept of the click sigmoid (sets the click-through rate)
+    policy_preference_weight: float = 1.0  # exposures: how much the showing policy follows the user's preference
+    policy_popularity_weight: float = 1.0  # exposures: how much it follows item popularity
 
     def __post_init__(self) -> None:
         s = "make_synthetic"
@@ -189,6 +198,12 @@ class MakeSyntheticConfig:
         require(self.latent_dim >= 2, f"{s}.latent_dim", "must be >= 2")
         require(self.recency_window >= 1, f"{s}.recency_window", "must be >= 1")
         require(32 <= self.cover_size <= 1024, f"{s}.cover_size", "must be in [32, 1024]")
+        require(self.slate_size >= 1, f"{s}.slate_size", f"must be >= 1, got {self.slate_size}")
+        require(self.mean_requests_per_user >= 1, f"{s}.mean_requests_per_user", "must be >= 1")
+        require(self.max_requests_per_user >= 1, f"{s}.max_requests_per_user", "must be >= 1")
+        require(self.negatives == "sampled" or self.max_requests_per_user * self.slate_size < self.n_items,
+                f"{s}.max_requests_per_user", "max_requests_per_user * slate_size must be < n_items (a slate shows "
+                "items the user has not clicked)")
 
 
 @dataclass(frozen=True)
@@ -263,6 +278,9 @@ class BuildSequencesConfig:
 
     max_len: int = 100
     min_history: int = 1  # drop events with fewer earlier clicks than this
+    # sampled: neg_ratio drawn non-clicks per click; exposures: the raw folder's unclicked impressions
+    # (impressions.csv) are the negatives, and neg_ratio / neg_sampling / neg_exclude do not apply
+    negatives: Literal["sampled", "exposures"] = "sampled"
     split: Literal["leave_last", "time"] = "leave_last"  # per-user last events, or a global time cut
     valid_frac: float = 0.1  # split=time only: share of events (by time) in valid
     test_frac: float = 0.1  # split=time only: share in test
@@ -281,7 +299,7 @@ class BuildSequencesConfig:
         require(0 < self.test_frac < 1, f"{s}.test_frac", "must be in (0, 1)")
         require(self.valid_frac + self.test_frac < 1, f"{s}.test_frac", "valid_frac + test_frac must be < 1")
         require(self.neg_ratio >= 1, f"{s}.neg_ratio", "must be >= 1")
-        for name in ("split", "neg_sampling", "neg_exclude"):
+        for name in ("split", "negatives", "neg_sampling", "neg_exclude"):
             allowed = typing.get_args(typing.get_type_hints(BuildSequencesConfig)[name])
             require(getattr(self, name) in allowed, f"{s}.{name}",
                     f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
@@ -291,14 +309,27 @@ class BuildSequencesConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(ModelConfig):
-    """`train`: the Transformer+DCNv2 architecture (ModelConfig's fields) plus its optimisation."""
+    """`train`: the model's architecture (ModelConfig's fields) plus its optimisation (pipeline/training.py).
+
+    The optimisation fields are not written into the checkpoint: they change how the weights are learnt, not what
+    the trained model computes (embedding_dropout is one of them: it acts in training only).
+    """
 
     learning_rate: float = 5e-4
     batch_size: int = 128
     eval_batch_size: int = 4096
-    epochs: int = 100
-    patience: int = 5
-    lr_decay: float = 0.1  # lr *= lr_decay after each epoch whose valid AUC did not improve
+    epochs: int = 100  # passes over the train split, at most
+    patience: int = 5  # stop after this many validations in a row without a better valid AUC
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0  # adamw's decoupled decay (w -= lr * weight_decay * w per step); 0 with adam
+    embedding_regularizer: float = 0.0  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
+    net_regularizer: float = 0.0  # the same on every other parameter
+    embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
+    lr_schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: per step to min_lr over epochs, no plateau decay
+    warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
+    eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
+    bucket_batches: int = 0  # > 0: batches of similar history length from windows of this many batches (training.py)
+    lr_decay: float = 0.1  # plateau: lr *= lr_decay after each validation whose valid AUC did not improve
     min_lr: float = 1e-6
     max_grad_norm: float = 10.0
     seed: int = 20242025
@@ -313,19 +344,30 @@ class TrainConfig(ModelConfig):
                      "batch_size", "eval_batch_size", "epochs", "patience"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
+        require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
-        for name in ("transformer_dropout", "net_dropout"):
+        for name in ("transformer_dropout", "net_dropout", "embedding_dropout"):
             require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
+        for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
+                     "bucket_batches"):
+            require(getattr(self, name) >= 0, f"{s}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        require(self.weight_decay == 0 or self.optimizer == "adamw", f"{s}.weight_decay",
+                f"decoupled weight decay needs optimizer 'adamw', got {self.optimizer!r} (use embedding_regularizer / "
+                "net_regularizer for an L2 term with adam)")
         for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
             require(all(u >= 1 for u in getattr(self, name)), f"{s}.{name}", "units must be >= 1")
         # Switches the chosen model has no part for would silently change nothing: reject them.
         require(not self.dice or self.model == "din", f"{s}.dice",
                 f"Dice activations exist only in model 'din', got model {self.model!r}")
+        for name in ("mean_interest", "cross_rank"):
+            require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
+                    f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):
             require(getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"false ablates a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         require(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
         require(0 < self.lr_decay <= 1, f"{s}.lr_decay", "must be in (0, 1]")
+        require(0 <= self.min_lr <= self.learning_rate, f"{s}.min_lr", "must be in [0, learning_rate]")
         require(self.max_grad_norm > 0, f"{s}.max_grad_norm", "must be > 0")
         require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
 
@@ -362,3 +404,32 @@ class EmbeddingReportConfig:
         for name in ("k", "sample_items", "ivf_nlist", "ivf_nprobe", "hnsw_m", "hnsw_ef_search"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.hnsw_m >= 2, f"{s}.hnsw_m", f"must be >= 2, got {self.hnsw_m}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`tune`: the search space of `mmctr tune` (pipeline/tune.py); no stage reads it.
+
+    Every field but `trials` and `seed` is a tuned train key: the list of its candidate values. The search runs
+    `trials` DVC experiments of the train stage: the first with params.yaml's current train values, the others
+    distinct combinations of the candidates drawn with `seed`. Whether a candidate is a valid train value is checked
+    against TrainConfig by pipeline.tune (errors name `tune.<key>`), so the ranges have one owner.
+    """
+
+    trials: int = 12  # experiments, the current train values included; at most the number of combinations
+    seed: int = 0  # the draw of the combinations
+    learning_rate: tuple[float, ...] = (0.001, 0.002, 0.004)
+    batch_size: tuple[int, ...] = (512, 1024, 2048)
+    embedding_regularizer: tuple[float, ...] = (0.0, 0.0001, 0.001)
+    net_regularizer: tuple[float, ...] = (0.0, 0.0001, 0.001)
+    net_dropout: tuple[float, ...] = (0.0, 0.1, 0.2)
+    embedding_dim: tuple[int, ...] = (16, 32)
+
+    def __post_init__(self) -> None:
+        require(self.trials >= 1, "tune.trials", f"must be >= 1, got {self.trials}")
+        for field in dataclasses.fields(self):
+            values = getattr(self, field.name)
+            if isinstance(values, tuple):
+                require(len(values) >= 1, f"tune.{field.name}", "must list at least one candidate value")
+                for i, value in enumerate(values):
+                    require(value not in values[:i], f"tune.{field.name}", f"lists {value!r} more than once")

@@ -7,6 +7,8 @@
     likes_views  likes_and_views.txt     MicroLens-<size>_likes_and_views.txt
     tags         tags.csv                tags_to_summary.csv                              (optional)
     covers       covers/                 any folder whose name contains "cover" or "image" (optional)
+    impressions  impressions.csv         MicroLens-<size>_impressions.csv                 (optional; no release
+                                         ships one: the synthetic generator's exposure log)
 A release that ships both `_pairs.csv` and `_pairs.tsv` of one size gives the .csv (it has timestamps).
 
 Contracts of the returned frames (ids are the dataset's own, contiguous from 1; 0 is padding):
@@ -14,6 +16,8 @@ Contracts of the returned frames (ids are the dataset's own, contiguous from 1; 
   (header `user,item,timestamp`) the timestamp is the file's Unix ms; from a .tsv (`user<TAB>item item ...`, one
   line per user, clicks in time order, no times) it is the click's 0-based position in its user's line, which
   keeps each user's order but makes times incomparable across users (a global time cut is then meaningless).
+- `read_impressions` -> user Int32, item Int32, timestamp Int64, click Int8: one row per item shown to a user,
+  the timestamp that of the request that showed it (header `user,item,timestamp,click`), file order kept.
 - `read_titles` -> item_id Int32, title Utf8 (see `read_titles` for the quoting rules).
 - `read_likes_views` -> item_id Int32, likes Int64, views Int64 (tab-separated, no header).
 - `read_tags` -> item_id Int32, tags List(Utf8) (see `read_tags` for the accepted forms).
@@ -39,7 +43,10 @@ from pipeline.io import DataError
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
-PAIRS_HEADER = "user,item,timestamp"
+# Integer csv files: (column, kind) in header order; kinds in `read_int_csv`.
+PAIRS_COLUMNS = (("user", "id"), ("item", "id"), ("timestamp", "int64"))
+IMPRESSION_COLUMNS = (*PAIRS_COLUMNS, ("click", "flag"))
+_KIND_DTYPES = {"id": pl.Int32, "int64": pl.Int64, "flag": pl.Int8}
 TITLE_HEADERS = ("item,title", "item_id,title")  # the 50k release's `MicroLens-50k_titles.csv` has `item,title`
 TAG_HEADERS = ("item_id,tags", "item,tags")
 # The accepted cover file names; "<id>" stands for the decimal item id.
@@ -68,6 +75,7 @@ class MicroLensFiles:
     tags: Path | None
     covers: Path | None
     cover_naming: str | None
+    impressions: Path | None = None
 
 
 # role -> (file name pattern, what an error message says was looked for)
@@ -79,6 +87,8 @@ _FILE_ROLES: dict[str, tuple[re.Pattern[str], str]] = {
     "likes_views": (re.compile(_RELEASE + r"likes_and_views\.txt"),
                     "likes_and_views.txt or MicroLens-<size>_likes_and_views.txt"),
     "tags": (re.compile(r"tags(?:_to_summary)?\.csv"), "tags.csv or tags_to_summary.csv"),
+    "impressions": (re.compile(_RELEASE + r"impressions\.csv"),
+                    "impressions.csv or MicroLens-<size>_impressions.csv"),
 }
 
 
@@ -123,6 +133,7 @@ def find_microlens_files(raw_dir: str | Path) -> MicroLensFiles:
         tags=_at_most_one(raw_dir, "tags", found["tags"]),
         covers=covers,
         cover_naming=detect_cover_naming(covers) if covers is not None else None,
+        impressions=_at_most_one(raw_dir, "impressions", found["impressions"]),
     )
 
 
@@ -212,50 +223,77 @@ def read_pairs(path: str | Path) -> pl.DataFrame:
 
 
 def read_pairs_csv(path: str | Path) -> pl.DataFrame:
-    """Clicks from a csv with header `user,item,timestamp` and integer fields (user, item in 1..2^31-1).
+    """Clicks from a csv with header `user,item,timestamp` and integer fields (user, item in 1..2^31-1)."""
+    return read_int_csv(path, PAIRS_COLUMNS)
 
-    polars parses the file; if it fails or finds an empty or non-positive field, `read_pairs_csv_reference`
+
+def read_pairs_csv_reference(path: str | Path) -> pl.DataFrame:
+    """Plain-Python reader of the same format as `read_pairs_csv`, the definition it is checked against."""
+    return read_int_csv_reference(path, PAIRS_COLUMNS)
+
+
+def read_impressions(path: str | Path) -> pl.DataFrame:
+    """Exposures from a csv with header `user,item,timestamp,click`: every item shown to a user, at the time of
+    the request that showed it, with click 1 (clicked) or 0 (shown, not clicked). -> user Int32, item Int32,
+    timestamp Int64, click Int8, file order kept."""
+    return read_int_csv(path, IMPRESSION_COLUMNS)
+
+
+def read_int_csv(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.DataFrame:
+    """A csv whose header is the names of `columns` ((name, kind) pairs, kind `id` = an int in 1..2^31-1 read as
+    Int32, `int64` = any 64-bit int, `flag` = 0 or 1 read as Int8) and whose fields are those integers.
+
+    polars parses the file; if it fails or finds an empty or out-of-range field, `read_int_csv_reference`
     re-reads it line by line, so every problem is reported with its physical line.
     """
     path = Path(path)
     _require_file(path)
+    header = ",".join(name for name, _ in columns)
     with path.open(encoding="utf-8-sig", errors="replace") as f:
-        header = f.readline().rstrip("\r\n")
-    if header != PAIRS_HEADER:
-        raise DataError(f"{path}: line 1: expected header '{PAIRS_HEADER}', got {header!r}")
+        first = f.readline().rstrip("\r\n")
+    if first != header:
+        raise DataError(f"{path}: line 1: expected header '{header}', got {first!r}")
     try:
-        df = pl.read_csv(path, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64})
+        df = pl.read_csv(path, schema={name: _KIND_DTYPES[kind] for name, kind in columns})
     except pl.exceptions.PolarsError:
-        return read_pairs_csv_reference(path)
+        return read_int_csv_reference(path, columns)
     # polars reads a blank line as an all-null row; the reference skips it and checks everything else.
-    if df.null_count().sum_horizontal()[0] or (df["user"] < 1).any() or (df["item"] < 1).any():
-        return read_pairs_csv_reference(path)
+    out_of_range = [(df[name] < 1).any() if kind == "id" else ~df[name].is_in([0, 1]).all() if kind == "flag"
+                    else False for name, kind in columns]
+    if df.null_count().sum_horizontal()[0] or any(out_of_range):
+        return read_int_csv_reference(path, columns)
     return df
 
 
-def read_pairs_csv_reference(path: str | Path) -> pl.DataFrame:
-    """Plain-Python reader of the same format as `read_pairs_csv`, the definition it is checked against.
+def read_int_csv_reference(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.DataFrame:
+    """Plain-Python reader of the format `read_int_csv` reads, the definition it is checked against.
 
-    Each non-blank line after the header must be 3 comma-separated integers (spaces around them allowed).
+    Each non-blank line after the header must hold len(columns) comma-separated integers (spaces around them
+    allowed), each of its column's kind.
     """
     path = Path(path)
+    header = ",".join(name for name, _ in columns)
     lines = _read_lines(path)
-    if not lines or lines[0] != PAIRS_HEADER:
-        raise DataError(f"{path}: line 1: expected header '{PAIRS_HEADER}', got {(lines or [''])[0]!r}")
-    users, items, times = [], [], []
+    if not lines or lines[0] != header:
+        raise DataError(f"{path}: line 1: expected header '{header}', got {(lines or [''])[0]!r}")
+    values: list[list[int]] = [[] for _ in columns]
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
         fields = line.split(",")
-        if len(fields) != 3:
-            raise DataError(f"{path}: line {line_no}: expected 3 fields {PAIRS_HEADER}, got {len(fields)}")
-        users.append(_parse_id(path, line_no, "user", fields[0]))
-        items.append(_parse_id(path, line_no, "item", fields[1]))
-        if not _INT_RE.fullmatch(fields[2]) or abs(int(fields[2])) > INT64_MAX:
-            raise DataError(f"{path}: line {line_no}: timestamp {fields[2]!r} is not a 64-bit integer")
-        times.append(int(fields[2]))
-    return pl.DataFrame({"user": pl.Series(users, dtype=pl.Int32), "item": pl.Series(items, dtype=pl.Int32),
-                         "timestamp": pl.Series(times, dtype=pl.Int64)})
+        if len(fields) != len(columns):
+            raise DataError(f"{path}: line {line_no}: expected {len(columns)} fields {header}, got {len(fields)}")
+        for (name, kind), field, out in zip(columns, fields, values, strict=True):
+            if kind == "id":
+                out.append(_parse_id(path, line_no, name, field))
+            elif not _INT_RE.fullmatch(field) or abs(int(field)) > INT64_MAX:
+                raise DataError(f"{path}: line {line_no}: {name} {field!r} is not a 64-bit integer")
+            elif kind == "flag" and int(field) not in (0, 1):
+                raise DataError(f"{path}: line {line_no}: {name} must be 0 or 1, got {field.strip()!r}")
+            else:
+                out.append(int(field))
+    return pl.DataFrame({name: pl.Series(v, dtype=_KIND_DTYPES[kind])
+                         for (name, kind), v in zip(columns, values, strict=True)})
 
 
 def read_pairs_tsv(path: str | Path) -> pl.DataFrame:

@@ -78,16 +78,20 @@ def _user_runs(user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def history_matrix(item: np.ndarray, pos: np.ndarray, rows: np.ndarray, max_len: int) -> np.ndarray:
     """(len(rows), max_len) int32 histories of events `rows` (int indices) of `order_events`' (E,) item, pos.
 
-    Row k holds the min(pos, max_len) clicks just before event rows[k], oldest first and left-padded with 0.
-    Because events are sorted by (user, pos), the click j places before event i is event i - j whenever j <= pos;
-    only the real cells are written (MicroLens histories are mostly padding).
+    Row k holds the min(pos, max_len) clicks just before event rows[k], oldest first and left-padded with 0:
+    because events are sorted by (user, pos), the click j places before event i is event i - j whenever j <= pos.
     """
-    n_hist = np.minimum(pos[rows], max_len)  # (C,)
-    out = np.zeros((len(rows), max_len), dtype=np.int32)
-    owner = np.repeat(np.arange(len(rows)), n_hist)  # (H,) row of each real cell
+    return gather_histories(item, rows, np.minimum(pos[rows], max_len), max_len)
+
+
+def gather_histories(item: np.ndarray, end: np.ndarray, n_hist: np.ndarray, max_len: int) -> np.ndarray:
+    """(C, max_len) int32: row k holds item[end[k] - n_hist[k] : end[k]] (n_hist[k] <= max_len clicks of one user,
+    oldest first), left-padded with 0. Only the real cells are written (MicroLens histories are mostly padding)."""
+    out = np.zeros((len(end), max_len), dtype=np.int32)
+    owner = np.repeat(np.arange(len(end)), n_hist)  # (H,) row of each real cell
     within = np.arange(len(owner)) - np.repeat(np.cumsum(n_hist) - n_hist, n_hist)  # (H,) 0 = oldest
-    back = n_hist[owner] - within  # (H,) how many clicks before the event
-    out.reshape(-1)[owner * max_len + max_len - back] = item[rows[owner] - back]
+    back = n_hist[owner] - within  # (H,) how many clicks before the end
+    out.reshape(-1)[owner * max_len + max_len - back] = item[end[owner] - back]
     return out
 
 
@@ -119,14 +123,22 @@ def assign_split(events: pl.DataFrame, split: SplitMethod, valid_frac: float, te
     valid_frac and test_frac only matter for `time`). `leave_last` needs every click of each user."""
     if split == "leave_last":
         _, counts = _user_runs(events["user"].to_numpy())
-        from_end = np.repeat(counts, counts) - 1 - events["pos"].to_numpy()  # 0 = the user's last event
-        return (2 - np.minimum(from_end, 2)).astype(np.int8)
+        return codes_from_end(np.repeat(counts, counts) - 1 - events["pos"].to_numpy())
     if split == "time":
-        ts = events["timestamp"].to_numpy()
-        at = [time_cut_index(1 - valid_frac - test_frac, len(ts)), time_cut_index(1 - test_frac, len(ts))]
-        valid_start, test_start = np.partition(ts, at)[at]
-        return ((ts >= valid_start).astype(np.int8) + (ts >= test_start)).astype(np.int8)
+        return time_split_codes(events["timestamp"].to_numpy(), valid_frac, test_frac)
     raise ValueError(f"unknown split method {split!r} (allowed: leave_last, time)")
+
+
+def codes_from_end(from_end: np.ndarray) -> np.ndarray:
+    """leave_last: (E,) int8 split codes from each event's place counted from its user's end (0 = last)."""
+    return (2 - np.minimum(from_end, 2)).astype(np.int8)
+
+
+def time_split_codes(ts: np.ndarray, valid_frac: float, test_frac: float) -> np.ndarray:
+    """time: (E,) int8 split codes of timestamps `ts` by the global quantile cuts (module docstring)."""
+    at = [time_cut_index(1 - valid_frac - test_frac, len(ts)), time_cut_index(1 - test_frac, len(ts))]
+    valid_start, test_start = np.partition(ts, at)[at]
+    return ((ts >= valid_start).astype(np.int8) + (ts >= test_start)).astype(np.int8)
 
 
 def sample_negatives(
@@ -218,8 +230,40 @@ def sample_negatives(
     return out
 
 
+class RowSource:
+    """What build_sequences streams into the split files: a subclass's `frames(name, chunk)` yields split `name`'s
+    rows (ROW_SCHEMA, module order) a chunk at a time; `lazy` and `collect` are built on it."""
+
+    def frames(self, name: str, chunk: int) -> Iterator[pl.DataFrame]:
+        raise NotImplementedError
+
+    def lazy(self, name: str, chunk: int = CHUNK_EVENTS) -> pl.LazyFrame:
+        """Split `name`'s rows as a LazyFrame whose source is `frames`, so `sink_parquet` streams them to a file
+        in bounded memory. Uses polars' IO-plugin API (`register_io_source`, marked unstable; polars is pinned)."""
+
+        def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+                   _batch_size: int | None) -> Iterator[pl.DataFrame]:
+            left = math.inf if n_rows is None else n_rows
+            for frame in self.frames(name, chunk):
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if with_columns is not None:
+                    frame = frame.select(with_columns)
+                if left <= frame.height:
+                    yield frame.head(int(left))
+                    return
+                left -= frame.height
+                yield frame
+
+        return register_io_source(source, schema=ROW_SCHEMA)
+
+    def collect(self, name: str) -> pl.DataFrame:
+        """Split `name`'s rows in one frame (ROW_SCHEMA); for data that fits in memory."""
+        return pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *self.frames(name, CHUNK_EVENTS)])
+
+
 @dataclass(frozen=True, eq=False)
-class SplitRows:
+class SplitRows(RowSource):
     """Every labelled row, held as per-event arrays (E events in `order_events` order, N items, R = neg_ratio).
 
     user, item (E,) int32; ts, pos (E,) int64; split (E,) int8 code (index into SPLITS); keep (E,) bool (the
@@ -244,15 +288,15 @@ class SplitRows:
         # idx is in (user, pos) order, so a stable sort by timestamp leaves ties in (user, pos) order.
         return idx[np.argsort(self.ts[idx], kind="stable")]
 
-    def frames(self, name: str, chunk_events: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
-        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of up to chunk_events * (1 + R) rows; none
-        for an empty split. Chunking changes only where frames break, never the rows."""
+    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
+        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of up to chunk * (1 + R) rows (chunk events
+        each); none for an empty split. Chunking changes only where frames break, never the rows."""
         per_event = 1 + self.negatives.shape[1]
         label = np.zeros(per_event, dtype=np.float32)
         label[0] = 1
         idx = self.events_of(name)
-        for lo in range(0, len(idx), chunk_events):
-            ev = idx[lo:lo + chunk_events]  # (C,)
+        for lo in range(0, len(idx), chunk):
+            ev = idx[lo:lo + chunk]  # (C,)
             hist = history_matrix(self.item, self.pos, ev, self.max_len)  # (C, L)
             item_id = np.concatenate([self.item[ev, None], self.negatives[ev]], axis=1).reshape(-1)  # (C*(1+R),)
             seq = np.repeat(hist, per_event, axis=0)  # (C*(1+R), L)
@@ -265,30 +309,6 @@ class SplitRows:
                 "label": np.tile(label, len(ev)),
                 "event_ts": np.repeat(self.ts[ev], per_event),
             })
-
-    def lazy(self, name: str, chunk_events: int = CHUNK_EVENTS) -> pl.LazyFrame:
-        """Split `name`'s rows as a LazyFrame whose source is `frames`, so `sink_parquet` streams them to a file
-        in bounded memory. Uses polars' IO-plugin API (`register_io_source`, marked unstable; polars is pinned)."""
-
-        def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
-                   _batch_size: int | None) -> Iterator[pl.DataFrame]:
-            left = math.inf if n_rows is None else n_rows
-            for frame in self.frames(name, chunk_events):
-                if predicate is not None:
-                    frame = frame.filter(predicate)
-                if with_columns is not None:
-                    frame = frame.select(with_columns)
-                if left <= frame.height:
-                    yield frame.head(int(left))
-                    return
-                left -= frame.height
-                yield frame
-
-        return register_io_source(source, schema=ROW_SCHEMA)
-
-    def collect(self, name: str) -> pl.DataFrame:
-        """Split `name`'s rows in one frame (ROW_SCHEMA); for data that fits in memory."""
-        return pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *self.frames(name)])
 
     def summary(self, name: str) -> dict[str, float | int | None]:
         """rows, clicks and mean_history (non-padding cells of item_seq per row; None when empty) of `name`."""
@@ -329,6 +349,159 @@ def build_split_rows(
     return SplitRows(user=events["user"].to_numpy().astype(np.int32), item=events["item"].to_numpy().astype(np.int32),
                      ts=events["timestamp"].to_numpy().astype(np.int64), pos=pos, split=codes, keep=keep,
                      negatives=negatives, likes=likes, views=views, max_len=max_len)
+
+
+def count_before(click_user: np.ndarray, click_ts: np.ndarray, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(Q,) int64: for each query (user[q], ts[q]), how many of that user's clicks have a timestamp < ts[q]. The
+    clicks (C,) must be sorted by (user, timestamp); no composite key, so any int32 user and int64 time work."""
+    all_user = np.concatenate([click_user, user])
+    all_ts = np.concatenate([click_ts, ts])
+    is_click = np.concatenate([np.ones(len(click_user), np.int64), np.zeros(len(user), np.int64)])
+    # Sort by (user, ts, kind): a query sorts before clicks at its own timestamp, so they do not count.
+    order = np.lexsort((is_click, all_ts, all_user))
+    clicks_before = np.cumsum(is_click[order]) - is_click[order]  # clicks strictly before each sorted position
+    before = np.empty_like(clicks_before)
+    before[order] = clicks_before
+    return before[len(click_user):] - np.searchsorted(click_user, user, side="left")
+
+
+@dataclass(frozen=True, eq=False)
+class ExposureRows(RowSource):
+    """Every exposure of an impressions log as one labelled row (negatives: exposures).
+
+    click_item (C,) int32: the clicks in `order_events` order (user, timestamp, file row). Per exposure (X, in
+    impressions file order): user, item int32; ts int64; label float32 (the click flag); end int64, the index in
+    click_item one past the user's last click strictly before ts; n_before int64, how many clicks that is; split
+    int8 code; keep bool (n_before >= min_history). likes, views (N+1,) int8 by item id. A row's history is
+    click_item[end - min(n_before, max_len) : end].
+    """
+
+    click_item: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    ts: np.ndarray
+    label: np.ndarray
+    end: np.ndarray
+    n_before: np.ndarray
+    split: np.ndarray
+    keep: np.ndarray
+    likes: np.ndarray
+    views: np.ndarray
+    max_len: int
+
+    def rows_of(self, name: str) -> np.ndarray:
+        """(R,) int64 indices of the kept exposures of split `name`, ordered by (ts, user, file row)."""
+        idx = np.flatnonzero(self.keep & (self.split == SPLITS.index(name)))
+        return idx[np.lexsort((idx, self.user[idx], self.ts[idx]))]
+
+    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
+        """Split `name`'s rows (ROW_SCHEMA; event_ts = the exposure's time) as frames of up to `chunk` rows."""
+        idx = self.rows_of(name)
+        for lo in range(0, len(idx), chunk):
+            r = idx[lo:lo + chunk]  # (C,)
+            yield pl.DataFrame({
+                "user_id": self.user[r],
+                "item_seq": pl.Series(gather_histories(self.click_item, self.end[r],
+                                                       np.minimum(self.n_before[r], self.max_len), self.max_len)
+                                      ).cast(pl.List(pl.Int32)),
+                "item_id": self.item[r],
+                "likes_level": self.likes[self.item[r]],
+                "views_level": self.views[self.item[r]],
+                "label": self.label[r],
+                "event_ts": self.ts[r],
+            })
+
+    def summary(self, name: str) -> dict[str, float | int | None]:
+        """rows, clicks (positive rows) and mean_history of `name`, as SplitRows.summary."""
+        idx = self.rows_of(name)
+        n_hist = np.minimum(self.n_before[idx], self.max_len)
+        return {"rows": len(idx), "clicks": int(self.label[idx].sum()),
+                "mean_history": float(n_hist.mean()) if len(idx) else None}
+
+
+def exposure_split(impressions: pl.DataFrame, split: SplitMethod, valid_frac: float, test_frac: float
+                   ) -> np.ndarray:
+    """(X,) int8 split codes of exposures (user, timestamp columns). leave_last works on requests (a user's
+    exposures that share a timestamp): per user the last request is test, the one before valid; time cuts the
+    exposures' timestamps as `assign_split` cuts clicks'."""
+    if split == "time":
+        return time_split_codes(impressions["timestamp"].to_numpy(), valid_frac, test_frac)
+    if split != "leave_last":
+        raise ValueError(f"unknown split method {split!r} (allowed: leave_last, time)")
+    from_end = impressions.select(
+        (pl.col("timestamp").rank("dense", descending=True).over("user") - 1).alias("from_end"))["from_end"]
+    return codes_from_end(from_end.to_numpy().astype(np.int64))
+
+
+def build_exposure_rows(
+    pairs: pl.DataFrame, impressions: pl.DataFrame, item_features: pl.DataFrame, *, max_len: int, min_history: int,
+    split: SplitMethod, valid_frac: float, test_frac: float,
+) -> ExposureRows:
+    """Raw clicks (user, item Int32; timestamp Int64: the histories), exposures (user, item, timestamp, click: the
+    labelled rows) and the item table -> every exposure as a row whose history is its user's clicks strictly
+    before it (module contract; no sampling)."""
+    n_items = item_features.height - 1
+    unknown = impressions.filter(pl.col("item") > n_items)
+    if unknown.height:
+        raise DataError(f"impressions: item {unknown['item'][0]} shown to user {unknown['user'][0]} is not a "
+                        f"known item (items are 1..{n_items})")
+    events = order_events(pairs)
+    click_user = events["user"].to_numpy().astype(np.int64)
+    user = impressions["user"].to_numpy().astype(np.int64)
+    ts = impressions["timestamp"].to_numpy()
+    n_before = count_before(click_user, events["timestamp"].to_numpy(), user, ts)
+    keep = n_before >= min_history
+    if not keep.any():
+        raise DataError(f"no exposure has at least build_sequences.min_history={min_history} earlier clicks")
+    likes = np.zeros(n_items + 1, dtype=np.int8)
+    views = np.zeros(n_items + 1, dtype=np.int8)
+    ids = item_features["item_id"].to_numpy()
+    likes[ids] = item_features["likes_level"].to_numpy()
+    views[ids] = item_features["views_level"].to_numpy()
+    return ExposureRows(
+        click_item=events["item"].to_numpy().astype(np.int32), user=user.astype(np.int32),
+        item=impressions["item"].to_numpy().astype(np.int32), ts=ts.astype(np.int64),
+        label=impressions["click"].to_numpy().astype(np.float32),
+        end=np.searchsorted(click_user, user, side="left") + n_before, n_before=n_before,
+        split=exposure_split(impressions, split, valid_frac, test_frac), keep=keep, likes=likes, views=views,
+        max_len=max_len)
+
+
+def exposure_rows_reference(
+    pairs: pl.DataFrame, impressions: pl.DataFrame, item_features: pl.DataFrame, *, max_len: int, min_history: int,
+    split: SplitMethod, valid_frac: float, test_frac: float,
+) -> dict[str, list[tuple]]:
+    """Plain-Python reference for `build_exposure_rows`: {split name: rows as tuples in ROW_SCHEMA column order},
+    one exposure at a time."""
+    levels = {i: (likes, views) for i, likes, views in
+              item_features.select("item_id", "likes_level", "views_level").iter_rows()}
+    clicks: dict[int, list[tuple[int, int, int]]] = {}
+    for row, (user, item, ts) in enumerate(pairs.iter_rows()):
+        clicks.setdefault(user, []).append((ts, row, item))
+    shown = list(impressions.iter_rows())
+    requests: dict[int, list[int]] = {}
+    for user, _, ts, _ in shown:
+        requests.setdefault(user, []).append(ts)
+    all_ts = sorted(ts for _, _, ts, _ in shown)
+    valid_start = all_ts[time_cut_index(1 - valid_frac - test_frac, len(all_ts))]
+    test_start = all_ts[time_cut_index(1 - test_frac, len(all_ts))]
+    out: dict[str, list[tuple]] = {name: [] for name in SPLITS}
+    keyed: dict[str, list[tuple]] = {name: [] for name in SPLITS}
+    for row, (user, item, ts, click) in enumerate(shown):
+        if split == "leave_last":
+            later = len({t for t in requests[user] if t > ts})
+            name = SPLITS[max(0, 2 - later)]
+        else:
+            name = "test" if ts >= test_start else "valid" if ts >= valid_start else "train"
+        past = [it for t, _, it in sorted(clicks.get(user, [])) if t < ts]
+        if len(past) < min_history:
+            continue
+        seq = past[-max_len:]
+        keyed[name].append(((ts, user, row), (user, [0] * (max_len - len(seq)) + seq, item, *levels[item],
+                                              float(click), ts)))
+    for name, rows in keyed.items():
+        out[name] = [r for _, r in sorted(rows)]
+    return out
 
 
 def split_rows_reference(

@@ -20,9 +20,9 @@ from pipeline.io import DataError, read_parquet
 from pipeline.items import build_item_features, scatter_by_id
 from pipeline.pca import aligned_matrices
 from pipeline.raw import (
-    check_known_items, cover_path, find_microlens_files, item_ids, read_likes_views, read_pairs, read_tags,
-    read_titles)
-from pipeline.sequences import SPLITS, build_split_rows
+    check_known_items, cover_path, find_microlens_files, item_ids, read_impressions, read_likes_views, read_pairs,
+    read_tags, read_titles)
+from pipeline.sequences import SPLITS, RowSource, build_exposure_rows, build_split_rows
 
 
 def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
@@ -84,9 +84,19 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
     items, vocab = build_item_features(ids, read_likes_views(files.likes_views), tags, max_tags=cfg.max_tags,
                                        n_levels=cfg.n_levels)
     pairs, dropped = check_known_items(read_pairs(files.pairs), ids, unknown_items, files.pairs)
-    rows = build_split_rows(pairs, items, max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split,
-                            valid_frac=cfg.valid_frac, test_frac=cfg.test_frac, neg_ratio=cfg.neg_ratio,
-                            neg_sampling=cfg.neg_sampling, neg_exclude=cfg.neg_exclude, seed=cfg.seed)
+    split = dict(max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split, valid_frac=cfg.valid_frac,
+                 test_frac=cfg.test_frac)
+    if cfg.negatives == "exposures":
+        if files.impressions is None:
+            raise DataError(f"build_sequences.negatives: 'exposures' needs an impressions file in {raw_dir} "
+                            f"(looked for impressions.csv or MicroLens-<size>_impressions.csv)")
+        impressions, n_unknown = check_known_items(read_impressions(files.impressions), ids, unknown_items,
+                                                   files.impressions)
+        rows: RowSource = build_exposure_rows(pairs, impressions, items, **split)
+        dropped += n_unknown
+    else:
+        rows = build_split_rows(pairs, items, **split, neg_ratio=cfg.neg_ratio, neg_sampling=cfg.neg_sampling,
+                                neg_exclude=cfg.neg_exclude, seed=cfg.seed)
     return SequenceData({name: rows.lazy(name) for name in SPLITS}, {name: rows.summary(name) for name in SPLITS},
                         items, len(vocab), cfg.max_tags, cfg.max_len, cfg.n_levels, dropped)
 

@@ -7,11 +7,28 @@ centroids. A user's k-th click is drawn, without repeats, from
     P(i | u, history) = softmax_i( alpha * <p_u, v_i> + beta * pop_i + gamma * <mean v of the last w clicks, v_i> )
 
 over the items not clicked yet (item 0 is padding and never clicked; the recency term is 0 for the first click).
+
+With `make_synthetic.negatives: exposures` the log is instead an exposure log, as a recommender's impressions
+are: each request of a user, a showing policy draws `slate_size` distinct unclicked items without replacement from
+softmax_i(a_p * <p_u, v_i> + a_pop * pop_i) (the policy weights), and the user clicks each shown item
+independently with
+
+    P(click | u, i, history) = sigmoid( bias + alpha * <p_u, v_i> + beta * pop_i + gamma * <mean v of the last w
+                                        clicks before the request, v_i> ),
+
+so the unclicked exposures are the negatives and P(label = 1) of a row is exactly that sigmoid. Each user's number
+of requests is drawn up front (as click counts are in the click log), never from the clicks, so no split or
+filter selects on outcomes and the sigmoid stays exact on every split. The weights shape the data: gamma and w
+how much the order of the history matters (0 = not at all); users/items, requests and the click bias how many
+clicks each item gets and how long histories are.
+
 Titles, tags and covers are driven by the item's topic, views by its popularity, so every modality carries
-signal about the latent structure, and `oracle_scores` gives the best achievable P(click) on sampled rows.
+signal about the latent structure, and `oracle_scores` gives the best achievable P(click) of a labelled row.
 
 `generate` writes the MicroLens raw layout into a directory, file for file:
     pairs.csv              header `user,item,timestamp`; ints, timestamp in Unix ms; sorted by (user, timestamp)
+    impressions.csv        (exposures only) header `user,item,timestamp,click`: every exposure, its request's
+                           time, click 0/1; sorted by (user, timestamp, slate position); the clicks are pairs.csv
     title_en.csv           no header; `item_id,title` per item in id order; titles may contain commas
     likes_and_views.txt    `item_id<TAB>likes<TAB>views`, no header, id order
     tags.csv               header `item_id,tags`; 1-4 `|`-joined tag names, id order
@@ -35,8 +52,9 @@ import polars as pl
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from pipeline.config import MakeSyntheticConfig, require
+from pipeline.config import BuildSequencesConfig, MakeSyntheticConfig, require
 from pipeline.io import DataError, atomic_dir, atomic_path
+from pipeline.sequences import count_before
 
 # Item latent = normalize(centroid + noise) with |noise| about ITEM_NOISE: cos(v_i, c_z) is about 0.9, while two
 # random centroids in 16 dimensions have |cos| about 0.25, so topics are clear but items within one still differ.
@@ -53,7 +71,8 @@ ORACLE_CHUNK_CELLS = 4_000_000  # events x (n_items+1) cells per oracle block (3
 
 _NPZ_ARRAYS = ("item_latent", "item_log_pop", "item_topic", "user_pref")
 _NPZ_SCALARS = {"preference_weight": float, "popularity_weight": float, "recency_weight": float,
-                "recency_window": int}
+                "recency_window": int, "click_model": str, "click_bias": float}
+CLICK_MODELS = ("softmax", "exposure")  # PlantedModel.click_model: next-click softmax, or per-exposure sigmoid
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,6 +85,7 @@ class PlantedModel:
 
     item_latent (N+1, d) float64, unit rows, row 0 zeros (padding item); item_log_pop (N+1,) float64, row 0 = 0;
     item_topic (N+1,) int64 in 0..n_topics-1, row 0 = -1; user_pref (U+1, d) float64, unit rows, row 0 zeros.
+    click_model says which of the module docstring's two click models drew the log.
     """
 
     item_latent: np.ndarray
@@ -76,6 +96,8 @@ class PlantedModel:
     popularity_weight: float
     recency_weight: float
     recency_window: int
+    click_model: str  # one of CLICK_MODELS (module docstring)
+    click_bias: float  # the exposure model's intercept (unused by the softmax model)
 
     @property
     def n_items(self) -> int:
@@ -112,6 +134,9 @@ class PlantedModel:
         except Exception as e:  # zipfile, numpy and OS errors all mean "not a readable npz"
             detail = str(e).splitlines()[0] if str(e) else ""
             raise DataError(f"{path}: not a readable planted-model npz ({type(e).__name__}: {detail})") from None
+        if scalars["click_model"] not in CLICK_MODELS:
+            raise DataError(f"{path}: click_model must be one of {', '.join(CLICK_MODELS)}, got "
+                            f"{scalars['click_model']!r}")
         n_rows, d = arrays["item_latent"].shape if arrays["item_latent"].ndim == 2 else (-1, -1)
         if (arrays["item_log_pop"].shape != (n_rows,) or arrays["item_topic"].shape != (n_rows,)
                 or arrays["user_pref"].ndim != 2 or arrays["user_pref"].shape[1] != d):
@@ -165,6 +190,7 @@ def sample_planted_model(cfg: MakeSyntheticConfig, rng: np.random.Generator) -> 
         user_pref=np.vstack([np.zeros((1, d)), pref]),
         preference_weight=cfg.preference_weight, popularity_weight=cfg.popularity_weight,
         recency_weight=cfg.recency_weight, recency_window=cfg.recency_window,
+        click_model="exposure" if cfg.negatives == "exposures" else "softmax", click_bias=cfg.click_bias,
     )
     return model, centroids
 
@@ -235,19 +261,6 @@ def oracle_posterior(probs_of_item: np.ndarray, n_prior: np.ndarray, n_items: in
     return p / (p + neg_ratio * (1.0 - p) / (m - 1))
 
 
-def _prior_counts(pair_user: np.ndarray, pair_ts: np.ndarray, ev_user: np.ndarray, ev_ts: np.ndarray) -> np.ndarray:
-    """Per event, the number of its user's clicks with timestamp < the event's (pairs sorted by user, ts)."""
-    user = np.concatenate([pair_user, ev_user])
-    ts = np.concatenate([pair_ts, ev_ts])
-    is_pair = np.concatenate([np.ones(len(pair_user), np.int64), np.zeros(len(ev_user), np.int64)])
-    # Sort by (user, ts, kind): an event sorts before clicks at its own timestamp, so they do not count.
-    order = np.lexsort((is_pair, ts, user))
-    pairs_before = np.cumsum(is_pair[order]) - is_pair[order]  # clicks strictly before each sorted position
-    before = np.empty_like(pairs_before)
-    before[order] = pairs_before
-    return before[len(pair_user):] - np.searchsorted(pair_user, ev_user, side="left")
-
-
 def history_preference(model: PlantedModel, item_seq: np.ndarray) -> np.ndarray:
     """(n, L) item histories (0 = padding) -> (n, d) float64 unit mean of their items' planted latents (zeros for
     an empty history): the user's preference as far as a history of that length reveals it."""
@@ -257,28 +270,71 @@ def history_preference(model: PlantedModel, item_seq: np.ndarray) -> np.ndarray:
     return np.divide(mean, norm, out=np.zeros_like(mean), where=norm > 0)
 
 
+def oracle_mismatch(click_model: str, sequences: BuildSequencesConfig) -> str | None:
+    """Why `oracle_scores` is not exact for rows built with `sequences` from a log of `click_model`, or None
+    when it is: the softmax posterior needs non-clicks drawn uniformly from the items not clicked before the
+    event, the exposure model's click probability needs the exposures themselves as rows."""
+    if click_model == "exposure":
+        return None if sequences.negatives == "exposures" else (
+            "the log is an exposure log; the oracle needs build_sequences.negatives: exposures")
+    if sequences.negatives != "sampled":
+        return "the log has no exposures (make_synthetic.negatives: sampled); use build_sequences.negatives: sampled"
+    if sequences.neg_sampling != "uniform" or sequences.neg_exclude != "before":
+        return "it is exact only for build_sequences.neg_sampling uniform, neg_exclude before"
+    return None
+
+
+def _windows_before(pair_item: np.ndarray, start: np.ndarray, n_prior: np.ndarray, w: int) -> np.ndarray:
+    """(E, w) int64 ids of the last w clicks before each event, left-padded with 0: slot j holds click
+    (n_prior - w + j) of the event's user, whose clicks start at index `start` of `pair_item`."""
+    offs = n_prior[:, None] - w + np.arange(w)  # (E, w)
+    return np.where(offs >= 0, pair_item[np.clip(start[:, None] + offs, 0, None)], 0)
+
+
+def exposure_click_probs(model: PlantedModel, pref: np.ndarray, recent: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The exposure model's P(click) (module docstring): (B, d) preferences, (B, d) recent mean latents, (B, K)
+    shown item ids -> (B, K) float64."""
+    latent = model.item_latent[items]  # (B, K, d)
+    logits = (model.click_bias + model.popularity_weight * model.item_log_pop[items]
+              + np.einsum("bkd,bd->bk", latent, model.preference_weight * pref + model.recency_weight * recent))
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
 def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, neg_ratio: int,
                   pref: np.ndarray | None = None) -> np.ndarray:
     """pairs: the raw clicks (user, item, timestamp: Int64 columns); rows: (user_id, event_ts, item_id) for labelled
-    rows (event_ts = the timestamp of the click event the row belongs to). Returns (n_rows,) float64 Bayes-optimal
-    P(label=1) using each row's FULL prior click history (clicks of that user with timestamp < event_ts).
+    rows (event_ts = the timestamp of the click event, or of the request, the row belongs to). Returns (n_rows,)
+    float64 Bayes-optimal P(label=1) using each row's FULL prior click history (clicks of that user with timestamp
+    < event_ts, ties in file order).
 
-    `pref` (n_rows, d), when given, replaces the planted user preference of each row's event (rows of one event
-    must agree; the first is used), e.g. `history_preference` of what a model sees: the score of a model that
-    knows every item's planted parameters but, like any model, not the user's hidden preference vector.
+    For the softmax click model the rows are a click and `neg_ratio` uniformly sampled non-clicks per event
+    (`oracle_posterior`); for the exposure model they are exposures and the score is the click sigmoid itself
+    (neg_ratio is unused).
 
-    Rows are grouped into events (user_id, event_ts); one next-click distribution is computed per event, in
-    blocks of events so memory stays at about ORACLE_CHUNK_CELLS floats.
+    `pref` (n_rows, d), when given, replaces the planted user preference of each row (rows of one event must
+    agree; the first is used), e.g. `history_preference` of what a model sees: the score of a model that knows
+    every item's planted parameters but, like any model, not the user's hidden preference vector.
+
+    Softmax rows are grouped into events (user_id, event_ts); one next-click distribution is computed per event,
+    in blocks of events so memory stays at about ORACLE_CHUNK_CELLS floats.
     """
-    pairs = pairs.select(pl.col("user", "item", "timestamp").cast(pl.Int64)).sort("user", "timestamp")
+    pairs = pairs.select(pl.col("user", "item", "timestamp").cast(pl.Int64)).sort("user", "timestamp",
+                                                                                   maintain_order=True)
     pair_user, pair_item, pair_ts = (pairs[c].to_numpy() for c in ("user", "item", "timestamp"))
     rows = rows.select(pl.col("user_id", "event_ts", "item_id").cast(pl.Int64)).with_row_index("_row")
+    if model.click_model == "exposure":
+        user, ts, item = (rows[c].to_numpy() for c in ("user_id", "event_ts", "item_id"))
+        n_prior = count_before(pair_user, pair_ts, user, ts)
+        windows = _windows_before(pair_item, np.searchsorted(pair_user, user, side="left"), n_prior,
+                                  model.recency_window)
+        row_pref = model.user_pref[user] if pref is None else np.asarray(pref, dtype=np.float64)
+        return exposure_click_probs(model, row_pref, _recent_latent(model, windows), item[:, None])[:, 0]
     events = rows.select("user_id", "event_ts").unique().sort("user_id", "event_ts").with_row_index("_event")
     rows = rows.join(events, on=["user_id", "event_ts"], how="left").sort("_row")
     ev_user, ev_ts = events["user_id"].to_numpy(), events["event_ts"].to_numpy()
     row_event, row_item = rows["_event"].to_numpy().astype(np.int64), rows["item_id"].to_numpy()
 
-    n_prior = _prior_counts(pair_user, pair_ts, ev_user, ev_ts)  # (E,)
+    n_prior = count_before(pair_user, pair_ts, ev_user, ev_ts)  # (E,)
     if pref is None:
         ev_pref = model.user_pref[ev_user]  # (E, d)
     else:
@@ -294,9 +350,7 @@ def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, 
     for c, lo in enumerate(range(0, len(ev_user), chunk)):
         hi = min(lo + chunk, len(ev_user))
         e_start, e_prior = start[lo:hi], n_prior[lo:hi]
-        # Last-w window: slot j holds click (n_prior - w + j) of the user, empty (0) when that index is < 0.
-        offs = e_prior[:, None] - w + np.arange(w)  # (E_c, w)
-        windows = np.where(offs >= 0, pair_item[np.clip(e_start[:, None] + offs, 0, None)], 0)
+        windows = _windows_before(pair_item, e_start, e_prior, w)
         clicked = np.zeros((hi - lo, n_items + 1), dtype=bool)
         clicked[:, 0] = True
         # All prior clicks of each event, flattened: event-local row k repeated n_prior[k] times.
@@ -315,10 +369,14 @@ def oracle_scores(model: PlantedModel, pairs: pl.DataFrame, rows: pl.DataFrame, 
 
 def sample_click_counts(cfg: MakeSyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     """(n_users+1,) int64 clicks per user (row 0 = 0): min + Poisson(rate), the rate log-normal with mean
-    (mean_clicks_per_user - min), clipped to [min, max]; the total is about n_users * mean_clicks_per_user."""
-    extra_mean = cfg.mean_clicks_per_user - cfg.min_clicks_per_user
-    rate = extra_mean * rng.lognormal(-CLICK_COUNT_SIGMA**2 / 2, CLICK_COUNT_SIGMA, size=cfg.n_users)
-    counts = np.clip(cfg.min_clicks_per_user + rng.poisson(rate), cfg.min_clicks_per_user, cfg.max_clicks_per_user)
+    (mean_clicks_per_user - min), clipped to [min, max]; the total is about n_users * mean_clicks_per_user.
+    With negatives: exposures, the same law gives requests per user (mean/max_requests_per_user, min 1)."""
+    if cfg.negatives == "exposures":
+        low, mean, high = 1, cfg.mean_requests_per_user, cfg.max_requests_per_user
+    else:
+        low, mean, high = cfg.min_clicks_per_user, cfg.mean_clicks_per_user, cfg.max_clicks_per_user
+    rate = (mean - low) * rng.lognormal(-CLICK_COUNT_SIGMA**2 / 2, CLICK_COUNT_SIGMA, size=cfg.n_users)
+    counts = np.clip(low + rng.poisson(rate), low, high)
     return np.concatenate([[0], counts]).astype(np.int64)
 
 
@@ -354,9 +412,67 @@ def simulate_clicks(model: PlantedModel, n_clicks: np.ndarray, rng: np.random.Ge
     return hist
 
 
+@dataclass(frozen=True)
+class ExposureLog:
+    """Every exposure of an exposure-model simulation, X of them, ordered by (user, request, slate position):
+    user, request (the user's 0-based request number), item (X,) int64; click (X,) int8 (1 = clicked);
+    n_requests (U+1,) int64 requests per user (row 0 = 0)."""
+
+    user: np.ndarray
+    request: np.ndarray
+    item: np.ndarray
+    click: np.ndarray
+    n_requests: np.ndarray
+
+
+def simulate_exposures(model: PlantedModel, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
+                       rng: np.random.Generator) -> ExposureLog:
+    """n_requests[u] requests of every user u (module docstring: the policy shows `cfg.slate_size` unclicked
+    items, each clicked with `exposure_click_probs`). Clicks of one request share its history (the clicks of the
+    user's earlier requests).
+
+    Round r makes request r of every user with more than r requests, in blocks of CLICK_CHUNK users; the slate is
+    a Gumbel top-k draw (sampling without replacement from the policy's softmax), kept in draw order.
+    """
+    n_items, k, w = model.n_items, cfg.slate_size, model.recency_window
+    policy_base = cfg.policy_popularity_weight * model.item_log_pop  # (N+1,)
+    hist = np.zeros((len(n_requests), int(n_requests.max()) * k), dtype=np.int64)  # clicks in order, 0-padded
+    n_done = np.zeros(len(n_requests), dtype=np.int64)  # clicks so far
+    clicked = np.zeros((len(n_requests), n_items + 1), dtype=bool)
+    clicked[:, 0] = True
+    parts: list[tuple[np.ndarray, ...]] = []
+    with tqdm(total=int(n_requests.sum()), desc="requests", unit="request") as bar:
+        for r in range(int(n_requests.max())):
+            active = np.flatnonzero(n_requests > r)
+            for lo in range(0, len(active), CLICK_CHUNK):
+                users = active[lo:lo + CLICK_CHUNK]  # (B,)
+                pref = model.user_pref[users]  # (B, d)
+                offs = n_done[users, None] - w + np.arange(w)  # (B, w)
+                window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)
+                policy = cfg.policy_preference_weight * pref @ model.item_latent.T + policy_base  # (B, N+1)
+                policy[clicked[users]] = -np.inf
+                keys = policy + rng.gumbel(size=policy.shape)
+                top = np.argpartition(-keys, k - 1, axis=1)[:, :k]  # (B, K), unordered
+                shown = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, 1), axis=1), 1)
+                click = rng.random(shown.shape) < exposure_click_probs(model, pref, _recent_latent(model, window),
+                                                                       shown)  # (B, K)
+                # Append each user's clicks in slate order after their earlier ones.
+                slot = n_done[users, None] + np.cumsum(click, axis=1) - 1  # (B, K)
+                rows = np.broadcast_to(users[:, None], shown.shape)
+                hist[rows[click], slot[click]] = shown[click]
+                clicked[rows[click], shown[click]] = True
+                n_done[users] += click.sum(axis=1)
+                parts.append((rows.reshape(-1), np.full(shown.size, r), shown.reshape(-1),
+                              click.reshape(-1).astype(np.int8)))
+            bar.update(len(active))
+    user, request, item, click = (np.concatenate(a) for a in zip(*parts, strict=True))
+    order = np.lexsort((request, user))  # stable: slate order kept within a request
+    return ExposureLog(user[order], request[order], item[order], click[order], n_requests)
+
+
 def sample_timestamps(n_clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(n_users+1,) clicks per user -> (n_users+1, max) int64 Unix-ms times, strictly increasing along each row's
-    first n_clicks[u] entries: a uniform start in two years from 2021-01-01, then exponential gaps (>= 1 ms)."""
+    """(n_users+1,) clicks (or requests) per user -> (n_users+1, max) int64 Unix-ms times, strictly increasing
+    along each row's first n_clicks[u] entries: a uniform start in two years from 2021-01-01, then exponential gaps (>= 1 ms)."""
     start = START_MS + rng.integers(0, START_WINDOW_MS, size=len(n_clicks))
     gaps = np.floor(rng.exponential(MEAN_GAP_MS, size=(len(n_clicks), int(n_clicks.max())))).astype(np.int64) + 1
     gaps[:, 0] = 0
@@ -682,13 +798,19 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(s) for name, s in zip(_STREAMS, children, strict=True)}
 
 
-def write_pairs(path: Path, hist: np.ndarray, times: np.ndarray, n_clicks: np.ndarray) -> int:
-    """pairs.csv from (U+1, L) histories and times; rows by (user, time) since row-major order is exactly that.
-    Returns the number of clicks."""
+def click_frame(hist: np.ndarray, times: np.ndarray, n_clicks: np.ndarray) -> pl.DataFrame:
+    """The pairs.csv rows (user, item, timestamp) of (U+1, L) histories and times, by (user, time): row-major
+    order is exactly that."""
     valid = np.arange(hist.shape[1])[None, :] < n_clicks[:, None]  # (U+1, L)
     users = np.broadcast_to(np.arange(len(n_clicks))[:, None], hist.shape)
-    pl.DataFrame({"user": users[valid], "item": hist[valid], "timestamp": times[valid]}).write_csv(path)
-    return int(valid.sum())
+    return pl.DataFrame({"user": users[valid], "item": hist[valid], "timestamp": times[valid]})
+
+
+def exposure_frame(log: ExposureLog, times: np.ndarray) -> pl.DataFrame:
+    """The impressions.csv rows (user, item, timestamp, click) of an exposure log, each exposure at its request's
+    time times[user, request], in the log's order."""
+    return pl.DataFrame({"user": log.user, "item": log.item, "timestamp": times[log.user, log.request],
+                         "click": log.click})
 
 
 def write_titles(path: Path, titles: list[str]) -> None:
@@ -713,9 +835,15 @@ def generate(cfg: MakeSyntheticConfig, out_dir: Path) -> dict[str, int]:
             f"at most {MAX_TOPICS} topics have distinguishable titles, got {cfg.n_topics}")
     rng = _streams(cfg.seed)
     model, centroids = sample_planted_model(cfg, rng["model"])
-    n_clicks = sample_click_counts(cfg, rng["model"])
-    hist = simulate_clicks(model, n_clicks, rng["clicks"])
-    times = sample_timestamps(n_clicks, rng["timestamps"])
+    n_clicks = sample_click_counts(cfg, rng["model"])  # requests per user in an exposure log
+    impressions = None
+    if cfg.negatives == "exposures":
+        log = simulate_exposures(model, n_clicks, cfg, rng["clicks"])
+        impressions = exposure_frame(log, sample_timestamps(n_clicks, rng["timestamps"]))
+        pairs = impressions.filter(pl.col("click") == 1).drop("click")
+    else:
+        pairs = click_frame(simulate_clicks(model, n_clicks, rng["clicks"]),
+                            sample_timestamps(n_clicks, rng["timestamps"]), n_clicks)
     texts = topic_texts(cfg.n_topics, rng["text"])
     item_topic = model.item_topic[1:]
     titles = make_titles(item_topic, texts, rng["titles"])
@@ -723,10 +851,13 @@ def generate(cfg: MakeSyntheticConfig, out_dir: Path) -> dict[str, int]:
     likes, views = make_likes_views(model, cfg.n_topics, rng["likes_views"])
     styles = topic_styles(cfg.n_topics, rng["styles"])
     with atomic_dir(out_dir) as tmp:
-        n_total = write_pairs(tmp / "pairs.csv", hist, times, n_clicks)
+        pairs.write_csv(tmp / "pairs.csv")
+        if impressions is not None:
+            impressions.write_csv(tmp / "impressions.csv")
         write_titles(tmp / "title_en.csv", titles)
         write_likes_views(tmp / "likes_and_views.txt", likes, views)
         write_tags(tmp / "tags.csv", tags)
         model.save(tmp / "planted.npz")
         write_covers(tmp / "covers", model, centroids, styles, cfg.cover_size, rng["covers"])
-    return {"items": cfg.n_items, "users": cfg.n_users, "clicks": n_total}
+    return {"items": cfg.n_items, "users": cfg.n_users, "clicks": pairs.height,
+            "exposures": pairs.height if impressions is None else impressions.height}

@@ -2,7 +2,9 @@
 
 Each split is loaded once into contiguous tensors (history matrix, ids, context features, labels); batches are
 index slices, trimmed to the longest real history in the batch (never below first_k), which changes no output
-because padded positions are masked. The loop lives here, not in the nn.Module.
+because padded positions are masked. The loop lives here, not in the nn.Module, and so do the training-only
+options of train params: the optimiser, the L2 regularisers, the embedding dropout rate, the lr schedule and how
+often to validate.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import math
 import pickle
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from model.config import ModelConfig
 from model.factory import build_model
+from model.layers import CTRBase
 from pipeline.config import TrainConfig
 from pipeline.distributed import SINGLE, Dist
 from pipeline.feature_map import FeatureMap
@@ -48,6 +51,10 @@ class SplitTensors:
 
     def __len__(self) -> int:
         return self.label.shape[0]
+
+    def history_lengths(self) -> Tensor:
+        """(n,) int64 real (non-padding) history items per row."""
+        return (self.item_seq != 0).sum(dim=1)
 
 
 def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
@@ -116,12 +123,17 @@ def predict_logits(model: nn.Module, split: SplitTensors, batch_size: int, devic
     model.eval()
     first_k = model.cfg.first_k
     rows = torch.arange(len(split)).tensor_split(dist.world)[dist.rank]
+    # Rows in order of history length, so each batch is trimmed to about its own rows' length (in eval mode a row's
+    # logit does not depend on the others in its batch); the logits go back to row order below.
+    by_length = rows[torch.argsort(split.history_lengths()[rows], stable=True)]
     out = [torch.zeros(0)]
-    for start in range(0, len(rows), batch_size):
-        idx = rows[start:start + batch_size]
+    for start in range(0, len(by_length), batch_size):
+        idx = by_length[start:start + batch_size]
         with autocast(device, amp):
             out.append(model(make_batch(split, idx, first_k, device)).float().cpu())
-    return dist.gather_slices(torch.cat(out).double(), len(split), device).numpy()
+    logits = torch.empty(len(rows), dtype=torch.float64)
+    logits[by_length - (int(rows[0]) if len(rows) else 0)] = torch.cat(out).double()  # rows is one contiguous range
+    return dist.gather_slices(logits, len(split), device).numpy()
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -137,40 +149,49 @@ def evaluate_split(model: nn.Module, split: SplitTensors, batch_size: int, devic
 
 
 # The train params that do not change what training computes: a resume state written under other values of these
-# is still valid.
+# is still valid (`epochs` only while the run's length shapes nothing before its end: resume_fingerprint).
 RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "eval_batch_size")
 
 
 def resume_path(model_path: str | Path) -> Path:
-    """Where `fit` keeps the state of the last finished epoch: `.<model name>.resume.pt` beside the checkpoint
+    """Where `fit` keeps the state of the last finished pass: `.<model name>.resume.pt` beside the checkpoint
     (outside what DVC caches, so it survives a failed or killed run)."""
     model_path = Path(model_path)
     return model_path.parent / f".{model_path.name}.resume.pt"
 
 
 def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensors) -> str:
-    """What a resume state must match: the train params that shape the run and the split sizes."""
-    parts = {k: v for k, v in asdict(cfg).items() if k not in RESUME_NEUTRAL}
+    """What a resume state must match: the train params that shape the run and the split sizes. `epochs` counts
+    when the run's planned length shapes its steps: the cosine schedule spans all of it, and with eval_steps the
+    last partial interval is validated at its end."""
+    neutral = set(RESUME_NEUTRAL)
+    if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0:
+        neutral.discard("epochs")
+    parts = {k: v for k, v in asdict(cfg).items() if k not in neutral}
     return json.dumps({"params": parts, "train_rows": len(train), "valid_rows": len(valid)}, sort_keys=True,
                       default=list)
 
 
 @dataclass
 class FitState:
-    """Everything a run needs to continue after epoch `epoch - 1`: weights, optimiser, the epoch-order generator
-    and torch's global RNG (dropout), the best epoch so far and the per-epoch records."""
+    """Everything a run needs to continue after pass `epoch - 1`: weights, optimiser, the pass-order generator
+    and torch's global RNG (dropout), the plateau lr, the best validation so far, the validation records, and the
+    train loss of the validation interval under way (with eval_steps it can span passes). It is saved at the end of
+    each pass only, so a resumed run repeats the steps of the pass it was stopped in."""
 
+    lr: float  # the plateau state: learning_rate times lr_decay per plateau (floored at min_lr); see lr_at
     epoch: int = 0
     step: int = 0
     best_auc: float = -math.inf
-    bad_epochs: int = 0
+    bad_validations: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_state: dict[str, Tensor] | None = None
+    interval_loss: float = 0.0  # summed train BCE (all ranks) of the interval's finished passes
+    interval_rows: int = 0  # train rows (all ranks) since the last validation
 
     def save(self, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
         """Write the state atomically (plain types and tensors only: loads with weights_only=True)."""
-        blob = {"fingerprint": fp, "epoch": self.epoch, "step": self.step, "best_auc": self.best_auc,
-                "bad_epochs": self.bad_epochs, "history": self.history, "best_state": self.best_state,
+        blob = {"fingerprint": fp, **{f.name: getattr(self, f.name) for f in fields(self)},
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                 "torch_rng": torch.get_rng_state()}
         save_atomic(blob, path)
@@ -194,29 +215,79 @@ class FitState:
         opt.load_state_dict(blob["optimizer"])
         gen.set_state(blob["generator"])
         torch.set_rng_state(blob["torch_rng"])
-        return cls(blob["epoch"], blob["step"], blob["best_auc"], blob["bad_epochs"], blob["history"],
-                   blob["best_state"])
+        return cls(**{f.name: blob[f.name] for f in fields(cls)})
 
 
-def log_epoch(live: Any, record: dict[str, float]) -> None:
-    """One epoch's record as a dvclive step."""
+def log_validation(live: Any, record: dict[str, float]) -> None:
+    """One validation's record as a dvclive step (its pass and optimizer step are the x axis, not metrics)."""
     for k, v in record.items():
-        if k != "epoch":
+        if k not in ("epoch", "step"):
             live.log_metric(k, v)
     live.next_step()
+
+
+def lr_at(step: int, base_lr: float, schedule: str, min_lr: float, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of `total_steps` steps.
+
+    `base_lr` is the plateau state: learning_rate, times lr_decay after each validation without a better valid AUC
+    under `plateau` (fit keeps it), never decayed under `cosine`. Steps s < warmup_steps take
+    base_lr * (s + 1) / warmup_steps (a linear ramp that reaches base_lr at s = warmup_steps - 1). Later steps take
+    base_lr under `plateau`, and under `cosine` min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2 with
+    p = (s - warmup_steps) / (total_steps - warmup_steps): base_lr right after the warm-up, min_lr at the run's end.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "plateau":
+        return base_lr
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over every parameter, or AdamW (decoupled decay: each step first scales every parameter, embeddings and
+    biases included, by 1 - lr * weight_decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+
+
+def regularization_loss(model: CTRBase, embedding_lambda: float, net_lambda: float) -> Tensor:
+    """FuxiCTR's L2 regularisers (BaseModel.regularization_loss of fuxictr 2.3.7, the version the winning
+    solution pins, with float regularizers, i.e. p = 2), a scalar:
+
+        embedding_lambda / 2 * sum_{w in E} ||w||_2^2  +  net_lambda / 2 * sum_{w not in E} ||w||_2^2
+
+    over the trainable parameters, where E = model.embedding_parameters() (FuxiCTR's FeatureEmbeddingDict: the
+    id, tag and context tables, whole, padding rows included, and the projection of the frozen embedding) and the
+    second sum runs over every other parameter, biases, norms and attention projections included. Its gradient
+    adds lambda * w to each parameter's gradient.
+    """
+    embedding = {id(p) for p in model.embedding_parameters()}
+    terms = []
+    for p in model.parameters():
+        lam = embedding_lambda if id(p) in embedding else net_lambda
+        if lam and p.requires_grad:
+            terms.append(lam / 2 * p.square().sum())
+    return torch.stack(terms).sum()
 
 
 def batch_loss(net: nn.Module, split: SplitTensors, rows: Tensor, cfg: TrainConfig, device: torch.device,
                dist: Dist = SINGLE) -> tuple[Tensor, Tensor]:
     """This rank's part of the global batch `rows` (its contiguous slice of rows.tensor_split(world)) ->
     (loss to backpropagate, summed BCE of its rows). The loss is that sum * world / len(rows), so DDP's average of
-    the ranks' gradients is the gradient of the global batch's mean BCE (in a world of 1: the mean BCE)."""
+    the ranks' gradients is the gradient of the global batch's mean BCE (in a world of 1: the mean BCE), plus
+    regularization_loss when train.embedding_regularizer or train.net_regularizer is set."""
     idx = rows.tensor_split(dist.world)[dist.rank]
     batch = make_batch(split, idx, cfg.first_k, device)
     with autocast(device, cfg.amp):
         logits = net(batch).float()
     loss_sum = nn.functional.binary_cross_entropy_with_logits(logits, split.label[idx].to(device), reduction="sum")
-    return loss_sum * (dist.world / len(rows)), loss_sum
+    loss = loss_sum * (dist.world / len(rows))
+    if cfg.embedding_regularizer or cfg.net_regularizer:
+        # Every rank adds the whole term: DDP averages the ranks' gradients, so its gradient reaches the update once.
+        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        loss = loss + regularization_loss(model, cfg.embedding_regularizer, cfg.net_regularizer)
+    return loss, loss_sum
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float) -> None:
@@ -227,78 +298,113 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, m
     opt.step()
 
 
-def fit(model: nn.Module, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
+def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator) -> list[Tensor]:
+    """One pass's batches of row indices, each row once: a random order (from `gen`) cut into batches of
+    batch_size (the last may be short). With bucket_batches > 0, each window of bucket_batches * batch_size
+    consecutive rows of that order is sorted by history length (`lengths` (n,), stable) before it is cut, and the
+    batches are then taken in a random order: a batch holds rows of similar length, so `trim_history` keeps few
+    padding columns (most histories are far shorter than the longest), while which rows meet in a window and the
+    order of the batches stay random."""
+    order = torch.randperm(len(lengths), generator=gen)
+    if not bucket_batches:
+        return list(order.split(batch_size))
+    batches = [b for window in order.split(bucket_batches * batch_size)
+               for b in window[torch.argsort(lengths[window], stable=True)].split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+
+
+def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
         live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None) -> list[dict[str, float]]:
-    """Adam on BCEWithLogits with early stopping on valid AUC; returns per-epoch metrics and leaves the model
-    holding the best epoch's weights.
+    """Adam (or AdamW) on BCEWithLogits, plus the optional L2 regularisers (batch_loss), with early stopping on valid
+    AUC; returns one record per validation and leaves the model holding the best validation's weights.
 
-    After each epoch without a better valid AUC the learning rate is multiplied by `lr_decay` (FuxiCTR's
-    reduce-on-plateau); training stops after `patience` such epochs. A NaN/inf loss stops with the step number.
+    The run makes at most `epochs` passes over the train split in a seeded order. It validates after each pass, or
+    with eval_steps > 0 every eval_steps optimizer steps and after the run's last step. Each validation gives a
+    record {epoch (its pass), step (optimizer steps so far), train_logloss (mean BCE of the rows since the previous
+    validation), valid_auc, valid_logloss, lr (of the last step)}, logged to `live` as one dvclive step. The lr of
+    each step is lr_at's: under `plateau` it is multiplied by `lr_decay` after each validation without a better
+    valid AUC (FuxiCTR's reduce-on-plateau). Training stops after `patience` such validations in a row. The item and
+    context embeddings get dropout `embedding_dropout` in training. A NaN/inf loss stops with the step number.
 
-    Under torchrun (dist.enabled) the model is wrapped in DistributedDataParallel; every rank draws the same epoch
+    Under torchrun (dist.enabled) the model is wrapped in DistributedDataParallel; every rank draws the same pass
     order and takes its contiguous part of each global batch of `batch_size` rows. Each rank's loss is its rows'
     summed loss * world / global batch rows, so DDP's gradient average is exactly the gradient of the global
     batch's mean loss: one process and N ranks make the same updates (up to float summation order; dropout
     draws differ per rank). Only rank 0 logs to `live` and writes the resume state.
 
-    With `resume_file`, the state of each finished epoch is written there (atomically), and when cfg.resume is set
-    a state found there for the same params and data is restored and training continues after its epoch.
+    With `resume_file`, the state at the end of each pass (and at an early stop) is written there (atomically), and
+    when cfg.resume is set a state found there for the same params and data is restored and training continues
+    with the next pass.
     """
     model.to(device)
+    model.embedding_dropout.p = cfg.embedding_dropout
     net = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         torch.manual_seed(cfg.seed + dist.rank)  # dropout draws differ per rank; weights came from rank 0
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     fp = resume_fingerprint(cfg, train, valid)
     state = None
     if resume_file is not None and cfg.resume:
         state = FitState.load(resume_file, fp, model, opt, gen)
         if state is not None:
-            log.info("resuming after epoch %d (best valid AUC %.5f)", state.epoch - 1, state.best_auc)
+            log.info("resuming after pass %d (best valid AUC %.5f)", state.epoch - 1, state.best_auc)
             if live is not None and dist.is_main:
                 for record in state.history:
-                    log_epoch(live, record)
-    state = state or FitState()
+                    log_validation(live, record)
+    state = state or FitState(lr=cfg.learning_rate)
+    total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     # A resumed run that had already stopped early only restores its best weights.
-    epochs = range(state.epoch, cfg.epochs) if state.bad_epochs < cfg.patience else range(0)
+    epochs = range(state.epoch, cfg.epochs) if state.bad_validations < cfg.patience else range(0)
+    lengths = train.history_lengths()
     for epoch in epochs:
         net.train()
-        order = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        bar = tqdm(range(0, len(train), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", mininterval=5,
-                   disable=not dist.is_main)
-        for start in bar:
-            loss, loss_sum = batch_loss(net, train, order[start:start + cfg.batch_size], cfg, device, dist)
+        batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen)
+        pass_loss = 0.0  # this rank's summed BCE since the pass began or the last validation
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, disable=not dist.is_main)
+        for b, rows in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(state.step, state.lr, cfg.lr_schedule, cfg.min_lr, total_steps, cfg.warmup_steps)
+            loss, loss_sum = batch_loss(net, train, rows, cfg, device, dist)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train: loss is {loss.item()} at step {state.step} (epoch {epoch})")
             optimizer_step(model, opt, loss, cfg.max_grad_norm)
-            total += loss_sum.item()
+            pass_loss += loss_sum.item()
+            state.interval_rows += len(rows)
             state.step += 1
-        scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
-        record = {"epoch": epoch, "train_logloss": dist.sum(total, device) / len(train), "valid_auc": scores["auc"],
-                  "valid_logloss": scores["logloss"], "lr": opt.param_groups[0]["lr"]}
-        state.history.append(record)
-        if dist.is_main:
-            log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 5) for k, v in record.items()}))
-            if live is not None:
-                log_epoch(live, record)
-        if scores["auc"] > state.best_auc:
-            state.best_auc, state.bad_epochs = scores["auc"], 0
-            state.best_state = copy.deepcopy(model.state_dict())
-        else:
-            state.bad_epochs += 1
-            for group in opt.param_groups:
-                group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
+            due = state.step % cfg.eval_steps == 0 if cfg.eval_steps else b == len(batches) - 1
+            if not (due or state.step == total_steps):
+                continue
+            scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
+            train_loss = state.interval_loss + dist.sum(pass_loss, device)
+            record = {"epoch": epoch, "step": state.step, "train_logloss": train_loss / state.interval_rows,
+                      "valid_auc": scores["auc"], "valid_logloss": scores["logloss"], "lr": opt.param_groups[0]["lr"]}
+            state.history.append(record)
+            state.interval_loss, state.interval_rows, pass_loss = 0.0, 0, 0.0
+            if dist.is_main:
+                log.info("validation: %s", json.dumps({k: round(v, 5) for k, v in record.items()}))
+                if live is not None:
+                    log_validation(live, record)
+            if scores["auc"] > state.best_auc:
+                state.best_auc, state.bad_validations = scores["auc"], 0
+                state.best_state = copy.deepcopy(model.state_dict())
+            else:
+                state.bad_validations += 1
+                if cfg.lr_schedule == "plateau":
+                    state.lr = max(state.lr * cfg.lr_decay, cfg.min_lr)
+            if state.bad_validations >= cfg.patience:
+                break
+            net.train()
+        state.interval_loss += dist.sum(pass_loss, device)
         state.epoch = epoch + 1
         if resume_file is not None and dist.is_main:
             state.save(resume_file, fp, model, opt, gen)
-        if state.bad_epochs >= cfg.patience:
-            log.info("early stop after epoch %d (best valid AUC %.5f)", epoch, state.best_auc)
+        if state.bad_validations >= cfg.patience:
+            log.info("early stop at step %d, pass %d (best valid AUC %.5f)", state.step, epoch, state.best_auc)
             break
     if state.best_state is None:
-        raise DataError("train: no epoch gave a valid AUC to keep (is the valid split all one label?)")
+        raise DataError("train: no validation gave a valid AUC to keep (is the valid split all one label?)")
     model.load_state_dict(state.best_state)
     return state.history
 

@@ -17,6 +17,7 @@ from pipeline.challenge import (
     read_item_feature,
     read_item_info,
     read_split,
+    write_challenge_dataset,
     write_submission,
 )
 from pipeline.io import DataError
@@ -332,3 +333,34 @@ def test_submission_rejects_non_probabilities(tmp_path: Path, scores: np.ndarray
         write_submission(scores, out)
     assert str(info.value) == problem
     assert not list(tmp_path.iterdir())
+
+
+def test_written_dataset_reads_back_through_the_readers(tmp_path: Path) -> None:
+    """write_challenge_dataset writes what the readers accept and give back: splits without event_ts, item_info
+    indexed by item id, item_feature with the levels the splits carry."""
+    rng = np.random.default_rng(0)
+    splits = {name: _split().with_columns(pl.col("label").cast(pl.Float32), event_ts=pl.lit(7, pl.Int64))
+              for name in ("train", "valid", "test")}
+    info, feature = _item_info(), _item_feature()
+    tags = np.array(info["item_tags"].to_list())
+    emb = np.array(info["item_emb_d128"].to_list(), dtype=np.float32)
+    text, image = rng.standard_normal((N_ITEMS, 768)), rng.standard_normal((N_ITEMS, 1024))
+    titles = [f"title {i}" for i in range(1, N_ITEMS + 1)]
+    write_challenge_dataset(tmp_path, splits, item_tags=tags, item_emb=emb, titles=titles, text_emb=text,
+                            image_emb=image)
+    files = find_challenge_files(tmp_path)
+    for name in ("train", "valid", "test"):
+        back = read_split(getattr(files, name), N_ITEMS).rows
+        assert back.drop("event_ts").equals(splits[name].drop("event_ts"))
+        assert "event_ts" not in pl.read_parquet(getattr(files, name)).columns
+    got = read_item_info(files.item_info)
+    np.testing.assert_array_equal(got.emb_d128, emb)
+    assert got.tags["item_tags"].to_list() == info["item_tags"].to_list()
+    feat = read_item_feature(files.item_feature, N_ITEMS)
+    assert feat.titles["title"].to_list() == titles
+    np.testing.assert_allclose(feat.text_emb, text, rtol=1e-6)
+    levels = dict(zip(splits["train"]["item_id"].to_list(), splits["train"]["likes_level"].to_list(), strict=True))
+    assert {i: lv for i, lv in feat.levels.select("item_id", "likes_level").iter_rows() if i in levels} == levels
+    with pytest.raises(ValueError, match="text/image embeddings"):
+        write_challenge_dataset(tmp_path, splits, item_tags=tags, item_emb=emb, titles=titles, text_emb=text[1:],
+                                image_emb=image)

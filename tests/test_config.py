@@ -109,6 +109,10 @@ WRONG_TYPES = [
     ("train", "dnn_hidden_units", "256,128"),
     ("fit_pca", "normalize", "l3"),  # outside the Literal
     ("train", "device", "gpu"),
+    ("train", "optimizer", "sgd"),
+    ("train", "lr_schedule", "step"),
+    ("train", "eval_steps", 100.0),  # float for int
+    ("train", "embedding_regularizer", "l2(1e-5)"),  # FuxiCTR's string form: a number here
     ("extract_text", "pooling", "max"),
 ]
 
@@ -131,8 +135,9 @@ def test_literal_message_lists_the_allowed_values(tmp_path: Path) -> None:
 
 
 def test_yaml_exponent_without_dot_is_a_string_and_rejected(tmp_path: Path) -> None:
-    # YAML 1.1 reads `1e-3` as a string; the loader must say so instead of failing later in the optimiser
-    text, n = re.subn(r"(?m)^  learning_rate: .*$", "  learning_rate: 1e-3", PARAMS.read_text())
+    # YAML 1.1 reads `1e-3` as a string; the loader must say so instead of failing later in the optimiser. The
+    # pattern takes train's scalar learning_rate, not a list of candidates in another section.
+    text, n = re.subn(r"(?m)^  learning_rate: [0-9.e+-]+$", "  learning_rate: 1e-3", PARAMS.read_text())
     assert n == 1
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -150,6 +155,15 @@ OUT_OF_RANGE = [
     ("train", {"lr_decay": 0.0}, "train.lr_decay"),
     ("train", {"learning_rate": 0.0}, "train.learning_rate"),
     ("train", {"cross_layers": -1}, "train.cross_layers"),
+    ("train", {"embedding_dropout": 1.0}, "train.embedding_dropout"),
+    ("train", {"embedding_dropout": -0.1}, "train.embedding_dropout"),
+    ("train", {"embedding_regularizer": -1.0e-5}, "train.embedding_regularizer"),
+    ("train", {"net_regularizer": -1.0e-5}, "train.net_regularizer"),
+    ("train", {"optimizer": "adamw", "weight_decay": -0.01}, "train.weight_decay"),
+    ("train", {"optimizer": "adam", "weight_decay": 0.01}, "train.weight_decay"),  # decoupled decay needs adamw
+    ("train", {"warmup_steps": -1}, "train.warmup_steps"),
+    ("train", {"eval_steps": -1}, "train.eval_steps"),
+    ("train", {"learning_rate": 0.001, "min_lr": 0.002}, "train.min_lr"),
     ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
     ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),
     ("build_sequences", {"test_frac": 1.0}, "build_sequences.test_frac"),
@@ -175,6 +189,8 @@ def test_out_of_range_names_the_key(tmp_path: Path, section: str, values: dict[s
 
 @pytest.mark.parametrize(("section", "values"), [
     ("train", {"net_dropout": 0.0, "cross_layers": 0, "lr_decay": 1.0}),
+    ("train", {"embedding_dropout": 0.0, "embedding_regularizer": 0.0, "net_regularizer": 0.0, "warmup_steps": 0,
+               "eval_steps": 0, "optimizer": "adamw", "weight_decay": 0.0, "learning_rate": 0.001, "min_lr": 0.001}),
     ("build_sequences", {"valid_frac": 0.49, "test_frac": 0.5, "min_history": 0, "n_levels": 2}),
     ("make_synthetic", {"n_items": 3000, "max_clicks_per_user": 2999, "cover_size": 32}),
     ("fit_pca", {"dim": 1}),

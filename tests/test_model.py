@@ -1,5 +1,5 @@
 """The CTR models: Transformer+DCNv2 (widths from the feature map, padding masking, the winning configuration),
-its ablations and DIN (against a per-row reference), through build_model."""
+its ablations, DIN and the mean-pool MLP (against per-row references), through build_model; embedding dropout."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from model.config import ModelConfig
 from model.din import DIN
 from model.factory import build_model
 from model.layers import CrossNetV2, Dice, masked_mean
+from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.config import ParamsError, TrainConfig, from_dict
 from pipeline.feature_map import Feature, FeatureMap
@@ -122,6 +123,19 @@ def test_cross_net_matches_formula():
     torch.testing.assert_close(net(x0), x)
 
 
+def test_low_rank_cross_net_is_the_full_formula_with_w_equal_u_v():
+    torch.manual_seed(0)
+    net = CrossNetV2(6, 2, rank=2)
+    assert sum(p.numel() for p in net.parameters()) == 2 * (6 * 2 + 2 * 6 + 6)
+    x0 = torch.randn(3, 6)
+    x = x0
+    for down, up in net.layers:
+        w = up.weight @ down.weight  # (6, 6) of rank 2
+        assert torch.linalg.matrix_rank(w) == 2
+        x = x0 * (x @ w.T + up.bias) + x
+    torch.testing.assert_close(net(x0), x)
+
+
 def test_masked_mean_ignores_padding():
     emb = torch.tensor([[[1.0], [3.0], [100.0]]])
     ids = torch.tensor([[4, 7, 0]])
@@ -164,10 +178,14 @@ VARIANTS = {
     "transformer_dcn": SMALL,
     "no_transformer": dataclasses.replace(SMALL, use_transformer=False),
     "no_dcn": dataclasses.replace(SMALL, use_dcn=False),
+    "low_rank_dcn": dataclasses.replace(SMALL, cross_rank=3),
+    "mean_interest": dataclasses.replace(SMALL, mean_interest=True),
     "no_mm_emb": dataclasses.replace(SMALL, use_mm_emb=False),
     "din": dataclasses.replace(SMALL, model="din", din_attention_units=(6, 5)),
     "din_dice": dataclasses.replace(SMALL, model="din", din_attention_units=(6, 5), dice=True),
     "din_no_mm_emb": dataclasses.replace(SMALL, model="din", use_mm_emb=False, dice=True),
+    "meanpool": dataclasses.replace(SMALL, model="meanpool"),
+    "meanpool_no_mm_emb": dataclasses.replace(SMALL, model="meanpool", use_mm_emb=False),
 }
 
 
@@ -307,6 +325,111 @@ def test_din_matches_per_row_reference(name: str):
         torch.testing.assert_close(model(b), ref_logits, rtol=1e-5, atol=1e-5)
 
 
+def meanpool_reference(model: MeanPool, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: u = plain average of the real history items' embeddings (zeros without any), then the deep MLP over
+    [context || t || u || t * u]: (u (B, I), logits (B,))."""
+    users, logits = [], []
+    for row in range(b["item_id"].shape[0]):
+        t = model.embed_items(b["item_id"][row])  # (I,)
+        real = [model.embed_items(torch.tensor(item)) for item in b["item_seq"][row].tolist() if item != 0]
+        u = sum(real) / len(real) if real else torch.zeros_like(t)
+        context = [model.context_emb[n](b[n][row]) for n in model.context_names]
+        users.append(u)
+        logits.append(model.dnn(torch.cat([*context, t, u, t * u])[None])[0, 0])
+    return torch.stack(users), torch.stack(logits)
+
+
+@pytest.mark.parametrize("name", ["meanpool", "meanpool_no_mm_emb"])
+def test_meanpool_matches_per_row_reference(name: str):
+    """u, read off the deep MLP's input, is the masked mean of the history's item embeddings, and the logit is the
+    MLP over [context || t || u || t * u]."""
+    model = built(VARIANTS[name]).eval()
+    assert isinstance(model, MeanPool)
+    inputs = []
+    model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    with torch.no_grad():  # larger embeddings than the 1e-4 init so the vectors are far from zero
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+        model.item_emb.weight[0] = 0.0
+        model.tag_emb.weight[0] = 0.0
+        seq = random_histories(5, 9)
+        seq[1] = 0
+        b = batch(seq)
+        logits = model(b)
+        ref_users, ref_logits = meanpool_reference(model, b)
+    i, c = model.item_dim, model.context_dim
+    users = inputs[0][:, c + i:c + 2 * i]  # (B, I): the u block of [context || t || u || t * u]
+    assert inputs[0].shape == (5, c + 3 * i) and logits.shape == (5,)
+    assert ref_users.abs().max() > 1e-2 and not users[1].any()
+    torch.testing.assert_close(users, ref_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_mean_interest_appends_u_and_t_times_u_to_the_dcn_input():
+    """With mean_interest the DCN input ends with [u || t * u], u the masked history mean (the meanpool reference);
+    without it those 2I columns are absent and the rest of the input is the same."""
+    model = built(VARIANTS["mean_interest"]).eval()
+    plain = built(SMALL).eval()
+    inputs = []
+    model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    plain.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+        model.item_emb.weight[0] = 0.0
+        model.tag_emb.weight[0] = 0.0
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()
+                               and v.shape == plain.state_dict()[k].shape}, strict=False)
+        seq = random_histories(5, 9)
+        seq[1] = 0
+        b = batch(seq)
+        model(b)
+        plain(b)
+        t = model.embed_items(b["item_id"])
+        ref_users = torch.stack([
+            sum(model.embed_items(torch.tensor(j)) for j in row if j) / max(1, sum(j != 0 for j in row))
+            if any(row) else torch.zeros(model.item_dim) for row in seq.tolist()])
+    i = model.item_dim
+    assert inputs[0].shape[1] == inputs[1].shape[1] + 2 * i
+    torch.testing.assert_close(inputs[0][:, -2 * i:-i], ref_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inputs[0][:, -i:], t * ref_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inputs[0][:, :-2 * i], inputs[1])
+
+
+@pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
+def test_embedding_dropout_acts_in_training_only(name: str):
+    """CTRBase drops item and context embedding entries in training (survivors scaled by 1/(1-p)); in eval the
+    model scores exactly as with rate 0."""
+    model = built(VARIANTS[name]).eval()
+    b = batch(random_histories(64, 10))
+    with torch.no_grad():
+        ref = model(b)
+        items, context = model.embed_items(b["item_seq"]), model.embed_context(b)
+        model.embedding_dropout.p = 0.5
+        torch.testing.assert_close(model(b), ref, rtol=0, atol=0)
+        model.train()
+        torch.manual_seed(3)
+        dropped_items, dropped_context = model.embed_items(b["item_seq"]), model.embed_context(b)
+    for full, dropped in [(items, dropped_items), *zip(context, dropped_context)]:
+        real = full != 0
+        kept = dropped[real] != 0
+        assert 0.4 < kept.float().mean() < 0.6
+        torch.testing.assert_close(dropped[real][kept], 2 * full[real][kept])
+    assert not dropped_items[b["item_seq"] == 0].any()  # padding stays zero
+
+
+def test_embedding_parameters_are_fuxictrs_embedding_dict():
+    """The id, tag and context tables and the frozen embedding's projection; nothing else."""
+    for cfg in (SMALL, VARIANTS["no_mm_emb"]):
+        model = built(cfg)
+        names = {n for n, p in model.named_parameters() if any(p is q for q in model.embedding_parameters())}
+        expected = {"item_emb.weight", "tag_emb.weight", "context_emb.likes_level.weight",
+                    "context_emb.views_level.weight"} | ({"mm_proj.weight"} if cfg.use_mm_emb else set())
+        assert names == expected and len(model.embedding_parameters()) == len(expected)
+
+
 def test_dice_matches_formula_in_eval_and_batch_statistics_in_training():
     torch.manual_seed(0)
     dice = Dice(4)
@@ -336,6 +459,9 @@ def test_unknown_model_is_rejected_by_build_model():
     ({"model": "din", "dice": False, "use_transformer": False}, "train.use_transformer"),
     ({"model": "din", "use_dcn": False}, "train.use_dcn"),
     ({"model": "transformer_dcn", "dice": True}, "train.dice"),
+    ({"model": "meanpool", "use_transformer": False}, "train.use_transformer"),
+    ({"model": "meanpool", "use_dcn": False}, "train.use_dcn"),
+    ({"model": "meanpool", "dice": True}, "train.dice"),
     ({"model": "dien"}, "train.model"),
     ({"model": "din", "din_attention_units": [8, 0]}, "train.din_attention_units"),
     ({"use_mm_emb": "no"}, "train.use_mm_emb"),

@@ -14,12 +14,15 @@ import pipeline.synthetic as syn
 from pipeline.config import MakeSyntheticConfig
 from pipeline.io import DataError
 from pipeline.raw import (
+    IMPRESSION_COLUMNS,
     MicroLensFiles,
     check_known_items,
     cover_path,
     detect_cover_naming,
     find_microlens_files,
     item_ids,
+    read_impressions,
+    read_int_csv_reference,
     read_likes_views,
     read_pairs,
     read_pairs_csv_reference,
@@ -65,6 +68,14 @@ def test_find_synthetic_names(tmp_path: Path) -> None:
     assert find_microlens_files(raw) == MicroLensFiles(
         pairs=raw / "pairs.csv", titles=raw / "title_en.csv", likes_views=raw / "likes_and_views.txt",
         tags=raw / "tags.csv", covers=raw / "covers", cover_naming="<id>.jpg")
+
+
+def test_find_impressions_file(tmp_path: Path) -> None:
+    raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt", "impressions.csv"])
+    assert find_microlens_files(raw).impressions == raw / "impressions.csv"
+    _file(tmp_path, "MicroLens-1M_impressions.csv", "")
+    with pytest.raises(DataError, match="more than one impressions file"):
+        find_microlens_files(raw)
 
 
 def test_find_100k_release_names(tmp_path: Path) -> None:
@@ -195,6 +206,35 @@ def test_pairs_fast_path_equals_reference(tmp_path: Path) -> None:
 def test_pairs_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "pairs.csv"
     assert _error(read_pairs, path) == f"{path}: file not found"
+
+
+# ---------------------------------------------------------------------------------------------- impressions
+
+
+def test_impressions_good_file_and_reference(tmp_path: Path) -> None:
+    path = _file(tmp_path, "impressions.csv", "user,item,timestamp,click\n2,5,17,1\n2,6,17,0\n\n1,3,20,0\n")
+    expected = pl.DataFrame({"user": [2, 2, 1], "item": [5, 6, 3], "timestamp": [17, 17, 20], "click": [1, 0, 0]},
+                            schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64, "click": pl.Int8})
+    assert read_impressions(path).equals(expected)
+    assert read_int_csv_reference(path, IMPRESSION_COLUMNS).equals(expected)
+
+
+@pytest.mark.parametrize(("row", "problem"), [
+    ("1,2,3,2", "click must be 0 or 1, got '2'"),
+    ("1,2,3,-1", "click must be 0 or 1, got '-1'"),
+    ("1,2,3,yes", "click 'yes' is not a 64-bit integer"),
+    ("1,2,3", "expected 4 fields user,item,timestamp,click, got 3"),
+    ("0,2,3,1", "user 0 is outside 1..2147483647"),
+])
+def test_impressions_bad_row_names_its_physical_line(tmp_path: Path, row: str, problem: str) -> None:
+    path = _file(tmp_path, "impressions.csv", f"user,item,timestamp,click\n1,2,3,0\n\n{row}\n")
+    assert _error(read_impressions, path) == f"{path}: line 4: {problem}"
+
+
+def test_impressions_wrong_header(tmp_path: Path) -> None:
+    path = _file(tmp_path, "impressions.csv", "user,item,timestamp\n1,2,3\n")
+    assert _error(read_impressions, path) == (f"{path}: line 1: expected header 'user,item,timestamp,click', "
+                                              f"got 'user,item,timestamp'")
 
 
 # ---------------------------------------------------------------------------------------------- pairs.tsv

@@ -16,7 +16,10 @@ from pipeline.sequences import (
     SPLITS,
     SplitRows,
     assign_split,
+    build_exposure_rows,
     build_split_rows,
+    count_before,
+    exposure_rows_reference,
     histories_reference,
     history_matrix,
     order_events,
@@ -427,22 +430,22 @@ def test_chunked_streamed_and_collected_rows_are_identical(split: str, tmp_path)
         whole = rows.collect(name)
         assert whole.height > 0
         # one chunk holding every event is the straightforward path; small chunks only move frame boundaries
-        (single,) = rows.frames(name, chunk_events=10**9)
+        (single,) = rows.frames(name, chunk=10**9)
         assert single.equals(whole)
-        for chunk_events in (1, 7):
-            frames = list(rows.frames(name, chunk_events=chunk_events))
-            assert max(f.height for f in frames) == chunk_events * 3
+        for chunk in (1, 7):
+            frames = list(rows.frames(name, chunk=chunk))
+            assert max(f.height for f in frames) == chunk * 3
             assert pl.concat(frames).equals(whole)
-        assert rows.lazy(name, chunk_events=7).collect().equals(whole)
+        assert rows.lazy(name, chunk=7).collect().equals(whole)
         path = tmp_path / f"{name}.parquet"
-        rows.lazy(name, chunk_events=7).sink_parquet(path)
+        rows.lazy(name, chunk=7).sink_parquet(path)
         assert pl.read_parquet(path).equals(whole)
 
 
 def test_lazy_rows_honour_projection_filters_and_limits() -> None:
     rows = _build(random_pairs(12, n_rows=600), _item_table(30), neg_ratio=2)
     whole = rows.collect("train")
-    lazy = rows.lazy("train", chunk_events=5)
+    lazy = rows.lazy("train", chunk=5)
     query = [pl.col("label") == 0, pl.col("user_id") > 10]
     got = lazy.filter(*query).select("item_id", "event_ts").head(23).collect()
     assert got.equals(whole.filter(*query).select("item_id", "event_ts").head(23))
@@ -550,3 +553,74 @@ def test_split_rows_are_deterministic_for_a_seed() -> None:
     assert a.equals(b)
     assert a.drop("item_id", "likes_level", "views_level").equals(c.drop("item_id", "likes_level", "views_level"))
     assert not a["item_id"].equals(c["item_id"])
+
+
+# ---------------------------------------------------------------------------------------------- exposure rows
+
+
+def random_exposures(seed: int, n_users: int = 15, n_items: int = 30, n_requests: int = 80, slate: int = 4
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(pairs, impressions): requests at random times (some users share times, a user's requests do not), each
+    showing `slate` distinct items, a random subset clicked; pairs are the clicks in impression order."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in rng.integers(1, n_users + 1, n_requests):
+        ts = 1_700_000_000_000 + 1000 * int(rng.integers(0, 40))
+        for item in rng.choice(np.arange(1, n_items + 1), size=slate, replace=False):
+            rows.append((int(user), int(item), ts, int(rng.random() < 0.35)))
+    shown = pl.DataFrame(rows, schema={"user": pl.Int32, "item": pl.Int32, "timestamp": pl.Int64, "click": pl.Int8},
+                         orient="row").unique(subset=["user", "item", "timestamp"], keep="first", maintain_order=True)
+    return shown.filter(pl.col("click") == 1).drop("click"), shown
+
+
+def test_count_before_matches_a_plain_count() -> None:
+    pairs = random_pairs(3, n_users=10, n_rows=300, n_times=20).sort("user", "timestamp", maintain_order=True)
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 12, 200)
+    ts = 1_700_000_000_000 + 1000 * rng.integers(-1, 22, 200)
+    got = count_before(pairs["user"].to_numpy(), pairs["timestamp"].to_numpy(), users, ts)
+    clicks = list(pairs.select("user", "timestamp").iter_rows())
+    assert got.tolist() == [sum(cu == u and ct < t for cu, ct in clicks) for u, t in zip(users, ts, strict=True)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("split", ["leave_last", "time"])
+@pytest.mark.parametrize(("max_len", "min_history"), [(1, 0), (3, 1), (20, 2)])
+def test_exposure_rows_equal_the_reference_builder(seed: int, split: str, max_len: int, min_history: int) -> None:
+    pairs, shown = random_exposures(seed)
+    items = _item_table(30, seed)
+    common = dict(max_len=max_len, min_history=min_history, split=split, valid_frac=0.15, test_frac=0.2)
+    rows = build_exposure_rows(pairs, shown, items, **common)
+    reference = exposure_rows_reference(pairs, shown, items, **common)
+    for name in SPLITS:
+        assert rows.collect(name).rows() == reference[name], name
+        assert rows.collect(name).schema == ROW_SCHEMA
+        summary = rows.summary(name)
+        assert summary["rows"] == len(reference[name])
+        assert summary["clicks"] == sum(r[5] for r in reference[name])
+    assert sum(len(v) for v in reference.values()) > 0
+
+
+def test_exposure_rows_hold_every_exposure_once_with_its_click_as_label() -> None:
+    pairs, shown = random_exposures(5)
+    rows = build_exposure_rows(pairs, shown, _item_table(30), max_len=10, min_history=0, split="leave_last",
+                               valid_frac=0.1, test_frac=0.1)
+    out = pl.concat([rows.collect(name) for name in SPLITS])
+    assert out.height == shown.height
+    got = sorted(out.select("user_id", "item_id", "event_ts", "label").iter_rows())
+    assert got == sorted((u, i, t, float(c)) for u, i, t, c in shown.iter_rows())
+    # Clicks of the same request are not in each other's history: every history holds strictly earlier clicks.
+    first_click = {(u, i): t for u, i, t in pairs.group_by("user", "item").agg(pl.col("timestamp").min()).iter_rows()}
+    for u, seq, _, _, _, _, t in out.iter_rows():
+        assert all(first_click[(u, i)] < t for i in seq if i)
+    # leave_last: each user's last request (all its exposures) is test, the one before valid.
+    test = rows.collect("test")
+    last = shown.group_by("user").agg(pl.col("timestamp").max())
+    assert sorted(set(test.select("user_id", "event_ts").iter_rows())) == sorted(last.iter_rows())
+
+
+def test_exposure_rows_refuse_unknown_items() -> None:
+    pairs, shown = random_exposures(1)
+    with pytest.raises(DataError, match="impressions: item 31 shown to user"):
+        build_exposure_rows(pairs, shown.with_columns(item=pl.lit(31, pl.Int32)), _item_table(30), max_len=3,
+                            min_history=0, split="time", valid_frac=0.1, test_frac=0.1)

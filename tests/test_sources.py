@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, ParamsError, from_dict
-from pipeline.sources import item_cover_paths, item_titles
+from pipeline.config import BuildSequencesConfig, DataConfig, ParamsError, from_dict
+from pipeline.io import DataError
+from pipeline.sources import item_cover_paths, item_titles, microlens_sequences
 from tests.test_challenge import N_ITEMS, _layout
 
 
@@ -57,3 +58,21 @@ def test_challenge_titles_and_covers(tmp_path):
     assert titles["title"][0] == "title 1, with a comma"
     paths = item_cover_paths("mmctr", tmp_path, np.array([3]))
     assert paths == [tmp_path / "item_images" / "3.jpg"]
+
+
+def test_exposure_negatives_need_an_impressions_file(tmp_path):
+    raw = microlens_release(tmp_path / "ml")
+    cfg = BuildSequencesConfig(max_len=3, negatives="exposures")
+    with pytest.raises(DataError, match="build_sequences.negatives: 'exposures' needs an impressions file"):
+        microlens_sequences(raw, "error", cfg)
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,20,1\n1,2,30,0\n")
+    seqs = microlens_sequences(raw, "error", cfg)
+    rows = {name: frame.collect() for name, frame in seqs.splits.items()}
+    # leave_last by request: the exposure at 30 is test, at 20 valid; the one at 5 has no earlier click (dropped).
+    assert rows["test"].select("item_id", "item_seq", "label").rows() == [(2, [0, 2, 1], 0.0)]
+    assert rows["valid"].select("item_id", "item_seq", "label").rows() == [(1, [0, 0, 2], 1.0)]
+    assert rows["train"].height == 0  # the exposure at 10 has no earlier click either
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,9,5,0\n1,2,30,0\n")
+    with pytest.raises(DataError, match="impressions.csv: 1 clicks reference unknown items"):
+        microlens_sequences(raw, "error", cfg)
+    assert microlens_sequences(raw, "drop", cfg).dropped_clicks == 1

@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import pipeline.synthetic as syn
-from pipeline.config import MakeSyntheticConfig
+from pipeline.config import BuildSequencesConfig, MakeSyntheticConfig
 from pipeline.io import DataError
 from stages.make_synthetic import main as stage_main_cmd
 
@@ -149,13 +149,15 @@ def test_click_counts_default_total() -> None:
     assert abs(counts.sum() / 150_000 - 1) < 0.05
 
 
-def _random_model(rng: np.random.Generator, n_items: int = 12, n_users: int = 4, d: int = 3) -> syn.PlantedModel:
+def _random_model(rng: np.random.Generator, n_items: int = 12, n_users: int = 4, d: int = 3,
+                  click_model: str = "softmax") -> syn.PlantedModel:
     latent = syn._normalize_rows(rng.standard_normal((n_items, d)))
     pref = syn._normalize_rows(rng.standard_normal((n_users, d)))
     return syn.PlantedModel(
         item_latent=np.vstack([np.zeros((1, d)), latent]), item_log_pop=np.r_[0.0, rng.standard_normal(n_items)],
         item_topic=np.r_[-1, rng.integers(0, 3, n_items)], user_pref=np.vstack([np.zeros((1, d)), pref]),
-        preference_weight=3.0, popularity_weight=1.0, recency_weight=2.0, recency_window=3)
+        preference_weight=3.0, popularity_weight=1.0, recency_weight=2.0, recency_window=3,
+        click_model=click_model, click_bias=-1.5)
 
 
 def _reference_probs(m: syn.PlantedModel, user: int, hist: list[int]) -> list[float]:
@@ -319,6 +321,109 @@ def test_oracle_with_given_preferences_replaces_the_planted_ones(
 
 
 # --------------------------------------------------------------------------------------------------
+# Exposure logs
+
+EXPOSURES = replace(MEDIUM, negatives="exposures", mean_requests_per_user=5.0, max_requests_per_user=8,
+                    slate_size=6, click_bias=-1.5)
+
+
+@pytest.fixture(scope="module")
+def exposure_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exposures") / "raw"
+    syn.generate(EXPOSURES, out)
+    return out
+
+
+def _impressions(raw_dir: Path) -> pl.DataFrame:
+    return pl.read_csv(raw_dir / "impressions.csv",
+                       schema={"user": pl.Int64, "item": pl.Int64, "timestamp": pl.Int64, "click": pl.Int64})
+
+
+def test_exposure_log_layout_and_invariants(exposure_raw: Path) -> None:
+    """Every request shows slate_size distinct items the user has not clicked before; pairs.csv is exactly the
+    clicked exposures, in file order; each user's request count is the one drawn up front."""
+    assert (exposure_raw / "impressions.csv").read_text().splitlines()[0] == "user,item,timestamp,click"
+    shown = _impressions(exposure_raw)
+    pairs = pl.read_csv(exposure_raw / "pairs.csv", schema={"user": pl.Int64, "item": pl.Int64,
+                                                            "timestamp": pl.Int64})
+    assert pairs.equals(shown.filter(pl.col("click") == 1).drop("click"))
+    assert set(shown["click"].unique().to_list()) == {0, 1}
+    slates = shown.group_by("user", "timestamp").agg(pl.len(), pl.col("item").n_unique().alias("distinct"))
+    assert (slates["len"] == EXPOSURES.slate_size).all() and (slates["distinct"] == EXPOSURES.slate_size).all()
+    rng = syn._streams(EXPOSURES.seed)["model"]
+    syn.sample_planted_model(EXPOSURES, rng)
+    n_requests = syn.sample_click_counts(EXPOSURES, rng)
+    per_user = slates.group_by("user").len().sort("user")
+    assert per_user["len"].to_list() == n_requests[per_user["user"].to_numpy()].tolist()
+    assert 1 <= n_requests[1:].min() and n_requests.max() <= EXPOSURES.max_requests_per_user
+    for user, rows in shown.sort("user", "timestamp", maintain_order=True).group_by("user", maintain_order=True):
+        clicked_before: set[int] = set()
+        for _, request in rows.group_by("timestamp", maintain_order=True):
+            assert not clicked_before & set(request["item"].to_list()), user
+            clicked_before |= set(request.filter(pl.col("click") == 1)["item"].to_list())
+
+
+def test_exposure_click_probs_match_the_formula() -> None:
+    m = _random_model(np.random.default_rng(7), click_model="exposure")
+    pref, recent = m.user_pref[[1, 2]], np.array([[0.2, -0.1, 0.4], [0.0, 0.0, 0.0]])
+    items = np.array([[3, 5, 1], [12, 2, 7]])
+    got = syn.exposure_click_probs(m, pref, recent, items)
+    for b in range(2):
+        for k in range(3):
+            v = m.item_latent[items[b, k]]
+            logit = (m.click_bias + m.preference_weight * pref[b] @ v + m.popularity_weight * m.item_log_pop[items[b, k]]
+                     + m.recency_weight * recent[b] @ v)
+            assert got[b, k] == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-12)
+
+
+def test_exposure_oracle_is_each_row_click_probability(exposure_raw: Path) -> None:
+    """oracle_scores of exposure rows = the click sigmoid with the planted preference and the last w clicks of
+    earlier requests (plain per-row reference); it is calibrated on every leave-last split (no split selects on
+    clicks) and separates labels; a given preference replaces the planted one."""
+    model = syn.PlantedModel.load(exposure_raw / "planted.npz")
+    assert model.click_model == "exposure" and model.click_bias == EXPOSURES.click_bias
+    shown = _impressions(exposure_raw)
+    pairs = shown.filter(pl.col("click") == 1).drop("click")
+    rows = shown.rename({"user": "user_id", "item": "item_id", "timestamp": "event_ts"})
+    scores = syn.oracle_scores(model, pairs, rows, neg_ratio=0)
+    for r, (u, item, ts) in enumerate(rows.select("user_id", "item_id", "event_ts").head(400).iter_rows()):
+        before = pairs.filter((pl.col("user") == u) & (pl.col("timestamp") < ts))["item"].to_numpy()
+        recent = model.item_latent[before[-model.recency_window:]].mean(0) if len(before) else 0.0
+        logit = (model.click_bias + model.item_latent[item] @ (model.preference_weight * model.user_pref[u]
+                 + model.recency_weight * recent) + model.popularity_weight * model.item_log_pop[item])
+        assert scores[r] == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-9)
+    labels = rows["click"].to_numpy()
+    from_end = rows.select(pl.col("event_ts").rank("dense", descending=True).over("user_id"))["event_ts"].to_numpy()
+    for part in (from_end == 1, from_end == 2, from_end > 2):  # test, valid, train under leave_last
+        z = (labels[part] - scores[part]).sum() / math.sqrt((scores[part] * (1 - scores[part])).sum())
+        assert abs(z) < 4, z
+    assert roc_auc_score(labels, scores) > 0.7
+    users = rows["user_id"].to_numpy()
+    np.testing.assert_array_equal(syn.oracle_scores(model, pairs, rows, 0, pref=model.user_pref[users]), scores)
+    zero = syn.oracle_scores(model, pairs, rows, 0, pref=np.zeros_like(model.user_pref[users]))
+    assert roc_auc_score(labels, zero) < roc_auc_score(labels, scores)
+
+
+def test_exposure_log_is_deterministic_and_sampled_mode_writes_no_impressions(tmp_path: Path) -> None:
+    small = replace(EXPOSURES, n_users=40)
+    syn.generate(small, tmp_path / "a")
+    syn.generate(small, tmp_path / "b")
+    for name in ("pairs.csv", "impressions.csv", "planted.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    syn.generate(replace(small, negatives="sampled"), tmp_path / "c")
+    assert not (tmp_path / "c" / "impressions.csv").exists()
+
+
+def test_oracle_is_exact_only_for_matching_rows() -> None:
+    sampled, exposures = BuildSequencesConfig(), BuildSequencesConfig(negatives="exposures")
+    assert syn.oracle_mismatch("exposure", exposures) is None
+    assert "build_sequences.negatives: exposures" in syn.oracle_mismatch("exposure", sampled)
+    assert syn.oracle_mismatch("softmax", sampled) is None
+    assert "negatives: sampled" in syn.oracle_mismatch("softmax", exposures)
+    assert "uniform" in syn.oracle_mismatch("softmax", BuildSequencesConfig(neg_sampling="popularity"))
+
+
+# --------------------------------------------------------------------------------------------------
 # Modality signal
 
 
@@ -378,6 +483,13 @@ def test_planted_model_round_trip_and_bad_files(tmp_path: Path) -> None:
     weights = (back.preference_weight, back.popularity_weight, back.recency_weight, back.recency_window)
     assert weights == (3.0, 1.0, 2.0, 3)
     assert type(back.recency_window) is int
+    assert (back.click_model, back.click_bias) == ("softmax", -1.5)
+    exposure = tmp_path / "exposure.npz"
+    dataclasses.replace(m, click_model="exposure").save(exposure)
+    assert syn.PlantedModel.load(exposure).click_model == "exposure"
+    dataclasses.replace(m, click_model="bandit").save(tmp_path / "bad_model.npz")
+    with pytest.raises(DataError, match="bad_model.npz: click_model must be one of softmax, exposure"):
+        syn.PlantedModel.load(tmp_path / "bad_model.npz")
 
     with pytest.raises(DataError, match="missing.npz: file not found"):
         syn.PlantedModel.load(tmp_path / "missing.npz")

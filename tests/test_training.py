@@ -1,21 +1,31 @@
-"""Training loop, batching, checkpoints: invariants and a learnable toy problem."""
+"""Training loop, batching, checkpoints, optimiser, regularisers, lr schedule and validation interval: invariants,
+hand-computed values and a learnable toy problem."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from model.transformer_dcn import TransformerDCN
+from pipeline import training
 from pipeline.config import TrainConfig
 from pipeline.io import DataError
 from pipeline.training import (
     SplitTensors,
+    batch_loss,
     evaluate_split,
     fit,
     load_checkpoint,
+    lr_at,
     make_batch,
+    make_optimizer,
+    optimizer_step,
     predict_logits,
+    resume_fingerprint,
     save_checkpoint,
     trim_history,
 )
@@ -101,6 +111,161 @@ def test_resumed_run_continues_to_the_uninterrupted_result(tmp_path):
     afresh = fit(new_model(), train, valid, train_cfg(epochs=1, learning_rate=1e-3, resume=True), CPU,
                  resume_file=state)
     assert [r["epoch"] for r in afresh] == [0]
+
+
+def test_resume_with_eval_steps_carries_an_interval_across_passes(tmp_path, monkeypatch):
+    """8 steps a pass, 3 passes, validations after steps 5, 10, 15, 20 and 24. A run killed at its 4th validation
+    (in the third pass) resumes from the state saved at the end of the second pass, in the middle of the interval
+    15-20 (the loss of step 16 is carried over), and ends with the uninterrupted run's records and weights."""
+    train, valid = toy_split(500, seed=1), toy_split(150, seed=2)
+    cfg = train_cfg(epochs=3, patience=10, eval_steps=5, lr_decay=0.5)
+    whole = new_model()
+    ref = fit(whole, train, valid, cfg, CPU)
+    assert [r["step"] for r in ref] == [5, 10, 15, 20, 24]
+    calls = []
+
+    def killed_at_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("killed")
+        return evaluate_split(*args, **kwargs)
+
+    state = tmp_path / "state.pt"
+    with monkeypatch.context() as m:
+        m.setattr(training, "evaluate_split", killed_at_the_fourth)
+        with pytest.raises(RuntimeError, match="killed"):
+            fit(new_model(), train, valid, cfg, CPU, resume_file=state)
+    saved = torch.load(state, weights_only=True)
+    assert (saved["epoch"], saved["step"], saved["interval_rows"]) == (2, 16, 500 - 7 * 64)
+    assert saved["interval_loss"] > 0
+    torch.manual_seed(123)
+    resumed = TransformerDCN(SMALL, feature_map(), *item_tables())
+    assert fit(resumed, train, valid, dataclasses.replace(cfg, resume=True), CPU, resume_file=state) == ref
+    for k, v in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_epochs_is_resume_neutral_only_when_it_shapes_nothing_before_the_end():
+    train, valid = toy_split(50, seed=1), toy_split(20, seed=2)
+    for kw, neutral in [({}, True), ({"lr_schedule": "cosine"}, False), ({"eval_steps": 3}, False)]:
+        short, long = train_cfg(epochs=2, **kw), train_cfg(epochs=4, **kw)
+        assert (resume_fingerprint(short, train, valid) == resume_fingerprint(long, train, valid)) == neutral, kw
+
+
+def test_lr_at_matches_hand_values():
+    # plateau: the plateau state itself, after a linear warm-up from base / warmup_steps
+    assert [lr_at(s, 1e-3, "plateau", 1e-6, 100, 0) for s in (0, 50, 99)] == [1e-3, 1e-3, 1e-3]
+    assert [lr_at(s, 1e-3, "plateau", 1e-6, 100, 4) for s in range(6)] == pytest.approx(
+        [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    # cosine: from base right after the warm-up to min_lr at the run's end; (1 + cos(0.2 pi)) / 2 = 0.9045085
+    assert [lr_at(s, 1.0, "cosine", 0.0, 10, 0) for s in (0, 2, 5, 10)] == pytest.approx([1.0, 0.9045085, 0.5, 0.0])
+    assert [lr_at(s, 1.0, "cosine", 0.1, 12, 2) for s in (0, 1, 2, 7, 12)] == pytest.approx([0.5, 1.0, 1.0, 0.55, 0.1])
+
+
+def test_fit_takes_each_steps_lr_from_the_schedule():
+    """Validating after every step, each record's lr is its step's: lr_at's cosine with warm-up over 2 passes of 5
+    steps; under plateau, the previous lr times lr_decay after each validation without a better AUC."""
+    train, valid = toy_split(300, seed=1), toy_split(150, seed=2)
+    cfg = train_cfg(epochs=2, patience=100, eval_steps=1, lr_schedule="cosine", warmup_steps=3, min_lr=1e-4)
+    history = fit(new_model(), train, valid, cfg, CPU)
+    assert [r["lr"] for r in history] == [lr_at(s, 3e-3, "cosine", 1e-4, 10, 3) for s in range(10)]
+    cfg = train_cfg(epochs=2, patience=100, eval_steps=1, lr_decay=0.5)
+    history = fit(new_model(), train, valid, cfg, CPU)
+    lr, best, expected = cfg.learning_rate, -math.inf, []
+    for record in history:
+        expected.append(lr)
+        if record["valid_auc"] > best:
+            best = record["valid_auc"]
+        else:
+            lr = max(lr * cfg.lr_decay, cfg.min_lr)
+    assert [r["lr"] for r in history] == expected and expected[-1] < cfg.learning_rate
+
+
+def test_eval_steps_validates_every_interval_and_the_last_partial_one():
+    """500 rows in batches of 64: 8 steps a pass (the last of 52 rows), 16 in 2 passes. Every 5 steps means
+    ceil(16 / 5) = 4 validations, after steps 5, 10, 15 and 16; each interval's train logloss weighted by its
+    rows adds up to the per-pass values of the default run (no lr decay: both runs make the same updates)."""
+    train, valid = toy_split(500, seed=1), toy_split(150, seed=2)
+    stepped = fit(new_model(), train, valid, train_cfg(epochs=2, patience=10, lr_decay=1.0, eval_steps=5), CPU)
+    assert len(stepped) == math.ceil(16 / 5)
+    assert [(r["epoch"], r["step"]) for r in stepped] == [(0, 5), (1, 10), (1, 15), (1, 16)]
+    passes = fit(new_model(), train, valid, train_cfg(epochs=2, patience=10, lr_decay=1.0), CPU)
+    assert [(r["epoch"], r["step"]) for r in passes] == [(0, 8), (1, 16)]
+    rows = {step: 52 if step % 8 == 0 else 64 for step in range(1, 17)}
+    interval_rows = [sum(rows[s] for s in range(a + 1, b + 1)) for a, b in [(0, 5), (5, 10), (10, 15), (15, 16)]]
+    assert sum(r["train_logloss"] * n for r, n in zip(stepped, interval_rows)) == pytest.approx(
+        sum(r["train_logloss"] * 500 for r in passes), rel=1e-9)
+
+
+def large_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """Every matrix N(0, 0.5) (padding rows kept at 0), so the embedding tables weigh in an L2 term as much as
+    the rest."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for table in (model.item_emb, model.tag_emb, *model.context_emb.values()):
+            table.weight[0] = 0.0
+    return model.eval()  # no dropout: every loss below sees the same logits
+
+
+EMBEDDING_TABLES = ("item_emb.", "tag_emb.", "context_emb.", "mm_proj.")
+
+
+def test_regularizers_add_fuxictrs_l2_term_to_the_loss():
+    """loss(with) - loss(without) = embedding_regularizer / 2 * sum of w^2 over the embedding tables (whole, with
+    the frozen embedding's projection) + net_regularizer / 2 * sum of w^2 over every other parameter, biases
+    included; the returned BCE sum (the reported train logloss) is unchanged."""
+    model = large_weights(new_model())
+    train, rows = toy_split(100, seed=1), torch.arange(64)
+    plain, plain_sum = batch_loss(model, train, rows, train_cfg(), CPU)
+    for emb, net in [(0.3, 0.0), (0.0, 0.05), (0.3, 0.05)]:
+        loss, loss_sum = batch_loss(model, train, rows, train_cfg(embedding_regularizer=emb, net_regularizer=net), CPU)
+        by_hand = sum((emb if n.startswith(EMBEDDING_TABLES) else net) / 2 * (p.detach().double() ** 2).sum().item()
+                      for n, p in model.named_parameters())
+        assert by_hand > 0.1
+        assert (loss - plain).item() == pytest.approx(by_hand, rel=1e-5)
+        assert loss_sum.item() == plain_sum.item()
+
+
+def test_regularized_step_differs_by_lambda_times_the_weight():
+    """One plain SGD step (lr 0.1, no clipping) from the same weights: the regularised update is the plain one
+    minus 0.1 * lambda * w, lambda = 0.3 on the embedding tables and 0.05 elsewhere."""
+    train, rows = toy_split(100, seed=1), torch.arange(64)
+    after = {}
+    for name, cfg in [("plain", train_cfg()), ("l2", train_cfg(embedding_regularizer=0.3, net_regularizer=0.05))]:
+        model = large_weights(new_model())
+        loss, _ = batch_loss(model, train, rows, cfg, CPU)
+        optimizer_step(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, max_grad_norm=1e9)
+        after[name] = {n: p.detach() for n, p in model.named_parameters()}
+    for n, w in large_weights(new_model()).named_parameters():
+        lam = 0.3 if n.startswith(EMBEDDING_TABLES) else 0.05
+        torch.testing.assert_close(after["l2"][n], after["plain"][n] - 0.1 * lam * w.detach(), msg=n)
+
+
+def test_adamw_step_decays_every_weight_beyond_the_adam_step():
+    """Decoupled weight decay: from the same weights and gradient, one AdamW step is the Adam step minus
+    lr * weight_decay * w."""
+    train, rows = toy_split(100, seed=1), torch.arange(64)
+    after = {}
+    for name, cfg in [("adam", train_cfg()), ("adamw", train_cfg(optimizer="adamw", weight_decay=0.1))]:
+        model = large_weights(new_model())
+        loss, _ = batch_loss(model, train, rows, cfg, CPU)
+        opt = make_optimizer(model, cfg)
+        assert type(opt) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+        optimizer_step(model, opt, loss, cfg.max_grad_norm)
+        after[name] = {n: p.detach() for n, p in model.named_parameters()}
+    for n, w in large_weights(new_model()).named_parameters():
+        torch.testing.assert_close(after["adamw"][n], after["adam"][n] - 3e-3 * 0.1 * w.detach(), msg=n)
+
+
+def test_fit_trains_with_the_embedding_dropout_rate():
+    train, valid = toy_split(300, seed=1), toy_split(150, seed=2)
+    plain = fit(new_model(), train, valid, train_cfg(epochs=1), CPU)
+    model = new_model()
+    dropped = fit(model, train, valid, train_cfg(epochs=1, embedding_dropout=0.25), CPU)
+    assert model.embedding_dropout.p == 0.25 and dropped != plain
 
 
 def test_nan_loss_stops_with_the_step():

@@ -1,0 +1,302 @@
+"""Held-out style checks: challenge-format datasets from several planted exposure models, and the pipeline's
+train profiles run on each exactly as a user with challenge files would run them.
+
+    python benchmarks/variants.py make --out /tmp/variants            # write every variant's challenge folder
+    python benchmarks/variants.py run --data /tmp/variants            # default train profile on each variant
+    python benchmarks/variants.py run --data /tmp/variants --profile din --profile meanpool \\
+        --set train.learning_rate=0.001 ...                           # other profiles, params overrides
+
+`make` draws each variant's planted model and exposure log (pipeline/synthetic.py, negatives: exposures), builds
+its rows with the pipeline's exposure builder, and writes the WWW2025 MMCTR layout (pipeline/challenge.py
+`write_challenge_dataset`): train/valid/test.parquet without timestamps, item_info.parquet whose item_emb_d128 is a
+PCA of two noisy "modality" views of each item's latent (as the organisers' PCA of BERT + CLIP), and
+item_feature.parquet with those two views as txt_emb_BERT / img_emb_CLIPRN50. Beside the folder it keeps
+truth.parquet: the oracle and history-oracle P(click) of every test row (same order), which the challenge files
+cannot carry.
+
+`run` runs the build_sequences, fit_pca, train and evaluate stages (the same commands dvc.yaml runs) with the
+repository's params.yaml plus `data.source: mmctr`, `data.item_embeddings: challenge_d128`,
+`build_sequences.max_len: 50` (the settings of issue 13's held-out check), one profile's overrides and any --set,
+and prints test AUC / logloss next to the oracles. A profile is a named set of train overrides (PROFILES); the
+default profile is params.yaml as it is.
+
+The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
+(recency weight and window), popularity, click rate, how informative the item embedding is, history length and
+split. Sizes follow the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import polars as pl
+import yaml
+
+from pipeline.challenge import write_challenge_dataset
+from pipeline.config import MakeSyntheticConfig
+from pipeline.metrics import auc
+from pipeline.pca import fit_pca
+from pipeline.sequences import SPLITS, build_exposure_rows
+from pipeline.synthetic import (
+    PlantedModel, _streams, exposure_frame, history_preference, oracle_scores, sample_click_counts,
+    sample_planted_model, sample_timestamps, simulate_exposures)
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LEN = 50  # history width written to the split files (the held-out check's build_sequences.max_len)
+N_TAGS = 5  # item_tags width
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One planted data set: make_synthetic overrides (exposure log), the item-embedding views and the split."""
+
+    name: str
+    about: str
+    synthetic: dict[str, Any]
+    text_noise: float = 0.5  # noise of the "text" view around [topic centroid || latent], relative to its norm
+    image_noise: float = 1.0  # same for the "image" view
+    topic_share: float = 0.6  # weight of the topic centroid vs the item's own latent in both views
+    split: str = "time"  # time (global cut) or leave_last (per user, by request)
+    valid_frac: float = 0.1
+    test_frac: float = 0.1
+
+
+BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
+VARIANTS: tuple[Variant, ...] = (
+    Variant("stream", "personalised impression stream, recency over the last 3 clicks",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "click_bias": -2.5, "seed": 101}),
+    Variant("sessions", "order matters: the last click dominates, weak long-term taste, leave-last split",
+            {**BASE, "n_users": 4000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 1.5, "recency_weight": 4.0, "recency_window": 1, "seed": 102},
+            split="leave_last"),
+    Variant("popular", "mostly popularity-driven showing and clicking, low click rate, many short users",
+            {**BASE, "n_users": 4500, "mean_requests_per_user": 4.0, "max_requests_per_user": 30,
+             "popularity_weight": 2.0, "policy_preference_weight": 0.3, "policy_popularity_weight": 1.5,
+             "click_bias": -4.0, "seed": 103}),
+    Variant("noisy-emb", "item embeddings that barely show the latent: ids must be learned",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "click_bias": -2.5, "seed": 104},
+            text_noise=2.0, image_noise=3.0, topic_share=0.8),
+    Variant("stream-1m", "the stream variant at about 1M train rows",
+            {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "click_bias": -2.5, "seed": 105}),
+)
+
+# Named train overrides; "default" is params.yaml unchanged.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "din": {"train.model": "din"},
+    "meanpool": {"train.model": "meanpool"},
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# make
+
+
+def modality_views(model: PlantedModel, centroids: np.ndarray, variant: Variant, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 768) "text" and (N, 1024) "image" vectors of items 1..N: fixed random projections of
+    [topic_share * centroid || (1 - topic_share) * latent] plus isotropic noise of the view's relative size."""
+    topic = model.item_topic[1:]
+    base = np.hstack([variant.topic_share * centroids[topic], (1 - variant.topic_share) * model.item_latent[1:]])
+    scale = np.linalg.norm(base, axis=1).mean()
+    views = []
+    for width, noise in ((768, variant.text_noise), (1024, variant.image_noise)):
+        proj = rng.standard_normal((base.shape[1], width)) / math.sqrt(base.shape[1])
+        clean = base @ proj
+        views.append(clean + rng.standard_normal(clean.shape) * noise * scale / math.sqrt(base.shape[1]))
+    return views[0].astype(np.float32), views[1].astype(np.float32)
+
+
+def item_tags(model: PlantedModel, rng: np.random.Generator) -> np.ndarray:
+    """(N+1, N_TAGS) int64 tag ids left-padded with 0 (row 0 zeros): 1-3 tags of the item's topic (3 per topic)
+    and sometimes one of 5 generic tags."""
+    n = model.n_items
+    n_topics = int(model.item_topic.max()) + 1
+    tags = np.zeros((n + 1, N_TAGS), dtype=np.int64)
+    for i in range(1, n + 1):
+        k = int(rng.integers(1, 4))
+        own = 1 + 3 * model.item_topic[i] + rng.choice(3, size=k, replace=False)
+        extra = [1 + 3 * n_topics + int(rng.integers(5))] if rng.random() < 0.2 else []
+        chosen = [*own.tolist(), *extra]
+        tags[i, N_TAGS - len(chosen):] = chosen
+    return tags
+
+
+def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
+    """(N,) values -> int8 levels 0..n_levels-1 by quantile."""
+    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+    return (ranks * n_levels // len(values)).astype(np.int8)
+
+
+def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
+    """Write variant's challenge folder to out/<name>/data and its truth.parquet to out/<name>; return counts."""
+    cfg = MakeSyntheticConfig(**variant.synthetic)
+    rng = _streams(cfg.seed)
+    model, centroids = sample_planted_model(cfg, rng["model"])
+    n_requests = sample_click_counts(cfg, rng["model"])
+    log = simulate_exposures(model, n_requests, cfg, rng["clicks"])
+    impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
+        pl.col("user", "item").cast(pl.Int32))
+    pairs = impressions.filter(pl.col("click") == 1).drop("click")
+    n = model.n_items
+    side = np.random.default_rng(cfg.seed + 1)
+    likes = np.zeros(n + 1, np.int8)
+    views = np.zeros(n + 1, np.int8)
+    views[1:] = levels(model.item_log_pop[1:] + 0.5 * side.standard_normal(n))
+    likes[1:] = levels(model.item_log_pop[1:] + 1.5 * side.standard_normal(n))
+    tags = item_tags(model, side)
+    item_table = pl.DataFrame({"item_id": np.arange(n + 1, dtype=np.int32), "likes_level": likes,
+                               "views_level": views})
+    rows = build_exposure_rows(pairs, impressions, item_table, max_len=MAX_LEN, min_history=1, split=variant.split,
+                               valid_frac=variant.valid_frac, test_frac=variant.test_frac)
+    splits = {name: rows.collect(name) for name in SPLITS}
+    text, image = modality_views(model, centroids, variant, side)
+    emb = np.zeros((n + 1, 128), np.float32)
+    emb[1:] = fit_pca(text, image, dim=128, normalize="none", seed=0).transform(text, image)
+    folder = out / variant.name
+    write_challenge_dataset(folder / "data", splits, item_tags=tags, item_emb=emb,
+                            titles=[f"item {i} of topic {t}" for i, t in enumerate(model.item_topic[1:], 1)],
+                            text_emb=text, image_emb=image)
+    test = splits["test"]
+    truth = {"oracle": oracle_scores(model, pairs, test, 0),
+             "history_oracle": oracle_scores(model, pairs, test, 0, pref=history_preference(
+                 model, test["item_seq"].list.to_array(MAX_LEN).to_numpy()))}
+    pl.DataFrame({"label": test["label"], **truth}).write_parquet(folder / "truth.parquet")
+    hist = (splits["train"]["item_seq"].list.eval(pl.element() != 0).list.sum()).to_numpy()
+    counts = {"items": n, "users": cfg.n_users, **{f"{s}_rows": splits[s].height for s in SPLITS},
+              "ctr": float(impressions["click"].mean()), "median_history": float(np.median(hist)),
+              "max_history": int(hist.max()), "clicks_per_item": pairs.height / n,
+              "oracle_auc": auc(test["label"].to_numpy(), truth["oracle"]),
+              "history_oracle_auc": auc(test["label"].to_numpy(), truth["history_oracle"])}
+    (folder / "about.json").write_text(json.dumps({"variant": asdict(variant), "counts": counts}, indent=1))
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+
+
+def params_for(folder: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The repository's params.yaml with the held-out check's data settings and `overrides` ("section.key")."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(source="mmctr", raw_dir=str(folder / "data"), item_embeddings="challenge_d128")
+    params["build_sequences"]["max_len"] = MAX_LEN
+    for key, value in overrides.items():
+        section, name = key.split(".", 1)
+        if name not in params.get(section, {}) and section != "train":
+            raise click.BadParameter(f"{key}: not a key of params.yaml")
+        params[section][name] = value
+    return params
+
+
+def run_stages(folder: Path, work: Path, params: dict[str, Any], threads: int) -> dict[str, Any]:
+    """build_sequences, fit_pca, train, evaluate on `folder`'s data with `params`, outputs under `work`; returns
+    evaluate's and train's metrics and the test predictions."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    raw, seq, p = str(folder / "data"), work / "sequences", ["--params", str(work / "params.yaml")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+
+    def stage(name: str, *args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", f"stages.{name}", *args, *p], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise click.ClickException(f"{name} failed on {folder.name}:\n{proc.stderr[-2000:]}")
+        (work / f"{name}.log").write_text(proc.stderr)
+
+    stage("build_sequences", "--raw-dir", raw, "--out-dir", str(seq), "--items", str(seq / "items.parquet"),
+          "--feature-map", str(seq / "feature_map.json"), "--metrics", str(work / "build_sequences.json"))
+    stage("fit_pca", "--text", "-", "--image", "-", "--items", str(seq / "items.parquet"), "--raw-dir", raw,
+          "--out", str(work / "item_info.parquet"), "--transform", str(work / "pca.npz"),
+          "--metrics", str(work / "fit_pca.json"), "--plot", str(work / "pca_plot.json"))
+    stage("train", "--train", str(seq / "train.parquet"), "--valid", str(seq / "valid.parquet"),
+          "--item-info", str(work / "item_info.parquet"), "--feature-map", str(seq / "feature_map.json"),
+          "--model", str(work / "model.pt"), "--live-dir", str(work / "live"))
+    stage("evaluate", "--model", str(work / "model.pt"), "--test", str(seq / "test.parquet"), "--raw-dir", raw,
+          "--metrics", str(work / "evaluate.json"), "--roc", str(work / "roc.json"),
+          "--calibration", str(work / "calibration.json"), "--predictions", str(work / "predictions.parquet"),
+          "--submission", str(work / "submission.zip"))
+    return {"test": json.loads((work / "evaluate.json").read_text()),
+            "train": json.loads((work / "live" / "metrics.json").read_text()),
+            "scores": pl.read_parquet(work / "predictions.parquet")["score"].to_numpy()}
+
+
+def parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
+    """`section.key=value` strings (values parsed as YAML) -> {"section.key": value}."""
+    out = {}
+    for s in sets:
+        key, sep, value = s.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"{s!r}: expected section.key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@click.group()
+def main() -> None:
+    """Challenge-format variants from planted exposure models, and train profiles run on them."""
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--only", multiple=True, help="variant names (default: all)")
+def make(out: Path, only: tuple[str, ...]) -> None:
+    """Write each variant's challenge folder and truth."""
+    for variant in VARIANTS:
+        if only and variant.name not in only:
+            continue
+        start = time.perf_counter()
+        counts = make_variant(variant, out)
+        click.echo(f"{variant.name}: {json.dumps(counts)} ({time.perf_counter() - start:.0f} s)")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--profile", "profiles", multiple=True, default=("default",), show_default=True,
+              type=click.Choice(list(PROFILES)))
+@click.option("--set", "sets", multiple=True, help="extra params override section.key=value (every profile)")
+@click.option("--only", multiple=True, help="variant names (default: every folder under --data)")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where stage outputs go (default: <data>/runs)")
+@click.option("--tag", default="", help="suffix of the run folders, to keep runs with different --set apart")
+@click.option("--threads", default=2, show_default=True)
+def run(data: Path, profiles: tuple[str, ...], sets: tuple[str, ...], only: tuple[str, ...], work: Path | None,
+        tag: str, threads: int) -> None:
+    """Run the profiles on each variant and print the table (test AUC / logloss vs the oracles)."""
+    extra = parse_sets(sets)
+    folders = sorted(p for p in data.iterdir() if (p / "truth.parquet").is_file() and (not only or p.name in only))
+    click.echo("| variant | profile | valid AUC | test AUC | test logloss | history oracle AUC | oracle AUC "
+               "| gap to history oracle | epochs | s |")
+    click.echo("|---|---|---|---|---|---|---|---|---|---|")
+    for folder in folders:
+        truth = pl.read_parquet(folder / "truth.parquet")
+        labels = truth["label"].to_numpy()
+        h_auc, o_auc = auc(labels, truth["history_oracle"].to_numpy()), auc(labels, truth["oracle"].to_numpy())
+        for profile in profiles:
+            start = time.perf_counter()
+            out = run_stages(folder, (work or data / "runs") / f"{folder.name}-{profile}{tag}",
+                             params_for(folder, {**PROFILES[profile], **extra}), threads)
+            if not np.array_equal(out["test"].get("rows"), len(labels)):
+                raise click.ClickException(f"{folder.name}: test has {out['test'].get('rows')} rows, truth "
+                                           f"{len(labels)}")
+            test_auc = out["test"]["auc"]
+            click.echo(f"| {folder.name} | {profile}{tag} | {out['train']['valid_auc']:.4f} | {test_auc:.4f} | "
+                       f"{out['test']['logloss']:.4f} | {h_auc:.4f} | {o_auc:.4f} | {h_auc - test_auc:+.4f} | "
+                       f"{out['train']['epochs_run']} | {time.perf_counter() - start:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
