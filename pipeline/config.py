@@ -9,6 +9,7 @@ checks ranges. Every failure is a `ParamsError` whose one-line message starts wi
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -101,11 +102,27 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ParamsError(f"{key}: {message}")
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads YAML 1.2 floats such as `1e-05` (an exponent without a dot) as numbers,
+    as DVC's own YAML parser does: `dvc exp run -S train.net_regularizer=0.00001` writes `1e-05` into params.yaml,
+    which plain YAML 1.1 would read as text."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values, read as the params loader reads params.yaml (ParamsLoader)."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def read_params(path: str | Path) -> dict[str, Any]:
     """The whole params file as a dict; a missing or unparsable file is a one-line ParamsError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as e:

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pipeline.compare import TRAIN_METRICS, _metric, _walk
-from pipeline.config import ParamsError, TrainConfig, TuneConfig, from_dict, load_section, read_params, require
+from pipeline.config import (
+    ParamsError, TrainConfig, TuneConfig, from_dict, load_section, parse_yaml, read_params, require)
 
 PREFIX = "tune"
 # The tuned train keys: every TuneConfig field that lists candidates.
@@ -59,12 +59,6 @@ def set_value(value: Any) -> str:
 
 def _check(train_section: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
     """TrainConfig of the train section with `overrides`; a failure names the tune key that caused it."""
-    for key, value in overrides.items():
-        # The stage reads params.yaml with YAML 1.1, which takes an exponent without a dot (1e-05) as text.
-        written = yaml.safe_load(set_value(value))
-        if written != value or type(written) is not type(value):
-            raise ParamsError(f"tune.{key}: {value!r} would reach params.yaml as {set_value(value)} (dvc exp run -S "
-                              "writes Python's repr), which the params loader reads as text; use 0 or at least 0.0001")
     try:
         return from_dict(TrainConfig, {**train_section, **overrides}, "train")
     except ParamsError as e:
@@ -242,7 +236,7 @@ def keep_layout(before: str, applied: str, values: dict[str, Any]) -> str:
             if m.group(2) in values:
                 lines[i] = f"{m.group(1)}{m.group(2)}{m.group(3)}{set_value(values[m.group(2)])}{m.group(4)}"
     kept = "".join(lines)
-    return kept if yaml.safe_load(kept) == yaml.safe_load(applied) else applied
+    return kept if parse_yaml(kept) == parse_yaml(applied) else applied
 
 
 # ------------------------------------------------------------------------------------------------ running DVC

@@ -24,6 +24,7 @@ from pipeline.config import (
     TrainConfig,
     from_dict,
     load_section,
+    parse_yaml,
 )
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
@@ -134,16 +135,18 @@ def test_literal_message_lists_the_allowed_values(tmp_path: Path) -> None:
     assert all(repr(v) in message for v in ("l2", "standard", "none"))
 
 
-def test_yaml_exponent_without_dot_is_a_string_and_rejected(tmp_path: Path) -> None:
-    # YAML 1.1 reads `1e-3` as a string; the loader must say so instead of failing later in the optimiser. The
-    # pattern takes train's scalar learning_rate, not a list of candidates in another section.
+def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads `1e-3` as a string; `dvc exp run -S` writes small floats that way (1e-05), and DVC's
+    # own parser reads them as numbers, so the params loader does too. The pattern takes train's scalar
+    # learning_rate, not a list of candidates in another section.
     text, n = re.subn(r"(?m)^  learning_rate: [0-9.e+-]+$", "  learning_rate: 1e-3", PARAMS.read_text())
     assert n == 1
     path = tmp_path / "params.yaml"
-    path.write_text(text)
-    message = _error(path, "train")
-    assert message.startswith("train.learning_rate: must be a number")
-    assert "write 1.0e-3" in message
+    path.write_text(text.replace("  net_regularizer: 0.0 ", "  net_regularizer: 2E+1 ", 1))
+    cfg = load_section(path, "train", TrainConfig)
+    assert cfg.learning_rate == 0.001 and cfg.net_regularizer == 20.0
+    assert parse_yaml("a: 1e-05\nb: 1_000\nc: '1e-3'\nd: 1.5e-2\ne: e5") == {
+        "a": 1e-05, "b": 1000, "c": "1e-3", "d": 0.015, "e": "e5"}
 
 
 OUT_OF_RANGE = [

@@ -178,7 +178,7 @@ def _stage_files(tmp_path: Path, planted: bool) -> dict[str, Path]:
     raw.mkdir()
     if planted:
         latent = np.vstack([np.zeros((1, 2)), np.ones((N_ITEMS, 2)) / np.sqrt(2)])
-        PlantedModel(latent, np.zeros(N_ITEMS + 1), topic, np.zeros((3, 2)), 1.0, 1.0, 1.0, 1).save(
+        PlantedModel(latent, np.zeros(N_ITEMS + 1), topic, np.zeros((3, 2)), 1.0, 1.0, 1.0, 1, "softmax", 0.0).save(
             raw / "planted.npz")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({

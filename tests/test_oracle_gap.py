@@ -14,7 +14,8 @@ def test_planted_item_info_puts_each_items_planted_parameters_in_its_row(tmp_pat
     latent = np.vstack([np.zeros((1, 3)), rng.standard_normal((4, 3))])
     model = PlantedModel(item_latent=latent, item_log_pop=np.array([0.0, 0.5, -1.0, 2.0, 0.25]),
                          item_topic=np.array([-1, 0, 1, 0, 1]), user_pref=np.zeros((2, 3)), preference_weight=1.0,
-                         popularity_weight=1.0, recency_weight=1.0, recency_window=2)
+                         popularity_weight=1.0, recency_weight=1.0, recency_window=2,
+                         click_model="softmax", click_bias=0.0)
     model.save(tmp_path / "planted.npz")
     ids = np.array([0, 3, 1, 4, 2], dtype=np.int32)  # not in id order: rows must be found by item_id
     pl.DataFrame({"item_id": ids, "item_tags": [[0], [1], [2], [1], [2]],

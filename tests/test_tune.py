@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main as mmctr
-from pipeline.config import ParamsError, TrainConfig, TuneConfig, load_section
+from pipeline.config import ParamsError, TrainConfig, TuneConfig, load_section, parse_yaml
 from pipeline.tune import (
     TUNED,
     TuneError,
@@ -29,6 +29,7 @@ from pipeline.tune import (
     results_table,
     sample_trials,
     session_number,
+    set_value,
     trial_command,
     trial_names,
     trial_records,
@@ -105,7 +106,6 @@ def test_sampling_never_exceeds_the_grid() -> None:
     ("embedding_dim", 0, "tune.embedding_dim"),
     ("batch_size", -8, "tune.batch_size"),
     ("net_regularizer", -1.0, "tune.net_regularizer"),
-    ("embedding_regularizer", 1e-05, "tune.embedding_regularizer"),  # dvc exp run -S would write 1e-05: text
 ])
 def test_a_bad_candidate_is_one_line_naming_its_tune_key(key: str, value: Any, named: str) -> None:
     cfg = dataclasses.replace(_cfg(), **{key: (*getattr(_cfg(), key)[:1], value)})
@@ -335,3 +335,10 @@ def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
     assert again[1] == "dvc exp run --temp -n tune-2-1 train"
     assert again[2].startswith("dvc exp run --temp -n tune-2-2 -S train.") and len(again) == 3
     assert sorted(_run(["dvc", "exp", "list", "--name-only"], project).split()) == names
+
+
+def test_small_float_candidates_reach_the_stage_as_numbers() -> None:
+    """`dvc exp run -S` writes Python's repr (1e-05 for a small float); the params loader reads it back as that
+    number, so any regulariser value can be tuned."""
+    for value in (1e-05, 0.0001, 3e-07, 0.0):
+        assert parse_yaml(f"x: {set_value(value)}")["x"] == value
