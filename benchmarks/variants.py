@@ -93,11 +93,13 @@ VARIANTS: tuple[Variant, ...] = (
              "click_bias": -2.5, "seed": 105}),
 )
 
-# Named train overrides; "default" is params.yaml unchanged.
+# Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's
+# transformer_dcn-only parts (a config check rejects them on other models) and keep its optimisation settings.
+_BASELINE = {"train.mean_interest": False, "train.cross_rank": 0}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
-    "din": {"train.model": "din"},
-    "meanpool": {"train.model": "meanpool"},
+    "din": {"train.model": "din", **_BASELINE},
+    "meanpool": {"train.model": "meanpool", **_BASELINE},
 }
 
 

@@ -79,12 +79,12 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
 
 @main.command()
 @click.option("--queue/--show", "queue", default=False,
-              help="--queue: add the 10 experiments to DVC's queue (then `dvc queue start`); "
+              help="--queue: add the 14 experiments to DVC's queue (then `dvc queue start`); "
                    "--show (default): print the table from `dvc exp show --json`")
 @click.option("--dry-run", is_flag=True, help="with --queue: print the commands instead of running them")
 def compare(queue: bool, dry_run: bool) -> None:
-    """The paper's Table 2 on the current data: DIN, DIN+Dice, Transformer+DCNv2 and its two ablations, each
-    without and with the frozen multimodal embedding, as DVC experiments named cmp-<variant>-<id|mm>."""
+    """The paper's Table 2 on the current data: DIN, DIN+Dice, Transformer+DCNv2 and its two ablations, the mean-pool
+    MLP and the mmctr default, each without and with the frozen multimodal embedding, as DVC experiments named cmp-<variant>-<id|mm>."""
     if queue:
         for cmd in queue_commands():
             click.echo(" ".join(cmd))

@@ -1,8 +1,8 @@
 """The paper's model comparison (its Table 2) as DVC experiments on the current data.
 
-Each row of the table is a model variant (the paper's five, plus the mean-pool MLP baseline of model/meanpool.py),
-run twice: without and with the frozen multimodal (PCA) item embedding
-(`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 12 experiments;
+Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py and
+the project's default Transformer + DCNv2 with mean interest and a low-rank cross network), run twice: without and
+with the frozen multimodal (PCA) item embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 14 experiments;
 `experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays them out like
 the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from evaluate)
 without | with the MM embedding, plus the oracle AUCs of the data when it is synthetic.
@@ -14,17 +14,22 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-# Row label, experiment name stem and the train params that make the variant (on top of params.yaml).
+# Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
+# sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
+# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean interest), and the mmctr default row adds
+# this project's two additions.
+_SWITCHES = ("train.model", "train.dice", "train.use_transformer", "train.use_dcn", "train.mean_interest",
+             "train.cross_rank")
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
-    (label, stem, {"train.model": model, "train.dice": dice, "train.use_transformer": transformer,
-                   "train.use_dcn": dcn})
-    for label, stem, model, dice, transformer, dcn in (
-        ("DIN", "din", "din", False, True, True),
-        ("DIN + Dice", "din-dice", "din", True, True, True),
-        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True),
-        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True),
-        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False),
-        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True),
+    (label, stem, dict(zip(_SWITCHES, values)))
+    for label, stem, *values in (
+        ("DIN", "din", "din", False, True, True, False, 0),
+        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0),
+        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0),
+        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0),
+        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0),
+        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0),
+        ("mmctr default (+ mean interest, low-rank cross)", "mmctr", "transformer_dcn", False, True, True, True, 8),
     )
 )
 PREFIX = "cmp"

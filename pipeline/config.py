@@ -336,6 +336,7 @@ class TrainConfig(ModelConfig):
     batch_size: int = 128
     eval_batch_size: int = 4096
     epochs: int = 100  # passes over the train split, at most
+    max_steps: int = 0  # optimizer-step budget of the run, at most (0 = epochs alone decide)
     patience: int = 5  # stop after this many validations in a row without a better valid AUC
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0  # adamw's decoupled decay (w -= lr * weight_decay * w per step); 0 with adam
@@ -366,7 +367,7 @@ class TrainConfig(ModelConfig):
         for name in ("transformer_dropout", "net_dropout", "embedding_dropout"):
             require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
-                     "bucket_batches"):
+                     "max_steps", "bucket_batches"):
             require(getattr(self, name) >= 0, f"{s}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(self.weight_decay == 0 or self.optimizer == "adamw", f"{s}.weight_decay",
                 f"decoupled weight decay needs optimizer 'adamw', got {self.optimizer!r} (use embedding_regularizer / "

@@ -162,10 +162,10 @@ def resume_path(model_path: str | Path) -> Path:
 
 def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensors) -> str:
     """What a resume state must match: the train params that shape the run and the split sizes. `epochs` counts
-    when the run's planned length shapes its steps: the cosine schedule spans all of it, and with eval_steps the
-    last partial interval is validated at its end."""
+    when the run's planned length shapes its steps: the cosine schedule spans all of it, with eval_steps the
+    last partial interval is validated at its end, and with max_steps it may decide where the run ends."""
     neutral = set(RESUME_NEUTRAL)
-    if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0:
+    if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0 or cfg.max_steps > 0:
         neutral.discard("epochs")
     parts = {k: v for k, v in asdict(cfg).items() if k not in neutral}
     return json.dumps({"params": parts, "train_rows": len(train), "valid_rows": len(valid)}, sort_keys=True,
@@ -313,12 +313,21 @@ def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: tor
     return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
 
 
+def run_steps(train_rows: int, cfg: TrainConfig) -> int:
+    """The optimizer steps of a run that is not stopped early: `epochs` passes of ceil(train_rows / batch_size)
+    steps, capped at `max_steps` when that is > 0. A step budget sizes the run by updates rather than passes, so a
+    small split gets many passes (early stopping ends it) and a large one is not trained for hours."""
+    total = cfg.epochs * math.ceil(train_rows / cfg.batch_size)
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
 def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
         live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None) -> list[dict[str, float]]:
     """Adam (or AdamW) on BCEWithLogits, plus the optional L2 regularisers (batch_loss), with early stopping on valid
     AUC; returns one record per validation and leaves the model holding the best validation's weights.
 
-    The run makes at most `epochs` passes over the train split in a seeded order. It validates after each pass, or
+    The run makes at most `epochs` passes over the train split in a seeded order and at most `max_steps` optimizer
+    steps (when > 0; run_steps). It validates after each pass, or
     with eval_steps > 0 every eval_steps optimizer steps and after the run's last step. Each validation gives a
     record {epoch (its pass), step (optimizer steps so far), train_logloss (mean BCE of the rows since the previous
     validation), valid_auc, valid_logloss, lr (of the last step)}, logged to `live` as one dvclive step. The lr of
@@ -354,9 +363,10 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
                 for record in state.history:
                     log_validation(live, record)
     state = state or FitState(lr=cfg.learning_rate)
-    total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    # A resumed run that had already stopped early only restores its best weights.
-    epochs = range(state.epoch, cfg.epochs) if state.bad_validations < cfg.patience else range(0)
+    total_steps = run_steps(len(train), cfg)
+    # A resumed run that had already stopped (early, or at its step budget) only restores its best weights.
+    finished = state.bad_validations >= cfg.patience or state.step >= total_steps
+    epochs = range(0) if finished else range(state.epoch, cfg.epochs)
     lengths = train.history_lengths()
     for epoch in epochs:
         net.train()
@@ -393,13 +403,15 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
                 state.bad_validations += 1
                 if cfg.lr_schedule == "plateau":
                     state.lr = max(state.lr * cfg.lr_decay, cfg.min_lr)
-            if state.bad_validations >= cfg.patience:
+            if state.bad_validations >= cfg.patience or state.step == total_steps:
                 break
             net.train()
         state.interval_loss += dist.sum(pass_loss, device)
         state.epoch = epoch + 1
         if resume_file is not None and dist.is_main:
             state.save(resume_file, fp, model, opt, gen)
+        if state.step == total_steps:
+            break
         if state.bad_validations >= cfg.patience:
             log.info("early stop at step %d, pass %d (best valid AUC %.5f)", state.step, epoch, state.best_auc)
             break

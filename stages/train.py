@@ -60,7 +60,8 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, mod
             if dist.is_main:
                 best = max(history, key=lambda r: r["valid_auc"])
                 live.summary = {"best_epoch": best["epoch"], "valid_auc": best["valid_auc"],
-                                "valid_logloss": best["valid_logloss"], "epochs_run": len(history)}
+                                "valid_logloss": best["valid_logloss"], "epochs_run": history[-1]["epoch"] + 1,
+                                "steps_run": history[-1]["step"]}
         if dist.is_main:
             save_checkpoint(model_path, model, fmap)
             resume_path(model_path).unlink(missing_ok=True)  # the run finished: nothing left to resume

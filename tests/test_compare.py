@@ -1,4 +1,4 @@
-"""The Table-2 comparison: its 12 queued experiments are valid configs, and `dvc exp show --json` output (shaped as
+"""The Table-2 comparison: its 14 queued experiments are valid configs, and `dvc exp show --json` output (shaped as
 DVC 3 writes it) comes back as the table."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None:
     cmds = queue_commands()
     names = [c[c.index("-n") + 1] for c in cmds]
-    assert len(cmds) == 12 and len(set(names)) == 12
+    assert len(cmds) == 14 and len(set(names)) == 14
     for cmd in cmds:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
@@ -29,6 +29,8 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         name = cmd[cmd.index("-n") + 1]
         assert cfg.use_mm_emb == name.endswith("-mm")
         assert (cfg.model == "meanpool") == name.startswith("cmp-meanpool-")
+        # only the mmctr row has the project's additions, whatever params.yaml's train section holds
+        assert (cfg.mean_interest and cfg.cross_rank == 8) == name.startswith("cmp-mmctr-")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 

@@ -166,6 +166,7 @@ OUT_OF_RANGE = [
     ("train", {"optimizer": "adam", "weight_decay": 0.01}, "train.weight_decay"),  # decoupled decay needs adamw
     ("train", {"warmup_steps": -1}, "train.warmup_steps"),
     ("train", {"eval_steps": -1}, "train.eval_steps"),
+    ("train", {"max_steps": -1}, "train.max_steps"),
     ("train", {"learning_rate": 0.001, "min_lr": 0.002}, "train.min_lr"),
     ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
     ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),

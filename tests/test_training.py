@@ -147,7 +147,8 @@ def test_resume_with_eval_steps_carries_an_interval_across_passes(tmp_path, monk
 
 def test_epochs_is_resume_neutral_only_when_it_shapes_nothing_before_the_end():
     train, valid = toy_split(50, seed=1), toy_split(20, seed=2)
-    for kw, neutral in [({}, True), ({"lr_schedule": "cosine"}, False), ({"eval_steps": 3}, False)]:
+    for kw, neutral in [({}, True), ({"lr_schedule": "cosine"}, False), ({"eval_steps": 3}, False),
+                        ({"max_steps": 3}, False)]:
         short, long = train_cfg(epochs=2, **kw), train_cfg(epochs=4, **kw)
         assert (resume_fingerprint(short, train, valid) == resume_fingerprint(long, train, valid)) == neutral, kw
 
@@ -195,6 +196,28 @@ def test_eval_steps_validates_every_interval_and_the_last_partial_one():
     interval_rows = [sum(rows[s] for s in range(a + 1, b + 1)) for a, b in [(0, 5), (5, 10), (10, 15), (15, 16)]]
     assert sum(r["train_logloss"] * n for r, n in zip(stepped, interval_rows)) == pytest.approx(
         sum(r["train_logloss"] * 500 for r in passes), rel=1e-9)
+
+
+def test_max_steps_ends_the_run_at_its_budget_mid_pass_and_validates_there():
+    """500 rows in batches of 64 make 8 steps a pass: a budget of 11 steps stops in the second pass after
+    step 11, validated there, whatever `epochs` allows; the first pass is the same as the unbudgeted run's."""
+    train, valid = toy_split(500, seed=1), toy_split(150, seed=2)
+    assert training.run_steps(500, train_cfg(epochs=12, max_steps=11)) == 11
+    assert training.run_steps(500, train_cfg(epochs=2, max_steps=100)) == 16
+    capped = fit(new_model(), train, valid, train_cfg(epochs=12, patience=10, max_steps=11), CPU)
+    assert [(r["epoch"], r["step"]) for r in capped] == [(0, 8), (1, 11)]
+    full = fit(new_model(), train, valid, train_cfg(epochs=2, patience=10), CPU)
+    assert capped[0] == full[0]
+
+
+def test_a_resumed_run_that_spent_its_step_budget_takes_no_more_steps(tmp_path):
+    train, valid = toy_split(500, seed=1), toy_split(150, seed=2)
+    cfg = train_cfg(epochs=12, patience=10, max_steps=11)
+    state = tmp_path / "state.pt"
+    ref = fit(new_model(), train, valid, cfg, CPU, resume_file=state)
+    assert torch.load(state, weights_only=True)["step"] == 11
+    again = fit(new_model(), train, valid, dataclasses.replace(cfg, resume=True), CPU, resume_file=state)
+    assert again == ref
 
 
 def large_weights(model: torch.nn.Module) -> torch.nn.Module:
