@@ -305,16 +305,21 @@ def din_reference(model: DIN, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return torch.stack(pooled), torch.stack(logits)
 
 
+def spread_weights(model: torch.nn.Module) -> None:
+    """Every matrix drawn from N(0, 0.5) (call under no_grad), the item and tag padding rows kept at zero."""
+    for p in model.parameters():
+        if p.dim() == 2:
+            p.normal_(0, 0.5)
+    model.item_emb.weight[0] = 0.0
+    model.tag_emb.weight[0] = 0.0
+
+
 @pytest.mark.parametrize("name", ["din", "din_dice", "din_no_mm_emb"])
 def test_din_matches_per_row_reference(name: str):
     model = built(VARIANTS[name]).eval()
     nonzero_dice_stats(model)
     with torch.no_grad():  # larger embeddings than the 1e-4 init so attention weights are far from constant
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-        model.item_emb.weight[0] = 0.0
-        model.tag_emb.weight[0] = 0.0
+        spread_weights(model)
         seq = random_histories(5, 9)
         seq[1] = 0
         b = batch(seq)
@@ -348,11 +353,7 @@ def test_meanpool_matches_per_row_reference(name: str):
     inputs = []
     model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
     with torch.no_grad():  # larger embeddings than the 1e-4 init so the vectors are far from zero
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-        model.item_emb.weight[0] = 0.0
-        model.tag_emb.weight[0] = 0.0
+        spread_weights(model)
         seq = random_histories(5, 9)
         seq[1] = 0
         b = batch(seq)
@@ -375,11 +376,7 @@ def test_mean_interest_appends_u_and_t_times_u_to_the_dcn_input():
     model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
     plain.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
     with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.5)
-        model.item_emb.weight[0] = 0.0
-        model.tag_emb.weight[0] = 0.0
+        spread_weights(model)
         plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()
                                and v.shape == plain.state_dict()[k].shape}, strict=False)
         seq = random_histories(5, 9)
