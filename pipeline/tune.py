@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-
 from pipeline.compare import TRAIN_METRICS, _metric, _walk
 from pipeline.config import (
     ParamsError, TrainConfig, TuneConfig, from_dict, load_section, parse_yaml, read_params, require)
