@@ -1,11 +1,12 @@
 """The paper's model comparison (its Table 2) as DVC experiments on the current data.
 
-Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py and
-the project's default Transformer + DCNv2 with mean interest and a low-rank cross network), run twice: without and
-with the frozen multimodal (PCA) item embedding (`train.use_mm_emb`). `queue_commands` gives the
-`dvc exp run --queue` command of each of the 14 experiments; `experiment_records` reads `dvc exp show --json`
-back into flat records, and `comparison_table` lays them out like the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from evaluate)
-without | with the MM embedding, plus the oracle AUCs of the data when it is synthetic.
+Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py and the
+project's default Transformer + DCNv2 with mean interest and a low-rank cross network), run twice: without and with
+the frozen multimodal (PCA) item embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue`
+command of each of the 14 experiments; `experiment_records` reads `dvc exp show --json` back into flat records, and
+`comparison_table` lays them out like the paper: one row per variant, AUC and logloss (valid, from train's dvclive
+summary, and test, from evaluate) without | with the MM embedding, plus the oracle AUCs of the data when it is
+synthetic.
 """
 
 from __future__ import annotations
