@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.config import ParamsError
+from pipeline.config import DataConfig, ParamsError, load_section
 from pipeline.io import DataError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -18,6 +18,19 @@ params_option = click.option(
     "--params", "params_path", default="params.yaml", show_default=True,
     type=click.Path(dir_okay=False), help="params file holding this stage's section",
 )
+
+# dvc.yaml never passes --raw-dir: a params value interpolated into a stage's `cmd` is run by a shell, so a folder
+# named `x;touch PWNED` would run code. The stage reads data.raw_dir from its params file instead.
+raw_dir_option = click.option(
+    "--raw-dir", default=None, type=click.Path(file_okay=False),
+    help="raw folder of data.source  [default: data.raw_dir of --params]",
+)
+
+
+def data_section(params_path: str, raw_dir: str | None) -> tuple[DataConfig, str]:
+    """The params file's checked `data` section, and the raw folder: `raw_dir` when given, else data.raw_dir."""
+    data = load_section(params_path, "data", DataConfig)
+    return data, data.raw_dir if raw_dir is None else raw_dir
 
 
 def stage_main(fn: F) -> F:

@@ -13,26 +13,26 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import BuildSequencesConfig, DataConfig, load_section
+from pipeline.config import BuildSequencesConfig, load_section
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.sequences import SPLITS
 from pipeline.sources import challenge_sequences, microlens_sequences
-from pipeline.stage import params_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
 
 log = logging.getLogger("build_sequences")
 
 
 @click.command()
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--items", "items_out", required=True, type=click.Path(dir_okay=False))
 @click.option("--feature-map", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(raw_dir: str, out_dir: str, items_out: str, feature_map: str, metrics: str, params_path: str) -> None:
+def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "build_sequences", BuildSequencesConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     if data.source == "mmctr":
         seqs = challenge_sequences(raw_dir, cfg)
     else:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import polars as pl
 
-from pipeline.config import DataConfig, EmbeddingReportConfig, load_section
+from pipeline.config import EmbeddingReportConfig, load_section
 from pipeline.embedding_report import (
     embedding_report,
     frame_table,
@@ -23,7 +23,7 @@ from pipeline.embedding_report import (
     item_tag_sets,
 )
 from pipeline.io import read_parquet, write_json
-from pipeline.stage import params_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
 from pipeline.synthetic import PlantedModel
 
 log = logging.getLogger("embedding_report")
@@ -34,13 +34,13 @@ log = logging.getLogger("embedding_report")
 @click.option("--image", required=True, type=click.Path(dir_okay=False))
 @click.option("--item-info", required=True, type=click.Path(dir_okay=False))
 @click.option("--items", required=True, type=click.Path(dir_okay=False))
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(text: str, image: str, item_info: str, items: str, raw_dir: str, metrics: str, params_path: str) -> None:
+def main(text: str, image: str, item_info: str, items: str, raw_dir: str | None, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "embedding_report", EmbeddingReportConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     tags = item_tag_sets(read_parquet(items, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)}), items)
     n_rows = len(tags)
     tables = {

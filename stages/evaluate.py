@@ -23,14 +23,13 @@ import polars as pl
 from pipeline.challenge import write_submission
 from pipeline.config import (
     BuildSequencesConfig,
-    DataConfig,
     EvaluateConfig,
     load_section,
 )
 from pipeline.io import write_json, write_parquet
 from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
 from pipeline.raw import find_microlens_files, read_pairs
-from pipeline.stage import params_option, pick_device, stage_main
+from pipeline.stage import data_section, params_option, pick_device, raw_dir_option, stage_main
 from pipeline.synthetic import PlantedModel, history_preference, oracle_mismatch, oracle_scores
 from pipeline.training import load_checkpoint, load_split, predict_logits, sigmoid
 
@@ -40,7 +39,7 @@ log = logging.getLogger("evaluate")
 @click.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--test", "test_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @click.option("--roc", required=True, type=click.Path(dir_okay=False))
 @click.option("--calibration", required=True, type=click.Path(dir_okay=False))
@@ -48,10 +47,10 @@ log = logging.getLogger("evaluate")
 @click.option("--submission", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(model_path: str, test_path: str, raw_dir: str, metrics: str, roc: str, calibration: str,
+def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc: str, calibration: str,
          predictions: str, submission: str, params_path: str) -> None:
     cfg = load_section(params_path, "evaluate", EvaluateConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     sequences = load_section(params_path, "build_sequences", BuildSequencesConfig)
     device = pick_device(cfg.device, "evaluate.device")
     model, fmap = load_checkpoint(model_path, device)

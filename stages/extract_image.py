@@ -13,7 +13,7 @@ import logging
 
 import click
 
-from pipeline.config import DataConfig, ExtractImageConfig, load_section
+from pipeline.config import ExtractImageConfig, load_section
 from pipeline.distributed import distributed
 from pipeline.embeddings import (
     BatchSize,
@@ -25,20 +25,20 @@ from pipeline.embeddings import (
 )
 from pipeline.raw import item_ids
 from pipeline.sources import item_cover_paths, item_titles
-from pipeline.stage import params_option, set_threads, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, set_threads, stage_main
 
 log = logging.getLogger("extract_image")
 
 
 @click.command()
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
+def main(raw_dir: str | None, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "extract_image", ExtractImageConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     set_threads(cfg.num_threads)
     ids = item_ids(item_titles(data.source, raw_dir))
     paths = item_cover_paths(data.source, raw_dir, ids)

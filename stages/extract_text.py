@@ -12,7 +12,7 @@ import logging
 
 import click
 
-from pipeline.config import DataConfig, ExtractTextConfig, load_section
+from pipeline.config import ExtractTextConfig, load_section
 from pipeline.distributed import distributed
 from pipeline.embeddings import (
     BatchSize,
@@ -22,20 +22,20 @@ from pipeline.embeddings import (
     write_extraction,
 )
 from pipeline.sources import item_titles
-from pipeline.stage import params_option, set_threads, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, set_threads, stage_main
 
 log = logging.getLogger("extract_text")
 
 
 @click.command()
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(raw_dir: str, out: str, metrics: str, params_path: str) -> None:
+def main(raw_dir: str | None, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "extract_text", ExtractTextConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     set_threads(cfg.num_threads)
     items = item_titles(data.source, raw_dir)
     with distributed(cfg.device, "extract_text.device") as (dist, device):

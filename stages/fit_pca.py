@@ -19,12 +19,12 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.config import DataConfig, FitPCAConfig, load_section
+from pipeline.config import FitPCAConfig, load_section
 from pipeline.io import DataError, atomic_path, read_parquet, write_json, write_parquet
 from pipeline.items import check_item_table, scatter_by_id
 from pipeline.pca import fit_pca
 from pipeline.sources import challenge_item_embeddings, pca_inputs
-from pipeline.stage import params_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
 
 log = logging.getLogger("fit_pca")
 
@@ -33,17 +33,17 @@ log = logging.getLogger("fit_pca")
 @click.option("--text", required=True, type=click.Path(dir_okay=False))
 @click.option("--image", required=True, type=click.Path(dir_okay=False))
 @click.option("--items", required=True, type=click.Path(dir_okay=False))
-@click.option("--raw-dir", required=True, type=click.Path(file_okay=False))
+@raw_dir_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--transform", required=True, type=click.Path(dir_okay=False))
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @click.option("--plot", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(text: str, image: str, items: str, raw_dir: str, out: str, transform: str, metrics: str, plot: str,
+def main(text: str, image: str, items: str, raw_dir: str | None, out: str, transform: str, metrics: str, plot: str,
          params_path: str) -> None:
     cfg = load_section(params_path, "fit_pca", FitPCAConfig)
-    data = load_section(params_path, "data", DataConfig)
+    data, raw_dir = data_section(params_path, raw_dir)
     table = read_parquet(items, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     check_item_table(table, items)
     if data.item_embeddings == "challenge_d128":

@@ -85,3 +85,12 @@ def test_the_walk_finds_imports_inside_functions_and_from_package_imports(tmp_pa
     assert {"pipeline/training.py", "pipeline/__init__.py"} <= found
     assert covered("pipeline/clip_configs/x.json", ["pipeline/clip_configs"])
     assert not covered("pipeline/io.py", ["pipeline/io"])
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_params_value_reaches_a_shell_command(stage: str) -> None:
+    """DVC runs each `cmd` through a shell: an interpolated `${...}` (a raw folder named `x;touch PWNED`) would run
+    as code. Values reach the stages through params.yaml; the cmd holds only fixed, shell-safe paths."""
+    cmd = STAGES[stage]["cmd"]
+    assert "${" not in cmd, f"dvc.yaml stage {stage!r} interpolates a value into its cmd: {cmd!r}"
+    assert re.fullmatch(r"[\w./ \n-]+", cmd), f"dvc.yaml stage {stage!r}: shell-special characters in {cmd!r}"

@@ -151,10 +151,9 @@ def test_forced_rerun_is_byte_identical_on_cpu(project):
 
 
 def stage_command(project: Path, stage: str, params: Path) -> list[str]:
-    """The stage's command line from dvc.yaml (data.raw_dir resolved), run with `params`."""
+    """The stage's command line from dvc.yaml, run with `params`."""
     spec = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]
-    raw_dir = yaml.safe_load(params.read_text())["data"]["raw_dir"]
-    return [*shlex.split(spec["cmd"].replace("${data.raw_dir}", raw_dir)), "--params", str(params)]
+    return [*shlex.split(spec["cmd"]), "--params", str(params)]
 
 
 @pytest.mark.parametrize(("stage", "out"), [
@@ -212,6 +211,27 @@ def set_data(project: Path, **data) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"] = {**params["data"], **data}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize("name", ["x;cd ..;touch PWNED;#", "raw dir with 'quotes' and $(touch PWNED2)"])
+def test_hostile_raw_folder_name_is_only_a_path(project, name):
+    """A MicroLens folder whose name is shell code, or holds spaces and quotes, is read as a folder: the stage runs
+    and nothing in the name is executed."""
+    before = _artifact_bytes(project)
+    shutil.copytree(project / "data/raw", project / "data" / name)
+    set_data(project, source="microlens", raw_dir=f"data/{name}")
+    try:
+        out = run(["dvc", "repro", "--single-item", "build_sequences"], project)
+        assert ran_stages(out) == {"build_sequences"}
+        assert not list(project.parent.rglob("PWNED*")) and not list(project.rglob("PWNED*"))
+        assert pl.read_parquet(project / "data/sequences/train.parquet").height > 0
+    finally:
+        set_data(project, source="synthetic", raw_dir="data/raw")
+        shutil.rmtree(project / "data" / name)
+    # the same raw bytes give the same sequences: back on data/raw, at most build_sequences reruns (or comes from
+    # DVC's run cache), to the bytes it had
+    assert ran_stages(run(["dvc", "repro"], project)) <= {"build_sequences"}
+    assert _artifact_bytes(project) == before
 
 
 def test_microlens_release_source(project):
