@@ -358,6 +358,26 @@ def check_known_items(pairs: pl.DataFrame, known: np.ndarray, policy: Literal["e
     return pairs.filter(is_known), n_unknown
 
 
+
+def drop_repeated_events(events: pl.DataFrame, path: str | Path) -> tuple[pl.DataFrame, int]:
+    """Clicks (user, item, timestamp) or exposures (the same plus click) without the rows that repeat an earlier
+    row exactly, and how many those were. A repeated row is one event logged twice (a log appended to itself, a
+    retried upload): kept, a click would be its own latest history item and leak its label. The first occurrence is
+    kept, file order unchanged. An exposure key shown twice with different click flags is a DataError naming
+    `path`, both file rows (1-based, header = line 1) and the key."""
+    keyed = events.with_row_index("_row")
+    unique = keyed.unique(subset=events.columns, keep="first", maintain_order=True)
+    if "click" in events.columns:
+        key = ["user", "item", "timestamp"]
+        clash = unique.filter(pl.struct(key).is_duplicated())
+        if clash.height:
+            first = clash.row(0, named=True)
+            other = clash.filter((pl.col("user") == first["user"]) & (pl.col("item") == first["item"])
+                                 & (pl.col("timestamp") == first["timestamp"]))["_row"][1]
+            raise DataError(f"{path}: lines {first['_row'] + 2} and {other + 2}: user {first['user']} shown item "
+                            f"{first['item']} at timestamp {first['timestamp']} with different click flags")
+    return unique.drop("_row"), events.height - unique.height
+
 # --------------------------------------------------------------------------------------------------
 # Titles
 
@@ -421,6 +441,18 @@ def read_titles(path: str | Path) -> pl.DataFrame:
         titles.append(title)
         i += used
     return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32), "title": pl.Series(titles, dtype=pl.Utf8)})
+
+
+def read_item_universe(path: str | Path) -> pl.DataFrame:
+    """`read_titles`, for the titles file that defines the item universe: its ids must be exactly 1..N for N
+    titles (any order), since row i of every item table is item i. Checked before any stage sizes an array by the
+    largest id (one id of 2e9 would ask for gigabytes): an id beyond N is a DataError naming the file and the id."""
+    titles = read_titles(path)
+    beyond = titles.filter(pl.col("item_id") > titles.height)
+    if beyond.height:
+        raise DataError(f"{path}: item_id {beyond['item_id'][0]} is beyond the {titles.height} titles; item ids must "
+                        f"be 1..{titles.height} (row i of the item table is item i)")
+    return titles
 
 
 def item_ids(titles: pl.DataFrame) -> np.ndarray:

@@ -20,8 +20,8 @@ from pipeline.io import DataError, read_parquet
 from pipeline.items import build_item_features, scatter_by_id
 from pipeline.pca import aligned_matrices
 from pipeline.raw import (
-    check_known_items, cover_path, find_microlens_files, item_ids, read_impressions, read_likes_views, read_pairs,
-    read_tags, read_titles)
+    check_known_items, cover_path, drop_repeated_events, find_microlens_files, item_ids, read_impressions,
+    read_item_universe, read_likes_views, read_pairs, read_tags)
 from pipeline.sequences import SPLITS, RowSource, build_exposure_rows, build_split_rows
 
 
@@ -29,7 +29,7 @@ def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
     """The item universe with titles: item_id Int32 (unique), title Utf8."""
     if source == "mmctr":
         return read_item_feature(find_challenge_files(raw_dir).item_feature).titles
-    return read_titles(find_microlens_files(raw_dir).titles)
+    return read_item_universe(find_microlens_files(raw_dir).titles)
 
 
 def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[Path]:
@@ -58,6 +58,7 @@ class SequenceData:
     max_len: int  # length of item_seq
     n_levels: int  # likes/views levels are 0..n_levels-1
     dropped_clicks: int  # clicks on unknown items dropped under data.unknown_items: drop
+    repeated_events: int  # click and exposure rows that repeated an earlier row exactly, dropped
 
     def feature_map(self) -> FeatureMap:
         """The feature map of these splits (the frozen item embedding is added by train)."""
@@ -78,27 +79,29 @@ CHALLENGE_LEVELS = 11  # the challenge's likes_level / views_level are 0..10
 def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSequencesConfig) -> SequenceData:
     """A MicroLens raw release (or the synthetic one) -> histories, split and sampled non-clicks."""
     files = find_microlens_files(raw_dir)
-    ids = item_ids(read_titles(files.titles))
+    ids = item_ids(read_item_universe(files.titles))
     tags = read_tags(files.tags) if files.tags else pl.DataFrame(
         {"item_id": pl.Series([], dtype=pl.Int32), "tags": pl.Series([], dtype=pl.List(pl.Utf8))})
     items, vocab = build_item_features(ids, read_likes_views(files.likes_views), tags, max_tags=cfg.max_tags,
                                        n_levels=cfg.n_levels)
-    pairs, dropped = check_known_items(read_pairs(files.pairs), ids, unknown_items, files.pairs)
+    pairs, repeated = drop_repeated_events(read_pairs(files.pairs), files.pairs)
+    pairs, dropped = check_known_items(pairs, ids, unknown_items, files.pairs)
     split = dict(max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split, valid_frac=cfg.valid_frac,
                  test_frac=cfg.test_frac)
     if cfg.negatives == "exposures":
         if files.impressions is None:
             raise DataError(f"build_sequences.negatives: 'exposures' needs an impressions file in {raw_dir} "
                             f"(looked for impressions.csv or MicroLens-<size>_impressions.csv)")
-        impressions, n_unknown = check_known_items(read_impressions(files.impressions), ids, unknown_items,
-                                                   files.impressions)
+        impressions, n_repeated = drop_repeated_events(read_impressions(files.impressions), files.impressions)
+        impressions, n_unknown = check_known_items(impressions, ids, unknown_items, files.impressions)
+        repeated += n_repeated
         rows: RowSource = build_exposure_rows(pairs, impressions, items, **split)
         dropped += n_unknown
     else:
         rows = build_split_rows(pairs, items, **split, neg_ratio=cfg.neg_ratio, neg_sampling=cfg.neg_sampling,
                                 neg_exclude=cfg.neg_exclude, seed=cfg.seed)
     return SequenceData({name: rows.lazy(name) for name in SPLITS}, {name: rows.summary(name) for name in SPLITS},
-                        items, len(vocab), cfg.max_tags, cfg.max_len, cfg.n_levels, dropped)
+                        items, len(vocab), cfg.max_tags, cfg.max_len, cfg.n_levels, dropped, repeated)
 
 
 def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> SequenceData:
@@ -126,7 +129,7 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
-    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0)
+    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0, 0)
 
 
 def pca_inputs(item_embeddings: str, raw_dir: str | Path, text: str | Path, image: str | Path

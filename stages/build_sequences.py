@@ -45,7 +45,8 @@ def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, me
     write_parquet(seqs.items, items_out)
     seqs.feature_map().save(feature_map)
     write_json(seqs.summary | {"items": seqs.items.height - 1, "tags": seqs.n_tags,
-                               "dropped_clicks": seqs.dropped_clicks}, metrics)
+                               "dropped_clicks": seqs.dropped_clicks, "repeated_events": seqs.repeated_events},
+               metrics)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pipeline.config import (
 )
 from pipeline.io import write_json, write_parquet
 from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
-from pipeline.raw import find_microlens_files, read_pairs
+from pipeline.raw import drop_repeated_events, find_microlens_files, read_pairs
 from pipeline.stage import data_section, params_option, pick_device, raw_dir_option, stage_main
 from pipeline.synthetic import PlantedModel, history_preference, oracle_mismatch, oracle_scores
 from pipeline.training import load_checkpoint, load_split, predict_logits, sigmoid
@@ -76,7 +76,8 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
             if why_not:
                 log.info("no oracle: %s", why_not)
             else:
-                pairs = read_pairs(find_microlens_files(raw_dir).pairs)
+                pairs_path = find_microlens_files(raw_dir).pairs
+                pairs, _ = drop_repeated_events(read_pairs(pairs_path), pairs_path)  # as build_sequences saw them
                 oracle = oracle_scores(planted, pairs, rows, sequences.neg_ratio)
                 # The oracle knows each user's hidden preference vector; no model can. The history oracle knows
                 # every item's planted parameters but infers the preference from the history the model sees: the

@@ -76,3 +76,49 @@ def test_exposure_negatives_need_an_impressions_file(tmp_path):
     with pytest.raises(DataError, match="impressions.csv: 1 clicks reference unknown items"):
         microlens_sequences(raw, "error", cfg)
     assert microlens_sequences(raw, "drop", cfg).dropped_clicks == 1
+
+
+def _frames(seqs) -> dict:
+    return {name: frame.collect() for name, frame in seqs.splits.items()}
+
+
+def test_a_log_appended_to_itself_gives_the_clean_rows_and_counts_the_repeats(tmp_path):
+    """Exact repeats of (user, item, timestamp) are one event logged twice: kept, each click's target would be its
+    own latest history item with label 1. They are dropped and counted; the rows equal the clean log's."""
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_title_en.csv").write_text("".join(f"{i},title {i}\n" for i in range(1, 9)))
+    (raw / "MicroLens-100k_likes_and_views.txt").write_text("".join(f"{i}\t{i}\t{10 * i}\n" for i in range(1, 9)))
+    clicks = [(u, (u + k) % 8 + 1, 100 * k + u) for u in range(1, 5) for k in range(6)]
+    pairs = "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in clicks)
+    (raw / "MicroLens-100k_pairs.csv").write_text(pairs)
+    cfg = BuildSequencesConfig(max_len=4)
+    clean = microlens_sequences(raw, "error", cfg)
+    (raw / "MicroLens-100k_pairs.csv").write_text(pairs + pairs.split("\n", 1)[1])
+    doubled = microlens_sequences(raw, "error", cfg)
+    assert (clean.repeated_events, doubled.repeated_events) == (0, len(clicks))
+    for name, rows in _frames(doubled).items():
+        assert rows.equals(_frames(clean)[name])
+        last = rows["item_seq"].list.last()
+        assert not (rows["item_id"] == last).any(), f"{name}: a target is its own last history item"
+
+
+def test_repeated_exposures_are_dropped_and_a_conflicting_one_is_an_error(tmp_path):
+    raw = microlens_release(tmp_path / "ml")
+    cfg = BuildSequencesConfig(max_len=3, negatives="exposures")
+    log = "user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,20,1\n1,2,30,0\n"
+    (raw / "impressions.csv").write_text(log + "1,2,30,0\n1,1,20,1\n")
+    assert microlens_sequences(raw, "error", cfg).repeated_events == 2
+    (raw / "impressions.csv").write_text(log + "1,2,30,1\n")
+    with pytest.raises(DataError, match=r"impressions.csv: lines 5 and 6: user 1 shown item 2 at timestamp 30 "
+                                        r"with different click flags"):
+        microlens_sequences(raw, "error", cfg)
+
+
+def test_an_item_id_far_beyond_the_titles_is_named_before_anything_is_allocated(tmp_path):
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_title_en.csv").write_text("2,second\n2000000000,huge\n")
+    for read in (lambda: item_titles("microlens", raw), lambda: microlens_sequences(raw, "error",
+                                                                                   BuildSequencesConfig(max_len=3))):
+        with pytest.raises(DataError, match=r"MicroLens-100k_title_en.csv: item_id 2000000000 is beyond the 2 "
+                                            r"titles; item ids must be 1..2"):
+            read()
