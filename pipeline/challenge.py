@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.io import DataError, atomic_path
+from pipeline.io import DataError, atomic_path, check_finite, check_range, first_true, list_matrix
 from pipeline.items import check_item_table
 from pipeline.raw import INT32_MAX, detect_cover_naming
 
@@ -113,43 +113,6 @@ def _require_columns(path: Path, schema: dict[str, pl.DataType], columns: dict[s
             raise DataError(f"{path}: missing column {name!r} (has {', '.join(schema)})")
         if not ok(schema[name]):
             raise DataError(f"{path}: column {name!r} has dtype {schema[name]}, expected {kind}")
-
-
-def _first_true(mask: np.ndarray) -> int | None:
-    hits = np.flatnonzero(mask)
-    return int(hits[0]) if hits.size else None
-
-
-def _check_range(path: Path, df: pl.DataFrame, column: str, low: int, high: int) -> None:
-    """Every value of an integer column in low..high (no nulls); else a DataError naming the first bad row."""
-    col = df[column]
-    bad = _first_true((col.is_null() | (col < low) | (col > high)).fill_null(True).to_numpy())
-    if bad is not None:
-        value = col[bad]
-        what = "is null" if value is None else f"{value} is outside {low}..{high}"
-        raise DataError(f"{path}: row {bad}: {column} {what}")
-
-
-def _list_matrix(path: Path, df: pl.DataFrame, column: str, width: int | None, dtype: type[pl.DataType]
-                 ) -> np.ndarray:
-    """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array."""
-    col = df[column].cast(pl.List(dtype))
-    lengths = col.list.len()
-    width = width if width is not None else (lengths[0] if len(col) else 0)
-    bad = _first_true((lengths != width).fill_null(True).to_numpy())
-    if bad is not None:
-        got = "is null" if lengths[bad] is None else f"has length {lengths[bad]}"
-        raise DataError(f"{path}: row {bad}: {column} {got}, expected length {width}")
-    bad = _first_true(col.list.eval(pl.element().is_null()).list.any().to_numpy())
-    if bad is not None:
-        raise DataError(f"{path}: row {bad}: {column} holds a null")
-    return col.list.to_array(width).to_numpy() if width else np.zeros((len(col), 0))
-
-
-def _check_finite(path: Path, column: str, values: np.ndarray) -> None:
-    bad = _first_true(~np.isfinite(values).all(axis=1))
-    if bad is not None:
-        raise DataError(f"{path}: row {bad}: {column} holds a non-finite value")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,12 +231,12 @@ def read_item_info(path: str | Path) -> ItemInfo:
     if df.height < 2:
         raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
     check_item_table(df, str(path))
-    tags = _list_matrix(path, df, "item_tags", None, pl.Int64)
-    bad = _first_true(((tags < 0) | (tags > INT32_MAX)).any(axis=1))
+    tags = list_matrix(path, df, "item_tags", None, pl.Int64)
+    bad = first_true(((tags < 0) | (tags > INT32_MAX)).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: item_tags holds a tag id outside 0..{INT32_MAX}")
-    emb = _list_matrix(path, df, "item_emb_d128", ITEM_EMB_DIM, pl.Float32)
-    _check_finite(path, "item_emb_d128", emb)
+    emb = list_matrix(path, df, "item_emb_d128", ITEM_EMB_DIM, pl.Float32)
+    check_finite(path, "item_emb_d128", emb)
     if tags[0].any() or emb[0].any():
         raise DataError(f"{path}: row 0 (the padding item) must have all-zero item_tags and item_emb_d128")
     frame = pl.DataFrame({"item_id": df["item_id"].cast(pl.Int32),
@@ -312,22 +275,22 @@ def read_item_feature(path: str | Path, n_items: int | None = None) -> ItemFeatu
     df = pl.read_parquet(path, columns=["item_id", "item_title", "likes_level", "views_level", "txt_emb_BERT",
                                         "img_emb_CLIPRN50"])
     n = df.height if n_items is None else n_items
-    _check_range(path, df, "item_id", 1, n)
+    check_range(path, df, "item_id", 1, n)
     ids = df["item_id"].to_numpy().astype(np.int64)
     order = np.argsort(ids, kind="stable")
     if ids.size != n or np.unique(ids).size != ids.size:
-        repeated = _first_true(np.diff(ids[order]) == 0)
+        repeated = first_true(np.diff(ids[order]) == 0)
         if repeated is not None:
             rows = sorted(order[repeated:repeated + 2].tolist())
             raise DataError(f"{path}: item_id {ids[rows[0]]} appears twice (rows {rows[0]} and {rows[1]})")
         missing = np.setdiff1d(np.arange(1, n + 1), ids)
         raise DataError(f"{path}: {ids.size} items, expected each of 1..{n} once; item_id {missing[0]} is missing")
     for column in ("likes_level", "views_level"):
-        _check_range(path, df, column, 0, N_LEVELS - 1)
-    text = _list_matrix(path, df, "txt_emb_BERT", TEXT_EMB_DIM, pl.Float32)
-    _check_finite(path, "txt_emb_BERT", text)
-    image = _list_matrix(path, df, "img_emb_CLIPRN50", IMAGE_EMB_DIM, pl.Float32)
-    _check_finite(path, "img_emb_CLIPRN50", image)
+        check_range(path, df, column, 0, N_LEVELS - 1)
+    text = list_matrix(path, df, "txt_emb_BERT", TEXT_EMB_DIM, pl.Float32)
+    check_finite(path, "txt_emb_BERT", text)
+    image = list_matrix(path, df, "img_emb_CLIPRN50", IMAGE_EMB_DIM, pl.Float32)
+    check_finite(path, "img_emb_CLIPRN50", image)
 
     df = df[order]
     item_id = df["item_id"].cast(pl.Int32)
@@ -396,7 +359,7 @@ def write_submission(scores: np.ndarray, out_zip: str | Path) -> None:
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1:
         raise ValueError(f"scores must be one probability per test row, got shape {scores.shape}")
-    bad = _first_true(~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0)))
+    bad = first_true(~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0)))
     if bad is not None:
         raise ValueError(f"score {bad} is {scores[bad]}, not a probability in [0, 1]")
     table = pl.DataFrame({"ID": np.arange(scores.size, dtype=np.int64), "Task1": scores})

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 
@@ -135,3 +136,46 @@ def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.Dat
         if not df.schema[name].is_(dtype) and df.schema[name] != dtype:
             raise DataError(f"{path}: column {name!r} has dtype {df.schema[name]}, expected {dtype}")
     return df
+
+
+# --------------------------------------------------------------------------------------------------
+# Value checks of a read frame: each names the file, the first bad row and the column
+
+
+def first_true(mask: np.ndarray) -> int | None:
+    """The index of the first True of a 1-D mask, or None."""
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def check_range(path: str | Path, df: pl.DataFrame, column: str, low: int, high: int) -> None:
+    """Every value of an integer column in low..high (no nulls); else a DataError naming the first bad row."""
+    col = df[column]
+    bad = first_true((col.is_null() | (col < low) | (col > high)).fill_null(True).to_numpy())
+    if bad is not None:
+        value = col[bad]
+        what = "is null" if value is None else f"{value} is outside {low}..{high}"
+        raise DataError(f"{path}: row {bad}: {column} {what}")
+
+
+def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | None, dtype: type[pl.DataType]
+                ) -> np.ndarray:
+    """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array."""
+    col = df[column].cast(pl.List(dtype))
+    lengths = col.list.len()
+    width = width if width is not None else (lengths[0] if len(col) else 0)
+    bad = first_true((lengths != width).fill_null(True).to_numpy())
+    if bad is not None:
+        got = "is null" if lengths[bad] is None else f"has length {lengths[bad]}"
+        raise DataError(f"{path}: row {bad}: {column} {got}, expected length {width}")
+    bad = first_true(col.list.eval(pl.element().is_null()).list.any().to_numpy())
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: {column} holds a null")
+    return col.list.to_array(width).to_numpy() if width else np.zeros((len(col), 0))
+
+
+def check_finite(path: str | Path, column: str, values: np.ndarray) -> None:
+    """Every row of (rows, width) `values` finite; else a DataError naming the first bad row of `column`."""
+    bad = first_true(~np.isfinite(values).all(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: {column} holds a non-finite value")

@@ -58,14 +58,12 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
     probs = sigmoid(predict_logits(model, test, cfg.batch_size, device))
     labels = test.label.numpy()
     rows = pl.read_parquet(test_path, columns=["user_id", "item_id", "event_ts", "label"])
-    write_submission(probs, submission)
     preds = rows.with_columns(score=pl.Series(probs))
     out: dict[str, float] = {"rows": len(test)}
     if data.source == "mmctr" and np.unique(labels).size < 2:
         # The challenge hides test labels: the submission is the result; quality is the valid AUC of `train`.
-        log.info("test labels are hidden: wrote the submission %s only", submission)
-        write_json([], roc)
-        write_json([], calibration)
+        log.info("test labels are hidden: the submission %s is the only result", submission)
+        curves: tuple[list, list] = ([], [])
     else:
         out |= {"auc": auc(labels, probs), "logloss": logloss(labels, probs),
                 "gauc": gauc(test.user_id.numpy(), labels, probs)}
@@ -88,8 +86,11 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
                         "history_oracle_auc": auc(labels, history_oracle),
                         "history_oracle_logloss": logloss(labels, history_oracle)}
                 preds = preds.with_columns(oracle=pl.Series(oracle), history_oracle=pl.Series(history_oracle))
-        write_json(roc_points(labels, probs), roc)
-        write_json(calibration_points(labels, probs, cfg.calibration_bins), calibration)
+        curves = roc_points(labels, probs), calibration_points(labels, probs, cfg.calibration_bins)
+    # Written only once everything is computed, metrics last: a run that fails leaves no submission behind.
+    write_submission(probs, submission)
+    write_json(curves[0], roc)
+    write_json(curves[1], calibration)
     write_parquet(preds, predictions)
     write_json(out, metrics)
     log.info("test: %s", out)

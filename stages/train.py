@@ -23,6 +23,7 @@ from pipeline.distributed import distributed
 from pipeline.feature_map import FeatureMap
 from pipeline.stage import params_option, set_threads, stage_main
 from pipeline.training import (
+    check_item_tables,
     fit,
     load_item_tables,
     load_split,
@@ -49,6 +50,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, mod
     set_threads(cfg.num_threads)
     tags, mm, mm_dim = load_item_tables(item_info)
     fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)
+    check_item_tables(item_info, tags, fmap)
     train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
     with distributed(cfg.device, "train.device") as (dist, device):
         torch.manual_seed(cfg.seed)

@@ -184,6 +184,29 @@ def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_th
         assert not (target.parent / f".{target.name}.resume.pt").exists()
 
 
+def test_a_failing_evaluate_leaves_no_submission_behind(project):
+    """evaluate writes its outputs only once everything is computed: a planted model it cannot read (a one-line
+    error) leaves no submission, roc or metrics; restored, the rerun writes the bytes the DVC run did."""
+    reference = _artifact_bytes(project)
+    planted, outputs = project / "data/raw/planted.npz", [project / "data/eval/submission.zip",
+                                                          project / "data/plots/roc.json",
+                                                          project / "data/metrics/evaluate.json"]
+    good = planted.read_bytes()
+    planted.write_bytes(b"not an npz")
+    for out in outputs:
+        out.unlink()
+    try:
+        proc = subprocess.run(stage_command(project, "evaluate", project / "params.yaml"), cwd=project,
+                              env=stage_env(), capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("Error: ")
+        assert "planted.npz" in proc.stderr.strip().splitlines()[-1]
+        assert not any(out.exists() for out in outputs)
+    finally:
+        planted.write_bytes(good)
+    run(stage_command(project, "evaluate", project / "params.yaml"), project)
+    assert _artifact_bytes(project) == reference
+
+
 def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):
     assert ran_stages(run(["dvc", "repro"], project)) == set()
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -26,7 +26,7 @@ from pipeline.feature_map import FeatureMap
 from pipeline.io import DataError, write_json, write_parquet
 from pipeline.pca import FittedPCA, fit_pca
 from pipeline.raw import read_pairs
-from pipeline.training import FitState, load_checkpoint, load_item_tables, load_split
+from pipeline.training import FitState, check_item_tables, load_checkpoint, load_item_tables, load_split
 from tests.test_config import OUT_OF_RANGE
 from tests.test_model import feature_map, small_model
 from tests.test_training import toy_split, train_cfg
@@ -211,6 +211,30 @@ def test_truncated_random_and_mistyped_split_files_are_one_line_errors(tmp_path:
         load_split(path, fmap)
 
 
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda df, n: df.with_columns(item_id=pl.lit(n, dtype=pl.Int32)), r"row 0: item_id {n} is outside 1\.\.{m}"),
+    (lambda df, n: df.with_columns(item_id=pl.when(pl.int_range(pl.len()) == 2).then(None).otherwise("item_id")),
+     r"row 2: item_id is null"),
+    (lambda df, n: df.with_columns(item_seq=pl.concat_list(pl.col("item_seq").list.slice(1), pl.lit(n + 7))),
+     r"row 0: item_seq holds an item id outside 0\.\.{m}"),
+    (lambda df, n: df.with_columns(pl.col("item_seq").list.head(1)), r"row 0: item_seq has length 1, expected"),
+    (lambda df, n: df.with_columns(likes_level=pl.lit(-1, dtype=pl.Int8)), r"row 0: likes_level -1 is outside"),
+    (lambda df, n: df.with_columns(label=pl.when(pl.int_range(pl.len()) == 3).then(float("nan")).otherwise(
+        "label")), r"row 3: label nan is not 0 or 1"),
+    (lambda df, n: df.with_columns(label=pl.lit(0.5, dtype=pl.Float32)), r"row 0: label 0.5 is not 0 or 1"),
+])
+def test_values_that_would_index_past_a_table_or_are_no_label_name_the_row(tmp_path: Path, corrupt, message
+                                                                             ) -> None:
+    """Every column that indexes an embedding table, and the label, is checked when the split is read: the
+    first bad row and the column are named, before any training step."""
+    path, fmap = _split_file(tmp_path)
+    n = fmap["item_id"].vocab_size
+    df = corrupt(pl.read_parquet(path), n)
+    df.with_columns(pl.col(c).cast(t) for c, t in pl.read_parquet(path).schema.items()).write_parquet(path)
+    with pytest.raises(DataError, match=r"split\.parquet: " + message.format(n=n, m=n - 1)):
+        load_split(path, fmap)
+
+
 def test_empty_split_and_one_class_split(tmp_path: Path) -> None:
     path, fmap = _split_file(tmp_path)
     pl.read_parquet(path).head(0).write_parquet(path)
@@ -237,8 +261,37 @@ def test_nan_or_inf_in_frozen_embeddings_is_a_one_line_error(tmp_path: Path) -> 
                          "item_tags": pl.Series([[0], [1], [1], [2]], dtype=pl.List(pl.Int32)),
                          "item_emb_d3": pl.Series(emb, dtype=pl.Array(pl.Float32, 3))})
     write_parquet(info, tmp_path / "item_info.parquet")
-    with pytest.raises(DataError, match=r"item_info\.parquet: column item_emb_d3 holds NaN or inf"):
+    with pytest.raises(DataError, match=r"item_info\.parquet: row 2: item_emb_d3 holds a non-finite value"):
         load_item_tables(tmp_path / "item_info.parquet")
+
+
+@pytest.mark.parametrize("column, message", [
+    (pl.Series([0.0, 1.0, 2.0, 3.0], dtype=pl.Float32), r"column 'item_emb_d3' has dtype Float32, expected a list"),
+    (pl.Series(["a", "b", "c", "d"]), r"column 'item_emb_d3' has dtype String, expected a list of numbers"),
+    (pl.Series([[0.0] * 3, [1.0] * 3, [1.0] * 2, [1.0] * 3], dtype=pl.List(pl.Float32)),
+     r"row 2: item_emb_d3 has length 2, expected length 3"),
+    (pl.Series([[0.0] * 3, [1.0] * 3, [1.0, None, 1.0], [1.0] * 3], dtype=pl.List(pl.Float32)),
+     r"row 2: item_emb_d3 holds a null"),
+])
+def test_an_item_embedding_column_that_is_not_a_matrix_is_a_one_line_error(tmp_path: Path, column, message
+                                                                              ) -> None:
+    info = pl.DataFrame({"item_id": pl.Series(range(4), dtype=pl.Int32),
+                         "item_tags": pl.Series([[0], [1], [1], [2]], dtype=pl.List(pl.Int32)),
+                         "item_emb_d3": column})
+    write_parquet(info, tmp_path / "item_info.parquet")
+    with pytest.raises(DataError, match=r"item_info\.parquet: " + message):
+        load_item_tables(tmp_path / "item_info.parquet")
+
+
+def test_an_item_table_that_does_not_fit_the_feature_map_is_named(tmp_path: Path) -> None:
+    fmap = feature_map()
+    n, t = fmap["item_id"].vocab_size, fmap["item_tags"].vocab_size
+    with pytest.raises(DataError, match=rf"info\.parquet: {n} items, but the feature map has item ids 1\.\.{n - 1}"):
+        check_item_tables("info.parquet", torch.zeros((n + 1, 2), dtype=torch.int64), fmap)
+    tags = torch.zeros((n, 2), dtype=torch.int64)
+    tags[3, 1] = t
+    with pytest.raises(DataError, match=rf"info\.parquet: row 3: item_tags holds a tag id outside 0\.\.{t - 1}"):
+        check_item_tables("info.parquet", tags, fmap)
 
 
 # --------------------------------------------------------------------- a read-only or full output location
