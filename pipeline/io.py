@@ -66,6 +66,15 @@ def _remove_stale_temps(path: Path) -> None:
             continue
 
 
+def _plain_mode(tmp: Path, directory: bool) -> None:
+    """Give a finished temp file or folder the mode a plain open()/mkdir() would have (0666/0777 less the
+    umask): mkstemp and mkdtemp make them 0600/0700, which would leave every output readable by its owner only."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    if tmp.exists():
+        os.chmod(tmp, (0o777 if directory or tmp.is_dir() else 0o666) & ~umask)
+
+
 def _fault_hook(path: Path) -> None:
     if os.environ.get(FAULT_ENV) == path.name:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -84,6 +93,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path = Path(tmp)
         try:
             yield tmp_path
+            _plain_mode(tmp_path, directory=False)
             _fault_hook(path)
             os.replace(tmp_path, path)
         finally:
@@ -101,6 +111,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
         try:
             yield tmp
+            _plain_mode(tmp, directory=True)
             _fault_hook(path)
             if path.exists():
                 shutil.rmtree(path)

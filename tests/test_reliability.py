@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 import subprocess
 import typing
 from pathlib import Path
@@ -23,7 +24,7 @@ from pipeline.config import ParamsError, load_section
 from pipeline.distributed import SINGLE
 from pipeline.embeddings import load_image_encoder, load_text_encoder
 from pipeline.feature_map import FeatureMap
-from pipeline.io import DataError, write_json, write_parquet
+from pipeline.io import DataError, atomic_dir, write_json, write_parquet
 from pipeline.pca import FittedPCA, fit_pca
 from pipeline.raw import read_pairs
 from pipeline.training import FitState, check_item_tables, load_checkpoint, load_item_tables, load_split
@@ -292,6 +293,24 @@ def test_an_item_table_that_does_not_fit_the_feature_map_is_named(tmp_path: Path
     tags[3, 1] = t
     with pytest.raises(DataError, match=rf"info\.parquet: row 3: item_tags holds a tag id outside 0\.\.{t - 1}"):
         check_item_tables("info.parquet", tags, fmap)
+
+
+# ---------------------------------------------------------------------------------------- output modes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_modes_a_plain_open_would_give(tmp_path: Path, umask: int) -> None:
+    """Temp files and folders are born 0600/0700 (mkstemp, mkdtemp ignore the umask); the finished outputs get
+    0666/0777 less the umask, as open() and mkdir() give."""
+    old = os.umask(umask)
+    try:
+        write_json({"a": 1}, tmp_path / "m.json")
+        with atomic_dir(tmp_path / "raw") as d:
+            (d / "f.csv").write_text("x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "raw").stat().st_mode) == 0o777 & ~umask
 
 
 # --------------------------------------------------------------------- a read-only or full output location
