@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import click
@@ -11,12 +10,13 @@ import numpy as np
 import polars as pl
 
 from pipeline.compare import comparison_table, experiment_records, queue_commands
-from pipeline.config import DataConfig, ParamsError, load_section
+from pipeline.config import DataConfig, load_section
 from pipeline.io import DataError, read_parquet
 from pipeline.items import check_item_table
 from pipeline.neighbours import draw_gallery, item_neighbours
 from pipeline.raw import read_titles
 from pipeline.sources import item_cover_paths, item_titles
+from pipeline.stage import one_line_errors
 from pipeline.tune import (
     TuneError,
     apply_trial,
@@ -53,7 +53,7 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
                titles: str | None) -> None:
     """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles; with
     --gallery, also draw their covers in a PNG grid (query first; missing covers are drawn grey)."""
-    try:
+    with one_line_errors(ValueError):
         data = load_section(params_path, "data", DataConfig) if Path(params_path).is_file() else DataConfig()
         raw_dir = raw_dir or data.raw_dir
         info = read_parquet(item_info, {"item_id": pl.Int32})
@@ -68,8 +68,6 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
             shown = [(item_id, None), *found]
             covers = item_cover_paths(data.source, raw_dir, np.array([i for i, _ in shown]))
             draw_gallery([(i, names.get(i, ""), score, cover) for (i, score), cover in zip(shown, covers)], gallery)
-    except (DataError, ParamsError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
     click.echo(f"query {item_id}: {names.get(item_id, '')}")
     for rank, (other, score) in enumerate(found, start=1):
         click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}  {names.get(other, '')}")
@@ -84,18 +82,19 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
 @click.option("--dry-run", is_flag=True, help="with --queue: print the commands instead of running them")
 def compare(queue: bool, dry_run: bool) -> None:
     """The paper's Table 2 on the current data: DIN, DIN+Dice, Transformer+DCNv2 and its two ablations, the mean-pool
-    MLP and the mmctr default, each without and with the frozen multimodal embedding, as DVC experiments named cmp-<variant>-<id|mm>."""
-    if queue:
-        for cmd in queue_commands():
-            click.echo(" ".join(cmd))
+    MLP and the mmctr default, each without and with the frozen multimodal embedding, as DVC experiments named
+    cmp-<variant>-<id|mm>."""
+    with one_line_errors(TuneError):
+        if queue:
+            for cmd in queue_commands():
+                click.echo(" ".join(cmd))
+                if not dry_run:
+                    run_dvc(cmd)
             if not dry_run:
-                subprocess.run(cmd, check=True)
-        if not dry_run:
-            click.echo("queued; run them with `dvc queue start` (one at a time) and watch `dvc queue status`")
-        return
-    out = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True,
-                         text=True).stdout
-    click.echo(comparison_table(experiment_records(json.loads(out))))
+                click.echo("queued; run them with `dvc queue start` (one at a time) and watch `dvc queue status`")
+            return
+        out = run_dvc(["dvc", "exp", "show", "--json", "--all-commits"])
+        click.echo(comparison_table(experiment_records(json.loads(out))))
 
 
 @main.command()
@@ -108,7 +107,7 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) ->
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
     by valid AUC (the test split is never scored) and applies the best with `dvc exp apply`."""
-    try:
+    with one_line_errors(TuneError, ValueError):
         plan = load_trials(params_path, trials)
         names = trial_names(session_number(run_dvc(["dvc", "exp", "list", "--name-only"]).split()), len(plan))
         commands = [(name, trial_command(name, trial, plan[0])) for name, trial in zip(names, plan)]
@@ -135,5 +134,3 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) ->
             apply_trial(best, params_path)
             click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, the trained model); "
                        "run `dvc repro` to evaluate it on the test split, then commit")
-    except (ParamsError, TuneError, ValueError) as e:
-        raise click.ClickException(str(e)) from None

@@ -122,9 +122,17 @@ def read_params(path: str | Path) -> dict[str, Any]:
     """The whole params file as a dict; a missing or unparsable file is a one-line ParamsError."""
     path = Path(path)
     try:
-        data = parse_yaml(path.read_text())
+        raw = path.read_bytes()
+        data = parse_yaml(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot read the params file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ParamsError(f"{path} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: nested too deeply to be a params file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -10,6 +10,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -34,14 +35,28 @@ FAULT_ENV = "MMCTR_FAULT_BEFORE_RENAME"
 OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
+# polars reports an OS error inside its own exception's text: `... (os error 28)`.
+_POLARS_ERRNO = re.compile(r"\(os error (\d+)\)")
+
+
+def error_errno(e: BaseException) -> int | None:
+    """The errno of an OSError, or of a polars error that wraps one (its message ends `(os error N)`)."""
+    if isinstance(e, OSError):
+        return e.errno
+    if isinstance(e, pl.exceptions.PolarsError) and (m := _POLARS_ERRNO.search(str(e))):
+        return int(m.group(1))
+    return None
+
+
 @contextmanager
 def _output_errors(path: Path) -> Iterator[None]:
     try:
         yield
-    except OSError as e:
-        if e.errno not in OUTPUT_ERRNOS:
+    except (OSError, pl.exceptions.PolarsError) as e:
+        code = error_errno(e)
+        if code not in OUTPUT_ERRNOS:
             raise
-        raise DataError(f"{path}: cannot write the output ({os.strerror(e.errno)})") from None
+        raise DataError(f"{path}: cannot write the output ({os.strerror(code)})") from None
 
 
 def _temp_prefix(path: Path) -> str:

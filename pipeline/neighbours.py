@@ -116,6 +116,7 @@ GALLERY_COLUMNS = 6  # tiles per row
 GALLERY_COVER = 160  # px, square cover area of a tile
 GALLERY_CAPTION = 40  # px of caption under each cover
 PLACEHOLDER_GREY = (128, 128, 128)
+GALLERY_MAX_PIXELS = 40_000_000  # a cover larger than this is drawn grey, never decoded (decompression bombs)
 
 
 def gallery_size(n_tiles: int) -> tuple[int, int]:
@@ -125,15 +126,18 @@ def gallery_size(n_tiles: int) -> tuple[int, int]:
     return cols * GALLERY_COVER, rows * (GALLERY_COVER + GALLERY_CAPTION)
 
 
-def _cover_tile(path: str | Path | None):
-    """The cover at `path` centre-cropped to a GALLERY_COVER square; a missing or unreadable one is grey."""
+def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
+    """The cover at `path` centre-cropped to a GALLERY_COVER square; a missing or unreadable one, or one of more
+    than `max_pixels` (a decompression bomb: its header is read, its pixels never are), is grey."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if path is not None and Path(path).is_file():
         try:
             with Image.open(path) as img:
-                return ImageOps.fit(img.convert("RGB"), (GALLERY_COVER, GALLERY_COVER))
-        except (OSError, UnidentifiedImageError, ValueError):
+                if img.width * img.height <= max_pixels:
+                    img.draft("RGB", (GALLERY_COVER, GALLERY_COVER))  # JPEG: decode at a reduced scale
+                    return ImageOps.fit(img.convert("RGB"), (GALLERY_COVER, GALLERY_COVER))
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             pass
     return Image.new("RGB", (GALLERY_COVER, GALLERY_COVER), PLACEHOLDER_GREY)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
 from pipeline.config import DataConfig, ParamsError, load_section
-from pipeline.io import DataError
+from pipeline.io import DataError, error_errno
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,19 +35,43 @@ def data_section(params_path: str, raw_dir: str | None) -> tuple[DataConfig, str
     return data, data.raw_dir if raw_dir is None else raw_dir
 
 
+def error_line(e: BaseException) -> str | None:
+    """The one-line message of an error the user can act on: a ParamsError or DataError, training's NaN/inf-loss
+    FloatingPointError, and an OS-level fault (unreadable file, full or read-only disk: OSError, or a polars error
+    that wraps one), named by its file when it has one. None for anything else: a bug keeps its traceback."""
+    if isinstance(e, ParamsError | DataError | FloatingPointError):
+        return str(e)
+    code = error_errno(e)
+    if code is None:
+        return None
+    filename = getattr(e, "filename", None)
+    reason = os.strerror(code) if code else str(e).splitlines()[0]
+    return f"{filename}: {reason}" if filename else f"{reason} ({str(e).splitlines()[0][:200]})"
+
+
+@contextmanager
+def one_line_errors(*also: type[Exception]) -> Iterator[None]:
+    """Turn an error `error_line` recognises, or one of the types `also` (a command's own one-line errors), into a
+    one-line click error (exit status 1)."""
+    try:
+        yield
+    except Exception as e:
+        line = str(e) if isinstance(e, also) else error_line(e)
+        if line is None:
+            raise
+        raise click.ClickException(line) from None
+
+
 def stage_main(fn: F) -> F:
-    """Wrap a stage body: configure logging and turn ParamsError/DataError, and training's NaN/inf-loss
-    FloatingPointError, into a one-line click error."""
+    """Wrap a stage body: configure logging and report user-facing errors in one line (`one_line_errors`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         # faiss logs its CPU-feature probing (ModuleNotFoundError for the AVX512 build, ...) at INFO: noise, not news
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-        try:
+        with one_line_errors():
             return fn(*args, **kwargs)
-        except (ParamsError, DataError, FloatingPointError) as e:
-            raise click.ClickException(str(e)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -80,9 +80,11 @@ def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
     bad = first_true(~np.isin(label, (0.0, 1.0)))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: label {label[bad]} is not 0 or 1")
-    as_long = lambda c: torch.from_numpy(df[c].to_numpy().astype(np.int64))
-    return SplitTensors(torch.from_numpy(np.require(seq, requirements="W")), as_long("item_id"), {n: as_long(n) for n in names},
-                        torch.from_numpy(label.copy()), as_long("user_id"))
+    def as_long(column: str) -> Tensor:
+        return torch.from_numpy(df[column].to_numpy().astype(np.int64))
+
+    return SplitTensors(torch.from_numpy(np.require(seq, requirements="W")), as_long("item_id"),
+                        {n: as_long(n) for n in names}, torch.from_numpy(label.copy()), as_long("user_id"))
 
 
 def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:

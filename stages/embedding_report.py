@@ -38,7 +38,8 @@ log = logging.getLogger("embedding_report")
 @click.option("--metrics", required=True, type=click.Path(dir_okay=False))
 @params_option
 @stage_main
-def main(text: str, image: str, item_info: str, items: str, raw_dir: str | None, metrics: str, params_path: str) -> None:
+def main(text: str, image: str, item_info: str, items: str, raw_dir: str | None, metrics: str,
+         params_path: str) -> None:
     cfg = load_section(params_path, "embedding_report", EmbeddingReportConfig)
     data, raw_dir = data_section(params_path, raw_dir)
     tags = item_tag_sets(read_parquet(items, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)}), items)

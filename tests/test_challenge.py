@@ -341,7 +341,7 @@ def test_written_dataset_reads_back_through_the_readers(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     splits = {name: _split().with_columns(pl.col("label").cast(pl.Float32), event_ts=pl.lit(7, pl.Int64))
               for name in ("train", "valid", "test")}
-    info, feature = _item_info(), _item_feature()
+    info = _item_info()
     tags = np.array(info["item_tags"].to_list())
     emb = np.array(info["item_emb_d128"].to_list(), dtype=np.float32)
     text, image = rng.standard_normal((N_ITEMS, 768)), rng.standard_normal((N_ITEMS, 1024))

@@ -242,6 +242,22 @@ def test_invalid_yaml_line_is_exact_for_a_bad_indent(tmp_path: Path) -> None:
     assert _error(path, "fit_pca").startswith(f"{path} line 3: not valid YAML")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"fit_pca:\n  dim: 64\n  normalize: \xff\xfel2\n", "{path} line 3: not UTF-8 text (byte 0xff)"),
+    (b"fit_pca: " + b"[" * 5000 + b"]" * 5000 + b"\n", "{path}: nested too deeply to be a params file"),
+])
+def test_hostile_params_bytes_are_one_line_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    assert _error(path, "fit_pca") == message.format(path=path)
+
+
+def test_unreadable_params_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.mkdir()
+    assert _error(path, "fit_pca") == f"{path}: cannot read the params file (Is a directory)"
+
+
 def test_params_file_that_is_not_a_mapping(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("- 1\n- 2\n")

@@ -395,3 +395,20 @@ def test_cli_neighbours_gallery_without_raw_folder_is_one_line(tmp_path: Path) -
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {tmp_path / 'nope'}: raw data directory not found"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("side", [8_000, 20_000])  # 64 Mpx: over GALLERY_MAX_PIXELS; 400 Mpx: PIL's bomb error
+def test_cli_neighbours_gallery_draws_a_decompression_bomb_cover_grey(tmp_path: Path, side: int) -> None:
+    from PIL import Image
+
+    info, titles, table = _cli_files(tmp_path)
+    found = [i for i, _ in item_neighbours(table, 5, 3)]
+    raw = _raw_dir(tmp_path, missing=0)
+    (raw / "title_en.csv").write_text(titles.read_text())
+    Image.new("1", (side, side)).save(raw / "covers" / f"{found[0]}.jpg", format="PNG")  # tiny file, huge image
+    out = tmp_path / "gallery.png"
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "3", "--item-info", str(info),
+                                       "--titles", str(titles), "--raw-dir", str(raw), "--gallery", str(out)])
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as img:
+        np.testing.assert_allclose(_tile_mean(img.convert("RGB"), 1), PLACEHOLDER_GREY, atol=1)
