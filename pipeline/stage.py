@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import logging
 import os
+import signal
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -62,16 +69,74 @@ def one_line_errors(*also: type[Exception]) -> Iterator[None]:
         raise click.ClickException(line) from None
 
 
+def lock_path(stage: str, workdir: Path) -> Path:
+    """The lock file of `stage` run in `workdir`: in a per-user folder of the temp dir (no litter in the repo),
+    named by a hash of the resolved folder, so runs in other checkouts never wait on each other."""
+    folder = Path(tempfile.gettempdir()) / f"mmctr-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:16]}-{stage}.lock"
+
+
+@contextmanager
+def stage_lock(stage: str, workdir: Path) -> Iterator[None]:
+    """Hold `stage`'s lock for `workdir` for the block: a second run of the same stage on the same outputs (a
+    trainer left running by a killed `dvc`, a second `dvc repro`) fails at once with a one-line DataError naming
+    the pid that holds it, instead of writing the same files beside it. The OS drops the lock when its holder
+    dies, however it dies."""
+    fd = os.open(lock_path(stage, workdir), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+            raise DataError(f"{stage}: another run of this stage (pid {holder}) is writing its outputs in {workdir}; "
+                            "wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+_watching_parent = False
+
+
+def stop_with_parent(poll_s: float = 1.0) -> None:
+    """Stop this process (SIGTERM) once its parent has died: a stage whose `dvc` was killed must not keep writing
+    outputs nobody will record. A daemon thread compares os.getppid() with the parent at the start (a dead parent's
+    children are re-parented); started once per process."""
+    global _watching_parent
+    if _watching_parent:
+        return
+    _watching_parent = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        logging.getLogger("stage").error("the parent process %d has exited: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def stage_main(fn: F) -> F:
-    """Wrap a stage body: configure logging and report user-facing errors in one line (`one_line_errors`)."""
+    """Wrap a stage body: configure logging, stop with the parent process (`stop_with_parent`), hold the stage's
+    lock (`stage_lock`; rank 0 only under torchrun, whose ranks share the outputs) and report user-facing errors
+    in one line (`one_line_errors`)."""
+    spec = fn.__globals__.get("__spec__")  # `python -m stages.train` runs as __main__; its spec keeps the name
+    stage = (spec.name if spec is not None else fn.__module__).rsplit(".", 1)[-1]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         # faiss logs its CPU-feature probing (ModuleNotFoundError for the AVX512 build, ...) at INFO: noise, not news
         logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        stop_with_parent()
         with one_line_errors():
-            return fn(*args, **kwargs)
+            lock = stage_lock(stage, Path.cwd()) if os.environ.get("RANK", "0") == "0" else nullcontext()
+            with lock:
+                return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 

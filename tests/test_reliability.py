@@ -8,7 +8,10 @@ import dataclasses
 import errno
 import os
 import stat
+import signal
 import subprocess
+import sys
+import time
 import typing
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from pipeline.feature_map import FeatureMap
 from pipeline.io import DataError, atomic_dir, write_json, write_parquet
 from pipeline.pca import FittedPCA, fit_pca
 from pipeline.raw import read_pairs
+from pipeline.stage import stage_lock
 from pipeline.training import FitState, check_item_tables, load_checkpoint, load_item_tables, load_split
 from tests.test_config import OUT_OF_RANGE
 from tests.test_model import feature_map, small_model
@@ -293,6 +297,77 @@ def test_an_item_table_that_does_not_fit_the_feature_map_is_named(tmp_path: Path
     tags[3, 1] = t
     with pytest.raises(DataError, match=rf"info\.parquet: row 3: item_tags holds a tag id outside 0\.\.{t - 1}"):
         check_item_tables("info.parquet", tags, fmap)
+
+
+# ------------------------------------------------------------------------ concurrent runs, orphaned stages
+
+CHILD = """
+import os, sys, time, click
+from pipeline.stage import stage_main
+
+@click.command()
+@stage_main
+def main():
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(300)
+
+main([])
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+def _wait_for(predicate, what: str, tries: int = 600) -> None:
+    for _ in range(tries):  # a liveness bound (60 s), not a speed target
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_a_second_run_of_a_stage_fails_at_once_naming_the_first(tmp_path: Path) -> None:
+    """A stage holds a lock for its working folder while it runs: a second run (a trainer orphaned by a killed dvc,
+    then `dvc repro`) is a one-line error naming the holder's pid, and writes nothing."""
+    pidfile, env = tmp_path / "first.pid", dict(os.environ, PYTHONPATH=str(ROOT))
+    (tmp_path / "child.py").write_text(CHILD)
+    first = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(pidfile)], cwd=tmp_path, env=env)
+    try:
+        _wait_for(pidfile.exists, "the first run to start")
+        again = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "second.pid")],
+                               cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert again.returncode == 1
+        assert again.stderr.strip().splitlines() == [
+            f"Error: __main__: another run of this stage (pid {first.pid}) is writing its outputs in {tmp_path}; "
+            "wait for it to finish or stop it"]
+        assert not (tmp_path / "second.pid").exists()
+    finally:
+        first.kill()
+        first.wait()
+    with stage_lock("__main__", tmp_path):  # the OS dropped the killed holder's lock
+        pass
+
+
+def test_a_stage_stops_when_the_process_that_started_it_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the parent (dvc) leaves no stage running: the stage sees it is re-parented and stops."""
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(CHILD)
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import os, signal, subprocess, sys, time
+subprocess.Popen([sys.executable, {str(tmp_path / "child.py")!r}, {str(pidfile)!r}])
+while not os.path.exists({str(pidfile)!r}):
+    time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGKILL)
+"""], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert parent.wait() == -signal.SIGKILL
+    child = int(pidfile.read_text())
+    _wait_for(lambda: not _alive(child), f"the orphaned stage (pid {child}) to stop")
 
 
 # ---------------------------------------------------------------------------------------- output modes
