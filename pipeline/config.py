@@ -9,6 +9,7 @@ checks ranges. Every failure is a `ParamsError` whose one-line message starts wi
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,6 +27,10 @@ class ParamsError(ValueError):
 
 
 T = TypeVar("T")
+
+
+INT64_LIMIT = 1 << 63
+MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: beyond it, a typo, not a model
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -54,6 +59,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ParamsError(f"{key}: must be an integer, got {value!r}")
+        if not -INT64_LIMIT <= value < INT64_LIMIT:
+            raise ParamsError(f"{key}: must fit in 64 bits, got {value}")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -62,6 +69,8 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
                 mantissa, _, exponent = value.lower().partition("e")
                 hint = f" (YAML reads it as text: write {float(mantissa)}e{exponent})"
             raise ParamsError(f"{key}: must be a number, got {value!r}{hint}")
+        if not math.isfinite(value):  # no param means anything by inf or nan (nan also passes every range check)
+            raise ParamsError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -105,7 +114,25 @@ def require(ok: bool, key: str, message: str) -> None:
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2 floats such as `1e-05` (an exponent without a dot) as numbers,
     as DVC's own YAML parser does: `dvc exp run -S train.net_regularizer=0.00001` writes `1e-05` into params.yaml,
-    which plain YAML 1.1 would read as text."""
+    which plain YAML 1.1 would read as text. A key given twice in one mapping is an error (PyYAML would keep the
+    last silently), and aliases are refused: a params file needs none, and nested ones expand exponentially (a
+    "billion laughs" file) in anything that walks the values."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not allowed in a params file")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one mapping "
+                                     f"(first on line {seen[key]})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 ParamsLoader.add_implicit_resolver(
@@ -159,7 +186,8 @@ SYNTHETIC_RAW_DIR = "data/raw"  # make_synthetic's output in dvc.yaml
 
 @dataclass(frozen=True)
 class DataConfig:
-    """`data`: which raw data the pipeline reads. `raw_dir` reaches dvc.yaml through `${data.raw_dir}`."""
+    """`data`: which raw data the pipeline reads. `raw_dir` is a dep in dvc.yaml (`${data.raw_dir}`), never part of a
+    shell command: the stages read it from params.yaml."""
 
     source: Literal["synthetic", "microlens", "mmctr"] = "synthetic"
     raw_dir: str = SYNTHETIC_RAW_DIR  # synthetic: make_synthetic's output; else a MicroLens release / challenge folder
@@ -169,6 +197,8 @@ class DataConfig:
     item_embeddings: Literal["extracted", "challenge_bert_clip", "challenge_d128"] = "extracted"
 
     def __post_init__(self) -> None:
+        require(self.raw_dir.strip() != "" and not any(c in self.raw_dir for c in "\0\n\r"), "data.raw_dir",
+                f"must be a folder path (not empty, no NUL or line break), got {self.raw_dir!r}")
         on_synthetic_dir = Path(self.raw_dir) == Path(SYNTHETIC_RAW_DIR)
         if self.source == "synthetic":
             require(on_synthetic_dir, "data.raw_dir", f"the synthetic source is read from {SYNTHETIC_RAW_DIR}, "
@@ -209,8 +239,12 @@ class MakeSyntheticConfig:
 
     def __post_init__(self) -> None:
         s = "make_synthetic"
-        require(self.n_items >= 20, f"{s}.n_items", f"must be >= 20, got {self.n_items}")
-        require(self.n_users >= 2, f"{s}.n_users", f"must be >= 2, got {self.n_users}")
+        # The upper bounds are MicroLens-1M's size with room to spare: beyond them the generator would ask for
+        # more memory than a machine has, which is a typo, not an experiment.
+        require(20 <= self.n_items <= 10_000_000, f"{s}.n_items", f"must be in [20, 10000000], got {self.n_items}")
+        require(2 <= self.n_users <= 100_000_000, f"{s}.n_users", f"must be in [2, 100000000], got {self.n_users}")
+        require(self.max_clicks_per_user <= 100_000, f"{s}.max_clicks_per_user", "must be <= 100000")
+        require(self.latent_dim <= MAX_WIDTH, f"{s}.latent_dim", f"must be <= {MAX_WIDTH}")
         require(self.min_clicks_per_user >= 2, f"{s}.min_clicks_per_user", "must be >= 2")
         require(
             self.min_clicks_per_user <= self.max_clicks_per_user < self.n_items,
@@ -318,12 +352,12 @@ class BuildSequencesConfig:
 
     def __post_init__(self) -> None:
         s = "build_sequences"
-        require(self.max_len >= 1, f"{s}.max_len", "must be >= 1")
+        require(1 <= self.max_len <= 100_000, f"{s}.max_len", "must be in [1, 100000]")
         require(self.min_history >= 0, f"{s}.min_history", "must be >= 0")
         require(0 < self.valid_frac < 1, f"{s}.valid_frac", "must be in (0, 1)")
         require(0 < self.test_frac < 1, f"{s}.test_frac", "must be in (0, 1)")
         require(self.valid_frac + self.test_frac < 1, f"{s}.test_frac", "valid_frac + test_frac must be < 1")
-        require(self.neg_ratio >= 1, f"{s}.neg_ratio", "must be >= 1")
+        require(1 <= self.neg_ratio <= 1000, f"{s}.neg_ratio", "must be in [1, 1000]")
         for name in ("split", "negatives", "neg_sampling", "neg_exclude"):
             allowed = typing.get_args(typing.get_type_hints(BuildSequencesConfig)[name])
             require(getattr(self, name) in allowed, f"{s}.{name}",
@@ -369,6 +403,16 @@ class TrainConfig(ModelConfig):
         for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k",
                      "batch_size", "eval_batch_size", "epochs", "patience"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        # Upper bounds: a width past MAX_WIDTH or a batch past 2^24 rows asks for more memory than a machine has.
+        for name in ("embedding_dim", "mm_dim", "dim_feedforward", "cross_rank", "first_k"):
+            value = getattr(self, name)
+            require(value <= MAX_WIDTH, f"{s}.{name}", f"must be <= {MAX_WIDTH}, got {value}")
+        for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
+            require(all(u <= MAX_WIDTH for u in getattr(self, name)), f"{s}.{name}", f"units must be <= {MAX_WIDTH}")
+        for name in ("transformer_layers", "cross_layers"):
+            require(getattr(self, name) <= 64, f"{s}.{name}", f"must be <= 64, got {getattr(self, name)}")
+        for name in ("batch_size", "eval_batch_size"):
+            require(getattr(self, name) <= 1 << 24, f"{s}.{name}", f"must be <= {1 << 24}, got {getattr(self, name)}")
         require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
         require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
@@ -459,3 +503,30 @@ class TuneConfig:
                 require(len(values) >= 1, f"tune.{field.name}", "must list at least one candidate value")
                 for i, value in enumerate(values):
                     require(value not in values[:i], f"tune.{field.name}", f"lists {value!r} more than once")
+
+
+# Every section of params.yaml and the dataclass that reads it: check_params loads them all.
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "make_synthetic": MakeSyntheticConfig,
+    "extract_text": ExtractTextConfig,
+    "extract_image": ExtractImageConfig,
+    "fit_pca": FitPCAConfig,
+    "build_sequences": BuildSequencesConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "embedding_report": EmbeddingReportConfig,
+    "tune": TuneConfig,
+}
+
+
+def check_params(path: str | Path) -> list[str]:
+    """Load every section of the params file at `path` with its dataclass (SECTIONS): an unknown section, or any
+    unknown or invalid key, is the ParamsError the stage that reads it would give. -> the section names, sorted."""
+    data = read_params(path)
+    for name in data:
+        if name not in SECTIONS:
+            raise ParamsError(f"{name}: unknown section in {path} (known: {', '.join(SECTIONS)})")
+    for name, cls in SECTIONS.items():
+        load_section(path, name, cls)
+    return sorted(data)

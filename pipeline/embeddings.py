@@ -240,8 +240,10 @@ def load_text_encoder(spec: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ParamsError(f"extract_text.model: cannot load {spec!r} ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        # UnpicklingError: a crafted pytorch_model.bin refused by torch.load(weights_only=True); its code never ran
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ParamsError(f"extract_text.model: cannot load {spec!r} ({first[:300]})") from None
     return tokenizer, model.eval()
 
 

@@ -100,8 +100,14 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
     else:
         rows = build_split_rows(pairs, items, **split, neg_ratio=cfg.neg_ratio, neg_sampling=cfg.neg_sampling,
                                 neg_exclude=cfg.neg_exclude, seed=cfg.seed)
-    return SequenceData({name: rows.lazy(name) for name in SPLITS}, {name: rows.summary(name) for name in SPLITS},
-                        items, len(vocab), cfg.max_tags, cfg.max_len, cfg.n_levels, dropped, repeated)
+    summary = {name: rows.summary(name) for name in SPLITS}
+    if not summary["train"]["mean_history"]:  # no train row at all, or none with a history
+        # A history holds strictly earlier clicks: when every click of a user shares one timestamp there are none,
+        # and a sequence model would be trained on empty histories without a word.
+        raise DataError(f"{files.pairs}: no train row has an earlier click in its history (clicks of a user that "
+                        "share a timestamp are not each other's history); check the timestamp column")
+    return SequenceData({name: rows.lazy(name) for name in SPLITS}, summary, items, len(vocab), cfg.max_tags,
+                        cfg.max_len, cfg.n_levels, dropped, repeated)
 
 
 def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> SequenceData:

@@ -14,14 +14,11 @@ import pytest
 import yaml
 
 from pipeline.config import (
-    BuildSequencesConfig,
-    EvaluateConfig,
-    ExtractImageConfig,
-    ExtractTextConfig,
     FitPCAConfig,
-    MakeSyntheticConfig,
+    SECTIONS,
     ParamsError,
     TrainConfig,
+    check_params,
     from_dict,
     load_section,
     parse_yaml,
@@ -29,15 +26,6 @@ from pipeline.config import (
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
-SECTIONS = {
-    "make_synthetic": MakeSyntheticConfig,
-    "extract_text": ExtractTextConfig,
-    "extract_image": ExtractImageConfig,
-    "fit_pca": FitPCAConfig,
-    "build_sequences": BuildSequencesConfig,
-    "train": TrainConfig,
-    "evaluate": EvaluateConfig,
-}
 
 
 def _raw() -> dict[str, Any]:
@@ -273,3 +261,15 @@ def test_from_dict_requires_fields_without_default() -> None:
     assert from_dict(Needs, {"size": 3}, "sec") == Needs(3, "x")
     with pytest.raises(ParamsError, match=r"^sec\.size: missing key$"):
         from_dict(Needs, {"name": "y"}, "sec")
+
+
+def test_check_params_loads_every_section_and_names_the_first_bad_key(tmp_path: Path) -> None:
+    assert check_params(PARAMS) == sorted(SECTIONS)
+    data = _raw()
+    data["fit_pca"]["dimm"] = 3
+    with pytest.raises(ParamsError, match=r"^fit_pca\.dimm: unknown key"):
+        check_params(_write(tmp_path, data))
+    data = _raw()
+    data["fit_pcaa"] = {"dim": 3}
+    with pytest.raises(ParamsError, match=r"^fit_pcaa: unknown section in .*params\.yaml \(known: data, "):
+        check_params(_write(tmp_path, data))

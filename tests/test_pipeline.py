@@ -28,7 +28,7 @@ from pipeline.raw import read_titles
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_params.yaml")
-STAGES = ["make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
+STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
           "train", "evaluate"]
 
 
@@ -212,8 +212,34 @@ def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["fit_pca"]["dim"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run(["dvc", "repro"], project)) == {"fit_pca", "embedding_report", "train", "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"check_params", "fit_pca", "embedding_report", "train",
+                                                          "evaluate"}
     assert "item_emb_d8" in pl.read_parquet(project / "data/features/item_info.parquet").columns
+
+
+def test_a_bad_params_key_stops_repro_before_any_output_is_deleted(project):
+    """DVC deletes a stage's outputs just before running it: check_params runs first on any params change, so a
+    bad key (here fit_pca.dimm) ends `dvc repro` with its one-line error while fit_pca's earlier outputs, cached
+    or not, stay in place; fixed, the next repro reruns only check_params."""
+    reference = _artifact_bytes(project)
+    stamp = "data/params_checked.json"
+    params = project / "params.yaml"
+    good = params.read_text()
+    values = yaml.safe_load(good)
+    values["fit_pca"]["dimm"] = 3
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
+    try:
+        proc = subprocess.run(["dvc", "repro", "fit_pca"], cwd=project, env=stage_env(), capture_output=True,
+                              text=True)
+        assert proc.returncode != 0
+        assert "Error: fit_pca.dimm: unknown key" in proc.stdout + proc.stderr
+        assert ran_stages(proc.stdout + proc.stderr) == {"check_params"}
+        kept = _artifact_bytes(project)
+        assert {k: v for k, v in kept.items() if k != stamp} == {k: v for k, v in reference.items() if k != stamp}
+    finally:
+        params.write_text(good)
+    assert ran_stages(run(["dvc", "repro"], project)) <= {"check_params"}
+    assert _artifact_bytes(project) == reference
 
 
 def test_bad_params_key_is_one_line_error(project):
@@ -253,7 +279,7 @@ def test_hostile_raw_folder_name_is_only_a_path(project, name):
         shutil.rmtree(project / "data" / name)
     # the same raw bytes give the same sequences: back on data/raw, at most build_sequences reruns (or comes from
     # DVC's run cache), to the bytes it had
-    assert ran_stages(run(["dvc", "repro"], project)) <= {"build_sequences"}
+    assert ran_stages(run(["dvc", "repro"], project)) <= {"check_params", "build_sequences"}
     assert _artifact_bytes(project) == before
 
 
@@ -272,7 +298,8 @@ def test_microlens_release_source(project):
     out = run(["dvc", "repro"], project)
     # The same data in the release layout gives byte-identical embeddings, sequences and item table, so DVC keeps
     # train cached: the release readers see exactly what the synthetic layout holds.
-    assert ran_stages(out) == {"extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
+    assert ran_stages(out) == {"check_params", "extract_text", "extract_image", "build_sequences", "fit_pca",
+                               "embedding_report",
                                "evaluate"}
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert metrics["auc"] > 0.7 and "oracle_auc" not in metrics  # no planted model behind a real release
@@ -322,7 +349,7 @@ def test_challenge_embeddings_replace_extraction(project, embeddings, column):
     assert yaml.safe_load((project / "params.yaml").read_text())["data"]["source"] == "mmctr"
     set_data(project, item_embeddings=embeddings)
     out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"fit_pca", "embedding_report", "train", "evaluate"}
+    assert ran_stages(out) == {"check_params", "fit_pca", "embedding_report", "train", "evaluate"}
     info = pl.read_parquet(project / "data/features/item_info.parquet")
     dim = yaml.safe_load((project / "params.yaml").read_text())["fit_pca"]["dim"]
     assert info.columns[-1] == (column or f"item_emb_d{dim}")

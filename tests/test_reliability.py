@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline import config as config_module
-from pipeline.config import ParamsError, load_section
+from pipeline.config import SECTIONS, ParamsError, load_section
 from pipeline.distributed import SINGLE
 from pipeline.embeddings import load_image_encoder, load_text_encoder
 from pipeline.feature_map import FeatureMap
@@ -38,13 +38,6 @@ from tests.test_training import toy_split, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
-SECTIONS = {
-    "data": config_module.DataConfig, "make_synthetic": config_module.MakeSyntheticConfig,
-    "extract_text": config_module.ExtractTextConfig, "extract_image": config_module.ExtractImageConfig,
-    "fit_pca": config_module.FitPCAConfig, "build_sequences": config_module.BuildSequencesConfig,
-    "train": config_module.TrainConfig, "evaluate": config_module.EvaluateConfig,
-    "embedding_report": config_module.EmbeddingReportConfig,
-}
 
 
 # ------------------------------------------------------------------------------- nothing executes from a file

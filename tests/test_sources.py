@@ -65,14 +65,16 @@ def test_exposure_negatives_need_an_impressions_file(tmp_path):
     cfg = BuildSequencesConfig(max_len=3, negatives="exposures")
     with pytest.raises(DataError, match="build_sequences.negatives: 'exposures' needs an impressions file"):
         microlens_sequences(raw, "error", cfg)
-    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,20,1\n1,2,30,0\n")
+    (raw / "impressions.csv").write_text(
+        "user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,15,0\n1,1,20,1\n1,2,30,0\n")
     seqs = microlens_sequences(raw, "error", cfg)
     rows = {name: frame.collect() for name, frame in seqs.splits.items()}
-    # leave_last by request: the exposure at 30 is test, at 20 valid; the one at 5 has no earlier click (dropped).
+    # leave_last by request: the exposure at 30 is test, at 20 valid; those at 5 and 10 have no earlier click
+    # (dropped), the one at 15 has the click at 10.
     assert rows["test"].select("item_id", "item_seq", "label").rows() == [(2, [0, 2, 1], 0.0)]
     assert rows["valid"].select("item_id", "item_seq", "label").rows() == [(1, [0, 0, 2], 1.0)]
-    assert rows["train"].height == 0  # the exposure at 10 has no earlier click either
-    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,9,5,0\n1,2,30,0\n")
+    assert rows["train"].select("item_id", "item_seq", "label").rows() == [(1, [0, 0, 2], 0.0)]
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,9,5,0\n1,2,12,0\n1,2,15,0\n1,2,30,0\n")
     with pytest.raises(DataError, match="impressions.csv: 1 clicks reference unknown items"):
         microlens_sequences(raw, "error", cfg)
     assert microlens_sequences(raw, "drop", cfg).dropped_clicks == 1
@@ -105,11 +107,11 @@ def test_a_log_appended_to_itself_gives_the_clean_rows_and_counts_the_repeats(tm
 def test_repeated_exposures_are_dropped_and_a_conflicting_one_is_an_error(tmp_path):
     raw = microlens_release(tmp_path / "ml")
     cfg = BuildSequencesConfig(max_len=3, negatives="exposures")
-    log = "user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,20,1\n1,2,30,0\n"
+    log = "user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,15,0\n1,1,20,1\n1,2,30,0\n"
     (raw / "impressions.csv").write_text(log + "1,2,30,0\n1,1,20,1\n")
     assert microlens_sequences(raw, "error", cfg).repeated_events == 2
     (raw / "impressions.csv").write_text(log + "1,2,30,1\n")
-    with pytest.raises(DataError, match=r"impressions.csv: lines 5 and 6: user 1 shown item 2 at timestamp 30 "
+    with pytest.raises(DataError, match=r"impressions.csv: lines 6 and 7: user 1 shown item 2 at timestamp 30 "
                                         r"with different click flags"):
         microlens_sequences(raw, "error", cfg)
 
