@@ -131,11 +131,32 @@ def fingerprint(**parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def file_stamp(path: str | Path) -> str:
+    """What changes whenever a file's content may have: size, mtime, and ctime and inode, which no tool can set
+    back (a cover replaced by one of the same size with its old mtime restored still gets a new ctime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+
+
+def folder_stamp(path: str | Path) -> list[tuple[str, str]]:
+    """(relative name, file_stamp) of every file under a local model folder or checkpoint file, sorted; [] for
+    anything else (a hub name). A model retrained into the same folder gets new shards."""
+    root = Path(path)
+    if root.is_file():
+        return [(root.name, file_stamp(root))]
+    if not root.is_dir():
+        return []
+    return sorted((p.relative_to(root).as_posix(), file_stamp(p)) for p in root.rglob("*") if p.is_file())
+
+
 class ShardStore:
     """Finished shards of an extraction, kept in `.<out name>.shards/` beside `out`.
 
     Shard k covers items [k * shard_size, (k + 1) * shard_size) of `ids`; its file name carries a digest of the
-    fingerprint, its ids and its per-item input keys (titles, or cover path + size + mtime), so a shard is reused
+    fingerprint, its ids and its per-item input keys (titles, or cover path + file_stamp), so a shard is reused
     only when all of those still match (and its item_id column is checked again on load). Shards are written to a
     temp file and renamed, so a kill never leaves a half-written shard under a valid name.
     """
@@ -149,7 +170,10 @@ class ShardStore:
         for k, (a, b) in enumerate(self.bounds):
             h = hashlib.sha256(fp.encode())
             h.update(self.ids[a:b].tobytes())
-            h.update("\0".join(keys[a:b]).encode("utf-8", "surrogatepass"))
+            for key in keys[a:b]:  # length-prefixed: no title can shift its bytes into its neighbour's
+                data = key.encode("utf-8", "surrogatepass")
+                h.update(len(data).to_bytes(8, "little"))
+                h.update(data)
             self.names.append(f"shard-{k:06d}-{h.hexdigest()[:20]}.parquet")
         self.written = 0
 
@@ -300,11 +324,13 @@ def extract_text_embeddings(
 
 def text_shard_store(out: str | Path, titles: pl.DataFrame, cfg: ExtractTextConfig, device: torch.device
                      ) -> ShardStore:
-    """The shard store of an extract_text run: keyed by each item's title and the params that shape vectors."""
+    """The shard store of an extract_text run: keyed by each item's title, the params that shape vectors and the
+    files of a local model folder (folder_stamp)."""
     check_unique_ids(titles["item_id"].to_numpy(), "titles")
     fp = fingerprint(stage="extract_text", model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
                      amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype,
-                     trust_remote_code=cfg.trust_remote_code, device=device.type)
+                     trust_remote_code=cfg.trust_remote_code, device=device.type,
+                     model_files=folder_stamp(resolve_text_model(cfg.model)))
     keys = [t if t is not None else "" for t in titles["title"].to_list()]
     return ShardStore(out, titles["item_id"].to_numpy(), keys, fp, cfg.shard_size)
 
@@ -477,20 +503,13 @@ def extract_image_embeddings(
 
 def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], cfg: ExtractImageConfig,
                       device: torch.device) -> ShardStore:
-    """The shard store of an extract_image run: keyed by each cover's path, size and mtime (a replaced cover is
-    re-embedded) and the params that shape vectors."""
+    """The shard store of an extract_image run: keyed by each cover's path and file_stamp (a replaced cover is
+    re-embedded), the params that shape vectors and a local checkpoint's file_stamp."""
     check_unique_ids(ids, "covers")
     fp = fingerprint(stage="extract_image", model=cfg.model, pretrained=cfg.pretrained, max_pixels=cfg.max_pixels,
-                     jpeg_draft=cfg.jpeg_draft,
+                     jpeg_draft=cfg.jpeg_draft, model_files=folder_stamp(cfg.pretrained),
                      amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype, device=device.type)
-    keys = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            keys.append(f"{p}|{st.st_size}|{st.st_mtime_ns}")
-        except OSError:
-            keys.append(f"{p}|missing")
-    return ShardStore(out, ids, keys, fp, cfg.shard_size)
+    return ShardStore(out, ids, [f"{p}|{file_stamp(p)}" for p in paths], fp, cfg.shard_size)
 
 
 def extract_image_sharded(store: ShardStore, ids: np.ndarray, paths: Sequence[Path], model, preprocess,

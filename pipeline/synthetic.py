@@ -472,7 +472,8 @@ def simulate_exposures(model: PlantedModel, n_requests: np.ndarray, cfg: MakeSyn
 
 def sample_timestamps(n_clicks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(n_users+1,) clicks (or requests) per user -> (n_users+1, max) int64 Unix-ms times, strictly increasing
-    along each row's first n_clicks[u] entries: a uniform start in two years from 2021-01-01, then exponential gaps (>= 1 ms)."""
+    along each row's first n_clicks[u] entries: a uniform start in two years from 2021-01-01, then exponential gaps
+    (>= 1 ms)."""
     start = START_MS + rng.integers(0, START_WINDOW_MS, size=len(n_clicks))
     gaps = np.floor(rng.exponential(MEAN_GAP_MS, size=(len(n_clicks), int(n_clicks.max())))).astype(np.int64) + 1
     gaps[:, 0] = 0

@@ -408,7 +408,8 @@ SPLIT_ATTACKS = {
                                    r"row 0: item_seq has length"),
     "null user": _split_error(_at(0, "user_id", None), r"row 0: user_id is null"),
     "item table with a 1-D embedding": _table_error(
-        lambda df: df.with_columns(item_emb_d8=pl.lit(1.0, dtype=pl.Float32)), r"column 'item_emb_d8' has dtype Float32"),
+        lambda df: df.with_columns(item_emb_d8=pl.lit(1.0, dtype=pl.Float32)),
+        r"column 'item_emb_d8' has dtype Float32"),
     "item table with text embeddings": _table_error(
         lambda df: df.with_columns(item_emb_d8=pl.lit("x")), r"column 'item_emb_d8' has dtype String"),
     "item table with a ragged embedding": _table_error(

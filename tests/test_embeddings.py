@@ -3,7 +3,11 @@ out-of-memory batch halving (by an injected fault)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ParamsError
+from pipeline.config import ExtractTextConfig, ParamsError
 from pipeline.embeddings import (
-    BatchSize, _autocast, default_num_workers, extract_image_embeddings, extract_text_embeddings, load_image_encoder,
-    load_text_encoder, resolve_text_model, run_batches, status_counts, to_rgb)
+    BatchSize, ShardStore, _autocast, default_num_workers, extract_image_embeddings, extract_text_embeddings,
+    file_stamp, load_image_encoder, load_text_encoder, resolve_text_model, run_batches, status_counts,
+    text_shard_store, to_rgb)
 from pipeline.io import DataError
 from pipeline.stage import pick_device
 
@@ -318,3 +323,39 @@ def test_autocast_is_fp32_on_cpu_and_follows_amp_dtype():
     if torch.cuda.is_available():
         assert _autocast(torch.device("cuda"), True, "fp16").fast_dtype == torch.float16
         assert _autocast(torch.device("cuda"), True, "bf16").fast_dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------ shard reuse keys
+
+
+def test_shard_keys_cannot_be_shifted_between_items(tmp_path: Path) -> None:
+    """Two shards whose titles join to the same bytes (a NUL inside a title) get different names: a rerun never
+    reuses the vectors of other titles."""
+    ids = np.array([1, 2])
+    a = ShardStore(tmp_path / "t.parquet", ids, ["x\0y", "z"], "fp", 2)
+    b = ShardStore(tmp_path / "t.parquet", ids, ["x", "y\0z"], "fp", 2)
+    assert a.names != b.names
+
+
+def test_a_cover_replaced_with_its_old_size_and_mtime_gets_a_new_key(tmp_path: Path) -> None:
+    cover = tmp_path / "1.jpg"
+    cover.write_bytes(b"a" * 100)
+    before = file_stamp(cover)
+    st = cover.stat()
+    time.sleep(0.01)
+    cover.write_bytes(b"b" * 100)
+    os.utime(cover, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as they were
+    assert file_stamp(cover) != before
+    assert file_stamp(tmp_path / "nope.jpg") == "missing"
+
+
+def test_a_local_text_model_changed_in_place_gets_new_shards(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    titles = pl.DataFrame({"item_id": pl.Series([1, 2], dtype=pl.Int32), "title": ["cat", "dog"]})
+    cfg = ExtractTextConfig(model=str(folder))
+    before = text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names
+    assert text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names == before
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # the same bytes, rewritten: a retrained model looks like this
+    assert text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names != before

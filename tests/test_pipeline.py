@@ -28,8 +28,8 @@ from pipeline.raw import read_titles
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_params.yaml")
-STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca", "embedding_report",
-          "train", "evaluate"]
+STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca",
+          "embedding_report", "train", "evaluate"]
 
 
 def stage_env(**extra: str) -> dict[str, str]:

@@ -371,8 +371,8 @@ def test_exposure_click_probs_match_the_formula() -> None:
     for b in range(2):
         for k in range(3):
             v = m.item_latent[items[b, k]]
-            logit = (m.click_bias + m.preference_weight * pref[b] @ v + m.popularity_weight * m.item_log_pop[items[b, k]]
-                     + m.recency_weight * recent[b] @ v)
+            logit = (m.click_bias + m.preference_weight * pref[b] @ v
+                     + m.popularity_weight * m.item_log_pop[items[b, k]] + m.recency_weight * recent[b] @ v)
             assert got[b, k] == pytest.approx(1 / (1 + math.exp(-logit)), rel=1e-12)
 
 
