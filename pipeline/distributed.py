@@ -1,6 +1,6 @@
 """Multi-process runs under `torchrun`: which rank this process is, its device, and the few collectives we need.
 
-    torchrun --standalone --nproc_per_node 4 -m stages.extract_image --raw-dir ... --out ... --metrics ...
+    torchrun --standalone --nproc_per_node 4 -m stages.extract_image --out ... --metrics ...
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them a stage runs as the single rank 0 of a world of 1 and
 no process group is created. With CUDA each rank takes GPU LOCAL_RANK and the group uses NCCL; on CPU it uses gloo
