@@ -15,6 +15,7 @@ import time
 import typing
 from pathlib import Path
 
+import click
 import numpy as np
 import polars as pl
 import pytest
@@ -442,3 +443,20 @@ def test_a_nan_loss_reaches_the_user_as_one_line_naming_the_step() -> None:
     result = CliRunner().invoke(failing, [])
     assert result.exit_code == 1
     assert result.output == "Error: train: loss is nan at step 3 (epoch 0)\n"
+
+
+def test_os_faults_are_one_line_and_bugs_keep_their_traceback() -> None:
+    """An unreadable file (PermissionError: root can read anything, so the error is built here), a polars error that
+    wraps an OS error, and a plain bug: the first two become one line naming the file or the reason, the bug is
+    re-raised untouched."""
+    from pipeline.stage import error_line, one_line_errors
+
+    assert error_line(PermissionError(errno.EACCES, "Permission denied", "raw/pairs.csv")) == (
+        "raw/pairs.csv: Permission denied")
+    wrapped = pl.exceptions.ComputeError("failed to write: No space left on device (os error 28)")
+    assert error_line(wrapped).startswith("No space left on device (")
+    assert error_line(ValueError("a bug")) is None
+    with pytest.raises(ValueError, match="a bug"), one_line_errors():
+        raise ValueError("a bug")
+    with pytest.raises(click.ClickException, match="raw/pairs.csv: Permission denied"), one_line_errors():
+        raise PermissionError(errno.EACCES, "Permission denied", "raw/pairs.csv")

@@ -239,15 +239,15 @@ def test_applied_params_keep_their_layout(tmp_path: Path) -> None:
     before = (ROOT / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
     path.write_text(before)
-    apply_overrides(str(path), ["train.learning_rate=0.004", "train.embedding_dim=32", "train.net_dropout=0.0"])
+    apply_overrides(str(path), ["train.learning_rate=0.002", "train.embedding_dim=32", "train.net_dropout=0.0"])
     applied = path.read_text()
     assert "dnn_hidden_units: [256, 128]" not in applied  # what DVC does to the layout
     batch_size = yaml.safe_load(before)["train"]["batch_size"]  # a value the override left as it was
-    kept = keep_layout(before, applied, {"learning_rate": 0.004, "embedding_dim": 32, "net_dropout": 0.0,
+    kept = keep_layout(before, applied, {"learning_rate": 0.002, "embedding_dim": 32, "net_dropout": 0.0,
                                          "batch_size": batch_size})
     assert yaml.safe_load(kept) == yaml.safe_load(applied)
     assert [a for a, b in zip(kept.splitlines(), before.splitlines()) if a != b] == [
-        "  embedding_dim: 32", "  net_dropout: 0.0", "  learning_rate: 0.004"]
+        "  embedding_dim: 32", "  net_dropout: 0.0", "  learning_rate: 0.002"]
     assert keep_layout(before, applied, {"learning_rate": 0.001}) == applied  # values that disagree: DVC's text
     assert keep_layout(before, applied, {"batch_size": batch_size + 1}) == applied
 
