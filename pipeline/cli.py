@@ -9,11 +9,11 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.compare import comparison_table, experiment_records, queue_commands
+from pipeline.compare import comparison_table, experiment_records, headline_rows, headline_table, queue_commands
 from pipeline.config import DataConfig, load_section
 from pipeline.io import DataError, read_parquet
 from pipeline.items import check_item_table
-from pipeline.neighbours import draw_gallery, item_neighbours
+from pipeline.neighbours import check_gallery_path, draw_gallery, item_neighbours
 from pipeline.raw import read_titles
 from pipeline.sources import item_cover_paths, item_titles
 from pipeline.stage import one_line_errors
@@ -32,18 +32,20 @@ from pipeline.tune import (
 )
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mmctr", prog_name="mmctr")
 def main() -> None:
-    """mmctr: multimodal CTR pipeline tools."""
+    """mmctr: multimodal CTR pipeline tools (the stages themselves run through `dvc repro`)."""
 
 
 @main.command()
 @click.option("--item", "item_id", required=True, type=int, help="query item id")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="how many neighbours (at most the other items in the table)")
 @click.option("--item-info", default="data/features/item_info.parquet", show_default=True,
               type=click.Path(dir_okay=False), help="PCA item table written by fit_pca")
 @click.option("--gallery", default=None, type=click.Path(dir_okay=False),
-              help="also draw the query's and the neighbours' covers, ids, titles and scores into this PNG")
+              help="also draw the query's and the neighbours' covers, ids, titles and scores into this .png")
 @click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
               help="its data section (source, raw_dir) says where titles and covers are; defaults if absent")
 @click.option("--raw-dir", default=None, type=click.Path(file_okay=False), help="overrides data.raw_dir")
@@ -54,8 +56,12 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
     """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles; with
     --gallery, also draw their covers in a PNG grid (query first; missing covers are drawn grey)."""
     with one_line_errors(ValueError):
+        if gallery is not None:
+            check_gallery_path(gallery)
         data = load_section(params_path, "data", DataConfig) if Path(params_path).is_file() else DataConfig()
         raw_dir = raw_dir or data.raw_dir
+        if not Path(item_info).exists():
+            raise DataError(f"{item_info}: file not found (run `dvc repro` first, or pass --item-info)")
         info = read_parquet(item_info, {"item_id": pl.Int32})
         check_item_table(info, item_info)
         col = next((c for c in info.columns if c.startswith("item_emb_d")), None)
@@ -69,6 +75,8 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
             covers = item_cover_paths(data.source, raw_dir, np.array([i for i, _ in shown]))
             draw_gallery([(i, names.get(i, ""), score, cover) for (i, score), cover in zip(shown, covers)], gallery)
     click.echo(f"query {item_id}: {names.get(item_id, '')}")
+    if len(found) < k:
+        click.echo(f"(only {len(found)} other items in {item_info}: showing all of them, not {k})")
     for rank, (other, score) in enumerate(found, start=1):
         click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}  {names.get(other, '')}")
     if gallery is not None:
@@ -85,6 +93,8 @@ def compare(queue: bool, dry_run: bool) -> None:
     MLP and the mmctr default, each without and with the frozen multimodal embedding, as DVC experiments named
     cmp-<variant>-<id|mm>."""
     with one_line_errors(TuneError):
+        if dry_run and not queue:
+            raise click.UsageError("--dry-run goes with --queue (it prints the commands instead of queueing them)")
         if queue:
             for cmd in queue_commands():
                 click.echo(" ".join(cmd))
@@ -94,7 +104,22 @@ def compare(queue: bool, dry_run: bool) -> None:
                 click.echo("queued; run them with `dvc queue start` (one at a time) and watch `dvc queue status`")
             return
         out = run_dvc(["dvc", "exp", "show", "--json", "--all-commits"])
-        click.echo(comparison_table(experiment_records(json.loads(out))))
+        records = experiment_records(json.loads(out))
+        if not records:
+            click.echo("no cmp-* experiments yet: `mmctr compare --queue`, then `dvc queue start`, then run this again")
+            return
+        click.echo(comparison_table(records))
+
+
+@main.command()
+@click.option("--all-commits", is_flag=True, help="also the experiments of earlier commits")
+def results(all_commits: bool) -> None:
+    """The headline results: one row per revision (the workspace, the commit, each experiment) with the params that
+    differ between them, valid and test AUC, logloss, gAUC and, on synthetic data, the gap to the history oracle.
+    `dvc exp show` holds every metric and param; this is the part worth reading first."""
+    with one_line_errors(TuneError):
+        out = run_dvc(["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])])
+        click.echo(headline_table(headline_rows(json.loads(out))))
 
 
 @main.command()

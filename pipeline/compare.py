@@ -120,3 +120,54 @@ def comparison_table(records: dict[str, dict[str, Any]]) -> str:
                      f"history oracle AUC (planted items, preference from the visible history): "
                      f"{_fmt(oracles.get('history_oracle_auc'))}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The headline table of `mmctr results`: one row per revision of `dvc exp show --json`
+
+
+HEADLINE = (("valid AUC", TRAIN_METRICS, "valid_auc"), ("test AUC", EVAL_METRICS, "auc"),
+            ("logloss", EVAL_METRICS, "logloss"), ("gAUC", EVAL_METRICS, "gauc"))
+
+
+def _flat_params(data: dict) -> dict[str, Any]:
+    """params.yaml of one revision as {"section.key": value}."""
+    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    return {f"{section}.{key}": value for section, values in params.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
+def headline_rows(exp_show: Any) -> list[dict[str, Any]]:
+    """`dvc exp show --json` -> one row per revision (workspace, commit, experiment), in its order: name, params
+    ({"section.key": value}) and the headline metrics (HEADLINE's keys, plus history_oracle_auc when known)."""
+    rows = []
+    for node in _walk(exp_show):
+        data = node["data"]
+        rev = str(node.get("rev") or data.get("rev", "?"))
+        name = node.get("name") or data.get("name") or (rev[:7] if len(rev) == 40 else rev)  # a sha, or "workspace"
+        row = {"name": name, "params": _flat_params(data)}
+        for label, path, key in HEADLINE:
+            row[label] = _metric(data, path).get(key)
+        row["history_oracle_auc"] = _metric(data, EVAL_METRICS).get("history_oracle_auc")
+        rows.append(row)
+    return rows
+
+
+def headline_table(rows: list[dict[str, Any]], max_params: int = 4) -> str:
+    """The rows as a Markdown table narrow enough for a terminal: the experiment, the params whose values differ
+    between the rows (at most `max_params`, the rest counted), the headline metrics and the test AUC's gap to the
+    history oracle (synthetic data only)."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    differ = [k for k in keys if len({repr(r["params"].get(k)) for r in rows}) > 1]
+    shown = differ[:max_params]
+    head = ["experiment", *shown, *(label for label, _, _ in HEADLINE), "gap to history oracle"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        gap = (r["history_oracle_auc"] - r["test AUC"]
+               if isinstance(r["history_oracle_auc"], float) and isinstance(r["test AUC"], float) else None)
+        cells = [r["name"], *(str(r["params"].get(k, "-")) for k in shown),
+                 *(_fmt(r[label]) for label, _, _ in HEADLINE), _fmt(gap)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(differ) > len(shown):
+        lines.append(f"({len(differ) - len(shown)} more params differ: {', '.join(differ[len(shown):])})")
+    return "\n".join(lines)

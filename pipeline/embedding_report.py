@@ -14,6 +14,8 @@ item_id column (`scatter_by_id`), never by row position.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import polars as pl
 
@@ -21,6 +23,8 @@ from pipeline.config import EmbeddingReportConfig
 from pipeline.io import DataError
 from pipeline.items import check_item_table, scatter_by_id
 from pipeline.neighbours import approx_index, recall_at_k, unit_rows
+
+log = logging.getLogger(__name__)
 
 MODALITIES = ("text", "image", "pca")
 
@@ -120,7 +124,8 @@ def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], 
     """The metrics dict: per table {tag_agreement, topic_agreement (when `topic`), recall_at_k, queries,
     zero_items}, `chance` (random neighbours), `index`, `k`, `queries`, and `recall_at_k` = the lowest recall over
     the tables. Items with a zero vector in a table (`zero_items`: unusable title/cover) are neither queries nor
-    neighbours for that table.
+    neighbours for that table; a table with no more than k usable items is reported as {skipped: why, queries: 0,
+    zero_items} (and has no recall).
 
     tables: name -> (N+1, D) item table; tags: N+1 tag sets; topic: (N+1,) planted topics or None."""
     n_rows = len(tags)
@@ -138,7 +143,11 @@ def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], 
     for name, table in tables.items():
         ids = usable_items(table)
         if len(ids) <= k:
-            raise DataError(f"{name} embeddings: only {len(ids)} items have a non-zero vector, need more than k={k}")
+            # A report reports: a modality without usable vectors (no titles, no covers) is a line, not a stop.
+            report[name] = {"skipped": f"only {len(ids)} items have a non-zero vector, need more than k={k}",
+                            "queries": 0, "zero_items": int(n_items - len(ids))}
+            log.warning("%s embeddings: %s", name, report[name]["skipped"])
+            continue
         mine = queries[np.isin(queries, ids)]
         index = approx_index(table[ids], cfg.index, nlist=cfg.ivf_nlist, nprobe=cfg.ivf_nprobe, hnsw_m=cfg.hnsw_m,
                              ef_search=cfg.hnsw_ef_search, seed=cfg.seed)
@@ -148,5 +157,7 @@ def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], 
         report[name] = {**_agreements(mine, found, tags, topic), "recall_at_k": recall_at_k(found, exact),
                         "queries": len(mine), "zero_items": int(n_items - len(ids))}
     report["chance"] = _agreements(queries, random_neighbours(queries, n_items, k, cfg.seed), tags, topic)
-    report["recall_at_k"] = min((report[name]["recall_at_k"] for name in tables), default=1.0)
+    recalls = [report[name]["recall_at_k"] for name in tables if "recall_at_k" in report[name]]
+    if recalls:
+        report["recall_at_k"] = min(recalls)
     return report

@@ -32,7 +32,8 @@ class DataError(ValueError):
 FAULT_ENV = "MMCTR_FAULT_BEFORE_RENAME"
 
 # Errors of the output location itself (read-only, full, no permission): reported as a DataError naming the output.
-OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR,
+                 errno.EEXIST, errno.EISDIR}
 
 
 # polars reports an OS error inside its own exception's text: `... (os error 28)`.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path
+from pipeline.io import DataError, atomic_path
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -58,13 +58,14 @@ def item_neighbours(table: np.ndarray, item_id: int, k: int, index=None) -> list
 
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
+IVF_POINTS_PER_CELL = 39  # faiss's minimum training points per k-means centroid
 
 
 def approx_index(vectors: np.ndarray, kind: str, *, nlist: int = 64, nprobe: int = 8, hnsw_m: int = 32,
                  ef_search: int = 128, seed: int = 0):
     """A CPU faiss inner-product index over the unit rows of `vectors` (N, D), so scores are cosines.
 
-    `flat` is exact (IndexFlatIP); `ivf` is IndexIVFFlat with `nlist` k-means cells (at most N; k-means seeded
+    `flat` is exact (IndexFlatIP); `ivf` is IndexIVFFlat with `nlist` k-means cells (at most N / 39; k-means seeded
     with `seed`) searched `nprobe` at a time; `hnsw` is IndexHNSWFlat with `hnsw_m` links per node searched with
     `ef_search`. HNSW is built on one thread: its graph, and so its results, then do not depend on the core count.
     """
@@ -78,7 +79,8 @@ def approx_index(vectors: np.ndarray, kind: str, *, nlist: int = 64, nprobe: int
         index = faiss.IndexFlatIP(d)
         index.add(x)
     elif kind == "ivf":
-        cells = max(1, min(nlist, x.shape[0]))
+        # faiss's k-means wants at least 39 points per centroid (it warns below that): the cells follow the items
+        cells = max(1, min(nlist, x.shape[0] // IVF_POINTS_PER_CELL))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         index.train(x)
@@ -140,6 +142,19 @@ def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             pass
     return Image.new("RGB", (GALLERY_COVER, GALLERY_COVER), PLACEHOLDER_GREY)
+
+
+def check_gallery_path(path: str | Path) -> None:
+    """A DataError unless `path` can be a new PNG: it must end in .png (the bytes are PNG whatever the name) and
+    its nearest existing parent must be a folder (`README.md/g.png` cannot be made)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise DataError(f"{path}: the gallery is a PNG image; give a path ending in .png")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"{path}: {parent} is a file, not a folder")
 
 
 def draw_gallery(tiles: list[tuple[int, str, float | None, str | Path | None]], out: str | Path,

@@ -30,6 +30,7 @@ and, where known, the physical line (1-based, blank lines counted).
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.io import DataError
+
+log = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -140,7 +143,8 @@ def find_microlens_files(raw_dir: str | Path) -> MicroLensFiles:
 def detect_cover_naming(covers_dir: str | Path) -> str:
     """The one naming of COVER_NAMINGS that the .jpg files in covers_dir use (other files are ignored).
 
-    A folder with covers of both namings, or with neither, is a DataError naming the folder.
+    A folder with covers of both namings is a DataError naming the folder. One with neither (empty, say: the
+    images are a separate download) gets '<id>.jpg', so every cover is counted `missing` by extraction.
     """
     covers_dir = Path(covers_dir)
     if not covers_dir.is_dir():
@@ -155,7 +159,8 @@ def detect_cover_naming(covers_dir: str | Path) -> str:
                 raise DataError(f"{covers_dir}: covers use both namings '<id>.jpg' and 'image<id>.jpg' "
                                 f"(e.g. {example['<id>.jpg']} and {example['image<id>.jpg']}); keep one")
     if not example:
-        raise DataError(f"{covers_dir}: no cover named '<id>.jpg' or 'image<id>.jpg'")
+        log.warning("%s: no cover named '<id>.jpg' or 'image<id>.jpg'; every cover counts as missing", covers_dir)
+        return COVER_NAMINGS[0]
     return next(iter(example))
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from pipeline.io import DataError, read_parquet
 from pipeline.items import build_item_features, scatter_by_id
 from pipeline.pca import aligned_matrices
 from pipeline.raw import (
-    check_known_items, cover_path, drop_repeated_events, find_microlens_files, item_ids, read_impressions,
-    read_item_universe, read_likes_views, read_pairs, read_tags)
+    COVER_NAMINGS, check_known_items, cover_path, drop_repeated_events, find_microlens_files, item_ids,
+    read_impressions, read_item_universe, read_likes_views, read_pairs, read_tags)
 from pipeline.sequences import SPLITS, RowSource, build_exposure_rows, build_split_rows
+
+log = logging.getLogger(__name__)
 
 
 def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
@@ -41,7 +44,9 @@ def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[
         files = find_microlens_files(raw_dir)
         folder, naming = files.covers, files.cover_naming
     if folder is None:
-        raise DataError(f"{raw_dir}: no covers folder found")
+        # The covers are a separate (large) download: without them every item is `missing`, never a stop.
+        folder, naming = Path(raw_dir) / ("item_images" if source == "mmctr" else "covers"), COVER_NAMINGS[0]
+        log.warning("%s: no covers folder; every cover counts as missing (looked for %s)", raw_dir, folder.name)
     return [cover_path(folder, int(i), naming) for i in ids]
 
 

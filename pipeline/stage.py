@@ -120,6 +120,26 @@ def stop_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
+def readable(value: Any) -> str:
+    """A metrics dict (or any value) for a log line: floats at 4 significant digits (0.61, not
+    0.6099999999999999), nested dicts and lists kept."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {readable(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(readable(v) for v in value) + "]"
+    return str(value)
+
+
+def configure_logging(stage: str) -> None:
+    """INFO lines from this project's loggers (the stage's own, pipeline.*, model.*), WARNING and above from
+    libraries (open_clip, faiss, transformers log their set-up at INFO: noise, not news)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    for name in (stage, "stage", "pipeline", "model"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def stage_main(fn: F) -> F:
     """Wrap a stage body: configure logging, stop with the parent process (`stop_with_parent`), hold the stage's
     lock (`stage_lock`; rank 0 only under torchrun, whose ranks share the outputs) and report user-facing errors
@@ -129,9 +149,7 @@ def stage_main(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        # faiss logs its CPU-feature probing (ModuleNotFoundError for the AVX512 build, ...) at INFO: noise, not news
-        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        configure_logging(stage)
         stop_with_parent()
         with one_line_errors():
             lock = stage_lock(stage, Path.cwd()) if os.environ.get("RANK", "0") == "0" else nullcontext()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import logging
 import math
 import pickle
@@ -400,6 +401,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     finished = state.bad_validations >= cfg.patience or state.step >= total_steps
     epochs = range(0) if finished else range(state.epoch, cfg.epochs)
     lengths = train.history_lengths()
+    since = time.perf_counter()  # start of the interval the next validation line reports
     for epoch in epochs:
         net.train()
         batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen)
@@ -423,18 +425,26 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
             record = {"epoch": epoch, "step": state.step, "train_logloss": train_loss / state.interval_rows,
                       "valid_auc": scores["auc"], "valid_logloss": scores["logloss"], "lr": opt.param_groups[0]["lr"]}
             state.history.append(record)
+            seconds, rows_seen = time.perf_counter() - since, state.interval_rows * dist.world
             state.interval_loss, state.interval_rows, pass_loss = 0.0, 0, 0.0
+            improved = scores["auc"] > state.best_auc
             if dist.is_main:
-                log.info("validation: %s", json.dumps({k: round(v, 5) for k, v in record.items()}))
+                log.info("pass %d, step %d: valid AUC %.4f%s, valid logloss %.4f, train logloss %.4f, lr %.3g; "
+                         "%.0f s, %.0f rows/s", epoch, state.step, scores["auc"],
+                         " (best so far)" if improved else f" (best {state.best_auc:.4f})", scores["logloss"],
+                         record["train_logloss"], record["lr"], seconds, rows_seen / max(seconds, 1e-9))
                 if live is not None:
                     log_validation(live, record)
-            if scores["auc"] > state.best_auc:
+            if improved:
                 state.best_auc, state.bad_validations = scores["auc"], 0
                 state.best_state = copy.deepcopy(model.state_dict())
             else:
                 state.bad_validations += 1
-                if cfg.lr_schedule == "plateau":
+                if cfg.lr_schedule == "plateau" and state.lr > cfg.min_lr:
                     state.lr = max(state.lr * cfg.lr_decay, cfg.min_lr)
+                    if dist.is_main:
+                        log.info("no better valid AUC: lr lowered to %.3g", state.lr)
+            since = time.perf_counter()
             if state.bad_validations >= cfg.patience or state.step == total_steps:
                 break
             net.train()

@@ -17,7 +17,7 @@ from pipeline.config import BuildSequencesConfig, load_section
 from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.sequences import SPLITS
 from pipeline.sources import challenge_sequences, microlens_sequences
-from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
 
 log = logging.getLogger("build_sequences")
 
@@ -41,7 +41,7 @@ def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, me
         # Streamed a chunk of events at a time: at MicroLens-1M scale a split does not fit in memory.
         with atomic_path(Path(out_dir) / f"{name}.parquet") as tmp:
             seqs.splits[name].sink_parquet(tmp, compression="zstd")
-        log.info("%s: %s", name, seqs.summary[name])
+        log.info("%s: %s", name, readable(seqs.summary[name]))
     write_parquet(seqs.items, items_out)
     seqs.feature_map().save(feature_map)
     write_json(seqs.summary | {"items": seqs.items.height - 1, "tags": seqs.n_tags,

@@ -23,7 +23,7 @@ from pipeline.embedding_report import (
     item_tag_sets,
 )
 from pipeline.io import read_parquet, write_json
-from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
 from pipeline.synthetic import PlantedModel
 
 log = logging.getLogger("embedding_report")
@@ -53,7 +53,8 @@ def main(text: str, image: str, item_info: str, items: str, raw_dir: str | None,
     topic = PlantedModel.load(planted).item_topic if data.source == "synthetic" and planted.is_file() else None
     report = embedding_report(tables, tags, topic, cfg)
     write_json(report, metrics)
-    log.info("neighbour agreement over %d items (%s index): %s", report["queries"], cfg.index, report)
+    log.info("neighbour agreement over %d items (%s index): %s", report["queries"], cfg.index,
+             readable(report))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pipeline.config import (
 from pipeline.io import write_json, write_parquet
 from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
 from pipeline.raw import drop_repeated_events, find_microlens_files, read_pairs
-from pipeline.stage import data_section, params_option, pick_device, raw_dir_option, stage_main
+from pipeline.stage import data_section, params_option, pick_device, raw_dir_option, readable, stage_main
 from pipeline.synthetic import PlantedModel, history_preference, oracle_mismatch, oracle_scores
 from pipeline.training import load_checkpoint, load_split, predict_logits, sigmoid
 
@@ -93,7 +93,7 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
     write_json(curves[1], calibration)
     write_parquet(preds, predictions)
     write_json(out, metrics)
-    log.info("test: %s", out)
+    log.info("test: %s", readable(out))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pipeline.io import DataError, atomic_path, read_parquet, write_json, write_
 from pipeline.items import check_item_table, scatter_by_id
 from pipeline.pca import fit_pca
 from pipeline.sources import challenge_item_embeddings, pca_inputs
-from pipeline.stage import data_section, params_option, raw_dir_option, stage_main
+from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
 
 log = logging.getLogger("fit_pca")
 
@@ -70,7 +70,7 @@ def main(text: str, image: str, items: str, raw_dir: str | None, out: str, trans
     write_parquet(info, out)
     write_json(summary, metrics)
     write_json(curve, plot)
-    log.info("item embeddings (%s): %s", data.item_embeddings, summary)
+    log.info("item embeddings (%s): %s", data.item_embeddings, readable(summary))
 
 if __name__ == "__main__":
     main()

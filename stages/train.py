@@ -67,6 +67,8 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, mod
         if dist.is_main:
             save_checkpoint(model_path, model, fmap)
             resume_path(model_path).unlink(missing_ok=True)  # the run finished: nothing left to resume
+            log.info("wrote %s: the weights of pass %d (valid AUC %.4f), after %d steps", model_path,
+                     best["epoch"], best["valid_auc"], history[-1]["step"])
 
 
 if __name__ == "__main__":

@@ -3,11 +3,21 @@ DVC 3 writes it) comes back as the table."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
-from pipeline.compare import comparison_table, experiment_name, experiment_records, queue_commands
+from pipeline.compare import (
+    EVAL_METRICS,
+    TRAIN_METRICS,
+    comparison_table,
+    experiment_name,
+    experiment_records,
+    headline_rows,
+    headline_table,
+    queue_commands,
+)
 from pipeline.config import TrainConfig, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +76,38 @@ def test_table_from_dvc_exp_show_json() -> None:
     assert tdcn.endswith("| 0.8600 | 0.4000 | 0.8550 | 0.4100 |")
     assert "oracle AUC (planted model, hidden user preference): 0.8800" in table[-1]
     assert "0.8650" in table[-1]
+
+
+def _revision(name, rev, params, valid, auc, oracle=None):
+    evaluate = {"auc": auc, "logloss": 0.45, "gauc": auc - 0.01, **({"history_oracle_auc": oracle} if oracle else {})}
+    return {"rev": rev, "name": name, "data": {
+        "rev": rev, "params": {"params.yaml": {"data": params}},
+        "metrics": {TRAIN_METRICS: {"data": {"valid_auc": valid}}, EVAL_METRICS: {"data": evaluate}}}}
+
+
+def test_headline_table_shows_the_params_that_differ_and_the_oracle_gap() -> None:
+    base = {"fit_pca": {"dim": 64}, "train": {"learning_rate": 0.004, "batch_size": 256}}
+    other = {"fit_pca": {"dim": 32}, "train": {"learning_rate": 0.004, "batch_size": 256}}
+    shown = [_revision(None, "workspace", base, 0.85, 0.854, 0.86), {
+        "rev": "a" * 40, "name": "main", "data": _revision(None, "a" * 40, base, 0.85, 0.854, 0.86)["data"],
+        "experiments": [{"revs": [_revision("exp-dim32", "b" * 40, other, 0.84, 0.849)]}]}]
+    rows = headline_rows(shown)
+    assert [r["name"] for r in rows] == ["workspace", "main", "exp-dim32"]
+    assert headline_table(rows).splitlines() == [
+        "| experiment | fit_pca.dim | valid AUC | test AUC | logloss | gAUC | gap to history oracle |",
+        "|---|---|---|---|---|---|---|",
+        "| workspace | 64 | 0.8500 | 0.8540 | 0.4500 | 0.8440 | 0.0060 |",
+        "| main | 64 | 0.8500 | 0.8540 | 0.4500 | 0.8440 | 0.0060 |",
+        "| exp-dim32 | 32 | 0.8400 | 0.8490 | 0.4500 | 0.8390 | - |"]
+
+
+def test_results_command_prints_the_table(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from pipeline import cli
+
+    base = {"train": {"learning_rate": 0.004}}
+    monkeypatch.setattr(cli, "run_dvc", lambda cmd: json.dumps([_revision(None, "workspace", base, 0.8, 0.81)]))
+    result = CliRunner().invoke(cli.main, ["results"])
+    assert result.exit_code == 0
+    assert result.output.splitlines()[2] == "| workspace | 0.8000 | 0.8100 | 0.4500 | 0.8000 | - |"

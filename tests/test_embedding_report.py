@@ -156,6 +156,17 @@ def test_mismatched_table_rows_are_a_data_error() -> None:
         embedding_report(tables, tags, topic, EmbeddingReportConfig())
 
 
+def test_a_modality_without_usable_vectors_is_a_line_not_a_stop() -> None:
+    """No titles (every text vector zero): the report says so for text and still reports the other tables."""
+    tables, tags, topic = _tiny()
+    tables["text"][:] = 0.0
+    report = embedding_report(tables, tags, topic, EmbeddingReportConfig())
+    assert report["text"] == {"skipped": f"only 0 items have a non-zero vector, need more than k={report['k']}",
+                              "queries": 0, "zero_items": N_ITEMS}
+    assert report["image"]["queries"] > 0 and report["recall_at_k"] == min(
+        report[name]["recall_at_k"] for name in ("image", "pca"))
+
+
 # ---------------------------------------------------------------------------------------------- the stage
 
 

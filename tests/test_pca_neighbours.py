@@ -412,3 +412,36 @@ def test_cli_neighbours_gallery_draws_a_decompression_bomb_cover_grey(tmp_path: 
     assert result.exit_code == 0, result.output
     with Image.open(out) as img:
         np.testing.assert_allclose(_tile_mean(img.convert("RGB"), 1), PLACEHOLDER_GREY, atol=1)
+
+
+@pytest.mark.parametrize("gallery, message", [
+    ("g.jpg", "g.jpg: the gallery is a PNG image; give a path ending in .png"),
+    ("title_en.csv/g.png", "title_en.csv/g.png: title_en.csv is a file, not a folder"),
+])
+def test_cli_neighbours_gallery_path_is_checked_first(tmp_path: Path, gallery: str, message: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    info, titles, _ = _cli_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "--item-info", str(info), "--titles",
+                                       str(titles), "--gallery", gallery])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: " + message.format(tmp=tmp_path)
+
+
+def test_cli_help_version_and_hints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CliRunner().invoke(main, ["-h"]).output.startswith("Usage: ")
+    assert CliRunner().invoke(main, ["--version"]).output.startswith("mmctr, version ")
+    assert "how many neighbours" in CliRunner().invoke(main, ["neighbours", "-h"]).output
+    info, titles, table = _cli_files(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "500", "--item-info", str(info),
+                                       "--titles", str(titles)])
+    n_other = table.shape[0] - 2
+    assert result.exit_code == 0
+    assert f"(only {n_other} other items in {info}: showing all of them, not 500)" in result.output
+    assert len(result.output.strip().splitlines()) == n_other + 2
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5"])
+    assert result.output.strip() == ("Error: data/features/item_info.parquet: file not found (run `dvc repro` "
+                                     "first, or pass --item-info)")
+    result = CliRunner().invoke(main, ["compare", "--dry-run"])
+    assert result.exit_code == 2 and "--dry-run goes with --queue" in result.output

@@ -359,3 +359,21 @@ def test_challenge_embeddings_replace_extraction(project, embeddings, column):
     else:
         assert json.loads((project / "data/metrics/fit_pca.json").read_text())["input_dims"] == {
             "text": 768, "image": 1024}
+
+
+@pytest.mark.parametrize("embeddings, images", [("challenge_d128", "absent"), ("extracted", "empty")])
+def test_challenge_download_without_its_images_runs_end_to_end(project, embeddings, images):
+    """item_images/ is a separate, large download: absent or empty, every cover counts as `missing` and the
+    pipeline still runs to the submission, on the organisers' embeddings or on extracted ones (text only, then)
+    (runs after test_challenge_source)."""
+    folder = project / "data/mmctr/item_images"
+    shutil.rmtree(folder, ignore_errors=True)
+    if images == "empty":
+        folder.mkdir()
+    set_data(project, source="mmctr", raw_dir="data/mmctr", item_embeddings=embeddings)
+    run(["dvc", "repro"], project)
+    n_items = pl.read_parquet(project / "data/sequences/items.parquet").height - 1
+    status = json.loads((project / "data/metrics/extract_image.json").read_text())["status"]
+    assert status.get("missing") == n_items and not status.get("ok")
+    assert (project / "data/eval/submission.zip").is_file()
+    assert 0 <= json.loads((project / "data/metrics/train/metrics.json").read_text())["valid_auc"] <= 1
