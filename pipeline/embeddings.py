@@ -464,7 +464,10 @@ def encode_cover_groups(
     feats_acc: list[np.ndarray] = []
     status_acc: list[str] = []
     remaining = [len(idx) for idx in groups]
-    for (g, chunk), (pixels, status) in zip(plan, tqdm(loader, desc="covers", unit="batch")):
+    # Updated by hand and closed before the last yield: a consumer that stops once it has every group would
+    # otherwise leave the bar at its last refresh (it ended at 67%).
+    bar = tqdm(total=len(plan), desc="covers", unit="batch")
+    for i, ((g, chunk), (pixels, status)) in enumerate(zip(plan, loader)):
         feats = np.zeros((len(chunk), dim), dtype=np.float32)
         ok = np.flatnonzero(np.array([s == "ok" for s in status], dtype=bool))
 
@@ -478,9 +481,13 @@ def encode_cover_groups(
         feats_acc.append(feats)
         status_acc.extend(status)
         remaining[g] -= len(chunk)
+        bar.update(1)
+        if i == len(plan) - 1:
+            bar.close()
         if remaining[g] == 0:  # yielded outside inference mode: the consumer writes the shard
             yield g, embedding_frame(ids[groups[g]], np.concatenate(feats_acc), status_acc)
             feats_acc, status_acc = [], []
+    bar.close()
     for g, idx in enumerate(groups):
         if len(idx) == 0:  # an empty group has no batch; keep the contract of one yield per group
             yield g, embedding_frame(ids[idx], np.zeros((0, dim), dtype=np.float32), [])

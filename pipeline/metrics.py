@@ -45,20 +45,23 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, n_points: int = 201) -> list[dict[str, float]]:
     """ROC curve resampled at `n_points` evenly spaced false-positive rates (small enough to keep in git):
-    [{fpr, tpr}], tpr the highest true-positive rate reached at a false-positive rate at or below fpr."""
+    [{fpr, tpr, chance}], tpr the highest true-positive rate reached at a false-positive rate at or below fpr;
+    chance = fpr, the diagonal of a random ranking, drawn beside the curve."""
     fpr, tpr, _ = roc_curve(labels, scores)  # both non-decreasing, fpr[0] == 0
     grid = np.linspace(0.0, 1.0, n_points)
     reached = tpr[np.searchsorted(fpr, grid, side="right") - 1]
-    return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(grid, reached)]
+    return [{"fpr": float(f), "tpr": float(t), "chance": float(f)} for f, t in zip(grid, reached)]
 
 
 def calibration_points(labels: np.ndarray, probs: np.ndarray, bins: int) -> list[dict[str, float]]:
-    """Equal-width probability bins -> [{prob_pred, prob_true, count}] for the non-empty bins."""
+    """Equal-width probability bins -> [{prob_pred, prob_true, count, perfect}] for the non-empty bins; perfect =
+    prob_pred, the diagonal a calibrated model lies on, drawn beside the curve."""
     which = np.minimum((probs * bins).astype(int), bins - 1)
     rows = []
     for b in range(bins):
         sel = which == b
         if sel.any():
-            rows.append({"prob_pred": float(probs[sel].mean()), "prob_true": float(labels[sel].mean()),
-                         "count": int(sel.sum())})
+            pred = float(probs[sel].mean())
+            rows.append({"prob_pred": pred, "prob_true": float(labels[sel].mean()), "count": int(sel.sum()),
+                         "perfect": pred})
     return rows

@@ -92,7 +92,7 @@ def test_roc_points_follow_the_exact_curve() -> None:
     scores = labels * 0.7 + rng.random(3000)
     points = roc_points(labels, scores, n_points=101)
     fpr, tpr, _ = roc_curve(labels, scores)
-    assert len(points) == 101 and points[0]["fpr"] == 0.0 and points[-1] == {"fpr": 1.0, "tpr": 1.0}
+    assert len(points) == 101 and points[0]["fpr"] == 0.0 and points[-1] == {"fpr": 1.0, "tpr": 1.0, "chance": 1.0}
     for p in points:  # each point is the exact curve's highest tpr at fpr <= p["fpr"]
         assert p["tpr"] == pytest.approx(tpr[fpr <= p["fpr"]].max())
     area = np.trapezoid([p["tpr"] for p in points], [p["fpr"] for p in points])
@@ -105,5 +105,6 @@ def test_calibration_points_bin_means_and_counts() -> None:
     labels = np.array([0, 1, 0, 1, 1, 1])
     probs = np.array([0.05, 0.15, 0.55, 0.6, 0.95, 0.99])
     bins = calibration_points(labels, probs, 2)
-    assert bins == [{"prob_pred": pytest.approx(0.1), "prob_true": 0.5, "count": 2},
-                    {"prob_pred": pytest.approx((0.55 + 0.6 + 0.95 + 0.99) / 4), "prob_true": 0.75, "count": 4}]
+    assert bins == [{"prob_pred": pytest.approx(0.1), "prob_true": 0.5, "count": 2, "perfect": pytest.approx(0.1)},
+                    {"prob_pred": pytest.approx((0.55 + 0.6 + 0.95 + 0.99) / 4), "prob_true": 0.75, "count": 4,
+                     "perfect": pytest.approx((0.55 + 0.6 + 0.95 + 0.99) / 4)}]
