@@ -16,8 +16,7 @@ from model.factory import build_model
 from pipeline.config import ParamsError
 from pipeline.distributed import Dist, dist_from_env, distributed
 from pipeline.training import batch_loss, fit, predict_logits
-from tests.test_model import SMALL, feature_map, item_tables
-from tests.test_training import toy_split, train_cfg
+from tests.conftest import SMALL, feature_map, item_tables, toy_split, train_cfg
 
 # No dropout: with it each rank draws its own masks, and the runs could not match.
 NO_DROPOUT = dataclasses.replace(SMALL, transformer_dropout=0.0, net_dropout=0.0)

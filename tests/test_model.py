@@ -15,37 +15,16 @@ from model.layers import CrossNetV2, Dice, masked_mean
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.config import ParamsError, TrainConfig, from_dict
-from pipeline.feature_map import Feature, FeatureMap
-
-N_ITEMS, N_TAGS, MM = 60, 12, 8
-
-
-def feature_map(max_len: int = 20, mm: int = MM, n_items: int = N_ITEMS) -> FeatureMap:
-    return FeatureMap((
-        Feature("item_id", "categorical", "item", vocab_size=n_items + 1),
-        Feature("item_tags", "sequence", "item", vocab_size=N_TAGS + 1, max_len=3),
-        Feature("item_seq", "sequence", "history", vocab_size=n_items + 1, max_len=max_len,
-                share_embedding="item_id"),
-        Feature("likes_level", "categorical", "context", vocab_size=11),
-        Feature("views_level", "categorical", "context", vocab_size=11),
-    )).with_mm_embedding(mm)
-
-
-def item_tables(n_items: int = N_ITEMS, mm: int = MM, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    tags = torch.randint(0, N_TAGS + 1, (n_items + 1, 3), generator=g)
-    emb = torch.randn(n_items + 1, mm, generator=g)
-    tags[0], emb[0] = 0, 0.0
-    return tags, emb
-
-
-SMALL = ModelConfig(embedding_dim=8, transformer_layers=2, num_heads=2, dim_feedforward=16, first_k=4,
-                    cross_layers=2, dnn_hidden_units=(32, 16), mlp_hidden_units=(8,))
-
-
-def small_model(cfg: ModelConfig = SMALL) -> TransformerDCN:
-    torch.manual_seed(0)
-    return TransformerDCN(cfg, feature_map(), *item_tables()).eval()
+from tests.conftest import (
+    MM,
+    N_ITEMS,
+    N_TAGS,
+    SMALL,
+    feature_map,
+    item_tables,
+    random_histories,
+    small_model,
+)
 
 
 def batch(seq: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -54,15 +33,6 @@ def batch(seq: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
     return {"item_seq": seq, "item_id": torch.randint(1, N_ITEMS + 1, (b,), generator=g),
             "likes_level": torch.randint(0, 11, (b,), generator=g),
             "views_level": torch.randint(0, 11, (b,), generator=g)}
-
-
-def random_histories(b: int, length: int, seed: int = 2) -> torch.Tensor:
-    """Left-padded histories with real lengths 0..length."""
-    g = torch.Generator().manual_seed(seed)
-    seq = torch.randint(1, N_ITEMS + 1, (b, length), generator=g)
-    real = torch.randint(0, length + 1, (b,), generator=g)
-    pos = torch.arange(length).expand(b, -1)
-    return torch.where(pos >= length - real.unsqueeze(1), seq, 0)
 
 
 def test_output_is_one_logit_per_row_and_dcn_width_follows_feature_map():

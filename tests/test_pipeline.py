@@ -25,23 +25,14 @@ from click.testing import CliRunner
 from pipeline.cli import main as mmctr
 from pipeline.feature_map import FeatureMap
 from pipeline.raw import read_titles
+from tests.conftest import project_copy, run, stage_env
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = Path(__file__).with_name("tiny_params.yaml")
 STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca",
           "embedding_report", "train", "evaluate"]
-
-
-def stage_env(**extra: str) -> dict[str, str]:
-    """The environment of a pipeline command: offline, this interpreter's bin first on PATH."""
-    return dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                **extra)
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
 
 
 def ran_stages(output: str) -> set[str]:
@@ -51,17 +42,7 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the tracked project files with the tiny params, as its own git repo, after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file() and not rel.startswith("tests/"):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
-    shutil.copy(TINY, root / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        run(cmd, root)
+    root = project_copy(tmp_path_factory.mktemp("project"), TINY.read_text())
     out = run(["dvc", "repro"], root)
     assert ran_stages(out) == set(STAGES)
     return root

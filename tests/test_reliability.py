@@ -34,8 +34,7 @@ from pipeline.raw import read_pairs
 from pipeline.stage import stage_lock
 from pipeline.training import FitState, check_item_tables, load_checkpoint, load_item_tables, load_split
 from tests.test_config import OUT_OF_RANGE
-from tests.test_model import feature_map, small_model
-from tests.test_training import toy_split, train_cfg
+from tests.conftest import feature_map, small_model, toy_split, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

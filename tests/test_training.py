@@ -12,10 +12,8 @@ import torch
 
 from model.transformer_dcn import TransformerDCN
 from pipeline import training
-from pipeline.config import TrainConfig
 from pipeline.io import DataError
 from pipeline.training import (
-    SplitTensors,
     batch_loss,
     evaluate_split,
     fit,
@@ -29,30 +27,15 @@ from pipeline.training import (
     save_checkpoint,
     trim_history,
 )
-from tests.test_model import N_ITEMS, SMALL, feature_map, item_tables, random_histories
+from tests.conftest import (
+    SMALL,
+    feature_map,
+    item_tables,
+    toy_split,
+    train_cfg,
+)
 
 CPU = torch.device("cpu")
-
-
-def toy_split(n: int, seed: int) -> SplitTensors:
-    """Label = 1 when the target item's frozen embedding has the same sign in dimension 0 as the most recent
-    history item's: learnable only by reading the history."""
-    g = torch.Generator().manual_seed(seed)
-    seq = random_histories(n, 20, seed=seed)
-    seq[:, -1] = torch.randint(1, N_ITEMS + 1, (n,), generator=g)
-    target = torch.randint(1, N_ITEMS + 1, (n,), generator=g)
-    group = item_tables()[1][:, 0] > 0  # (N+1,) the same tables the models below are built with
-    label = (group[target] == group[seq[:, -1]]).float()
-    ctx = {k: torch.randint(0, 11, (n,), generator=g) for k in ("likes_level", "views_level")}
-    return SplitTensors(seq, target, ctx, label, torch.arange(n) % 7)
-
-
-def train_cfg(**kw) -> TrainConfig:
-    base = dict(embedding_dim=8, transformer_layers=2, num_heads=2, dim_feedforward=16, first_k=4,
-                cross_layers=2, dnn_hidden_units=(32, 16), mlp_hidden_units=(8,), transformer_dropout=0.0,
-                net_dropout=0.0, learning_rate=3e-3, batch_size=64, eval_batch_size=256, epochs=12,
-                patience=3, seed=1, device="cpu")
-    return TrainConfig(**(base | kw))
 
 
 def new_model() -> TransformerDCN:

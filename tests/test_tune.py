@@ -7,10 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,13 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main as mmctr
-from pipeline.config import ParamsError, TrainConfig, TuneConfig, load_section, parse_yaml
+from pipeline.config import (
+    ParamsError,
+    TrainConfig,
+    TuneConfig,
+    load_section,
+    parse_yaml,
+)
 from pipeline.tune import (
     TUNED,
     TuneError,
@@ -34,6 +37,7 @@ from pipeline.tune import (
     trial_names,
     trial_records,
 )
+from tests.conftest import project_copy, stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tiny_params.yaml"
@@ -255,14 +259,9 @@ def test_applied_params_keep_their_layout(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ the command
 
 
-def _env() -> dict[str, str]:
-    """The environment of `mmctr` and `dvc`: offline, this interpreter's bin first on PATH."""
-    return dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-
-
 def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("PATH", _env()["PATH"])
+    monkeypatch.setenv("PATH", stage_env()["PATH"])
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     result = CliRunner().invoke(mmctr, ["tune", "--dry-run"])
     assert result.exit_code == 1
@@ -279,7 +278,7 @@ def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=stage_env(), capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -288,22 +287,15 @@ def _run(cmd: list[str], cwd: Path) -> str:
 def project(tmp_path_factory) -> Path:
     """The tracked project files as their own git repo, on the tiny profile with a poor learning rate (1e-4, four
     epochs: the search has something to find), after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("tune_project")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        if (ROOT / rel).is_file() and not rel.startswith("tests/"):
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, root / rel)
     tiny = TINY.read_text()
     assert tiny.count("\n  learning_rate: 0.003\n") == 1
-    (root / "params.yaml").write_text(tiny.replace("\n  learning_rate: 0.003\n", "\n  learning_rate: 0.0001\n"))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], ["dvc", "repro"]):
-        _run(cmd, root)
+    root = project_copy(tmp_path_factory.mktemp("tune_project"),
+                        tiny.replace("\n  learning_rate: 0.003\n", "\n  learning_rate: 0.0001\n"))
+    _run(["dvc", "repro"], root)
     return root
 
 
+@pytest.mark.slow
 def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
     evaluated = (project / "data/metrics/evaluate.json").read_bytes()
     out = _run(["mmctr", "tune", "--trials", "2"], project)
