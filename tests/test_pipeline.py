@@ -96,7 +96,7 @@ def test_model_beats_chance_and_oracle_is_reported(project):
     for key in ("logloss", "gauc", "oracle_logloss", "history_oracle_logloss"):
         assert np.isfinite(metrics[key])
     roc = json.loads((project / "data/plots/roc.json").read_text())
-    assert len(roc) == 201 and roc[0]["fpr"] == 0 and roc[-1] == {"fpr": 1.0, "tpr": 1.0}
+    assert len(roc) == 201 and roc[0]["fpr"] == 0 and roc[-1] == {"fpr": 1.0, "tpr": 1.0, "chance": 1.0}
     calibration = json.loads((project / "data/plots/calibration.json").read_text())
     assert sum(b["count"] for b in calibration) == metrics["rows"]
     preds = pl.read_parquet(project / "data/eval/predictions.parquet")
