@@ -86,10 +86,10 @@ class Lab:
         return self.stage("build_sequences", "--out-dir", str(d), "--items", str(d / "items.parquet"),
                           "--feature-map", str(d / "feature_map.json"), "--metrics", str(d / "metrics.json"))
 
-    def train(self, train: Path | None = None, item_info: Path | None = None) -> Result:
+    def train(self) -> Result:
         seq = self.root / "seq"
-        return self.stage("train", "--train", str(train or seq / "train.parquet"), "--valid",
-                          str(seq / "valid.parquet"), "--item-info", str(item_info or self.root / "item_info.parquet"),
+        return self.stage("train", "--train", str(seq / "train.parquet"), "--valid",
+                          str(seq / "valid.parquet"), "--item-info", str(self.root / "item_info.parquet"),
                           "--feature-map", str(seq / "feature_map.json"), "--model", str(self.root / "out/model.pt"),
                           "--live-dir", str(self.root / "out/live"))
 
@@ -369,25 +369,28 @@ def test_params_file_that_is_a_folder(lab: Lab) -> None:
 # file, row and column before any training step, and write no model.
 
 
-def _split_error(corrupt: Callable[[pl.DataFrame], pl.DataFrame], pattern: str) -> Callable[[Lab], None]:
+def _train_input_error(rel: str, corrupt: Callable[[pl.DataFrame], pl.DataFrame], pattern: str, *,
+                       same_dtypes: bool) -> Callable[[Lab], None]:
+    """Corrupt lab.root/`rel` (cast back to its dtypes when `same_dtypes`: the attack is the values), run train."""
     def attack(lab: Lab) -> None:
-        path = lab.root / "seq/train.parquet"
+        path = lab.root / rel
         frame = pl.read_parquet(path)
-        corrupt(frame).with_columns(pl.col(c).cast(t) for c, t in frame.schema.items()).write_parquet(path)
-        one_line_error(lab.train(), r"train\.parquet: " + pattern)
+        bad = corrupt(frame)
+        if same_dtypes:
+            bad = bad.with_columns(pl.col(c).cast(t) for c, t in frame.schema.items())
+        bad.write_parquet(path)
+        one_line_error(lab.train(), re.escape(Path(rel).name) + ": " + pattern)
         assert not (lab.root / "out/model.pt").exists()
 
     return attack
+
+
+def _split_error(corrupt: Callable[[pl.DataFrame], pl.DataFrame], pattern: str) -> Callable[[Lab], None]:
+    return _train_input_error("seq/train.parquet", corrupt, pattern, same_dtypes=True)
 
 
 def _table_error(corrupt: Callable[[pl.DataFrame], pl.DataFrame], pattern: str) -> Callable[[Lab], None]:
-    def attack(lab: Lab) -> None:
-        path = lab.root / "item_info.parquet"
-        corrupt(pl.read_parquet(path)).write_parquet(path)
-        one_line_error(lab.train(), r"item_info\.parquet: " + pattern)
-        assert not (lab.root / "out/model.pt").exists()
-
-    return attack
+    return _train_input_error("item_info.parquet", corrupt, pattern, same_dtypes=False)
 
 
 def _at(row: int, column: str, value: object) -> Callable[[pl.DataFrame], pl.DataFrame]:
