@@ -33,9 +33,10 @@ import polars as pl
 import torch
 from PIL import Image
 
-from pipeline.embeddings import (
-    CoverDataset, _autocast, _image_size, default_num_workers, extract_image_embeddings, extract_text_embeddings,
-    load_image_encoder, load_text_encoder, to_rgb)
+from pipeline.core.distributed import autocast
+from pipeline.extract.batching import default_num_workers
+from pipeline.extract.image import CoverDataset, _image_size, extract_image_embeddings, load_image_encoder, to_rgb
+from pipeline.extract.text import extract_text_embeddings, load_text_encoder
 
 WORDS = ["cat", "dog", "kitten", "puppy", "funny", "video", "cooking", "noodles", "spicy", "recipe", "travel", "beach", "football", "goal", "music", "guitar", "part", "new", "best", "my", "dance", "challenge", "makeup", "tutorial", "game", "review", "unboxing", "phone", "city", "night", "street", "food", "vlog", "daily", "life", "family", "baby", "school", "exam", "summer", "winter", "snow", "rain"]
 
@@ -61,7 +62,7 @@ def naive_text(tok, model, titles, max_length, device, amp):
     with torch.inference_mode():
         for t in titles:
             b = tok([t], truncation=True, max_length=max_length, return_tensors="pt").to(device)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 h = model(**b).last_hidden_state[0].float()  # (T, H)
             out.append(h.mean(0).cpu().numpy())
     return np.stack(out)
@@ -78,7 +79,7 @@ def naive_image(model, preprocess, paths, device, amp):
     with torch.inference_mode():
         for p in paths:
             x = decode(p, preprocess)[None].to(device)  # (1, 3, H, W)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 out.append(model.encode_image(x).float()[0].cpu().numpy())
     return np.stack(out)
 
@@ -88,7 +89,7 @@ def model_only_text(tok, model, titles, max_length, batch_size, device, amp) -> 
     order = np.argsort([len(t) for t in titles], kind="stable")
     batches = [tok([titles[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
                    max_length=max_length, return_tensors="pt").to(device) for s in range(0, len(titles), batch_size)]
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp):
         _, seconds = timed(lambda: [model(**b).last_hidden_state.float().cpu() for b in batches])
     return seconds
 
@@ -100,7 +101,7 @@ def model_only_image(model, preprocess, paths, batch_size, device, amp, jpeg_dra
     loaded, t_decode = timed(lambda: [dataset.load(p)[0] for p in paths])
     pixels = torch.stack(loaded)  # (N, 3, H, W)
     batches = [pixels[s:s + batch_size].to(device) for s in range(0, len(paths), batch_size)]
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), autocast(device, amp):
         _, seconds = timed(lambda: [model.encode_image(x).float().cpu() for x in batches])
     return t_decode, seconds
 

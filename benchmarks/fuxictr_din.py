@@ -19,8 +19,8 @@ layout from the pipeline's splits and item table (see its docstring), with the f
 
 The script (1) exports the splits, (2) runs FuxiCTR's DIN in a subprocess under the FuxiCTR venv's python (this
 file again, with --fuxictr-worker) and (3) trains the project's DIN (`train` params with model=din) with
-`pipeline.training.fit`, on the CPU, with the same threads and epochs, one process at a time. It prints test AUC and
-logloss (both scored here with `pipeline.metrics` from each model's test probabilities), train samples/s and
+`pipeline.training.loop.fit`, on the CPU, with the same threads and epochs, one process at a time. It prints
+test AUC and logloss (both scored here with `pipeline.core.metrics` from each model's test probabilities), train samples/s and
 seconds per epoch (the wall time between validation passes, so validation is not counted), and the settings that
 cannot be made equal.
 """
@@ -46,9 +46,9 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
-    from pipeline.feature_map import FeatureMap
-    from pipeline.training import SplitTensors
+    from pipeline.core.config import TrainConfig
+    from pipeline.core.feature_map import FeatureMap
+    from pipeline.training.data import SplitTensors
 
 DATASET_ID = "mmctr"
 SPLITS = ("train", "valid", "test")
@@ -84,10 +84,10 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
     feature_map.json  FuxiCTR's feature map (dataset_id "mmctr"): meta columns, the context features, and the item
                       features of `fmap` with ours' widths and padding id 0
 
-    `splits` come from pipeline.training.load_split, `item_tags` (N+1, T) and `item_mm` (N+1, M) from
+    `splits` come from pipeline.load_split, `item_tags` (N+1, T) and `item_mm` (N+1, M) from
     load_item_tables. A history with a 0 after a real item is a DataError: FuxiCTR reads histories as a length.
     """
-    from pipeline.io import DataError
+    from pipeline.core.io import DataError
 
     out_dir.mkdir(parents=True, exist_ok=True)
     histories, offset = [], 0
@@ -223,20 +223,25 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
-    from pipeline import training
-    from pipeline.config import TrainConfig, from_dict, load_section
-    from pipeline.feature_map import FeatureMap
-    from pipeline.metrics import auc, logloss
-    from pipeline.stage import set_threads
+    from pipeline.core.metrics import sigmoid
+    from pipeline.training.checkpoint import model_config
+    from pipeline.training.data import load_item_tables, load_split
+    from pipeline.training import loop
+    from pipeline.training.loop import fit
+    from pipeline.training.predict import evaluate_split, predict_logits
+    from pipeline.core.config import TrainConfig, from_dict, load_section
+    from pipeline.core.feature_map import FeatureMap
+    from pipeline.core.metrics import auc, logloss
+    from pipeline.core.stage import set_threads
 
     params = dataclasses.asdict(load_section(params_path, "train", TrainConfig))
     overrides = {"model": "din", "device": "cpu", "num_threads": threads, "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")
-    tags, mm, mm_dim = training.load_item_tables(f"{data}/features/item_info.parquet")
+    tags, mm, mm_dim = load_item_tables(f"{data}/features/item_info.parquet")
     fmap = FeatureMap.load(f"{data}/sequences/feature_map.json").with_mm_embedding(mm_dim)
-    splits = {s: training.load_split(f"{data}/sequences/{s}.parquet", fmap) for s in SPLITS}
+    splits = {s: load_split(f"{data}/sequences/{s}.parquet", fmap) for s in SPLITS}
     test_labels = splits["test"].label.numpy()
     export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
     settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads)
@@ -248,9 +253,9 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     fux_probs = np.load(work_dir / "test_probs.npy")
 
     torch.manual_seed(cfg.seed)
-    model = build_model(training.model_config(cfg), fmap, tags, mm)
+    model = build_model(model_config(cfg), fmap, tags, mm)
     valid_spans: list[tuple[float, float]] = []
-    evaluate_split = training.evaluate_split
+    evaluate_split = evaluate_split
 
     def clocked_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
@@ -259,10 +264,10 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
         return scores
 
     # fit validates after every epoch through this module attribute; wrapping it times the epochs without it
-    with mock.patch.object(training, "evaluate_split", clocked_evaluate):
+    with mock.patch.object(loop, "evaluate_split", clocked_evaluate):
         fit_start = time.perf_counter()
-        history = training.fit(model, splits["train"], splits["valid"], cfg, device)
-    ours_probs = training.sigmoid(training.predict_logits(model, splits["test"], cfg.eval_batch_size, device))
+        history = fit(model, splits["train"], splits["valid"], cfg, device)
+    ours_probs = sigmoid(predict_logits(model, splits["test"], cfg.eval_batch_size, device))
     ours = {"train_rows": len(splits["train"]), "train_seconds": train_seconds(fit_start, valid_spans),
             "valid_seconds": [end - start for start, end in valid_spans],
             "valid_auc": [r["valid_auc"] for r in history],

@@ -26,8 +26,8 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.io import read_parquet
-from pipeline.synthetic import PlantedModel
+from pipeline.core.io import read_parquet
+from pipeline.sources.planted import PlantedModel
 
 
 def planted_item_info(item_info: Path, planted: Path, out: Path) -> None:

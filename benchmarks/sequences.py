@@ -28,7 +28,7 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.sequences import SPLITS, SplitRows, build_split_rows, split_rows_reference
+from pipeline.sequences.build import SPLITS, SplitRows, build_split_rows, split_rows_reference
 
 START_MS = 1_609_459_200_000  # 2021-01-01
 GAP_MS = 2 * 86_400_000  # mean gap between a user's clicks: two days

@@ -6,7 +6,7 @@
 
 Both paths train the same model (same initial weights, same optimiser, same batch size) for `--steps` steps
 after `--warmup` steps, in one process, one after the other:
-    stage  pipeline/training.py: each split held as contiguous tensors, a batch is an index into them, histories
+    stage  pipeline/training/: each split held as contiguous tensors, a batch is an index into them, histories
            trimmed to the batch's longest real history (never below first_k); what `fit` does per step
     naive  a torch Dataset whose __getitem__ builds one row's tensors from the parquet columns, batched by
            DataLoader's default per-row collate, histories at full length
@@ -30,19 +30,13 @@ import yaml
 from torch import nn
 
 from model.factory import build_model
-from pipeline.config import TrainConfig, from_dict, load_section
-from pipeline.feature_map import FeatureMap
-from pipeline.stage import pick_device
-from pipeline.training import (
-    SplitTensors,
-    autocast,
-    load_item_tables,
-    load_split,
-    make_batch,
-    model_config,
-    optimizer_step,
-    predict_logits,
-)
+from pipeline.core.config import TrainConfig, from_dict, load_section
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.stage import pick_device
+from pipeline.training.checkpoint import model_config
+from pipeline.training.data import SplitTensors, load_item_tables, load_split, make_batch
+from pipeline.training.loop import optimizer_step
+from pipeline.training.predict import autocast, predict_logits
 
 
 class RowDataset(torch.utils.data.Dataset):

@@ -6,8 +6,8 @@ train profiles run on each exactly as a user with challenge files would run them
     python benchmarks/variants.py run --data /tmp/variants --profile din --profile meanpool \\
         --set train.learning_rate=0.001 ...                           # other profiles, params overrides
 
-`make` draws each variant's planted model and exposure log (pipeline/synthetic.py, negatives: exposures), builds
-its rows with the pipeline's exposure builder, and writes the WWW2025 MMCTR layout (pipeline/challenge.py
+`make` draws each variant's planted model and exposure log (pipeline/sources/synthetic.py, negatives: exposures), builds
+its rows with the pipeline's exposure builder, and writes the WWW2025 MMCTR layout (pipeline/sources/challenge.py
 `write_challenge_dataset`): train/valid/test.parquet without timestamps, item_info.parquet whose item_emb_d128 is a
 PCA of two noisy "modality" views of each item's latent (as the organisers' PCA of BERT + CLIP), and
 item_feature.parquet with those two views as txt_emb_BERT / img_emb_CLIPRN50. Beside the folder it keeps
@@ -42,14 +42,19 @@ import numpy as np
 import polars as pl
 import yaml
 
-from pipeline.challenge import write_challenge_dataset
-from pipeline.config import MakeSyntheticConfig
-from pipeline.metrics import auc
-from pipeline.pca import fit_pca
-from pipeline.sequences import SPLITS, build_exposure_rows
-from pipeline.synthetic import (
-    PlantedModel, _streams, exposure_frame, history_preference, oracle_scores, sample_click_counts,
-    sample_planted_model, sample_timestamps, simulate_exposures)
+from pipeline.core.config import MakeSyntheticConfig
+from pipeline.core.metrics import auc
+from pipeline.itememb.pca import fit_pca
+from pipeline.sequences.build import SPLITS, build_exposure_rows
+from pipeline.sources.challenge import write_challenge_dataset
+from pipeline.sources.planted import PlantedModel, history_preference, oracle_scores, sample_planted_model
+from pipeline.sources.synthetic import (
+    _streams,
+    exposure_frame,
+    sample_click_counts,
+    sample_timestamps,
+    simulate_exposures,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN = 50  # history width written to the split files (the held-out check's build_sequences.max_len)

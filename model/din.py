@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.config import ModelConfig
 from model.layers import CTRBase, mlp_head
-from pipeline.feature_map import FeatureMap
+from pipeline.core.config import ModelConfig
+from pipeline.core.feature_map import FeatureMap
 
 
 class DIN(CTRBase):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from model.config import ModelConfig
 from model.din import DIN
 from model.layers import CTRBase
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
-from pipeline.feature_map import FeatureMap
+from pipeline.core.config import ModelConfig
+from pipeline.core.feature_map import FeatureMap
 
 MODELS: dict[str, type[CTRBase]] = {"transformer_dcn": TransformerDCN, "din": DIN, "meanpool": MeanPool}
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.config import ModelConfig
-from pipeline.feature_map import FeatureMap
+from pipeline.core.config import ModelConfig
+from pipeline.core.feature_map import FeatureMap
 
 
 class Dice(nn.Module):

@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.config import ModelConfig
 from model.layers import MLP, CrossNetV2, CTRBase, masked_mean, mlp_head
-from pipeline.feature_map import FeatureMap
+from pipeline.core.config import ModelConfig
+from pipeline.core.feature_map import FeatureMap
 
 
 class TransformerDCN(CTRBase):

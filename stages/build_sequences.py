@@ -2,9 +2,10 @@
 
 In:  --raw-dir   the raw folder of data.source: a MicroLens release (pairs, titles, likes/views, tags), or the
                  MMCTR challenge folder, whose own splits are validated and passed through
-Out: --out-dir   {train,valid,test}.parquet (contract in pipeline/sequences.py)
-     --items     items.parquet: item table (item_id 0..N, item_tags, likes_level, views_level; pipeline/items.py)
-     --feature-map feature_map.json (pipeline/feature_map.py), --metrics JSON (rows, positives, history lengths)
+Out: --out-dir   {train,valid,test}.parquet (contract in pipeline/sequences/build.py)
+     --items     items.parquet: item table (item_id 0..N, item_tags, likes_level, views_level;
+                 pipeline/sequences/item_features.py)
+     --feature-map feature_map.json (pipeline/core/feature_map.py), --metrics JSON (rows, positives, history lengths)
 Params: build_sequences.* (BuildSequencesConfig), data.source, data.unknown_items
 """
 
@@ -13,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import BuildSequencesConfig, load_section
-from pipeline.io import atomic_path, write_json, write_parquet
-from pipeline.sequences import SPLITS
-from pipeline.sources import challenge_sequences, microlens_sequences
-from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.config import BuildSequencesConfig, load_section
+from pipeline.core.io import atomic_path, write_json, write_parquet
+from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.sequences.build import SPLITS
+from pipeline.sequences.inputs import challenge_sequences, microlens_sequences
 
 log = logging.getLogger("build_sequences")
 

@@ -8,14 +8,14 @@ one-line error, and nothing downstream is touched.
 In:  --params (every section)
 Out: --out  JSON: {"sections": [the checked section names, sorted]}; the same bytes for any valid params file
             with the same sections, so a valid change reruns only the stages whose own params changed.
-Params: all sections (pipeline.config.SECTIONS)
+Params: all sections (pipeline.core.config.SECTIONS)
 """
 
 import click
 
-from pipeline.config import check_params
-from pipeline.io import write_json
-from pipeline.stage import params_option, stage_main
+from pipeline.core.config import check_params
+from pipeline.core.io import write_json
+from pipeline.core.stage import params_option, stage_main
 
 
 @click.command()

@@ -1,10 +1,10 @@
 """Stage embedding_report: neighbour agreement of the text-only, image-only and PCA item embeddings.
 
-In:  --text, --image  embedding frames (pipeline/embeddings.py contract), placed by item_id
+In:  --text, --image  embedding frames (pipeline/extract/store.py contract), placed by item_id
      --item-info      item_info.parquet from fit_pca (row i = item i; its item_emb_d<dim> is the PCA table)
      --items          items.parquet from build_sequences (item_tags, row i = item i)
      --raw-dir        the raw folder; on synthetic data its planted.npz gives each item's planted topic
-Out: --metrics        JSON (pipeline/embedding_report.py): {text|image|pca: {tag_agreement, topic_agreement,
+Out: --metrics        JSON (pipeline/itememb/report.py): {text|image|pca: {tag_agreement, topic_agreement,
                       recall_at_k}, chance: {...}, index, k, queries, recall_at_k}
 Params: embedding_report.* (EmbeddingReportConfig), data.source
 """
@@ -15,16 +15,11 @@ from pathlib import Path
 import click
 import polars as pl
 
-from pipeline.config import EmbeddingReportConfig, load_section
-from pipeline.embedding_report import (
-    embedding_report,
-    frame_table,
-    item_info_table,
-    item_tag_sets,
-)
-from pipeline.io import read_parquet, write_json
-from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
-from pipeline.synthetic import PlantedModel
+from pipeline.core.config import EmbeddingReportConfig, load_section
+from pipeline.core.io import read_parquet, write_json
+from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.itememb.report import embedding_report, frame_table, item_info_table, item_tag_sets
+from pipeline.sources.planted import PlantedModel
 
 log = logging.getLogger("embedding_report")
 

@@ -20,18 +20,16 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.challenge import write_submission
-from pipeline.config import (
-    BuildSequencesConfig,
-    EvaluateConfig,
-    load_section,
-)
-from pipeline.io import write_json, write_parquet
-from pipeline.metrics import auc, calibration_points, gauc, logloss, roc_points
-from pipeline.raw import drop_repeated_events, find_microlens_files, read_pairs
-from pipeline.stage import data_section, params_option, pick_device, raw_dir_option, readable, stage_main
-from pipeline.synthetic import PlantedModel, history_preference, oracle_mismatch, oracle_scores
-from pipeline.training import load_checkpoint, load_split, predict_logits, sigmoid
+from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
+from pipeline.core.io import write_json, write_parquet
+from pipeline.core.metrics import auc, calibration_points, gauc, logloss, roc_points, sigmoid
+from pipeline.core.stage import data_section, params_option, pick_device, raw_dir_option, readable, stage_main
+from pipeline.sources.challenge import write_submission
+from pipeline.sources.microlens import drop_repeated_events, find_microlens_files, read_pairs
+from pipeline.sources.planted import PlantedModel, history_preference, oracle_mismatch, oracle_scores
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.data import load_split
+from pipeline.training.predict import predict_logits
 
 log = logging.getLogger("evaluate")
 
@@ -69,7 +67,7 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
                 "gauc": gauc(test.user_id.numpy(), labels, probs)}
         if data.source == "synthetic":
             planted = PlantedModel.load(Path(raw_dir) / "planted.npz")
-            # Exact only for rows built the way its click model assumes (pipeline/synthetic.py oracle_mismatch).
+            # Exact only for rows built the way its click model assumes (pipeline/sources/planted.py oracle_mismatch).
             why_not = oracle_mismatch(planted.click_model, sequences)
             if why_not:
                 log.info("no oracle: %s", why_not)

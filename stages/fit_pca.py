@@ -1,13 +1,13 @@
 """Stage fit_pca: normalise text and image embeddings, concatenate, PCA to fit_pca.dim; write item_info.
 
-In:  --text, --image  embedding frames (pipeline/embeddings.py contract)
+In:  --text, --image  embedding frames (pipeline/extract/store.py contract)
      --items          items.parquet from build_sequences (item table with item_tags)
      --raw-dir        the raw folder, read when data.item_embeddings takes the challenge's own embeddings:
                       challenge_bert_clip fits the PCA over its txt_emb_BERT + img_emb_CLIPRN50 instead of --text/
                       --image; challenge_d128 uses its item_emb_d128 as given (no PCA is fitted)
 Out: --out        item_info.parquet: item_id Int32 (row i = item i, row 0 = padding), item_tags List(Int32),
                   item_emb_d<dim> Array(Float32, dim) (zeros for row 0) -- the challenge's item_info format
-     --transform  pca.npz (pipeline/pca.py FittedPCA, no pickle; with challenge_d128 only a `given` marker)
+     --transform  pca.npz (pipeline/itememb/pca.py FittedPCA, no pickle; with challenge_d128 only a `given` marker)
      --metrics    JSON: dim, explained variance (total and per modality input width)
      --plot       JSON list {component, explained_variance_ratio, cumulative} for `dvc plots`
 Params: fit_pca.* (FitPCAConfig), data.item_embeddings
@@ -19,12 +19,13 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.config import FitPCAConfig, load_section
-from pipeline.io import DataError, atomic_path, read_parquet, write_json, write_parquet
-from pipeline.items import check_item_table, scatter_by_id
-from pipeline.pca import fit_pca
-from pipeline.sources import challenge_item_embeddings, pca_inputs
-from pipeline.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.config import FitPCAConfig, load_section
+from pipeline.core.feature_map import mm_column
+from pipeline.core.io import DataError, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.core.items import check_item_table, scatter_by_id
+from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
+from pipeline.itememb.pca import fit_pca
 
 log = logging.getLogger("fit_pca")
 
@@ -66,7 +67,7 @@ def main(text: str, image: str, items: str, raw_dir: str | None, out: str, trans
         raise DataError(f"{items}: {table.height} item rows, but the item embeddings have {scores.shape[0]}")
     dim = scores.shape[1]
     info = table.select("item_id", "item_tags").with_columns(
-        pl.Series(f"item_emb_d{dim}", scores, dtype=pl.Array(pl.Float32, dim)))
+        pl.Series(mm_column(dim), scores, dtype=pl.Array(pl.Float32, dim)))
     write_parquet(info, out)
     write_json(summary, metrics)
     write_json(curve, plot)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.config import MakeSyntheticConfig, load_section
-from pipeline.stage import params_option, stage_main
-from pipeline.synthetic import generate
+from pipeline.core.config import MakeSyntheticConfig, load_section
+from pipeline.core.stage import params_option, stage_main
+from pipeline.sources.synthetic import generate
 
 log = logging.getLogger("make_synthetic")
 

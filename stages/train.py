@@ -1,13 +1,13 @@
 """Stage train: the Transformer+DCNv2 CTR model, early-stopped on validation AUC.
 
-In:  --train, --valid   split parquets (pipeline/sequences.py contract)
+In:  --train, --valid   split parquets (pipeline/sequences/build.py contract)
      --item-info        item_info.parquet from fit_pca (row i = item i)
      --feature-map      feature_map.json from build_sequences
 Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
      `.<model name>.resume.pt` beside --model while it runs: the last finished epoch's state (train.resume)
 Params: train.* (TrainConfig)
-Data-parallel: torchrun --standalone --nproc_per_node N -m stages.train ... (pipeline/distributed.py)
+Data-parallel: torchrun --standalone --nproc_per_node N -m stages.train ... (pipeline/core/distributed.py)
 """
 
 import logging
@@ -18,19 +18,13 @@ import torch
 from dvclive import Live
 
 from model.factory import build_model
-from pipeline.config import TrainConfig, load_section
-from pipeline.distributed import distributed
-from pipeline.feature_map import FeatureMap
-from pipeline.stage import params_option, set_threads, stage_main
-from pipeline.training import (
-    check_item_tables,
-    fit,
-    load_item_tables,
-    load_split,
-    model_config,
-    resume_path,
-    save_checkpoint,
-)
+from pipeline.core.config import TrainConfig, load_section
+from pipeline.core.distributed import distributed
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.stage import params_option, set_threads, stage_main
+from pipeline.training.checkpoint import model_config, resume_path, save_checkpoint
+from pipeline.training.data import check_item_tables, load_item_tables, load_split
+from pipeline.training.loop import fit
 
 log = logging.getLogger("train")
 

@@ -15,11 +15,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from model.config import ModelConfig  # noqa: E402
 from model.transformer_dcn import TransformerDCN  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.feature_map import Feature, FeatureMap  # noqa: E402
-from pipeline.training import SplitTensors  # noqa: E402
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.feature_map import Feature, FeatureMap
+from pipeline.training.data import SplitTensors
 
 WORDS = ["cat", "dog", "kitten", "puppy", "funny", "video", "cooking", "noodles", "spicy", "recipe", "travel",
          "beach", "football", "goal", "music", "guitar", "part", "new", "best", "my"]

@@ -29,10 +29,10 @@ import torch
 import yaml
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main as mmctr
-from pipeline.config import MakeSyntheticConfig, from_dict
-from pipeline.embeddings import CoverDataset
-from pipeline.synthetic import generate
+from pipeline.cli.main import main as mmctr
+from pipeline.core.config import MakeSyntheticConfig, from_dict
+from pipeline.extract.image import CoverDataset
+from pipeline.sources.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "tests" / "tiny_params.yaml").read_text())

@@ -1,4 +1,4 @@
-"""pipeline/challenge.py: the MMCTR challenge readers on tiny parquet files in the challenge's layout, each bad
+"""pipeline/sources/challenge.py: the MMCTR challenge readers on tiny parquet files in the challenge's layout, each bad
 input with its message, and the submission zip round trip."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.challenge import (
+from pipeline.core.io import DataError
+from pipeline.sources.challenge import (
     ChallengeFiles,
     find_challenge_files,
     read_item_feature,
@@ -20,7 +21,6 @@ from pipeline.challenge import (
     write_challenge_dataset,
     write_submission,
 )
-from pipeline.io import DataError
 
 N_ITEMS = 6
 SEQ_LEN = 4

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.compare import (
+from pipeline.cli.compare import (
     EVAL_METRICS,
     TRAIN_METRICS,
     comparison_table,
@@ -18,7 +18,7 @@ from pipeline.compare import (
     headline_table,
     queue_commands,
 )
-from pipeline.config import TrainConfig, load_section
+from pipeline.core.config import TrainConfig, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_headline_table_shows_the_params_that_differ_and_the_oracle_gap() -> Non
 def test_results_command_prints_the_table(monkeypatch) -> None:
     from click.testing import CliRunner
 
-    from pipeline import cli
+    from pipeline.cli import main as cli
 
     base = {"train": {"learning_rate": 0.004}}
     monkeypatch.setattr(cli, "run_dvc", lambda cmd: json.dumps([_revision(None, "workspace", base, 0.8, 0.81)]))

@@ -1,11 +1,10 @@
-"""pipeline/config.py: params.yaml loads into typed sections; every bad value fails with a one-line message that
+"""pipeline/core/config.py: params.yaml loads into typed sections; every bad value fails with a one-line message that
 starts with the dotted key."""
 
 from __future__ import annotations
 
-import re
-
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import (
-    FitPCAConfig,
+from pipeline.core.config import (
     SECTIONS,
+    FitPCAConfig,
     ParamsError,
     TrainConfig,
     check_params,

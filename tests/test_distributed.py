@@ -13,9 +13,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from model.factory import build_model
-from pipeline.config import ParamsError
-from pipeline.distributed import Dist, dist_from_env, distributed
-from pipeline.training import batch_loss, fit, predict_logits
+from pipeline.core.config import ParamsError
+from pipeline.core.distributed import Dist, dist_from_env, distributed
+from pipeline.training.loop import batch_loss, fit
+from pipeline.training.predict import predict_logits
 from tests.conftest import SMALL, feature_map, item_tables, toy_split, train_cfg
 
 # No dropout: with it each rank draws its own masks, and the runs could not match.

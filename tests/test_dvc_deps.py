@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "model", "stages")
 # Files the code reads at run time besides its modules: (module that reads them, path).
-DATA_FILES = {"pipeline/embeddings.py": ("pipeline/clip_configs",)}
+DATA_FILES = {"pipeline/extract/image.py": ("pipeline/extract/clip_configs",)}
 
 
 def module_file(name: str) -> Path | None:
@@ -82,9 +82,59 @@ def test_every_module_a_stage_reaches_is_one_of_its_deps(stage: str) -> None:
 
 def test_the_walk_finds_imports_inside_functions_and_from_package_imports(tmp_path: Path) -> None:
     found = {p.relative_to(ROOT).as_posix() for p in imports_of(ROOT / "stages" / "train.py")}
-    assert {"pipeline/training.py", "pipeline/__init__.py"} <= found
-    assert covered("pipeline/clip_configs/x.json", ["pipeline/clip_configs"])
-    assert not covered("pipeline/io.py", ["pipeline/io"])
+    assert {"pipeline/training/loop.py", "pipeline/training/__init__.py", "pipeline/__init__.py"} <= found
+    assert covered("pipeline/extract/clip_configs/x.json", ["pipeline/extract"])
+    assert not covered("pipeline/core/io.py", ["pipeline/cor"])
+
+
+CODE_ROOTS = ("pipeline/", "model", "stages/")
+
+
+def code_deps(stage: str) -> list[str]:
+    return [d for d in STAGES[stage]["deps"] if d.startswith(CODE_ROOTS)]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_code_deps_are_whole_folders_the_stage_reaches(stage: str) -> None:
+    """Library code is listed by folder (pipeline/<phase>, model), never file by file (a hand list drifts), and no
+    folder is listed that the stage never imports from: a change there would rerun the stage for nothing."""
+    reached = reachable(module_file(f"stages.{stage}"))
+    for dep in code_deps(stage):
+        if dep.startswith("stages/") or dep == "pipeline/__init__.py":
+            assert dep in reached, f"dvc.yaml stage {stage!r} lists {dep!r}, which it does not import"
+            continue
+        assert (ROOT / dep).is_dir(), f"dvc.yaml stage {stage!r} lists the file {dep!r}: list its folder"
+        assert any(covered(p, [dep]) for p in reached), f"dvc.yaml stage {stage!r} lists {dep!r} but never reaches it"
+
+
+def stages_listing(folder: str) -> set[str]:
+    return {name for name in STAGES if folder in code_deps(name)}
+
+
+def test_a_change_reruns_exactly_the_stages_of_its_phase() -> None:
+    """What a code change reruns, by folder: core every stage; a phase folder its own stages (and, through their
+    outputs, what follows them); the CLI none."""
+    assert stages_listing("pipeline/core") == set(STAGES)
+    assert stages_listing("pipeline/extract") == {"extract_text", "extract_image"}
+    assert stages_listing("pipeline/sequences") == {"build_sequences"}
+    assert stages_listing("pipeline/itememb") == {"fit_pca", "embedding_report"}
+    assert stages_listing("pipeline/training") == stages_listing("model") == {"train", "evaluate"}
+    assert stages_listing("pipeline/cli") == set()
+    assert not stages_listing("pipeline/sources") & {"check_params", "train"}
+
+
+def test_the_phases_import_only_the_core_and_sources() -> None:
+    """The layering that keeps the folder deps small: a phase imports pipeline/core and, where it reads raw
+    inputs, pipeline/sources, never another phase; model/ imports the core only; sources/ imports the core only."""
+    allowed = {"core": {"core"}, "sources": {"core", "sources"}, "model": {"core"}}
+    for folder in ("core", "sources", "extract", "itememb", "sequences", "training", "model"):
+        base = ROOT / "model" if folder == "model" else ROOT / "pipeline" / folder
+        mine = allowed.get(folder, {"core", "sources", folder})
+        for path in sorted(base.glob("*.py")):
+            for dep in imports_of(path):
+                rel = dep.relative_to(ROOT).parts
+                if rel[0] == "pipeline" and len(rel) > 2:
+                    assert rel[1] in mine, f"{path.relative_to(ROOT)} imports {dep.relative_to(ROOT)}"
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -1,4 +1,4 @@
-"""pipeline/embedding_report.py against a plain-Python brute-force reference, and the embedding_report stage."""
+"""pipeline/itememb/report.py against a plain-Python brute-force reference, and the embedding_report stage."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.config import EmbeddingReportConfig
-from pipeline.embedding_report import (
-    embedding_report, frame_table, neighbours_without_self, random_neighbours, sample_queries, tag_agreement)
-from pipeline.io import DataError
-from pipeline.neighbours import approx_index
-from pipeline.synthetic import PlantedModel
+from pipeline.core.config import EmbeddingReportConfig
+from pipeline.core.io import DataError
+from pipeline.itememb.neighbours import approx_index
+from pipeline.itememb.report import (
+    embedding_report,
+    frame_table,
+    neighbours_without_self,
+    random_neighbours,
+    sample_queries,
+    tag_agreement,
+)
+from pipeline.sources.planted import PlantedModel
 from stages.embedding_report import main as stage
 
 N_ITEMS, N_TOPICS = 40, 4

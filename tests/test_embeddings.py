@@ -15,13 +15,19 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ExtractTextConfig, ParamsError
-from pipeline.embeddings import (
-    BatchSize, ShardStore, _autocast, default_num_workers, extract_image_embeddings, extract_text_embeddings,
-    file_stamp, load_image_encoder, load_text_encoder, resolve_text_model, run_batches, status_counts,
-    text_shard_store, to_rgb)
-from pipeline.io import DataError
-from pipeline.stage import pick_device
+from pipeline.core.config import ExtractTextConfig, ParamsError
+from pipeline.core.distributed import autocast
+from pipeline.core.io import DataError
+from pipeline.core.stage import pick_device
+from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
+from pipeline.extract.image import extract_image_embeddings, load_image_encoder, to_rgb
+from pipeline.extract.store import ShardStore, file_stamp, status_counts
+from pipeline.extract.text import (
+    extract_text_embeddings,
+    load_text_encoder,
+    resolve_text_model,
+    text_shard_store,
+)
 
 CPU = torch.device("cpu")
 
@@ -319,10 +325,10 @@ def test_run_batches_covers_every_item_once_and_reraises_at_one():
 
 
 def test_autocast_is_fp32_on_cpu_and_follows_amp_dtype():
-    assert isinstance(_autocast(CPU, True, "fp16"), nullcontext)
+    assert isinstance(autocast(CPU, True, "fp16"), nullcontext)
     if torch.cuda.is_available():
-        assert _autocast(torch.device("cuda"), True, "fp16").fast_dtype == torch.float16
-        assert _autocast(torch.device("cuda"), True, "bf16").fast_dtype == torch.bfloat16
+        assert autocast(torch.device("cuda"), True, "fp16").fast_dtype == torch.float16
+        assert autocast(torch.device("cuda"), True, "bf16").fast_dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------------------------------ shard reuse keys

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.config import DataConfig, ExtractImageConfig, ExtractTextConfig
+from pipeline.core.config import DataConfig, ExtractImageConfig, ExtractTextConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 N_ITEMS = 14

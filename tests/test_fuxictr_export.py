@@ -11,10 +11,11 @@ import torch
 
 from benchmarks.fuxictr_din import SPLITS, export_fuxictr
 from model.factory import build_model
-from pipeline.config import TrainConfig
-from pipeline.feature_map import FeatureMap
-from pipeline.io import DataError
-from pipeline.training import load_item_tables, load_split, model_config
+from pipeline.core.config import TrainConfig
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.io import DataError
+from pipeline.training.checkpoint import model_config
+from pipeline.training.data import load_item_tables, load_split
 
 MAX_LEN, N_ITEMS, N_TAGS, MM = 4, 6, 4, 3
 HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 1, 2, 3], [0, 0, 0, 2]],

@@ -1,4 +1,4 @@
-"""pipeline/items.py: item tables are built by id, never by row position."""
+"""pipeline/core/items.py: item tables are built by id, never by row position."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.io import DataError
-from pipeline.items import (
+from pipeline.core.io import DataError
+from pipeline.core.items import check_item_table, scatter_by_id
+from pipeline.sequences.item_features import (
     build_item_features,
-    check_item_table,
     quantile_levels,
-    scatter_by_id,
     tag_vocabulary,
 )
 

@@ -1,4 +1,4 @@
-"""pipeline/metrics.py against brute-force and hand-computed references."""
+"""pipeline/core/metrics.py against brute-force and hand-computed references."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.io import DataError
-from pipeline.metrics import EPS, auc, gauc, logloss
+from pipeline.core.io import DataError
+from pipeline.core.metrics import EPS, auc, gauc, logloss
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -85,7 +85,7 @@ def test_gauc_equals_weighted_brute_force_and_ignores_row_order() -> None:
 def test_roc_points_follow_the_exact_curve() -> None:
     from sklearn.metrics import roc_curve
 
-    from pipeline.metrics import roc_points
+    from pipeline.core.metrics import roc_points
 
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 3000)
@@ -100,7 +100,7 @@ def test_roc_points_follow_the_exact_curve() -> None:
 
 
 def test_calibration_points_bin_means_and_counts() -> None:
-    from pipeline.metrics import calibration_points
+    from pipeline.core.metrics import calibration_points
 
     labels = np.array([0, 1, 0, 1, 1, 1])
     probs = np.array([0.05, 0.15, 0.55, 0.6, 0.95, 0.99])

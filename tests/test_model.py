@@ -8,13 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from model.config import ModelConfig
 from model.din import DIN
 from model.factory import build_model
 from model.layers import CrossNetV2, Dice, masked_mean
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
-from pipeline.config import ParamsError, TrainConfig, from_dict
+from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
 from tests.conftest import (
     MM,
     N_ITEMS,

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.oracle_gap import planted_item_info
-from pipeline.synthetic import PlantedModel
+from pipeline.sources.planted import PlantedModel
 
 
 def test_planted_item_info_puts_each_items_planted_parameters_in_its_row(tmp_path) -> None:

@@ -1,5 +1,5 @@
-"""pipeline/pca.py against sklearn, pipeline/neighbours.py (faiss, exact and approximate) against the exact numpy
-reference, and the `mmctr neighbours` command with its cover gallery."""
+"""pipeline/itememb/pca.py against sklearn, pipeline/itememb/neighbours.py (faiss, exact and approximate) against
+the exact numpy reference, and the `mmctr neighbours` command with its cover gallery."""
 
 from __future__ import annotations
 
@@ -11,13 +11,26 @@ import pytest
 from click.testing import CliRunner
 from sklearn.decomposition import PCA
 
-from pipeline.cli import main
-from pipeline.config import ParamsError
-from pipeline.io import DataError
-from pipeline.neighbours import (
-    GALLERY_CAPTION, GALLERY_COLUMNS, GALLERY_COVER, PLACEHOLDER_GREY, approx_index, exact_topk, faiss_index,
-    faiss_topk, gallery_size, item_neighbours, recall_at_k, unit_rows)
-from pipeline.pca import FittedPCA, Normalizer, aligned_matrices, fit_pca
+from pipeline.cli.main import main
+from pipeline.core.config import ParamsError
+from pipeline.core.io import DataError
+from pipeline.core.items import unit_rows
+from pipeline.itememb.gallery import (
+    GALLERY_CAPTION,
+    GALLERY_COLUMNS,
+    GALLERY_COVER,
+    PLACEHOLDER_GREY,
+    gallery_size,
+)
+from pipeline.itememb.neighbours import (
+    approx_index,
+    exact_topk,
+    faiss_index,
+    faiss_topk,
+    item_neighbours,
+    recall_at_k,
+)
+from pipeline.itememb.pca import FittedPCA, Normalizer, aligned_matrices, fit_pca
 
 
 def _embeddings(n: int = 80, ft: int = 12, fi: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

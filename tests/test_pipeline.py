@@ -22,9 +22,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import main as mmctr
-from pipeline.feature_map import FeatureMap
-from pipeline.raw import read_titles
+from pipeline.cli.main import main as mmctr
+from pipeline.core.feature_map import FeatureMap
+from pipeline.sources.microlens import read_titles
 from tests.conftest import project_copy, run, stage_env
 
 pytestmark = pytest.mark.slow

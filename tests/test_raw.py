@@ -1,6 +1,6 @@
-"""pipeline/raw.py: file discovery and the MicroLens raw readers on small files of every release format written
-here (awkward cases included), the cover path guard, and the synthetic generator's output read back with no
-special case."""
+"""pipeline/sources/microlens.py: file discovery and the MicroLens raw readers on small files of every release
+format written here (awkward cases included), the cover path guard, and the synthetic generator's output read back
+with no special case."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-import pipeline.synthetic as syn
-from pipeline.config import MakeSyntheticConfig
-from pipeline.io import DataError
-from pipeline.raw import (
+from pipeline.core.config import MakeSyntheticConfig
+from pipeline.core.io import DataError
+from pipeline.sources import synthetic as syn
+from pipeline.sources.microlens import (
     IMPRESSION_COLUMNS,
     MicroLensFiles,
     check_known_items,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import stat
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,18 +23,20 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from pipeline import config as config_module
-from pipeline.config import SECTIONS, ParamsError, load_section
-from pipeline.distributed import SINGLE
-from pipeline.embeddings import load_image_encoder, load_text_encoder
-from pipeline.feature_map import FeatureMap
-from pipeline.io import DataError, atomic_dir, write_json, write_parquet
-from pipeline.pca import FittedPCA, fit_pca
-from pipeline.raw import read_pairs
-from pipeline.stage import stage_lock
-from pipeline.training import FitState, check_item_tables, load_checkpoint, load_item_tables, load_split
-from tests.test_config import OUT_OF_RANGE
+from pipeline.core import config as config_module
+from pipeline.core.config import SECTIONS, ParamsError, load_section
+from pipeline.core.distributed import SINGLE
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.io import DataError, atomic_dir, write_json, write_parquet
+from pipeline.core.stage import stage_lock
+from pipeline.extract.image import load_image_encoder
+from pipeline.extract.text import load_text_encoder
+from pipeline.itememb.pca import FittedPCA, fit_pca
+from pipeline.sources.microlens import read_pairs
+from pipeline.training.checkpoint import FitState, load_checkpoint
+from pipeline.training.data import check_item_tables, load_item_tables, load_split
 from tests.conftest import feature_map, small_model, toy_split, train_cfg
+from tests.test_config import OUT_OF_RANGE
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -241,7 +243,7 @@ def test_empty_split_and_one_class_split(tmp_path: Path) -> None:
     train, valid = toy_split(64, seed=1), toy_split(32, seed=2)
     one_class = dataclasses.replace(valid, label=torch.ones(32))
     with pytest.raises(DataError, match="AUC is undefined: the labels hold one class only"):
-        from pipeline.training import fit
+        from pipeline.training.loop import fit
         fit(small_model(), train, one_class, train_cfg(epochs=1), torch.device("cpu"), dist=SINGLE)
 
 
@@ -296,7 +298,7 @@ def test_an_item_table_that_does_not_fit_the_feature_map_is_named(tmp_path: Path
 
 CHILD = """
 import os, sys, time, click
-from pipeline.stage import stage_main
+from pipeline.core.stage import stage_main
 
 @click.command()
 @stage_main
@@ -432,7 +434,7 @@ def test_a_nan_loss_reaches_the_user_as_one_line_naming_the_step() -> None:
     line, exit code 1, instead of a traceback."""
     import click
 
-    from pipeline.stage import stage_main
+    from pipeline.core.stage import stage_main
 
     @click.command()
     @stage_main
@@ -448,7 +450,7 @@ def test_os_faults_are_one_line_and_bugs_keep_their_traceback() -> None:
     """An unreadable file (PermissionError: root can read anything, so the error is built here), a polars error that
     wraps an OS error, and a plain bug: the first two become one line naming the file or the reason, the bug is
     re-raised untouched."""
-    from pipeline.stage import error_line, one_line_errors
+    from pipeline.core.stage import error_line, one_line_errors
 
     assert error_line(PermissionError(errno.EACCES, "Permission denied", "raw/pairs.csv")) == (
         "raw/pairs.csv: Permission denied")

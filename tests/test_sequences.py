@@ -1,4 +1,4 @@
-"""pipeline/sequences.py: histories and whole split rows against the plain-Python references, leakage, both split
+"""pipeline/sequences/build.py: histories and whole split rows against the plain-Python references, leakage, both split
 methods, both negative samplers and exclusion modes, the chunked/streamed row paths and the split-row contract."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.io import DataError
-from pipeline.sequences import (
+from pipeline.core.io import DataError
+from pipeline.sequences.build import (
     MAX_REJECTION_ROUNDS,
     ROW_SCHEMA,
     SPLITS,
@@ -18,7 +18,6 @@ from pipeline.sequences import (
     assign_split,
     build_exposure_rows,
     build_split_rows,
-    count_before,
     exposure_rows_reference,
     histories_reference,
     history_matrix,
@@ -26,6 +25,7 @@ from pipeline.sequences import (
     sample_negatives,
     split_rows_reference,
 )
+from pipeline.sources.microlens import count_before
 
 
 def _pairs(users: list[int], items: list[int], ts: list[int]) -> pl.DataFrame:

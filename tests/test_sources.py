@@ -1,4 +1,4 @@
-"""`data` params and the source dispatch of item titles and covers (pipeline/sources.py)."""
+"""`data` params and the source dispatch of item titles and covers (pipeline/sources/items.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import BuildSequencesConfig, DataConfig, ParamsError, from_dict
-from pipeline.io import DataError
-from pipeline.sources import item_cover_paths, item_titles, microlens_sequences
+from pipeline.core.config import (
+    BuildSequencesConfig,
+    DataConfig,
+    ParamsError,
+    from_dict,
+)
+from pipeline.core.io import DataError
+from pipeline.sequences.inputs import microlens_sequences
+from pipeline.sources.items import item_cover_paths, item_titles
 from tests.test_challenge import N_ITEMS, _layout
 
 

@@ -17,9 +17,12 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-import pipeline.synthetic as syn
-from pipeline.config import BuildSequencesConfig, MakeSyntheticConfig
-from pipeline.io import DataError
+from pipeline.core.config import BuildSequencesConfig, MakeSyntheticConfig
+from pipeline.core.io import DataError
+from pipeline.core.items import unit_rows
+from pipeline.sources import planted
+from pipeline.sources import synthetic as syn
+from pipeline.sources import synthetic_items as items_syn
 from stages.make_synthetic import main as stage_main_cmd
 
 TINY = MakeSyntheticConfig(seed=11, n_items=60, n_users=40, mean_clicks_per_user=8.0, min_clicks_per_user=3,
@@ -36,8 +39,8 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]
 
 
 @pytest.fixture(scope="module")
-def model(raw: tuple[Path, dict[str, int]]) -> syn.PlantedModel:
-    return syn.PlantedModel.load(raw[0] / "planted.npz")
+def model(raw: tuple[Path, dict[str, int]]) -> planted.PlantedModel:
+    return planted.PlantedModel.load(raw[0] / "planted.npz")
 
 
 @pytest.fixture(scope="module")
@@ -150,17 +153,17 @@ def test_click_counts_default_total() -> None:
 
 
 def _random_model(rng: np.random.Generator, n_items: int = 12, n_users: int = 4, d: int = 3,
-                  click_model: str = "softmax") -> syn.PlantedModel:
-    latent = syn._normalize_rows(rng.standard_normal((n_items, d)))
-    pref = syn._normalize_rows(rng.standard_normal((n_users, d)))
-    return syn.PlantedModel(
+                  click_model: str = "softmax") -> planted.PlantedModel:
+    latent = unit_rows(rng.standard_normal((n_items, d)), np.float64)
+    pref = unit_rows(rng.standard_normal((n_users, d)), np.float64)
+    return planted.PlantedModel(
         item_latent=np.vstack([np.zeros((1, d)), latent]), item_log_pop=np.r_[0.0, rng.standard_normal(n_items)],
         item_topic=np.r_[-1, rng.integers(0, 3, n_items)], user_pref=np.vstack([np.zeros((1, d)), pref]),
         preference_weight=3.0, popularity_weight=1.0, recency_weight=2.0, recency_window=3,
         click_model=click_model, click_bias=-1.5)
 
 
-def _reference_probs(m: syn.PlantedModel, user: int, hist: list[int]) -> list[float]:
+def _reference_probs(m: planted.PlantedModel, user: int, hist: list[int]) -> list[float]:
     """The softmax formula item by item, in plain Python."""
     recent = hist[-m.recency_window:]
     d = m.item_latent.shape[1]
@@ -182,7 +185,7 @@ def test_next_click_probs_matches_plain_reference() -> None:
     users = np.array([1, 2, 3, 4, 2])
     histories = [np.array([], dtype=np.int64), np.array([5]), np.array([3, 9]), np.array([1, 7, 2, 11, 4, 8]),
                  np.array([12, 6, 10])]
-    probs = syn.next_click_probs(m, users, histories)
+    probs = planted.next_click_probs(m, users, histories)
     assert probs.shape == (5, m.n_items + 1) and probs.dtype == np.float64
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     for b, (u, h) in enumerate(zip(users, histories, strict=True)):
@@ -203,18 +206,18 @@ def test_simulate_clicks_matches_plain_sampler() -> None:
         active = [u for u in range(1, 26) if n_clicks[u] > k]
         uniforms = rng.random(len(active))
         for u, x in zip(active, uniforms, strict=True):
-            cdf = np.cumsum(syn.next_click_probs(m, np.array([u]), [np.array(expected[u], dtype=np.int64)])[0])
+            cdf = np.cumsum(planted.next_click_probs(m, np.array([u]), [np.array(expected[u], dtype=np.int64)])[0])
             expected[u].append(int(np.argmax(cdf > x * cdf[-1])))
     for u in range(1, 26):
         assert hist[u, :n_clicks[u]].tolist() == expected[u]
         assert (hist[u, n_clicks[u]:] == 0).all()
 
 
-def test_generator_samples_from_next_click_probs(model: syn.PlantedModel, pairs: pl.DataFrame) -> None:
+def test_generator_samples_from_next_click_probs(model: planted.PlantedModel, pairs: pl.DataFrame) -> None:
     hist = _histories(pairs)
     users = np.array(sorted(hist))
     contexts = [(u, hist[u][:k], hist[u][k]) for u in users for k in range(len(hist[u]))]
-    probs = syn.next_click_probs(model, np.array([c[0] for c in contexts]), [c[1] for c in contexts])
+    probs = planted.next_click_probs(model, np.array([c[0] for c in contexts]), [c[1] for c in contexts])
     p_actual = probs[np.arange(len(contexts)), [c[2] for c in contexts]]
     assert (p_actual > 0).all()
 
@@ -232,7 +235,7 @@ def test_generator_samples_from_next_click_probs(model: syn.PlantedModel, pairs:
     assert abs(z) < 4, z
     # The same statistic sees a model without recency (the sequential part of the signal) as wrong.
     no_recency = replace(model, recency_weight=0.0)
-    probs0 = syn.next_click_probs(no_recency, np.array([c[0] for c in contexts]), [c[1] for c in contexts])
+    probs0 = planted.next_click_probs(no_recency, np.array([c[0] for c in contexts]), [c[1] for c in contexts])
     p0 = probs0[np.arange(len(contexts)), [c[2] for c in contexts]]
     assert np.log(p_actual).sum() - np.log(p0).sum() > 20
 
@@ -244,7 +247,7 @@ def test_generator_samples_from_next_click_probs(model: syn.PlantedModel, pairs:
 def test_oracle_posterior_closed_form_and_monte_carlo() -> None:
     # 6 items, items 1 and 2 clicked before: M = 4 candidates with P = (.5, .3, .15, .05); 3 negatives per event.
     p = np.array([0.5, 0.3, 0.15, 0.05])
-    post = syn.oracle_posterior(p, np.full(4, 2), n_items=6, neg_ratio=3)
+    post = planted.oracle_posterior(p, np.full(4, 2), n_items=6, neg_ratio=3)
     np.testing.assert_allclose(post[0], 0.5 / (0.5 + 3 * 0.5 / 3))
     rng = np.random.default_rng(0)
     n_events = 200_000
@@ -255,7 +258,7 @@ def test_oracle_posterior_closed_form_and_monte_carlo() -> None:
     n_neg = np.bincount(neg.ravel(), minlength=4)
     np.testing.assert_allclose(post, n_pos / (n_pos + n_neg), atol=0.01)
     with pytest.raises(ValueError, match="at least 2 unclicked"):
-        syn.oracle_posterior(np.array([0.5]), np.array([5]), n_items=6, neg_ratio=1)
+        planted.oracle_posterior(np.array([0.5]), np.array([5]), n_items=6, neg_ratio=1)
 
 
 def _labelled_rows(pairs: pl.DataFrame, n_items: int, neg_ratio: int, rng: np.random.Generator) -> pl.DataFrame:
@@ -271,12 +274,12 @@ def _labelled_rows(pairs: pl.DataFrame, n_items: int, neg_ratio: int, rng: np.ra
 
 
 def test_oracle_scores_match_reference_and_separate_labels(
-        model: syn.PlantedModel, pairs: pl.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+        model: planted.PlantedModel, pairs: pl.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(3)
     rows = _labelled_rows(pairs, model.n_items, neg_ratio=4, rng=rng)
     rows = rows[rng.permutation(rows.height)]  # rows in any order, events interleaved
-    monkeypatch.setattr(syn, "ORACLE_CHUNK_CELLS", 50 * (model.n_items + 1))  # many event blocks
-    scores = syn.oracle_scores(model, pairs.sample(fraction=1.0, shuffle=True, seed=1), rows, neg_ratio=4)
+    monkeypatch.setattr(planted, "ORACLE_CHUNK_CELLS", 50 * (model.n_items + 1))  # many event blocks
+    scores = planted.oracle_scores(model, pairs.sample(fraction=1.0, shuffle=True, seed=1), rows, neg_ratio=4)
     assert scores.shape == (rows.height,) and scores.dtype == np.float64
 
     hist = _histories(pairs)
@@ -284,8 +287,8 @@ def test_oracle_scores_match_reference_and_separate_labels(
     check = rows.head(300)
     for r, (u, ts, item) in enumerate(check.select("user_id", "event_ts", "item_id").iter_rows()):
         prior = hist[u][times[u] < ts]
-        p = syn.next_click_probs(model, np.array([u]), [prior])[0, item]
-        assert scores[r] == pytest.approx(float(syn.oracle_posterior(p, len(prior), model.n_items, 4)), rel=1e-9)
+        p = planted.next_click_probs(model, np.array([u]), [prior])[0, item]
+        assert scores[r] == pytest.approx(float(planted.oracle_posterior(p, len(prior), model.n_items, 4)), rel=1e-9)
 
     assert roc_auc_score(rows["label"].to_numpy(), scores) > 0.75
     # Calibrated: the mean posterior matches the positive share (1 in 5) closely.
@@ -293,30 +296,30 @@ def test_oracle_scores_match_reference_and_separate_labels(
 
 
 def test_oracle_with_given_preferences_replaces_the_planted_ones(
-        model: syn.PlantedModel, pairs: pl.DataFrame) -> None:
+        model: planted.PlantedModel, pairs: pl.DataFrame) -> None:
     """pref = each row's planted preference gives the default scores; other per-event vectors (here the history
     estimate) give what next_click_probs gives for a model holding that vector as the user's preference."""
     rng = np.random.default_rng(4)
     rows = _labelled_rows(pairs, model.n_items, neg_ratio=2, rng=rng)
     users = rows["user_id"].to_numpy()
-    default = syn.oracle_scores(model, pairs, rows, neg_ratio=2)
-    np.testing.assert_array_equal(syn.oracle_scores(model, pairs, rows, 2, pref=model.user_pref[users]), default)
+    default = planted.oracle_scores(model, pairs, rows, neg_ratio=2)
+    np.testing.assert_array_equal(planted.oracle_scores(model, pairs, rows, 2, pref=model.user_pref[users]), default)
 
     hist = _histories(pairs)
     times = {u: g.sort("timestamp")["timestamp"].to_numpy() for (u,), g in pairs.group_by("user")}
     priors = [hist[u][times[u] < ts] for u, ts in rows.select("user_id", "event_ts").iter_rows()]
     width = max(len(h) for h in priors)
     seq = np.array([np.pad(h, (width - len(h), 0)) for h in priors])
-    pref = syn.history_preference(model, seq)
+    pref = planted.history_preference(model, seq)
     assert np.allclose(np.linalg.norm(pref[[len(h) > 0 for h in priors]], axis=1), 1.0)
-    scores = syn.oracle_scores(model, pairs, rows, 2, pref=pref)
+    scores = planted.oracle_scores(model, pairs, rows, 2, pref=pref)
     for r in range(0, rows.height, max(1, rows.height // 40)):
         u, item = int(users[r]), int(rows["item_id"][r])
         mean = model.item_latent[priors[r]].sum(0)
         swapped = model.user_pref.copy()
         swapped[u] = mean / np.linalg.norm(mean) if len(priors[r]) else 0.0
-        p = syn.next_click_probs(dataclasses.replace(model, user_pref=swapped), np.array([u]), [priors[r]])[0, item]
-        assert scores[r] == pytest.approx(float(syn.oracle_posterior(p, len(priors[r]), model.n_items, 2)),
+        p = planted.next_click_probs(dataclasses.replace(model, user_pref=swapped), np.array([u]), [priors[r]])[0, item]
+        assert scores[r] == pytest.approx(float(planted.oracle_posterior(p, len(priors[r]), model.n_items, 2)),
                                           rel=1e-9)
 
 
@@ -351,7 +354,7 @@ def test_exposure_log_layout_and_invariants(exposure_raw: Path) -> None:
     slates = shown.group_by("user", "timestamp").agg(pl.len(), pl.col("item").n_unique().alias("distinct"))
     assert (slates["len"] == EXPOSURES.slate_size).all() and (slates["distinct"] == EXPOSURES.slate_size).all()
     rng = syn._streams(EXPOSURES.seed)["model"]
-    syn.sample_planted_model(EXPOSURES, rng)
+    planted.sample_planted_model(EXPOSURES, rng)
     n_requests = syn.sample_click_counts(EXPOSURES, rng)
     per_user = slates.group_by("user").len().sort("user")
     assert per_user["len"].to_list() == n_requests[per_user["user"].to_numpy()].tolist()
@@ -367,7 +370,7 @@ def test_exposure_click_probs_match_the_formula() -> None:
     m = _random_model(np.random.default_rng(7), click_model="exposure")
     pref, recent = m.user_pref[[1, 2]], np.array([[0.2, -0.1, 0.4], [0.0, 0.0, 0.0]])
     items = np.array([[3, 5, 1], [12, 2, 7]])
-    got = syn.exposure_click_probs(m, pref, recent, items)
+    got = planted.exposure_click_probs(m, pref, recent, items)
     for b in range(2):
         for k in range(3):
             v = m.item_latent[items[b, k]]
@@ -380,12 +383,12 @@ def test_exposure_oracle_is_each_row_click_probability(exposure_raw: Path) -> No
     """oracle_scores of exposure rows = the click sigmoid with the planted preference and the last w clicks of
     earlier requests (plain per-row reference); it is calibrated on every leave-last split (no split selects on
     clicks) and separates labels; a given preference replaces the planted one."""
-    model = syn.PlantedModel.load(exposure_raw / "planted.npz")
+    model = planted.PlantedModel.load(exposure_raw / "planted.npz")
     assert model.click_model == "exposure" and model.click_bias == EXPOSURES.click_bias
     shown = _impressions(exposure_raw)
     pairs = shown.filter(pl.col("click") == 1).drop("click")
     rows = shown.rename({"user": "user_id", "item": "item_id", "timestamp": "event_ts"})
-    scores = syn.oracle_scores(model, pairs, rows, neg_ratio=0)
+    scores = planted.oracle_scores(model, pairs, rows, neg_ratio=0)
     for r, (u, item, ts) in enumerate(rows.select("user_id", "item_id", "event_ts").head(400).iter_rows()):
         before = pairs.filter((pl.col("user") == u) & (pl.col("timestamp") < ts))["item"].to_numpy()
         recent = model.item_latent[before[-model.recency_window:]].mean(0) if len(before) else 0.0
@@ -399,8 +402,8 @@ def test_exposure_oracle_is_each_row_click_probability(exposure_raw: Path) -> No
         assert abs(z) < 4, z
     assert roc_auc_score(labels, scores) > 0.7
     users = rows["user_id"].to_numpy()
-    np.testing.assert_array_equal(syn.oracle_scores(model, pairs, rows, 0, pref=model.user_pref[users]), scores)
-    zero = syn.oracle_scores(model, pairs, rows, 0, pref=np.zeros_like(model.user_pref[users]))
+    np.testing.assert_array_equal(planted.oracle_scores(model, pairs, rows, 0, pref=model.user_pref[users]), scores)
+    zero = planted.oracle_scores(model, pairs, rows, 0, pref=np.zeros_like(model.user_pref[users]))
     assert roc_auc_score(labels, zero) < roc_auc_score(labels, scores)
 
 
@@ -416,18 +419,18 @@ def test_exposure_log_is_deterministic_and_sampled_mode_writes_no_impressions(tm
 
 def test_oracle_is_exact_only_for_matching_rows() -> None:
     sampled, exposures = BuildSequencesConfig(), BuildSequencesConfig(negatives="exposures")
-    assert syn.oracle_mismatch("exposure", exposures) is None
-    assert "build_sequences.negatives: exposures" in syn.oracle_mismatch("exposure", sampled)
-    assert syn.oracle_mismatch("softmax", sampled) is None
-    assert "negatives: sampled" in syn.oracle_mismatch("softmax", exposures)
-    assert "uniform" in syn.oracle_mismatch("softmax", BuildSequencesConfig(neg_sampling="popularity"))
+    assert planted.oracle_mismatch("exposure", exposures) is None
+    assert "build_sequences.negatives: exposures" in planted.oracle_mismatch("exposure", sampled)
+    assert planted.oracle_mismatch("softmax", sampled) is None
+    assert "negatives: sampled" in planted.oracle_mismatch("softmax", exposures)
+    assert "uniform" in planted.oracle_mismatch("softmax", BuildSequencesConfig(neg_sampling="popularity"))
 
 
 # --------------------------------------------------------------------------------------------------
 # Modality signal
 
 
-def test_titles_of_one_topic_share_words(raw: tuple[Path, dict[str, int]], model: syn.PlantedModel) -> None:
+def test_titles_of_one_topic_share_words(raw: tuple[Path, dict[str, int]], model: planted.PlantedModel) -> None:
     words = [set(t.replace(",", " ").split()) for _, t in _titles(raw[0])]
     topic = model.item_topic[1:]
     same, other = [], []
@@ -439,19 +442,19 @@ def test_titles_of_one_topic_share_words(raw: tuple[Path, dict[str, int]], model
 
 
 def test_reused_themes_get_distinct_qualifiers() -> None:
-    n_topics = len(syn.THEMES) + 12
-    texts = syn.topic_texts(n_topics, np.random.default_rng(0))
-    pairs = [t.qualifiers for t in texts[len(syn.THEMES):]]
+    n_topics = len(items_syn.THEMES) + 12
+    texts = items_syn.topic_texts(n_topics, np.random.default_rng(0))
+    pairs = [t.qualifiers for t in texts[len(items_syn.THEMES):]]
     assert len(set(pairs)) == len(pairs) and all(len(q) == 2 for q in pairs)
-    vocabulary = {w for words, tags in syn.THEMES for w in (*words, *tags)} | set(syn.FILLER)
-    assert not vocabulary & set(syn.QUALIFIERS)
+    vocabulary = {w for words, tags in items_syn.THEMES for w in (*words, *tags)} | set(items_syn.FILLER)
+    assert not vocabulary & set(items_syn.QUALIFIERS)
     assert all(TAG_RE.match(tag) for t in texts for tag in t.tags)
-    assert all(TAG_RE.match(tag) for tag in syn.GENERIC_TAGS)
-    title = syn.make_title(texts[-1], ("noise",), np.random.default_rng(1))
+    assert all(TAG_RE.match(tag) for tag in items_syn.GENERIC_TAGS)
+    title = items_syn.make_title(texts[-1], ("noise",), np.random.default_rng(1))
     assert set(texts[-1].qualifiers) <= set(title.replace(",", " ").split())
 
 
-def test_cover_colour_predicts_topic(raw: tuple[Path, dict[str, int]], model: syn.PlantedModel) -> None:
+def test_cover_colour_predicts_topic(raw: tuple[Path, dict[str, int]], model: planted.PlantedModel) -> None:
     mean_rgb = np.array([np.asarray(Image.open(raw[0] / "covers" / f"{i}.jpg"), dtype=np.float64).mean(axis=(0, 1))
                          for i in range(1, model.n_items + 1)])  # (N, 3)
     topic = model.item_topic[1:]
@@ -463,7 +466,7 @@ def test_cover_colour_predicts_topic(raw: tuple[Path, dict[str, int]], model: sy
     assert accuracy > 3 / MEDIUM.n_topics
 
 
-def test_views_follow_popularity(raw: tuple[Path, dict[str, int]], model: syn.PlantedModel) -> None:
+def test_views_follow_popularity(raw: tuple[Path, dict[str, int]], model: planted.PlantedModel) -> None:
     views = np.array([int(li.split("\t")[2]) for li in (raw[0] / "likes_and_views.txt").read_text().splitlines()])
     assert np.corrcoef(np.log(views), model.item_log_pop[1:])[0, 1] > 0.8
 
@@ -476,7 +479,7 @@ def test_planted_model_round_trip_and_bad_files(tmp_path: Path) -> None:
     m = _random_model(np.random.default_rng(2))
     path = tmp_path / "planted.npz"
     m.save(path)
-    back = syn.PlantedModel.load(path)
+    back = planted.PlantedModel.load(path)
     for name in ("item_latent", "item_log_pop", "item_topic", "user_pref"):
         np.testing.assert_array_equal(getattr(back, name), getattr(m, name))
         assert getattr(back, name).dtype == getattr(m, name).dtype
@@ -486,21 +489,21 @@ def test_planted_model_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert (back.click_model, back.click_bias) == ("softmax", -1.5)
     exposure = tmp_path / "exposure.npz"
     dataclasses.replace(m, click_model="exposure").save(exposure)
-    assert syn.PlantedModel.load(exposure).click_model == "exposure"
+    assert planted.PlantedModel.load(exposure).click_model == "exposure"
     dataclasses.replace(m, click_model="bandit").save(tmp_path / "bad_model.npz")
     with pytest.raises(DataError, match="bad_model.npz: click_model must be one of softmax, exposure"):
-        syn.PlantedModel.load(tmp_path / "bad_model.npz")
+        planted.PlantedModel.load(tmp_path / "bad_model.npz")
 
     with pytest.raises(DataError, match="missing.npz: file not found"):
-        syn.PlantedModel.load(tmp_path / "missing.npz")
+        planted.PlantedModel.load(tmp_path / "missing.npz")
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(path.read_bytes()[:100])
     with pytest.raises(DataError, match="corrupt.npz: not a readable"):
-        syn.PlantedModel.load(corrupt)
+        planted.PlantedModel.load(corrupt)
     partial = tmp_path / "partial.npz"
     np.savez(partial, item_latent=m.item_latent)
     with pytest.raises(DataError, match="partial.npz: missing array 'item_log_pop'"):
-        syn.PlantedModel.load(partial)
+        planted.PlantedModel.load(partial)
 
 
 # --------------------------------------------------------------------------------------------------

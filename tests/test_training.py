@@ -11,22 +11,22 @@ import pytest
 import torch
 
 from model.transformer_dcn import TransformerDCN
-from pipeline import training
-from pipeline.io import DataError
-from pipeline.training import (
-    batch_loss,
-    evaluate_split,
-    fit,
+from pipeline.core.io import DataError
+from pipeline.training import loop
+from pipeline.training.checkpoint import (
     load_checkpoint,
-    lr_at,
-    make_batch,
-    make_optimizer,
-    optimizer_step,
-    predict_logits,
     resume_fingerprint,
     save_checkpoint,
-    trim_history,
 )
+from pipeline.training.data import make_batch, trim_history
+from pipeline.training.loop import (
+    batch_loss,
+    fit,
+    lr_at,
+    make_optimizer,
+    optimizer_step,
+)
+from pipeline.training.predict import evaluate_split, predict_logits
 from tests.conftest import (
     SMALL,
     feature_map,
@@ -115,7 +115,7 @@ def test_resume_with_eval_steps_carries_an_interval_across_passes(tmp_path, monk
 
     state = tmp_path / "state.pt"
     with monkeypatch.context() as m:
-        m.setattr(training, "evaluate_split", killed_at_the_fourth)
+        m.setattr(loop, "evaluate_split", killed_at_the_fourth)
         with pytest.raises(RuntimeError, match="killed"):
             fit(new_model(), train, valid, cfg, CPU, resume_file=state)
     saved = torch.load(state, weights_only=True)
@@ -185,8 +185,8 @@ def test_max_steps_ends_the_run_at_its_budget_mid_pass_and_validates_there():
     """500 rows in batches of 64 make 8 steps a pass: a budget of 11 steps stops in the second pass after
     step 11, validated there, whatever `epochs` allows; the first pass is the same as the unbudgeted run's."""
     train, valid = toy_split(500, seed=1), toy_split(150, seed=2)
-    assert training.run_steps(500, train_cfg(epochs=12, max_steps=11)) == 11
-    assert training.run_steps(500, train_cfg(epochs=2, max_steps=100)) == 16
+    assert loop.run_steps(500, train_cfg(epochs=12, max_steps=11)) == 11
+    assert loop.run_steps(500, train_cfg(epochs=2, max_steps=100)) == 16
     capped = fit(new_model(), train, valid, train_cfg(epochs=12, patience=10, max_steps=11), CPU)
     assert [(r["epoch"], r["step"]) for r in capped] == [(0, 8), (1, 11)]
     full = fit(new_model(), train, valid, train_cfg(epochs=2, patience=10), CPU)

@@ -15,15 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import main as mmctr
-from pipeline.config import (
-    ParamsError,
-    TrainConfig,
-    TuneConfig,
-    load_section,
-    parse_yaml,
-)
-from pipeline.tune import (
+from pipeline.cli.main import main as mmctr
+from pipeline.cli.tune import (
     TUNED,
     TuneError,
     best_trial,
@@ -36,6 +29,13 @@ from pipeline.tune import (
     trial_command,
     trial_names,
     trial_records,
+)
+from pipeline.core.config import (
+    ParamsError,
+    TrainConfig,
+    TuneConfig,
+    load_section,
+    parse_yaml,
 )
 from tests.conftest import project_copy, stage_env
 

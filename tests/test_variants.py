@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.variants import PROFILES, params_for
-from pipeline.config import TrainConfig, load_section
+from pipeline.core.config import TrainConfig, load_section
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

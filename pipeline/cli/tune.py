@@ -31,9 +31,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.compare import TRAIN_METRICS, _metric, _walk
-from pipeline.config import (
-    ParamsError, TrainConfig, TuneConfig, from_dict, load_section, parse_yaml, read_params, require)
+from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk
+from pipeline.core.config import (
+    ParamsError,
+    TrainConfig,
+    TuneConfig,
+    from_dict,
+    load_section,
+    parse_yaml,
+    read_params,
+    require,
+)
 
 PREFIX = "tune"
 # The tuned train keys: every TuneConfig field that lists candidates.

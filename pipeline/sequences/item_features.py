@@ -1,43 +1,17 @@
-"""Item-side tables keyed by item id, and the id -> row index they rely on.
+"""Per-item side features, built by build_sequences from the raw likes/views and tags.
 
-An *item table* is a frame or array whose row i holds item i, with row 0 the all-zero padding item. Tables are
-built by scattering values to their ids (`scatter_by_id`), never by trusting input order, and every table read
-back is checked with `check_item_table` before it is indexed by id.
-
-`build_item_features` contract (written by build_sequences as items.parquet):
+`build_item_features` contract (written as items.parquet, an item table: row i is item i, see core/items.py):
     item_id Int32 (0..N), item_tags List(Int32) of length max_tags (tag ids left-padded with 0),
     likes_level Int8, views_level Int8 (0..n_levels-1 by quantiles over items; 0 for the padding item and for
-    items without counts).
-"""
+    items without counts)."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
-from pipeline.io import DataError
-
-
-def scatter_by_id(ids: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
-    """Place values[j] at row ids[j] of a zero array with `n_rows` rows; ids must be unique and in 1..n_rows-1."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 1 or ids.max() >= n_rows):
-        raise DataError(f"item ids must lie in 1..{n_rows - 1}, got range {ids.min()}..{ids.max()}")
-    if np.unique(ids).size != ids.size:
-        raise DataError("item ids must be unique")
-    out = np.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
-    out[ids] = values
-    return out
-
-
-def check_item_table(frame: pl.DataFrame, where: str) -> None:
-    """Raise DataError unless frame's item_id column is exactly 0..height-1 (row i holds item i)."""
-    ids = frame["item_id"].to_numpy()
-    expected = np.arange(frame.height)
-    if ids.shape != expected.shape or not np.array_equal(ids, expected):
-        bad = int(np.argmax(ids != expected)) if ids.shape == expected.shape else frame.height
-        raise DataError(f"{where}: row {bad} holds item_id {ids[bad] if bad < len(ids) else None}; "
-                        "an item table must hold item i at row i, from 0 (padding)")
+from pipeline.core.io import DataError
+from pipeline.core.items import scatter_by_id
 
 
 def quantile_levels(values: np.ndarray, n_levels: int) -> np.ndarray:

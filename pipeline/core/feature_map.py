@@ -19,14 +19,32 @@ Id 0 is padding in every vocabulary. The model derives all input widths from thi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.io import DataError, write_json
+from pipeline.core.io import DataError, write_json
 
 FeatureType = Literal["categorical", "sequence", "embedding"]
 FeatureSource = Literal["item", "history", "context"]
+
+
+MM_PREFIX = "item_emb_d"  # the frozen item embedding's column, item_emb_d<dim>: in item_info and the feature map
+
+
+def mm_column(dim: int) -> str:
+    """The frozen item embedding's column name at width `dim`."""
+    return f"{MM_PREFIX}{dim}"
+
+
+def find_mm_column(columns: Sequence[str], where: str) -> str:
+    """The one item_emb_d<dim> column among an item_info table's `columns`; none or several is a DataError naming
+    `where`."""
+    found = [c for c in columns if c.startswith(MM_PREFIX)]
+    if len(found) != 1:
+        raise DataError(f"{where}: expected one item_emb_d<dim> column, found {found}")
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -62,14 +80,14 @@ class FeatureMap:
 
     @property
     def mm_feature(self) -> Feature | None:
-        """The frozen multimodal item embedding, once `train` has added it."""
+        """The frozen multimodal item embedding, once `train` has added it (its width is the PCA's)."""
         found = [f for f in self.features if f.type == "embedding"]
         return found[0] if found else None
 
     def with_mm_embedding(self, dim: int) -> FeatureMap:
         """A copy with the frozen item embedding `item_emb_d<dim>` (replacing any earlier one)."""
         kept = tuple(f for f in self.features if f.type != "embedding")
-        mm = Feature(name=f"item_emb_d{dim}", type="embedding", source="item", embedding_dim=dim)
+        mm = Feature(name=mm_column(dim), type="embedding", source="item", embedding_dim=dim)
         return replace(self, features=kept + (mm,))
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ puts the splits and item_info there and item_feature.parquet beside that folder)
                            img_emb_CLIPRN50 (1024 floats)
     item_images/           covers `<item_id>.jpg` (or `image<item_id>.jpg`; optional)
 
-`read_split` returns our split contract (pipeline/sequences.py): user_id Int32, item_seq List(Int32) (all of one
+`read_split` returns our split contract (pipeline/sequences/build.py): user_id Int32, item_seq List(Int32) (all of one
 length), item_id Int32, likes_level Int8, views_level Int8, label Float32, event_ts Int64. The challenge has no
 timestamps, so event_ts is the row index: every row is its own event and file order is kept.
 
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.io import DataError, atomic_path, check_finite, check_range, first_true, list_matrix
-from pipeline.items import check_item_table
-from pipeline.raw import INT32_MAX, detect_cover_naming
+from pipeline.core.io import DataError, atomic_path, check_finite, check_range, first_true, list_matrix
+from pipeline.core.items import check_item_table
+from pipeline.sources.microlens import INT32_MAX, detect_cover_naming
 
 N_LEVELS = 11  # likes_level and views_level are 0..10
 ITEM_EMB_DIM = 128  # item_info.item_emb_d128
@@ -48,7 +48,7 @@ SUBMISSION_MEMBER = "prediction.csv"
 class ChallengeFiles:
     """The challenge files of one data directory; `images` and `image_naming` are None without item_images/.
 
-    image_naming is one of pipeline.raw.COVER_NAMINGS, for pipeline.raw.cover_path.
+    image_naming is one of pipeline.sources.microlens.COVER_NAMINGS, for pipeline.sources.microlens.cover_path.
     """
 
     train: Path
@@ -248,7 +248,7 @@ def read_item_info(path: str | Path) -> ItemInfo:
 class ItemFeature:
     """item_feature.parquet sorted by item_id (N items, ids 1..N; row j holds item j+1).
 
-    titles: item_id Int32, title Utf8 (a null title becomes ""), the contract of pipeline.raw.read_titles;
+    titles: item_id Int32, title Utf8 (a null title becomes ""), the contract of pipeline.sources.microlens.read_titles;
     levels: item_id Int32, likes_level Int8, views_level Int8 (0..10);
     item_ids: (N,) int64, the id of each embedding row; text_emb: (N, 768) float32 txt_emb_BERT;
     image_emb: (N, 1024) float32 img_emb_CLIPRN50.

@@ -1,9 +1,9 @@
-"""Where each stage's raw inputs come from, by `data.source`.
+"""Labelled rows of each source for build_sequences, by `data.source`.
 
-- `synthetic` and `microlens`: a MicroLens raw release folder (pipeline/raw.py finds its files by name);
-- `mmctr`: the WWW2025 MMCTR challenge folder (pipeline/challenge.py): titles from item_feature.parquet,
-  covers from item_images/.
-"""
+- `synthetic` and `microlens`: clicks (and impressions, when the folder has them) of a MicroLens raw release folder
+  become histories, splits and negatives (build.py), with item features from likes/views and tags;
+- `mmctr`: the challenge's train/valid/test parquet files already hold the rows; they are checked and re-labelled
+  into the same split contract."""
 
 from __future__ import annotations
 
@@ -11,49 +11,34 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from pipeline.challenge import find_challenge_files, read_item_feature, read_item_info, read_split
-from pipeline.config import BuildSequencesConfig
-from pipeline.feature_map import Feature, FeatureMap
-from pipeline.io import DataError, read_parquet
-from pipeline.items import build_item_features, scatter_by_id
-from pipeline.pca import aligned_matrices
-from pipeline.raw import (
-    COVER_NAMINGS, check_known_items, cover_path, drop_repeated_events, find_microlens_files, item_ids,
-    read_impressions, read_item_universe, read_likes_views, read_pairs, read_tags)
-from pipeline.sequences import SPLITS, RowSource, build_exposure_rows, build_split_rows
+from pipeline.core.config import BuildSequencesConfig
+from pipeline.core.feature_map import Feature, FeatureMap
+from pipeline.core.io import DataError
+from pipeline.core.items import scatter_by_id
+from pipeline.sequences.build import SPLITS, RowSource, build_exposure_rows, build_split_rows
+from pipeline.sequences.item_features import build_item_features
+from pipeline.sources.challenge import find_challenge_files, read_item_feature, read_item_info, read_split
+from pipeline.sources.microlens import (
+    check_known_items,
+    drop_repeated_events,
+    find_microlens_files,
+    item_ids,
+    read_impressions,
+    read_item_universe,
+    read_likes_views,
+    read_pairs,
+    read_tags,
+)
 
 log = logging.getLogger(__name__)
-
-
-def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
-    """The item universe with titles: item_id Int32 (unique), title Utf8."""
-    if source == "mmctr":
-        return read_item_feature(find_challenge_files(raw_dir).item_feature).titles
-    return read_item_universe(find_microlens_files(raw_dir).titles)
-
-
-def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[Path]:
-    """The cover path of each id (a path may not exist: extraction marks it `missing`)."""
-    if source == "mmctr":
-        files = find_challenge_files(raw_dir)
-        folder, naming = files.images, files.image_naming
-    else:
-        files = find_microlens_files(raw_dir)
-        folder, naming = files.covers, files.cover_naming
-    if folder is None:
-        # The covers are a separate (large) download: without them every item is `missing`, never a stop.
-        folder, naming = Path(raw_dir) / ("item_images" if source == "mmctr" else "covers"), COVER_NAMINGS[0]
-        log.warning("%s: no covers folder; every cover counts as missing (looked for %s)", raw_dir, folder.name)
-    return [cover_path(folder, int(i), naming) for i in ids]
 
 
 @dataclass(frozen=True)
 class SequenceData:
     """What build_sequences writes, whatever the source: per-split row frames (or lazy frames) in the split
-    contract, the item table (pipeline/items.py contract) and the counts its feature map needs."""
+    contract, the item table (pipeline/sequences/item_features.py contract) and the counts its feature map needs."""
 
     splits: dict[str, pl.LazyFrame]
     summary: dict[str, dict[str, float]]
@@ -141,19 +126,3 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0, 0)
-
-
-def pca_inputs(item_embeddings: str, raw_dir: str | Path, text: str | Path, image: str | Path
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The two modalities fit_pca concatenates, as (ids (N,), text (N, Ft), image (N, Fi)) aligned by item id:
-    our extracted embedding frames (`extracted`) or the organisers' BERT and CLIP-RN50 vectors
-    (`challenge_bert_clip`)."""
-    if item_embeddings == "challenge_bert_clip":
-        feature = read_item_feature(find_challenge_files(raw_dir).item_feature)
-        return feature.item_ids, feature.text_emb, feature.image_emb
-    return aligned_matrices(read_parquet(text, {"item_id": pl.Int32}), read_parquet(image, {"item_id": pl.Int32}))
-
-
-def challenge_item_embeddings(raw_dir: str | Path) -> np.ndarray:
-    """The organisers' item_emb_d128 table, (N+1, 128) float32, row i = item i."""
-    return read_item_info(find_challenge_files(raw_dir).item_info).emb_d128

@@ -13,8 +13,9 @@ import numpy as np
 import polars as pl
 from sklearn.decomposition import PCA
 
-from pipeline.config import ParamsError
-from pipeline.io import DataError, atomic_path
+from pipeline.core.config import ParamsError
+from pipeline.core.io import DataError, atomic_path
+from pipeline.core.items import unit_rows
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,9 @@ class Normalizer:
         return cls(mode, np.zeros(f), np.ones(f))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
         if self.mode == "l2":
-            norm = np.linalg.norm(x, axis=1, keepdims=True)
-            return x / np.where(norm > 0, norm, 1.0)
-        return (x - self.mean) / self.std
+            return unit_rows(x, np.float64)
+        return (x.astype(np.float64) - self.mean) / self.std
 
 
 @dataclass(frozen=True)

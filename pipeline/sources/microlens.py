@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from pipeline.io import DataError
+from pipeline.core.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,6 @@ def check_known_items(pairs: pl.DataFrame, known: np.ndarray, policy: Literal["e
     return pairs.filter(is_known), n_unknown
 
 
-
 def drop_repeated_events(events: pl.DataFrame, path: str | Path) -> tuple[pl.DataFrame, int]:
     """Clicks (user, item, timestamp) or exposures (the same plus click) without the rows that repeat an earlier
     row exactly, and how many those were. A repeated row is one event logged twice (a log appended to itself, a
@@ -532,3 +531,17 @@ def read_tags(path: str | Path) -> pl.DataFrame:
         raise DataError(f"{path}: line {reader.line_num}: {e}") from None
     return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32),
                          "tags": pl.Series(tags, dtype=pl.List(pl.Utf8))})
+
+
+def count_before(click_user: np.ndarray, click_ts: np.ndarray, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """(Q,) int64: for each query (user[q], ts[q]), how many of that user's clicks have a timestamp < ts[q]. The
+    clicks (C,) must be sorted by (user, timestamp); no composite key, so any int32 user and int64 time work."""
+    all_user = np.concatenate([click_user, user])
+    all_ts = np.concatenate([click_ts, ts])
+    is_click = np.concatenate([np.ones(len(click_user), np.int64), np.zeros(len(user), np.int64)])
+    # Sort by (user, ts, kind): a query sorts before clicks at its own timestamp, so they do not count.
+    order = np.lexsort((is_click, all_ts, all_user))
+    clicks_before = np.cumsum(is_click[order]) - is_click[order]  # clicks strictly before each sorted position
+    before = np.empty_like(clicks_before)
+    before[order] = clicks_before
+    return before[len(click_user):] - np.searchsorted(click_user, user, side="left")

@@ -19,8 +19,6 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from model.config import ModelConfig
-
 
 class ParamsError(ValueError):
     """A params.yaml problem; the message names the dotted key."""
@@ -228,7 +226,7 @@ class MakeSyntheticConfig:
     recency_window: int = 3
     cover_size: int = 96
     # sampled: a click log (build_sequences samples the non-clicks); exposures: an exposure log whose unclicked
-    # impressions are the negatives (impressions.csv; pipeline/synthetic.py has both click models)
+    # impressions are the negatives (impressions.csv; pipeline/sources/planted.py has both click models)
     negatives: Literal["sampled", "exposures"] = "sampled"
     mean_requests_per_user: float = 5.0  # exposures: requests per user, drawn as click counts are (min 1);
     max_requests_per_user: int = 50  #   the *_clicks_per_user keys do not apply to an exposure log
@@ -333,7 +331,7 @@ class FitPCAConfig:
 @dataclass(frozen=True)
 class BuildSequencesConfig:
     """`build_sequences`: histories, train/valid/test split, sampled non-clicks, side features (the choices are
-    described in pipeline/sequences.py)."""
+    described in pipeline/sequences/build.py)."""
 
     max_len: int = 100
     min_history: int = 1  # drop events with fewer earlier clicks than this
@@ -367,8 +365,41 @@ class BuildSequencesConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyperparameters (the winning configuration's values as defaults).
+
+    `model` picks the architecture (model/factory.py); the `use_*` switches ablate one part of it. Fields a
+    model does not read are ignored by it (DIN reads no transformer_*/first_k/concat_max_pool/cross_*/mlp_*
+    field; meanpool reads none of those nor din_*/dice); contradictory combinations are rejected by
+    TrainConfig. Only plain types (tuples become lists in the checkpoint), so the config
+    round-trips through `torch.load(weights_only=True)`.
+    """
+
+    model: Literal["transformer_dcn", "din", "meanpool"] = "transformer_dcn"
+    embedding_dim: int = 64
+    use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
+    mm_dim: int = 0  # width of the projected frozen embedding; 0 = the frozen embedding's own width
+    use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
+    transformer_layers: int = 2
+    num_heads: int = 1
+    dim_feedforward: int = 256
+    transformer_dropout: float = 0.2
+    first_k: int = 16
+    concat_max_pool: bool = True
+    mean_interest: bool = False  # transformer_dcn: add the mean history item u and target * u to the DCN input
+    use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
+    cross_layers: int = 3
+    cross_rank: int = 0  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
+    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    mlp_hidden_units: tuple[int, ...] = (64, 32)
+    net_dropout: float = 0.2
+    din_attention_units: tuple[int, ...] = (64,)  # din: hidden units of the target-attention MLP
+    dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
+
+
+@dataclass(frozen=True)
 class TrainConfig(ModelConfig):
-    """`train`: the model's architecture (ModelConfig's fields) plus its optimisation (pipeline/training.py).
+    """`train`: the model's architecture (ModelConfig's fields) plus its optimisation (pipeline/training/).
 
     The optimisation fields are not written into the checkpoint: they change how the weights are learnt, not what
     the trained model computes (embedding_dropout is one of them: it acts in training only).
@@ -457,7 +488,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class EmbeddingReportConfig:
-    """`embedding_report`: neighbour agreement of the text, image and PCA embeddings (pipeline/embedding_report.py)
+    """`embedding_report`: neighbour agreement of the text, image and PCA embeddings (pipeline/itememb/report.py)
     and the faiss index that finds the neighbours."""
 
     index: Literal["flat", "ivf", "hnsw"] = "flat"  # flat = exact; ivf / hnsw = approximate, recall reported
@@ -478,12 +509,12 @@ class EmbeddingReportConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """`tune`: the search space of `mmctr tune` (pipeline/tune.py); no stage reads it.
+    """`tune`: the search space of `mmctr tune` (pipeline/cli/tune.py); no stage reads it.
 
     Every field but `trials` and `seed` is a tuned train key: the list of its candidate values. The search runs
     `trials` DVC experiments of the train stage: the first with params.yaml's current train values, the others
     distinct combinations of the candidates drawn with `seed`. Whether a candidate is a valid train value is checked
-    against TrainConfig by pipeline.tune (errors name `tune.<key>`), so the ranges have one owner.
+    against TrainConfig by pipeline.cli.tune (errors name `tune.<key>`), so the ranges have one owner.
     """
 
     trials: int = 12  # experiments, the current train values included; at most the number of combinations

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.config import DataConfig, ParamsError, load_section
-from pipeline.io import DataError, error_errno
+from pipeline.core.config import DataConfig, ParamsError, load_section
+from pipeline.core.io import DataError, error_errno
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,12 +140,13 @@ def configure_logging(stage: str) -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def stage_main(fn: F) -> F:
+def stage_main(fn: F, stage: str | None = None) -> F:
     """Wrap a stage body: configure logging, stop with the parent process (`stop_with_parent`), hold the stage's
     lock (`stage_lock`; rank 0 only under torchrun, whose ranks share the outputs) and report user-facing errors
-    in one line (`one_line_errors`)."""
-    spec = fn.__globals__.get("__spec__")  # `python -m stages.train` runs as __main__; its spec keeps the name
-    stage = (spec.name if spec is not None else fn.__module__).rsplit(".", 1)[-1]
+    in one line (`one_line_errors`). `stage` names the stage (logger, lock); default: the module `fn` is in."""
+    if stage is None:
+        spec = fn.__globals__.get("__spec__")  # `python -m stages.train` runs as __main__; its spec keeps the name
+        stage = (spec.name if spec is not None else fn.__module__).rsplit(".", 1)[-1]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

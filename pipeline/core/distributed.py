@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ParamsError
-from pipeline.stage import pick_device
+from pipeline.core.config import ParamsError
+from pipeline.core.stage import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +120,13 @@ def distributed(device_choice: str, key: str) -> Iterator[tuple[Dist, torch.devi
         yield d, device
     finally:
         dist.destroy_process_group()
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: bool, amp_dtype: str = "bf16"):
+    """Autocast (bf16 or fp16) on CUDA when asked; CPU always runs fp32 (CPU autocast is slower, less exact)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=AMP_DTYPES[amp_dtype])
+    return nullcontext()

@@ -9,15 +9,8 @@ import click
 import numpy as np
 import polars as pl
 
-from pipeline.compare import comparison_table, experiment_records, headline_rows, headline_table, queue_commands
-from pipeline.config import DataConfig, load_section
-from pipeline.io import DataError, read_parquet
-from pipeline.items import check_item_table
-from pipeline.neighbours import check_gallery_path, draw_gallery, item_neighbours
-from pipeline.raw import read_titles
-from pipeline.sources import item_cover_paths, item_titles
-from pipeline.stage import one_line_errors
-from pipeline.tune import (
+from pipeline.cli.compare import comparison_table, experiment_records, headline_rows, headline_table, queue_commands
+from pipeline.cli.tune import (
     TuneError,
     apply_trial,
     best_trial,
@@ -30,6 +23,15 @@ from pipeline.tune import (
     trial_command,
     trial_names,
 )
+from pipeline.core.config import DataConfig, load_section
+from pipeline.core.feature_map import find_mm_column
+from pipeline.core.io import DataError, read_parquet
+from pipeline.core.items import check_item_table
+from pipeline.core.stage import one_line_errors
+from pipeline.itememb.gallery import check_gallery_path, draw_gallery
+from pipeline.itememb.neighbours import item_neighbours
+from pipeline.sources.items import item_cover_paths, item_titles
+from pipeline.sources.microlens import read_titles
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,10 +66,7 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
             raise DataError(f"{item_info}: file not found (run `dvc repro` first, or pass --item-info)")
         info = read_parquet(item_info, {"item_id": pl.Int32})
         check_item_table(info, item_info)
-        col = next((c for c in info.columns if c.startswith("item_emb_d")), None)
-        if col is None:
-            raise DataError(f"{item_info}: no item_emb_d<dim> column")
-        table = info[col].to_numpy()
+        table = info[find_mm_column(info.columns, item_info)].to_numpy()
         names = dict((read_titles(titles) if titles else item_titles(data.source, raw_dir)).iter_rows())
         found = item_neighbours(table, item_id, k)
         if gallery is not None:

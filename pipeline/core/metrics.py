@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 
-from pipeline.io import DataError
+from pipeline.core.io import DataError
 
 EPS = 1e-7
 
@@ -65,3 +65,8 @@ def calibration_points(labels: np.ndarray, probs: np.ndarray, bins: int) -> list
             rows.append({"prob_pred": pred, "prob_true": float(labels[sel].mean()), "count": int(sel.sum()),
                          "perfect": pred})
     return rows
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Elementwise logistic function: logits -> probabilities (same shape)."""
+    return 1.0 / (1.0 + np.exp(-x))

@@ -2,7 +2,7 @@
 topic)? Computed for the text, image and PCA item tables so users see what each modality contributes.
 
 For each query item q (all items 1..N, or a seeded sample of `sample_items`), its k nearest items by cosine,
-itself excluded, come from the faiss index chosen by params (pipeline/neighbours.py `approx_index`):
+itself excluded, come from the faiss index chosen by params (pipeline/itememb/neighbours.py `approx_index`):
 - tag_agreement: mean over queries that have at least one tag of (neighbours sharing >= 1 tag with q) / k;
 - topic_agreement: mean over queries of (neighbours with q's planted topic) / k (synthetic data only).
 The same numbers for k uniformly random other items are the `chance` baseline, and the index's recall@k against
@@ -19,10 +19,11 @@ import logging
 import numpy as np
 import polars as pl
 
-from pipeline.config import EmbeddingReportConfig
-from pipeline.io import DataError
-from pipeline.items import check_item_table, scatter_by_id
-from pipeline.neighbours import approx_index, recall_at_k, unit_rows
+from pipeline.core.config import EmbeddingReportConfig
+from pipeline.core.feature_map import find_mm_column
+from pipeline.core.io import DataError
+from pipeline.core.items import check_item_table, scatter_by_id, unit_rows
+from pipeline.itememb.neighbours import approx_index, recall_at_k
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,7 @@ def frame_table(frame: pl.DataFrame, n_rows: int, where: str) -> np.ndarray:
 def item_info_table(info: pl.DataFrame, where: str) -> np.ndarray:
     """fit_pca's item_info (row i = item i, checked) -> its (N+1, dim) item_emb_d<dim> table."""
     check_item_table(info, where)
-    col = next((c for c in info.columns if c.startswith("item_emb_d")), None)
-    if col is None:
-        raise DataError(f"{where}: no item_emb_d<dim> column")
-    return info[col].to_numpy().astype(np.float32)
+    return info[find_mm_column(info.columns, where)].to_numpy().astype(np.float32)
 
 
 def item_tag_sets(items: pl.DataFrame, where: str) -> list[frozenset[int]]:

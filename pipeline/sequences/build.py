@@ -36,7 +36,8 @@ import numpy as np
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from pipeline.io import DataError
+from pipeline.core.io import DataError
+from pipeline.sources.microlens import count_before
 
 SPLITS = ("train", "valid", "test")  # split code k of an event is SPLITS[k]
 SplitMethod = Literal["leave_last", "time"]
@@ -349,20 +350,6 @@ def build_split_rows(
     return SplitRows(user=events["user"].to_numpy().astype(np.int32), item=events["item"].to_numpy().astype(np.int32),
                      ts=events["timestamp"].to_numpy().astype(np.int64), pos=pos, split=codes, keep=keep,
                      negatives=negatives, likes=likes, views=views, max_len=max_len)
-
-
-def count_before(click_user: np.ndarray, click_ts: np.ndarray, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """(Q,) int64: for each query (user[q], ts[q]), how many of that user's clicks have a timestamp < ts[q]. The
-    clicks (C,) must be sorted by (user, timestamp); no composite key, so any int32 user and int64 time work."""
-    all_user = np.concatenate([click_user, user])
-    all_ts = np.concatenate([click_ts, ts])
-    is_click = np.concatenate([np.ones(len(click_user), np.int64), np.zeros(len(user), np.int64)])
-    # Sort by (user, ts, kind): a query sorts before clicks at its own timestamp, so they do not count.
-    order = np.lexsort((is_click, all_ts, all_user))
-    clicks_before = np.cumsum(is_click[order]) - is_click[order]  # clicks strictly before each sorted position
-    before = np.empty_like(clicks_before)
-    before[order] = clicks_before
-    return before[len(click_user):] - np.searchsorted(click_user, user, side="left")
 
 
 @dataclass(frozen=True, eq=False)

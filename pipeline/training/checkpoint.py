@@ -1,0 +1,131 @@
+"""Checkpoints and resume state.
+
+A checkpoint holds weights, the ModelConfig and the feature map, plain types only, so it loads with
+`torch.load(weights_only=True)`, and is written byte-identically for identical contents. `FitState` is the resume
+state of an interrupted run (weights, optimiser, RNG, epoch), tied to its params and data by a fingerprint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from model.factory import build_model
+from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.io import DataError, atomic_path
+from pipeline.training.data import SplitTensors
+
+log = logging.getLogger(__name__)
+
+# The train params that do not change what training computes: a resume state written under other values of these
+# is still valid (`epochs` only while the run's length shapes nothing before its end: resume_fingerprint).
+RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "eval_batch_size")
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The architecture part of the train params (ModelConfig's fields), as a plain ModelConfig."""
+    return ModelConfig(**{k: getattr(cfg, k) for k in ModelConfig.__dataclass_fields__})
+
+
+def resume_path(model_path: str | Path) -> Path:
+    """Where `fit` keeps the state of the last finished pass: `.<model name>.resume.pt` beside the checkpoint
+    (outside what DVC caches, so it survives a failed or killed run)."""
+    model_path = Path(model_path)
+    return model_path.parent / f".{model_path.name}.resume.pt"
+
+
+def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensors) -> str:
+    """What a resume state must match: the train params that shape the run and the split sizes. `epochs` counts
+    when the run's planned length shapes its steps: the cosine schedule spans all of it, with eval_steps the
+    last partial interval is validated at its end, and with max_steps it may decide where the run ends."""
+    neutral = set(RESUME_NEUTRAL)
+    if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0 or cfg.max_steps > 0:
+        neutral.discard("epochs")
+    parts = {k: v for k, v in asdict(cfg).items() if k not in neutral}
+    return json.dumps({"params": parts, "train_rows": len(train), "valid_rows": len(valid)}, sort_keys=True,
+                      default=list)
+
+
+@dataclass
+class FitState:
+    """Everything a run needs to continue after pass `epoch - 1`: weights, optimiser, the pass-order generator
+    and torch's global RNG (dropout), the plateau lr, the best validation so far, the validation records, and the
+    train loss of the validation interval under way (with eval_steps it can span passes). It is saved at the end of
+    each pass only, so a resumed run repeats the steps of the pass it was stopped in."""
+
+    lr: float  # the plateau state: learning_rate times lr_decay per plateau (floored at min_lr); see lr_at
+    epoch: int = 0
+    step: int = 0
+    best_auc: float = -math.inf
+    bad_validations: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
+    interval_loss: float = 0.0  # summed train BCE (all ranks) of the interval's finished passes
+    interval_rows: int = 0  # train rows (all ranks) since the last validation
+
+    def save(self, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
+        """Write the state atomically (plain types and tensors only: loads with weights_only=True)."""
+        blob = {"fingerprint": fp, **{f.name: getattr(self, f.name) for f in fields(self)},
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "torch_rng": torch.get_rng_state()}
+        save_atomic(blob, path)
+
+    @classmethod
+    def load(cls, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
+             gen: torch.Generator) -> FitState | None:
+        """The state in `path` restored into model/opt/gen, or None when there is none or it was written for other
+        params or data (then training starts afresh)."""
+        if not path.is_file():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged state is ignored, never trusted
+            log.warning("%s: unreadable resume state, starting afresh (%s)", path, str(e).splitlines()[0][:200])
+            return None
+        if blob.get("fingerprint") != fp:
+            log.info("%s: written for other train params or data; starting afresh", path)
+            return None
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        gen.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        return cls(**{f.name: blob[f.name] for f in fields(cls)})
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically, byte-identical for identical contents: torch names the archive's
+    folder after the file it is given, so it is given a file object (folder `archive`), not the random temp name."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, feature_map: FeatureMap) -> None:
+    """Atomically write {"model": state_dict, "config": ModelConfig as dict, "feature_map": dict}; plain types
+    only, so it loads with torch.load(weights_only=True)."""
+    ckpt = {"model": {k: v.cpu() for k, v in model.state_dict().items()},
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.cfg).items()},
+            "feature_map": feature_map.to_dict()}
+    save_atomic(ckpt, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, FeatureMap]:
+    """Rebuild the model from a checkpoint alone (no unpickling of code: weights_only=True)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+        fmap = FeatureMap.from_dict(ckpt["feature_map"], where=str(path))
+        state = ckpt["model"]
+        model = build_model(ModelConfig(**cfg_dict), fmap, state["item_tags"], state["item_mm"])
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise DataError(f"{path}: checkpoint not found") from None
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise DataError(f"{path}: not a valid mmctr checkpoint ({str(e).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), fmap

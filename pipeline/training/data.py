@@ -1,0 +1,116 @@
+"""Splits as tensors, and batches over them.
+
+Each split is loaded once into contiguous tensors (history matrix, ids, context features, labels), with every value
+range-checked against the feature map; batches are index slices, trimmed to the longest real history in the batch
+(never below first_k), which changes no output because padded positions are masked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+
+from pipeline.core.feature_map import FeatureMap, find_mm_column
+from pipeline.core.io import DataError, check_finite, check_range, first_true, list_matrix, read_parquet
+from pipeline.core.items import check_item_table
+
+
+@dataclass(frozen=True)
+class SplitTensors:
+    """One split on the CPU: item_seq (n, L) int64, item_id (n,) int64, context {name: (n,) int64},
+    label (n,) float32, user_id (n,) int64."""
+
+    item_seq: Tensor
+    item_id: Tensor
+    context: dict[str, Tensor]
+    label: Tensor
+    user_id: Tensor
+
+    def __len__(self) -> int:
+        return self.label.shape[0]
+
+    def history_lengths(self) -> Tensor:
+        """(n,) int64 real (non-padding) history items per row."""
+        return (self.item_seq != 0).sum(dim=1)
+
+
+def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
+    """Read a split parquet (sequences contract) into tensors. Every column that indexes an embedding table is
+    range-checked against `feature_map` (item_id 1..N, item_seq 0..N of length max_len, each context feature
+    0..vocab-1), and label must be 0 or 1: a bad value is a DataError naming the file, the first bad row and the
+    column, before any training step (an id past a table would otherwise be an IndexError mid-run)."""
+    names = [f.name for f in feature_map.context_features]
+    df = read_parquet(path, {"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
+                             "label": pl.Float32, **{n: pl.Int8 for n in names}})
+    if df.height == 0:
+        raise DataError(f"{path}: split has no rows")
+    n_ids = feature_map["item_id"].vocab_size
+    seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int64)  # (R, L)
+    bad = first_true(((seq < 0) | (seq >= n_ids)).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: item_seq holds an item id outside 0..{n_ids - 1}")
+    check_range(path, df, "user_id", 0, np.iinfo(np.int32).max)
+    check_range(path, df, "item_id", 1, n_ids - 1)
+    for n in names:
+        check_range(path, df, n, 0, feature_map[n].vocab_size - 1)
+    label = df["label"].to_numpy()
+    bad = first_true(~np.isin(label, (0.0, 1.0)))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: label {label[bad]} is not 0 or 1")
+    def as_long(column: str) -> Tensor:
+        return torch.from_numpy(df[column].to_numpy().astype(np.int64))
+
+    return SplitTensors(torch.from_numpy(np.require(seq, requirements="W")), as_long("item_id"),
+                        {n: as_long(n) for n in names}, torch.from_numpy(label.copy()), as_long("user_id"))
+
+
+def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
+    """item_info.parquet -> (tags (N+1, T) int64, frozen embeddings (N+1, M) float32, M), after checking that
+    row i holds item i, that item_tags are lists of one length with ids >= 0, and that the one item_emb_d<M>
+    column is a list of M finite numbers per row (first bad row named)."""
+    df = read_parquet(path, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
+    check_item_table(df, str(path))
+    column = find_mm_column(df.columns, str(path))
+    dtype = df.schema[column]
+    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
+        raise DataError(f"{path}: column {column!r} has dtype {dtype}, expected a list of numbers")
+    mm = list_matrix(path, df, column, None, pl.Float32)  # (N+1, M)
+    if mm.shape[1] == 0:
+        raise DataError(f"{path}: column {column!r} holds empty lists")
+    check_finite(path, column, mm)
+    tags = list_matrix(path, df, "item_tags", None, pl.Int64)  # (N+1, T)
+    bad = first_true((tags < 0).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: item_tags holds a negative tag id")
+    # torch wants writable arrays; polars may hand out read-only views (np.require copies only then)
+    return (torch.from_numpy(np.require(tags, requirements="W")),
+            torch.from_numpy(np.require(mm, np.float32, ["C", "W"])), mm.shape[1])
+
+
+def check_item_tables(path: str | Path, tags: Tensor, feature_map: FeatureMap) -> None:
+    """The item table of `load_item_tables` fits the feature map of the splits: one row per item id (N+1) and tag
+    ids below item_tags' vocabulary; else a DataError naming `path` (an index past a table fails mid-run)."""
+    n_ids, n_tags = feature_map["item_id"].vocab_size, feature_map["item_tags"].vocab_size
+    if tags.shape[0] != n_ids:
+        raise DataError(f"{path}: {tags.shape[0] - 1} items, but the feature map has item ids 1..{n_ids - 1}")
+    bad = first_true((tags >= n_tags).any(dim=1).numpy())
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: item_tags holds a tag id outside 0..{n_tags - 1}")
+
+
+def trim_history(seq: Tensor, first_k: int) -> Tensor:
+    """(B, L) left-padded histories -> (B, L') keeping the last max(longest real history, first_k) columns."""
+    longest = int((seq != 0).sum(dim=1).max().item()) if seq.numel() else 0
+    keep = min(seq.shape[1], max(longest, first_k))
+    return seq[:, seq.shape[1] - keep:]
+
+
+def make_batch(split: SplitTensors, idx: Tensor, first_k: int, device: torch.device) -> dict[str, Tensor]:
+    """Rows `idx` of a split as the model's input dict on `device`."""
+    batch = {"item_seq": trim_history(split.item_seq[idx], first_k), "item_id": split.item_id[idx],
+             **{n: t[idx] for n, t in split.context.items()}}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,239 @@
+"""The training loop of the CTR model (`fit`), outside the nn.Module.
+
+It owns the training-only options of train params: the optimiser, the L2 regularisers, the embedding dropout
+rate, the lr schedule, bucketed batches, early stopping on valid AUC, and how often to validate."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from model.layers import CTRBase
+from pipeline.core.config import TrainConfig
+from pipeline.core.distributed import SINGLE, Dist, autocast
+from pipeline.core.io import DataError
+from pipeline.training.checkpoint import FitState, resume_fingerprint
+from pipeline.training.data import SplitTensors, make_batch
+from pipeline.training.predict import evaluate_split
+
+log = logging.getLogger(__name__)
+
+
+def log_validation(live: Any, record: dict[str, float]) -> None:
+    """One validation's record as a dvclive step (its pass and optimizer step are the x axis, not metrics)."""
+    for k, v in record.items():
+        if k not in ("epoch", "step"):
+            live.log_metric(k, v)
+    live.next_step()
+
+
+def lr_at(step: int, base_lr: float, schedule: str, min_lr: float, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of `total_steps` steps.
+
+    `base_lr` is the plateau state: learning_rate, times lr_decay after each validation without a better valid AUC
+    under `plateau` (fit keeps it), never decayed under `cosine`. Steps s < warmup_steps take
+    base_lr * (s + 1) / warmup_steps (a linear ramp that reaches base_lr at s = warmup_steps - 1). Later steps take
+    base_lr under `plateau`, and under `cosine` min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2 with
+    p = (s - warmup_steps) / (total_steps - warmup_steps): base_lr right after the warm-up, min_lr at the run's end.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "plateau":
+        return base_lr
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over every parameter, or AdamW (decoupled decay: each step first scales every parameter, embeddings and
+    biases included, by 1 - lr * weight_decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+
+
+def regularization_loss(model: CTRBase, embedding_lambda: float, net_lambda: float) -> Tensor:
+    """FuxiCTR's L2 regularisers (BaseModel.regularization_loss of fuxictr 2.3.7, the version the winning
+    solution pins, with float regularizers, i.e. p = 2), a scalar:
+
+        embedding_lambda / 2 * sum_{w in E} ||w||_2^2  +  net_lambda / 2 * sum_{w not in E} ||w||_2^2
+
+    over the trainable parameters, where E = model.embedding_parameters() (FuxiCTR's FeatureEmbeddingDict: the
+    id, tag and context tables, whole, padding rows included, and the projection of the frozen embedding) and the
+    second sum runs over every other parameter, biases, norms and attention projections included. Its gradient
+    adds lambda * w to each parameter's gradient.
+    """
+    embedding = {id(p) for p in model.embedding_parameters()}
+    terms = []
+    for p in model.parameters():
+        lam = embedding_lambda if id(p) in embedding else net_lambda
+        if lam and p.requires_grad:
+            terms.append(lam / 2 * p.square().sum())
+    return torch.stack(terms).sum()
+
+
+def batch_loss(net: nn.Module, split: SplitTensors, rows: Tensor, cfg: TrainConfig, device: torch.device,
+               dist: Dist = SINGLE) -> tuple[Tensor, Tensor]:
+    """This rank's part of the global batch `rows` (its contiguous slice of rows.tensor_split(world)) ->
+    (loss to backpropagate, summed BCE of its rows). The loss is that sum * world / len(rows), so DDP's average of
+    the ranks' gradients is the gradient of the global batch's mean BCE (in a world of 1: the mean BCE), plus
+    regularization_loss when train.embedding_regularizer or train.net_regularizer is set."""
+    idx = rows.tensor_split(dist.world)[dist.rank]
+    batch = make_batch(split, idx, cfg.first_k, device)
+    with autocast(device, cfg.amp):
+        logits = net(batch).float()
+    loss_sum = nn.functional.binary_cross_entropy_with_logits(logits, split.label[idx].to(device), reduction="sum")
+    loss = loss_sum * (dist.world / len(rows))
+    if cfg.embedding_regularizer or cfg.net_regularizer:
+        # Every rank adds the whole term: DDP averages the ranks' gradients, so its gradient reaches the update once.
+        model = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        loss = loss + regularization_loss(model, cfg.embedding_regularizer, cfg.net_regularizer)
+    return loss, loss_sum
+
+
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, max_grad_norm: float) -> None:
+    """One update from `loss`: clear the gradients, backpropagate, clip their global norm to max_grad_norm, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+
+
+def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator) -> list[Tensor]:
+    """One pass's batches of row indices, each row once: a random order (from `gen`) cut into batches of
+    batch_size (the last may be short). With bucket_batches > 0, each window of bucket_batches * batch_size
+    consecutive rows of that order is sorted by history length (`lengths` (n,), stable) before it is cut, and the
+    batches are then taken in a random order: a batch holds rows of similar length, so `trim_history` keeps few
+    padding columns (most histories are far shorter than the longest), while which rows meet in a window and the
+    order of the batches stay random."""
+    order = torch.randperm(len(lengths), generator=gen)
+    if not bucket_batches:
+        return list(order.split(batch_size))
+    batches = [b for window in order.split(bucket_batches * batch_size)
+               for b in window[torch.argsort(lengths[window], stable=True)].split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+
+
+def run_steps(train_rows: int, cfg: TrainConfig) -> int:
+    """The optimizer steps of a run that is not stopped early: `epochs` passes of ceil(train_rows / batch_size)
+    steps, capped at `max_steps` when that is > 0. A step budget sizes the run by updates rather than passes, so a
+    small split gets many passes (early stopping ends it) and a large one is not trained for hours."""
+    total = cfg.epochs * math.ceil(train_rows / cfg.batch_size)
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
+        live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None) -> list[dict[str, float]]:
+    """Adam (or AdamW) on BCEWithLogits, plus the optional L2 regularisers (batch_loss), with early stopping on valid
+    AUC; returns one record per validation and leaves the model holding the best validation's weights.
+
+    The run makes at most `epochs` passes over the train split in a seeded order and at most `max_steps` optimizer
+    steps (when > 0; run_steps). It validates after each pass, or
+    with eval_steps > 0 every eval_steps optimizer steps and after the run's last step. Each validation gives a
+    record {epoch (its pass), step (optimizer steps so far), train_logloss (mean BCE of the rows since the previous
+    validation), valid_auc, valid_logloss, lr (of the last step)}, logged to `live` as one dvclive step. The lr of
+    each step is lr_at's: under `plateau` it is multiplied by `lr_decay` after each validation without a better
+    valid AUC (FuxiCTR's reduce-on-plateau). Training stops after `patience` such validations in a row. The item and
+    context embeddings get dropout `embedding_dropout` in training. A NaN/inf loss stops with the step number.
+
+    Under torchrun (dist.enabled) the model is wrapped in DistributedDataParallel; every rank draws the same pass
+    order and takes its contiguous part of each global batch of `batch_size` rows. Each rank's loss is its rows'
+    summed loss * world / global batch rows, so DDP's gradient average is exactly the gradient of the global
+    batch's mean loss: one process and N ranks make the same updates (up to float summation order; dropout
+    draws differ per rank). Only rank 0 logs to `live` and writes the resume state.
+
+    With `resume_file`, the state at the end of each pass (and at an early stop) is written there (atomically), and
+    when cfg.resume is set a state found there for the same params and data is restored and training continues
+    with the next pass.
+    """
+    model.to(device)
+    model.embedding_dropout.p = cfg.embedding_dropout
+    net = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout draws differ per rank; weights came from rank 0
+    opt = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    fp = resume_fingerprint(cfg, train, valid)
+    state = None
+    if resume_file is not None and cfg.resume:
+        state = FitState.load(resume_file, fp, model, opt, gen)
+        if state is not None:
+            log.info("resuming after pass %d (best valid AUC %.5f)", state.epoch - 1, state.best_auc)
+            if live is not None and dist.is_main:
+                for record in state.history:
+                    log_validation(live, record)
+    state = state or FitState(lr=cfg.learning_rate)
+    total_steps = run_steps(len(train), cfg)
+    # A resumed run that had already stopped (early, or at its step budget) only restores its best weights.
+    finished = state.bad_validations >= cfg.patience or state.step >= total_steps
+    epochs = range(0) if finished else range(state.epoch, cfg.epochs)
+    lengths = train.history_lengths()
+    since = time.perf_counter()  # start of the interval the next validation line reports
+    for epoch in epochs:
+        net.train()
+        batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen)
+        pass_loss = 0.0  # this rank's summed BCE since the pass began or the last validation
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, disable=not dist.is_main)
+        for b, rows in enumerate(bar):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(state.step, state.lr, cfg.lr_schedule, cfg.min_lr, total_steps, cfg.warmup_steps)
+            loss, loss_sum = batch_loss(net, train, rows, cfg, device, dist)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"train: loss is {loss.item()} at step {state.step} (epoch {epoch})")
+            optimizer_step(model, opt, loss, cfg.max_grad_norm)
+            pass_loss += loss_sum.item()
+            state.interval_rows += len(rows)
+            state.step += 1
+            due = state.step % cfg.eval_steps == 0 if cfg.eval_steps else b == len(batches) - 1
+            if not (due or state.step == total_steps):
+                continue
+            scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
+            train_loss = state.interval_loss + dist.sum(pass_loss, device)
+            record = {"epoch": epoch, "step": state.step, "train_logloss": train_loss / state.interval_rows,
+                      "valid_auc": scores["auc"], "valid_logloss": scores["logloss"], "lr": opt.param_groups[0]["lr"]}
+            state.history.append(record)
+            seconds, rows_seen = time.perf_counter() - since, state.interval_rows * dist.world
+            state.interval_loss, state.interval_rows, pass_loss = 0.0, 0, 0.0
+            improved = scores["auc"] > state.best_auc
+            if dist.is_main:
+                log.info("pass %d, step %d: valid AUC %.4f%s, valid logloss %.4f, train logloss %.4f, lr %.3g; "
+                         "%.0f s, %.0f rows/s", epoch, state.step, scores["auc"],
+                         " (best so far)" if improved else f" (best {state.best_auc:.4f})", scores["logloss"],
+                         record["train_logloss"], record["lr"], seconds, rows_seen / max(seconds, 1e-9))
+                if live is not None:
+                    log_validation(live, record)
+            if improved:
+                state.best_auc, state.bad_validations = scores["auc"], 0
+                state.best_state = copy.deepcopy(model.state_dict())
+            else:
+                state.bad_validations += 1
+                if cfg.lr_schedule == "plateau" and state.lr > cfg.min_lr:
+                    state.lr = max(state.lr * cfg.lr_decay, cfg.min_lr)
+                    if dist.is_main:
+                        log.info("no better valid AUC: lr lowered to %.3g", state.lr)
+            since = time.perf_counter()
+            if state.bad_validations >= cfg.patience or state.step == total_steps:
+                break
+            net.train()
+        state.interval_loss += dist.sum(pass_loss, device)
+        state.epoch = epoch + 1
+        if resume_file is not None and dist.is_main:
+            state.save(resume_file, fp, model, opt, gen)
+        if state.step == total_steps:
+            break
+        if state.bad_validations >= cfg.patience:
+            log.info("early stop at step %d, pass %d (best valid AUC %.5f)", state.step, epoch, state.best_auc)
+            break
+    if state.best_state is None:
+        raise DataError("train: no validation gave a valid AUC to keep (is the valid split all one label?)")
+    model.load_state_dict(state.best_state)
+    return state.history
