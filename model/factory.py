@@ -17,7 +17,5 @@ MODELS: dict[str, type[CTRBase]] = {"transformer_dcn": TransformerDCN, "din": DI
 def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor) -> nn.Module:
     """The model `cfg.model` over the item tables (item_tags (N+1, T) int64, item_mm (N+1, M) float32, row i =
     item i). Every model returns logits (B,) from the same batch dict, keeps `cfg` as `.cfg` and holds the
-    tables as buffers `item_tags`, `item_mm`."""
-    if cfg.model not in MODELS:
-        raise ValueError(f"unknown model {cfg.model!r} (known: {', '.join(MODELS)})")
+    tables as buffers `item_tags`, `item_mm`. `cfg.model` is one of MODELS (ModelConfig checks it)."""
     return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm)

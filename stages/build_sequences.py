@@ -16,7 +16,7 @@ import click
 
 from pipeline.core.config import BuildSequencesConfig, load_section
 from pipeline.core.io import atomic_path, write_json, write_parquet
-from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
 from pipeline.sequences.build import SPLITS
 from pipeline.sequences.inputs import challenge_sequences, microlens_sequences
 
@@ -26,9 +26,7 @@ log = logging.getLogger("build_sequences")
 @click.command()
 @raw_dir_option
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--items", "items_out", required=True, type=click.Path(dir_okay=False))
-@click.option("--feature-map", required=True, type=click.Path(dir_okay=False))
-@click.option("--metrics", required=True, type=click.Path(dir_okay=False))
+@file_options("--items:items_out", "--feature-map", "--metrics")
 @params_option
 @stage_main
 def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, metrics: str, params_path: str) -> None:

@@ -15,11 +15,11 @@ import click
 
 from pipeline.core.config import check_params
 from pipeline.core.io import write_json
-from pipeline.core.stage import params_option, stage_main
+from pipeline.core.stage import file_options, params_option, stage_main
 
 
 @click.command()
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@file_options("--out")
 @params_option
 @stage_main
 def main(out: str, params_path: str) -> None:

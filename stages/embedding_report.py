@@ -17,7 +17,7 @@ import polars as pl
 
 from pipeline.core.config import EmbeddingReportConfig, load_section
 from pipeline.core.io import read_parquet, write_json
-from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
 from pipeline.itememb.report import embedding_report, frame_table, item_info_table, item_tag_sets
 from pipeline.sources.planted import PlantedModel
 
@@ -25,12 +25,9 @@ log = logging.getLogger("embedding_report")
 
 
 @click.command()
-@click.option("--text", required=True, type=click.Path(dir_okay=False))
-@click.option("--image", required=True, type=click.Path(dir_okay=False))
-@click.option("--item-info", required=True, type=click.Path(dir_okay=False))
-@click.option("--items", required=True, type=click.Path(dir_okay=False))
+@file_options("--text", "--image", "--item-info", "--items")
 @raw_dir_option
-@click.option("--metrics", required=True, type=click.Path(dir_okay=False))
+@file_options("--metrics")
 @params_option
 @stage_main
 def main(text: str, image: str, item_info: str, items: str, raw_dir: str | None, metrics: str,

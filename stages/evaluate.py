@@ -23,7 +23,15 @@ import polars as pl
 from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
 from pipeline.core.io import write_json, write_parquet
 from pipeline.core.metrics import auc, calibration_points, gauc, logloss, roc_points, sigmoid
-from pipeline.core.stage import data_section, params_option, pick_device, raw_dir_option, readable, stage_main
+from pipeline.core.stage import (
+    data_section,
+    file_options,
+    params_option,
+    pick_device,
+    raw_dir_option,
+    readable,
+    stage_main,
+)
 from pipeline.sources.challenge import write_submission
 from pipeline.sources.microlens import drop_repeated_events, find_microlens_files, read_pairs
 from pipeline.sources.planted import PlantedModel, history_preference, oracle_mismatch, oracle_scores
@@ -35,14 +43,9 @@ log = logging.getLogger("evaluate")
 
 
 @click.command()
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--test", "test_path", required=True, type=click.Path(dir_okay=False))
+@file_options("--model:model_path", "--test:test_path")
 @raw_dir_option
-@click.option("--metrics", required=True, type=click.Path(dir_okay=False))
-@click.option("--roc", required=True, type=click.Path(dir_okay=False))
-@click.option("--calibration", required=True, type=click.Path(dir_okay=False))
-@click.option("--predictions", required=True, type=click.Path(dir_okay=False))
-@click.option("--submission", required=True, type=click.Path(dir_okay=False))
+@file_options("--metrics", "--roc", "--calibration", "--predictions", "--submission")
 @params_option
 @stage_main
 def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc: str, calibration: str,

@@ -23,7 +23,7 @@ from pipeline.core.config import FitPCAConfig, load_section
 from pipeline.core.feature_map import mm_column
 from pipeline.core.io import DataError, atomic_path, read_parquet, write_json, write_parquet
 from pipeline.core.items import check_item_table, scatter_by_id
-from pipeline.core.stage import data_section, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
 from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
 from pipeline.itememb.pca import fit_pca
 
@@ -31,14 +31,9 @@ log = logging.getLogger("fit_pca")
 
 
 @click.command()
-@click.option("--text", required=True, type=click.Path(dir_okay=False))
-@click.option("--image", required=True, type=click.Path(dir_okay=False))
-@click.option("--items", required=True, type=click.Path(dir_okay=False))
+@file_options("--text", "--image", "--items")
 @raw_dir_option
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--transform", required=True, type=click.Path(dir_okay=False))
-@click.option("--metrics", required=True, type=click.Path(dir_okay=False))
-@click.option("--plot", required=True, type=click.Path(dir_okay=False))
+@file_options("--out", "--transform", "--metrics", "--plot")
 @params_option
 @stage_main
 def main(text: str, image: str, items: str, raw_dir: str | None, out: str, transform: str, metrics: str, plot: str,

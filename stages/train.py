@@ -21,7 +21,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.stage import params_option, set_threads, stage_main
+from pipeline.core.stage import file_options, params_option, set_threads, stage_main
 from pipeline.training.checkpoint import model_config, resume_path, save_checkpoint
 from pipeline.training.data import check_item_tables, load_item_tables, load_split
 from pipeline.training.loop import fit
@@ -30,11 +30,7 @@ log = logging.getLogger("train")
 
 
 @click.command()
-@click.option("--train", "train_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--valid", "valid_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--item-info", required=True, type=click.Path(dir_okay=False))
-@click.option("--feature-map", required=True, type=click.Path(dir_okay=False))
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False))
+@file_options("--train:train_path", "--valid:valid_path", "--item-info", "--feature-map", "--model:model_path")
 @click.option("--live-dir", required=True, type=click.Path(file_okay=False))
 @params_option
 @stage_main

@@ -4,12 +4,13 @@ its ablations, DIN and the mean-pool MLP (against per-row references), through b
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import pytest
 import torch
 
 from model.din import DIN
-from model.factory import build_model
+from model.factory import MODELS, build_model
 from model.layers import CrossNetV2, Dice, masked_mean
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
@@ -416,9 +417,11 @@ def test_dice_matches_formula_in_eval_and_batch_statistics_in_training():
     torch.testing.assert_close(dice(one), p * one + (1 - p) * dice.alpha * one)
 
 
-def test_unknown_model_is_rejected_by_build_model():
-    with pytest.raises(ValueError, match="unknown model 'dien'"):
-        build_model(dataclasses.replace(SMALL, model="dien"), feature_map(), *item_tables())
+def test_unknown_model_is_rejected_when_its_config_is_made():
+    """ModelConfig checks `model` itself (from params or a checkpoint), against the models the factory builds."""
+    with pytest.raises(ParamsError, match="train.model: must be one of transformer_dcn, din, meanpool, got 'dien'"):
+        dataclasses.replace(SMALL, model="dien")
+    assert list(MODELS) == list(typing.get_args(typing.get_type_hints(ModelConfig)["model"]))
 
 
 @pytest.mark.parametrize(("values", "key"), [

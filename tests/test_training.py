@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -303,3 +304,18 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path):
         load_checkpoint(bad, CPU)
     with pytest.raises(DataError, match=r"checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt", CPU)
+
+
+@pytest.mark.parametrize("field, value, key", [("embedding_dim", 0, "train.embedding_dim"),
+                                               ("model", "mystery", "train.model"),
+                                               ("dice", True, "train.dice")])
+def test_a_checkpoint_config_is_validated_like_params(tmp_path, field, value, key):
+    """A ModelConfig rebuilt from a checkpoint goes through the same checks as the train params: a tampered config
+    is a one-line error naming the key, never a model built from impossible values."""
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, new_model(), feature_map())
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"][field] = value
+    torch.save(ckpt, path)
+    with pytest.raises(DataError, match=rf"model\.pt: not a valid mmctr checkpoint \({re.escape(key)}: "):
+        load_checkpoint(path, CPU)

@@ -370,8 +370,8 @@ class ModelConfig:
 
     `model` picks the architecture (model/factory.py); the `use_*` switches ablate one part of it. Fields a
     model does not read are ignored by it (DIN reads no transformer_*/first_k/concat_max_pool/cross_*/mlp_*
-    field; meanpool reads none of those nor din_*/dice); contradictory combinations are rejected by
-    TrainConfig. Only plain types (tuples become lists in the checkpoint), so the config
+    field; meanpool reads none of those nor din_*/dice); contradictory combinations are rejected
+    here (`__post_init__`). Only plain types (tuples become lists in the checkpoint), so the config
     round-trips through `torch.load(weights_only=True)`.
     """
 
@@ -395,6 +395,38 @@ class ModelConfig:
     net_dropout: float = 0.2
     din_attention_units: tuple[int, ...] = (64,)  # din: hidden units of the target-attention MLP
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
+
+    def __post_init__(self) -> None:
+        """Checked wherever a ModelConfig is made: from params (as part of TrainConfig) and from a checkpoint.
+        Errors name the train params key the field comes from."""
+        s = "train"
+        models = typing.get_args(typing.get_type_hints(ModelConfig)["model"])
+        require(self.model in models, f"{s}.model", f"must be one of {', '.join(models)}, got {self.model!r}")
+        for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        # Upper bounds: a width past MAX_WIDTH asks for more memory than a machine has.
+        for name in ("embedding_dim", "mm_dim", "dim_feedforward", "cross_rank", "first_k"):
+            value = getattr(self, name)
+            require(value <= MAX_WIDTH, f"{s}.{name}", f"must be <= {MAX_WIDTH}, got {value}")
+        for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
+            require(all(u <= MAX_WIDTH for u in getattr(self, name)), f"{s}.{name}", f"units must be <= {MAX_WIDTH}")
+            require(all(u >= 1 for u in getattr(self, name)), f"{s}.{name}", "units must be >= 1")
+        for name in ("transformer_layers", "cross_layers"):
+            require(getattr(self, name) <= 64, f"{s}.{name}", f"must be <= 64, got {getattr(self, name)}")
+        require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
+        require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
+        require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
+        for name in ("transformer_dropout", "net_dropout"):
+            require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
+        # Switches the chosen model has no part for would silently change nothing: reject them.
+        require(not self.dice or self.model == "din", f"{s}.dice",
+                f"Dice activations exist only in model 'din', got model {self.model!r}")
+        for name in ("mean_interest", "cross_rank"):
+            require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
+                    f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
+        for name in ("use_transformer", "use_dcn"):
+            require(getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
+                    f"false ablates a part of model 'transformer_dcn'; model {self.model!r} has no such part")
 
 
 @dataclass(frozen=True)
@@ -430,42 +462,20 @@ class TrainConfig(ModelConfig):
     resume: bool = False  # continue from the last finished epoch's state of an interrupted run (same params, data)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         s = "train"
-        for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k",
-                     "batch_size", "eval_batch_size", "epochs", "patience"):
+        for name in ("batch_size", "eval_batch_size", "epochs", "patience"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        # Upper bounds: a width past MAX_WIDTH or a batch past 2^24 rows asks for more memory than a machine has.
-        for name in ("embedding_dim", "mm_dim", "dim_feedforward", "cross_rank", "first_k"):
-            value = getattr(self, name)
-            require(value <= MAX_WIDTH, f"{s}.{name}", f"must be <= {MAX_WIDTH}, got {value}")
-        for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
-            require(all(u <= MAX_WIDTH for u in getattr(self, name)), f"{s}.{name}", f"units must be <= {MAX_WIDTH}")
-        for name in ("transformer_layers", "cross_layers"):
-            require(getattr(self, name) <= 64, f"{s}.{name}", f"must be <= 64, got {getattr(self, name)}")
+        # A batch past 2^24 rows asks for more memory than a machine has.
         for name in ("batch_size", "eval_batch_size"):
             require(getattr(self, name) <= 1 << 24, f"{s}.{name}", f"must be <= {1 << 24}, got {getattr(self, name)}")
-        require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
-        require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
-        require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
-        for name in ("transformer_dropout", "net_dropout", "embedding_dropout"):
-            require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
+        require(0 <= self.embedding_dropout < 1, f"{s}.embedding_dropout", "must be in [0, 1)")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
                      "max_steps", "bucket_batches"):
             require(getattr(self, name) >= 0, f"{s}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(self.weight_decay == 0 or self.optimizer == "adamw", f"{s}.weight_decay",
                 f"decoupled weight decay needs optimizer 'adamw', got {self.optimizer!r} (use embedding_regularizer / "
                 "net_regularizer for an L2 term with adam)")
-        for name in ("dnn_hidden_units", "mlp_hidden_units", "din_attention_units"):
-            require(all(u >= 1 for u in getattr(self, name)), f"{s}.{name}", "units must be >= 1")
-        # Switches the chosen model has no part for would silently change nothing: reject them.
-        require(not self.dice or self.model == "din", f"{s}.dice",
-                f"Dice activations exist only in model 'din', got model {self.model!r}")
-        for name in ("mean_interest", "cross_rank"):
-            require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
-                    f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
-        for name in ("use_transformer", "use_dcn"):
-            require(getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
-                    f"false ablates a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         require(self.learning_rate > 0, f"{s}.learning_rate", "must be > 0")
         require(0 < self.lr_decay <= 1, f"{s}.lr_decay", "must be in (0, 1]")
         require(0 <= self.min_lr <= self.learning_rate, f"{s}.min_lr", "must be in [0, learning_rate]")

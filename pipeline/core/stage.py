@@ -36,6 +36,19 @@ raw_dir_option = click.option(
 )
 
 
+def file_options(*names: str) -> Callable[[F], F]:
+    """Required file-path options, in the order given (--help shows them so): "--item-info" reaches the stage as
+    `item_info`, "--model:model_path" as `model_path` (a name that shadows no import)."""
+
+    def apply(fn: F) -> F:
+        for spec in reversed(names):
+            flag, _, dest = spec.partition(":")
+            fn = click.option(flag, *([dest] if dest else []), required=True, type=click.Path(dir_okay=False))(fn)
+        return fn
+
+    return apply
+
+
 def data_section(params_path: str, raw_dir: str | None) -> tuple[DataConfig, str]:
     """The params file's checked `data` section, and the raw folder: `raw_dir` when given, else data.raw_dir."""
     data = load_section(params_path, "data", DataConfig)

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.core.config import load_section
 from pipeline.core.distributed import Dist, distributed
-from pipeline.core.stage import data_section, params_option, raw_dir_option, set_threads, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, set_threads, stage_main
 from pipeline.extract.batching import BatchSize
 from pipeline.extract.store import ShardStore, write_extraction
 
@@ -39,9 +39,5 @@ def extraction_command(section: str, config_type: type, extract: Extraction, doc
                 write_extraction(frame, out, metrics, store, shards, batch)
 
     main = stage_main(main, section)
-    for option in (params_option,
-                   click.option("--metrics", required=True, type=click.Path(dir_okay=False)),
-                   click.option("--out", required=True, type=click.Path(dir_okay=False)),
-                   raw_dir_option):
-        main = option(main)
-    return click.command(name=section, help=doc)(main)
+    main = raw_dir_option(file_options("--out", "--metrics")(params_option(main)))
+    return click.command(name=section, help=doc.strip().split("\n")[0])(main)
