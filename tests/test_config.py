@@ -272,3 +272,10 @@ def test_check_params_loads_every_section_and_names_the_first_bad_key(tmp_path: 
     data["fit_pcaa"] = {"dim": 3}
     with pytest.raises(ParamsError, match=r"^fit_pcaa: unknown section in .*params\.yaml \(known: data, "):
         check_params(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_field_defaults_are_the_params_yaml_values(section: str) -> None:
+    """params.yaml owns every value: a section built in code without params is the run params.yaml describes."""
+    cls = SECTIONS[section]
+    assert load_section(PARAMS, section, cls) == cls()

@@ -22,6 +22,11 @@ HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 
              "test": [[0, 0, 6, 5]]}
 
 
+def din_cfg(**kw) -> TrainConfig:
+    """A DIN train section (the default's transformer_dcn-only parts off)."""
+    return TrainConfig(model="din", mean_interest=False, cross_rank=0, **kw)
+
+
 def feature_map() -> FeatureMap:
     return FeatureMap.from_dict({"label": "label", "features": [
         {"name": "item_id", "type": "categorical", "source": "item", "vocab_size": N_ITEMS + 1},
@@ -67,7 +72,7 @@ def test_rows_read_back_as_fuxictr_reads_them(tmp_path):
     """FuxiCTR's collator: history = full_item_seq[user_index][:seq_len] left-padded with 0, item features =
     item_info row `item_index`. That must give back every split row's history, item and features exactly."""
     write_inputs(tmp_path, HISTORIES)
-    splits, tags, mm, _ = export(tmp_path, TrainConfig(model="din", embedding_dim=4, mm_dim=2))
+    splits, tags, mm, _ = export(tmp_path, din_cfg(embedding_dim=4, mm_dim=2))
     out = tmp_path / "out"
     user_info = pl.read_parquet(out / "user_info.parquet")["full_item_seq"].to_list()
     items = pl.read_parquet(out / "item_info.parquet")
@@ -96,7 +101,7 @@ def test_feature_map_names_every_column_with_our_widths(tmp_path, use_mm_emb):
     """FuxiCTR's collator passes only columns named in its feature map; its DIN's item width (the item-sourced
     features' embedding_dim, default embedding_dim) must equal our DIN's item_dim."""
     write_inputs(tmp_path, HISTORIES)
-    cfg = TrainConfig(model="din", embedding_dim=4, mm_dim=2, use_mm_emb=use_mm_emb)
+    cfg = din_cfg(embedding_dim=4, mm_dim=2, use_mm_emb=use_mm_emb)
     _, tags, mm, fmap = export(tmp_path, cfg)
     out = tmp_path / "out"
     spec = json.loads((out / "feature_map.json").read_text())
@@ -118,4 +123,4 @@ def test_padding_after_a_real_item_is_refused(tmp_path):
     """FuxiCTR keeps a history as a length, so a 0 inside a history cannot be exported faithfully."""
     write_inputs(tmp_path, {**HISTORIES, "valid": [[0, 1, 0, 3], [0, 0, 0, 2]]})
     with pytest.raises(DataError, match="valid split: row 0"):
-        export(tmp_path, TrainConfig(model="din", embedding_dim=4, mm_dim=2))
+        export(tmp_path, din_cfg(embedding_dim=4, mm_dim=2))

@@ -147,7 +147,7 @@ def test_click_invariants(pairs: pl.DataFrame) -> None:
 
 
 def test_click_counts_default_total() -> None:
-    counts = syn.sample_click_counts(MakeSyntheticConfig(), np.random.default_rng(0))
+    counts = syn.sample_click_counts(MakeSyntheticConfig(n_items=3000, n_users=5000), np.random.default_rng(0))
     assert counts[0] == 0 and counts[1:].min() >= 5 and counts.max() <= 200
     assert abs(counts.sum() / 150_000 - 1) < 0.05
 

@@ -176,7 +176,8 @@ def load_section(path: str | Path, section: str, cls: type[T]) -> T:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sections. Field defaults document the meaning; params.yaml states every value explicitly.
+# Sections. params.yaml states every value and owns it: each field default equals its params.yaml value
+# (tests/test_config.py holds them equal), so code that builds a section without params means the same run.
 
 
 SYNTHETIC_RAW_DIR = "data/raw"  # make_synthetic's output in dvc.yaml
@@ -213,8 +214,8 @@ class MakeSyntheticConfig:
     """`make_synthetic`: size and planted-model strengths of the synthetic MicroLens-like dataset."""
 
     seed: int = 20250101
-    n_items: int = 3000
-    n_users: int = 5000
+    n_items: int = 1500
+    n_users: int = 10000
     mean_clicks_per_user: float = 30.0  # users click 5 + Poisson-lognormal more; ~150k clicks by default
     min_clicks_per_user: int = 5
     max_clicks_per_user: int = 200
@@ -333,7 +334,7 @@ class BuildSequencesConfig:
     """`build_sequences`: histories, train/valid/test split, sampled non-clicks, side features (the choices are
     described in pipeline/sequences/build.py)."""
 
-    max_len: int = 100
+    max_len: int = 20
     min_history: int = 1  # drop events with fewer earlier clicks than this
     # sampled: neg_ratio drawn non-clicks per click; exposures: the raw folder's unclicked impressions
     # (impressions.csv) are the negatives, and neg_ratio / neg_sampling / neg_exclude do not apply
@@ -341,7 +342,7 @@ class BuildSequencesConfig:
     split: Literal["leave_last", "time"] = "leave_last"  # per-user last events, or a global time cut
     valid_frac: float = 0.1  # split=time only: share of events (by time) in valid
     test_frac: float = 0.1  # split=time only: share in test
-    neg_ratio: int = 4  # sampled non-clicks per click
+    neg_ratio: int = 2  # sampled non-clicks per click
     neg_sampling: Literal["uniform", "popularity"] = "uniform"  # popularity: weight = clicks in the log + 1
     neg_exclude: Literal["before", "ever"] = "before"  # never sample the user's clicks before the event / at all
     max_tags: int = 5
@@ -366,7 +367,8 @@ class BuildSequencesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture hyperparameters (the winning configuration's values as defaults).
+    """Architecture hyperparameters (defaults: params.yaml's; the winner's own are the `winner` profile of
+    benchmarks/variants.py).
 
     `model` picks the architecture (model/factory.py); the `use_*` switches ablate one part of it. Fields a
     model does not read are ignored by it (DIN reads no transformer_*/first_k/concat_max_pool/cross_*/mlp_*
@@ -376,23 +378,23 @@ class ModelConfig:
     """
 
     model: Literal["transformer_dcn", "din", "meanpool"] = "transformer_dcn"
-    embedding_dim: int = 64
+    embedding_dim: int = 16
     use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
-    mm_dim: int = 0  # width of the projected frozen embedding; 0 = the frozen embedding's own width
+    mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
-    transformer_layers: int = 2
+    transformer_layers: int = 1
     num_heads: int = 1
-    dim_feedforward: int = 256
-    transformer_dropout: float = 0.2
-    first_k: int = 16
+    dim_feedforward: int = 64
+    transformer_dropout: float = 0.1
+    first_k: int = 8
     concat_max_pool: bool = True
-    mean_interest: bool = False  # transformer_dcn: add the mean history item u and target * u to the DCN input
+    mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
     use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
     cross_layers: int = 3
-    cross_rank: int = 0  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
-    dnn_hidden_units: tuple[int, ...] = (1024, 512, 256)
+    cross_rank: int = 8  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
+    dnn_hidden_units: tuple[int, ...] = (256, 128)
     mlp_hidden_units: tuple[int, ...] = (64, 32)
-    net_dropout: float = 0.2
+    net_dropout: float = 0.1
     din_attention_units: tuple[int, ...] = (64,)  # din: hidden units of the target-attention MLP
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
 
@@ -437,12 +439,12 @@ class TrainConfig(ModelConfig):
     the trained model computes (embedding_dropout is one of them: it acts in training only).
     """
 
-    learning_rate: float = 5e-4
-    batch_size: int = 128
+    learning_rate: float = 0.004
+    batch_size: int = 256
     eval_batch_size: int = 4096
-    epochs: int = 100  # passes over the train split, at most
-    max_steps: int = 0  # optimizer-step budget of the run, at most (0 = epochs alone decide)
-    patience: int = 5  # stop after this many validations in a row without a better valid AUC
+    epochs: int = 20  # passes over the train split, at most
+    max_steps: int = 13000  # optimizer-step budget of the run, at most (0 = epochs alone decide)
+    patience: int = 2  # stop after this many validations in a row without a better valid AUC
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0  # adamw's decoupled decay (w -= lr * weight_decay * w per step); 0 with adam
     embedding_regularizer: float = 0.0  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
@@ -501,7 +503,7 @@ class EmbeddingReportConfig:
     """`embedding_report`: neighbour agreement of the text, image and PCA embeddings (pipeline/itememb/report.py)
     and the faiss index that finds the neighbours."""
 
-    index: Literal["flat", "ivf", "hnsw"] = "flat"  # flat = exact; ivf / hnsw = approximate, recall reported
+    index: Literal["flat", "ivf", "hnsw"] = "ivf"  # flat = exact; ivf / hnsw = approximate, recall reported
     k: int = 10  # neighbours per item
     sample_items: int = 2000  # query items (a seeded sample when there are more; all items otherwise)
     seed: int = 0  # the sample, the random-neighbour baseline and IVF's k-means

@@ -19,7 +19,7 @@ from pipeline.core.io import DataError
 from pipeline.core.items import scatter_by_id
 from pipeline.sequences.build import SPLITS, RowSource, build_exposure_rows, build_split_rows
 from pipeline.sequences.item_features import build_item_features
-from pipeline.sources.challenge import find_challenge_files, read_item_feature, read_item_info, read_split
+from pipeline.sources.challenge import N_LEVELS, find_challenge_files, read_item_feature, read_item_info, read_split
 from pipeline.sources.microlens import (
     check_known_items,
     drop_repeated_events,
@@ -61,9 +61,6 @@ class SequenceData:
             Feature("likes_level", "categorical", "context", vocab_size=self.n_levels),
             Feature("views_level", "categorical", "context", vocab_size=self.n_levels),
         ))
-
-
-CHALLENGE_LEVELS = 11  # the challenge's likes_level / views_level are 0..10
 
 
 def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSequencesConfig) -> SequenceData:
@@ -125,4 +122,4 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
-    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), CHALLENGE_LEVELS, 0, 0)
+    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)
