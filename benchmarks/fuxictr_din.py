@@ -235,7 +235,8 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     from pipeline.core.stage import set_threads
 
     params = dataclasses.asdict(load_section(params_path, "train", TrainConfig))
-    overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "device": "cpu", "num_threads": threads, "resume": False}
+    overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "device": "cpu", "num_threads": threads,
+                 "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")
