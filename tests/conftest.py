@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -140,3 +142,109 @@ def project_copy(root: Path, params: str) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         run(cmd, root)
     return root
+
+
+# ------------------------------------------------------------------------ challenge-format files (tiny, valid)
+
+CHALLENGE_ITEMS = 6
+SEQ_LEN = 4
+SPLIT_SCHEMA = pl.Schema({"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
+                          "likes_level": pl.Int8, "views_level": pl.Int8, "label": pl.Float32,
+                          "event_ts": pl.Int64})
+
+
+def challenge_split(**changes: list) -> pl.DataFrame:
+    """A valid split as the challenge stores it (Int64 ids, List(Int64) histories, Float64 labels)."""
+    data: dict[str, list] = {
+        "user_id": [1, 1, 2, 3],
+        "item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0]],
+        "item_id": [2, 3, 1, 6],
+        "likes_level": [0, 10, 3, 5],
+        "views_level": [1, 2, 10, 0],
+        "label": [1.0, 0.0, 1.0, 0.0],
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+def write_frame(df: pl.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(path)
+    return path
+
+
+def challenge_item_info(n: int = CHALLENGE_ITEMS, **changes: list) -> pl.DataFrame:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((n + 1, 128)).astype(np.float32)
+    emb[0] = 0
+    data: dict[str, list] = {
+        "item_id": list(range(n + 1)),
+        "item_tags": [[0] * 5] + [[0] * (4 - i % 3) + list(range(1, 2 + i % 3)) for i in range(1, n + 1)],
+        "item_emb_d128": emb.tolist(),
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+def challenge_item_feature(n: int = CHALLENGE_ITEMS, **changes: list) -> pl.DataFrame:
+    rng = np.random.default_rng(1)
+    data: dict[str, list] = {
+        "item_id": list(range(1, n + 1)),
+        "item_title": [f"title {i}, with a comma" for i in range(1, n + 1)],
+        "item_tags": [[0, 0, 0, 0, i] for i in range(1, n + 1)],
+        "likes_level": [i % 11 for i in range(1, n + 1)],
+        "views_level": [(3 * i) % 11 for i in range(1, n + 1)],
+        "txt_emb_BERT": rng.standard_normal((n, 768)).tolist(),
+        "img_emb_CLIPRN50": rng.standard_normal((n, 1024)).tolist(),
+    }
+    data.update(changes)
+    return pl.DataFrame(data)
+
+
+def challenge_layout(root: Path, split_dir: Path, images: list[str] | None = None) -> None:
+    for name in ("train", "valid", "test"):
+        write_frame(challenge_split(), split_dir / f"{name}.parquet")
+    write_frame(challenge_item_info(), split_dir / "item_info.parquet")
+    write_frame(challenge_item_feature(), root / "item_feature.parquet")
+    for name in images or []:
+        (root / "item_images").mkdir(parents=True, exist_ok=True)
+        (root / "item_images" / name).write_bytes(b"")
+
+
+# ------------------------------------------------------------------------ params values out of range
+
+# (section, values, the key the one-line error must name): test_config checks each at load time, test_reliability
+# checks that a stage stops on each before it writes anything.
+OUT_OF_RANGE = [
+    ("fit_pca", {"dim": 0}, "fit_pca.dim"),
+    ("train", {"net_dropout": 1.0}, "train.net_dropout"),
+    ("train", {"transformer_dropout": -0.1}, "train.transformer_dropout"),
+    ("train", {"embedding_dim": 0}, "train.embedding_dim"),
+    ("train", {"dnn_hidden_units": [256, 0]}, "train.dnn_hidden_units"),
+    ("train", {"lr_decay": 0.0}, "train.lr_decay"),
+    ("train", {"learning_rate": 0.0}, "train.learning_rate"),
+    ("train", {"cross_layers": -1}, "train.cross_layers"),
+    ("train", {"embedding_dropout": 1.0}, "train.embedding_dropout"),
+    ("train", {"embedding_dropout": -0.1}, "train.embedding_dropout"),
+    ("train", {"embedding_regularizer": -1.0e-5}, "train.embedding_regularizer"),
+    ("train", {"net_regularizer": -1.0e-5}, "train.net_regularizer"),
+    ("train", {"optimizer": "adamw", "weight_decay": -0.01}, "train.weight_decay"),
+    ("train", {"optimizer": "adam", "weight_decay": 0.01}, "train.weight_decay"),  # decoupled decay needs adamw
+    ("train", {"warmup_steps": -1}, "train.warmup_steps"),
+    ("train", {"eval_steps": -1}, "train.eval_steps"),
+    ("train", {"max_steps": -1}, "train.max_steps"),
+    ("train", {"learning_rate": 0.001, "min_lr": 0.002}, "train.min_lr"),
+    ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
+    ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),
+    ("build_sequences", {"test_frac": 1.0}, "build_sequences.test_frac"),
+    ("build_sequences", {"neg_ratio": 0}, "build_sequences.neg_ratio"),
+    ("build_sequences", {"n_levels": 1}, "build_sequences.n_levels"),
+    ("build_sequences", {"min_history": -1}, "build_sequences.min_history"),
+    ("make_synthetic", {"n_items": 3000, "max_clicks_per_user": 3000}, "make_synthetic.max_clicks_per_user"),
+    ("make_synthetic", {"n_items": 19}, "make_synthetic.n_items"),
+    ("make_synthetic", {"cover_size": 31}, "make_synthetic.cover_size"),
+    ("extract_text", {"max_length": 513}, "extract_text.max_length"),
+    ("extract_text", {"model": "  "}, "extract_text.model"),
+    ("extract_image", {"batch_size": 0}, "extract_image.batch_size"),
+    ("evaluate", {"calibration_bins": 1}, "evaluate.calibration_bins"),
+]

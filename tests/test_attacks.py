@@ -236,7 +236,8 @@ RAW_ATTACKS: dict[str, Callable[[Lab], None]] = {
         lambda lab: (_write("impressions.csv", "user,item,timestamp,click\n1,2,30,0\n1,2,30,1\n")(lab),
                      lab.write_params(build_sequences={"negatives": "exposures"})),
         r"impressions\.csv: lines 2 and 3: user 1 shown item 2 at timestamp 30 with different click flags"),
-    "raw folder missing": _raw_error(lambda lab: shutil.rmtree(lab.raw), r"raw: raw data directory not found"),
+    "raw folder missing": _raw_error(lambda lab: shutil.rmtree(lab.raw),
+                                         r"(data\.raw_dir|--raw-dir): .*raw: no such folder"),
 }
 
 

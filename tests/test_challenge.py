@@ -21,32 +21,16 @@ from pipeline.sources.challenge import (
     write_challenge_dataset,
     write_submission,
 )
-
-N_ITEMS = 6
-SEQ_LEN = 4
-SPLIT_SCHEMA = pl.Schema({"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
-                          "likes_level": pl.Int8, "views_level": pl.Int8, "label": pl.Float32,
-                          "event_ts": pl.Int64})
-
-
-def _split(**changes: list) -> pl.DataFrame:
-    """A valid split as the challenge stores it (Int64 ids, List(Int64) histories, Float64 labels)."""
-    data: dict[str, list] = {
-        "user_id": [1, 1, 2, 3],
-        "item_seq": [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0]],
-        "item_id": [2, 3, 1, 6],
-        "likes_level": [0, 10, 3, 5],
-        "views_level": [1, 2, 10, 0],
-        "label": [1.0, 0.0, 1.0, 0.0],
-    }
-    data.update(changes)
-    return pl.DataFrame(data)
-
-
-def _write(df: pl.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.write_parquet(path)
-    return path
+from tests.conftest import (
+    CHALLENGE_ITEMS,
+    SEQ_LEN,
+    SPLIT_SCHEMA,
+    challenge_item_feature,
+    challenge_item_info,
+    challenge_layout,
+    challenge_split,
+    write_frame,
+)
 
 
 def _error(fn, path: Path, *args, **kwargs) -> str:
@@ -58,51 +42,13 @@ def _error(fn, path: Path, *args, **kwargs) -> str:
     return message
 
 
-def _item_info(n: int = N_ITEMS, **changes: list) -> pl.DataFrame:
-    rng = np.random.default_rng(0)
-    emb = rng.standard_normal((n + 1, 128)).astype(np.float32)
-    emb[0] = 0
-    data: dict[str, list] = {
-        "item_id": list(range(n + 1)),
-        "item_tags": [[0] * 5] + [[0] * (4 - i % 3) + list(range(1, 2 + i % 3)) for i in range(1, n + 1)],
-        "item_emb_d128": emb.tolist(),
-    }
-    data.update(changes)
-    return pl.DataFrame(data)
-
-
-def _item_feature(n: int = N_ITEMS, **changes: list) -> pl.DataFrame:
-    rng = np.random.default_rng(1)
-    data: dict[str, list] = {
-        "item_id": list(range(1, n + 1)),
-        "item_title": [f"title {i}, with a comma" for i in range(1, n + 1)],
-        "item_tags": [[0, 0, 0, 0, i] for i in range(1, n + 1)],
-        "likes_level": [i % 11 for i in range(1, n + 1)],
-        "views_level": [(3 * i) % 11 for i in range(1, n + 1)],
-        "txt_emb_BERT": rng.standard_normal((n, 768)).tolist(),
-        "img_emb_CLIPRN50": rng.standard_normal((n, 1024)).tolist(),
-    }
-    data.update(changes)
-    return pl.DataFrame(data)
-
-
 # ---------------------------------------------------------------------------------------------- discovery
-
-
-def _layout(root: Path, split_dir: Path, images: list[str] | None = None) -> None:
-    for name in ("train", "valid", "test"):
-        _write(_split(), split_dir / f"{name}.parquet")
-    _write(_item_info(), split_dir / "item_info.parquet")
-    _write(_item_feature(), root / "item_feature.parquet")
-    for name in images or []:
-        (root / "item_images").mkdir(parents=True, exist_ok=True)
-        (root / "item_images" / name).write_bytes(b"")
 
 
 def test_find_files_in_the_download_layout(tmp_path: Path) -> None:
     # As downloaded: splits and item_info in MicroLens_1M_x1/, item_feature and item_images beside it.
     sub = tmp_path / "MicroLens_1M_x1"
-    _layout(tmp_path, sub, images=["1.jpg", "2.jpg"])
+    challenge_layout(tmp_path, sub, images=["1.jpg", "2.jpg"])
     assert find_challenge_files(tmp_path) == ChallengeFiles(
         train=sub / "train.parquet", valid=sub / "valid.parquet", test=sub / "test.parquet",
         item_info=sub / "item_info.parquet", item_feature=tmp_path / "item_feature.parquet",
@@ -110,23 +56,23 @@ def test_find_files_in_the_download_layout(tmp_path: Path) -> None:
 
 
 def test_find_files_flat_without_images(tmp_path: Path) -> None:
-    _layout(tmp_path, tmp_path)
+    challenge_layout(tmp_path, tmp_path)
     files = find_challenge_files(tmp_path)
     assert files.train == tmp_path / "train.parquet" and (files.images, files.image_naming) == (None, None)
 
 
 def test_find_files_image_prefix_naming(tmp_path: Path) -> None:
-    _layout(tmp_path, tmp_path, images=["image1.jpg", "image2.jpg"])
+    challenge_layout(tmp_path, tmp_path, images=["image1.jpg", "image2.jpg"])
     assert find_challenge_files(tmp_path).image_naming == "image<id>.jpg"
 
 
 def test_find_files_missing_or_twice(tmp_path: Path) -> None:
-    _layout(tmp_path, tmp_path)
+    challenge_layout(tmp_path, tmp_path)
     (tmp_path / "valid.parquet").unlink()
     assert _error(find_challenge_files, tmp_path) == (
         f"{tmp_path}: no valid.parquet (looked in {tmp_path} and {tmp_path / 'MicroLens_1M_x1'})")
-    _write(_split(), tmp_path / "valid.parquet")
-    _write(_split(), tmp_path / "MicroLens_1M_x1" / "train.parquet")
+    write_frame(challenge_split(), tmp_path / "valid.parquet")
+    write_frame(challenge_split(), tmp_path / "MicroLens_1M_x1" / "train.parquet")
     assert _error(find_challenge_files, tmp_path) == (
         f"{tmp_path}: both {tmp_path / 'train.parquet'} and {tmp_path / 'MicroLens_1M_x1' / 'train.parquet'} "
         "exist; keep one")
@@ -136,26 +82,26 @@ def test_find_files_missing_or_twice(tmp_path: Path) -> None:
 
 
 def test_read_split_casts_to_the_split_contract(tmp_path: Path) -> None:
-    df = _split().with_columns(extra=pl.lit("x"))
-    split = read_split(_write(df, tmp_path / "train.parquet"), N_ITEMS)
+    df = challenge_split().with_columns(extra=pl.lit("x"))
+    split = read_split(write_frame(df, tmp_path / "train.parquet"), CHALLENGE_ITEMS)
     assert not split.labels_hidden
     assert split.rows.schema == SPLIT_SCHEMA
-    assert split.rows.drop("event_ts").rows() == _split().rows()
+    assert split.rows.drop("event_ts").rows() == challenge_split().rows()
     assert split.rows["event_ts"].to_list() == [0, 1, 2, 3]  # the row index: file order is event order
 
 
 def test_read_split_accepts_narrow_and_array_types(tmp_path: Path) -> None:
-    df = _split().with_columns(pl.col("user_id", "item_id").cast(pl.UInt32), pl.col("label").cast(pl.Int8),
+    df = challenge_split().with_columns(pl.col("user_id", "item_id").cast(pl.UInt32), pl.col("label").cast(pl.Int8),
                                pl.col("item_seq").cast(pl.Array(pl.Int16, SEQ_LEN)))
-    split = read_split(_write(df, tmp_path / "valid.parquet"), N_ITEMS)
-    assert split.rows.schema == SPLIT_SCHEMA and split.rows.drop("event_ts").rows() == _split().rows()
+    split = read_split(write_frame(df, tmp_path / "valid.parquet"), CHALLENGE_ITEMS)
+    assert split.rows.schema == SPLIT_SCHEMA and split.rows.drop("event_ts").rows() == challenge_split().rows()
 
 
 @pytest.mark.parametrize(("labels", "hidden"), [(None, True), ([0.0] * 4, True), ([-1.0] * 4, True),
                                                 ([1.0, None, 0.0, 1.0], True), ([1.0, 0.0, 0.0, 1.0], False)])
 def test_read_test_split_hidden_labels(tmp_path: Path, labels: list | None, hidden: bool) -> None:
-    df = _split().drop("label") if labels is None else _split(label=labels)
-    split = read_split(_write(df, tmp_path / "test.parquet"), N_ITEMS, require_labels=False)
+    df = challenge_split().drop("label") if labels is None else challenge_split(label=labels)
+    split = read_split(write_frame(df, tmp_path / "test.parquet"), CHALLENGE_ITEMS, require_labels=False)
     assert split.labels_hidden is hidden
     assert split.rows.schema == SPLIT_SCHEMA
     expected = [0.0] * 4 if hidden else labels
@@ -185,70 +131,74 @@ def test_read_test_split_hidden_labels(tmp_path: Path, labels: list | None, hidd
     ({"label": [1.0, None, 1.0, 0.0]}, "row 1: label is null"),
 ])
 def test_read_split_bad_values_name_the_row(tmp_path: Path, changes: dict, problem: str) -> None:
-    path = _write(_split(**changes), tmp_path / "train.parquet")
-    assert _error(read_split, path, N_ITEMS) == f"{path}: {problem}"
+    path = write_frame(challenge_split(**changes), tmp_path / "train.parquet")
+    assert _error(read_split, path, CHALLENGE_ITEMS) == f"{path}: {problem}"
 
 
 @pytest.mark.parametrize(("df", "problem"), [
-    (_split().drop("label"), "missing column 'label' (has user_id, item_seq, item_id, likes_level, views_level)"),
-    (_split().drop("item_seq"), "missing column 'item_seq' (has user_id, item_id, likes_level, views_level, label)"),
-    (_split().with_columns(pl.col("item_id").cast(pl.Float64)),
+    (challenge_split().drop("label"),
+     "missing column 'label' (has user_id, item_seq, item_id, likes_level, views_level)"),
+    (challenge_split().drop("item_seq"),
+     "missing column 'item_seq' (has user_id, item_id, likes_level, views_level, label)"),
+    (challenge_split().with_columns(pl.col("item_id").cast(pl.Float64)),
      "column 'item_id' has dtype Float64, expected an integer type"),
-    (_split().with_columns(pl.col("item_seq").cast(pl.List(pl.Utf8))),
+    (challenge_split().with_columns(pl.col("item_seq").cast(pl.List(pl.Utf8))),
      "column 'item_seq' has dtype List(String), expected a list of integers"),
-    (_split().with_columns(pl.col("label").cast(pl.Utf8)), "column 'label' has dtype String, expected a number type"),
-    (_split().head(0), "no rows"),
+    (challenge_split().with_columns(pl.col("label").cast(pl.Utf8)),
+     "column 'label' has dtype String, expected a number type"),
+    (challenge_split().head(0), "no rows"),
 ])
 def test_read_split_bad_columns(tmp_path: Path, df: pl.DataFrame, problem: str) -> None:
-    path = _write(df, tmp_path / "train.parquet")
-    assert _error(read_split, path, N_ITEMS) == f"{path}: {problem}"
+    path = write_frame(df, tmp_path / "train.parquet")
+    assert _error(read_split, path, CHALLENGE_ITEMS) == f"{path}: {problem}"
 
 
 def test_read_split_missing_or_corrupt_file(tmp_path: Path) -> None:
-    assert _error(read_split, tmp_path / "train.parquet", N_ITEMS) == f"{tmp_path / 'train.parquet'}: file not found"
+    missing = tmp_path / "train.parquet"
+    assert _error(read_split, missing, CHALLENGE_ITEMS) == f"{missing}: file not found"
     path = tmp_path / "valid.parquet"
     path.write_bytes(b"PAR1 not really")
-    assert _error(read_split, path, N_ITEMS).startswith(f"{path}: not a readable parquet file (")
+    assert _error(read_split, path, CHALLENGE_ITEMS).startswith(f"{path}: not a readable parquet file (")
 
 
 # ---------------------------------------------------------------------------------------------- item_info
 
 
 def test_read_item_info(tmp_path: Path) -> None:
-    df = _item_info()
-    info = read_item_info(_write(df, tmp_path / "item_info.parquet"))
-    assert info.n_items == N_ITEMS
+    df = challenge_item_info()
+    info = read_item_info(write_frame(df, tmp_path / "item_info.parquet"))
+    assert info.n_items == CHALLENGE_ITEMS
     assert info.tags.schema == pl.Schema({"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     assert info.tags.rows() == df.select("item_id", "item_tags").rows()
-    assert info.emb_d128.dtype == np.float32 and info.emb_d128.shape == (N_ITEMS + 1, 128)
+    assert info.emb_d128.dtype == np.float32 and info.emb_d128.shape == (CHALLENGE_ITEMS + 1, 128)
     np.testing.assert_array_equal(info.emb_d128, np.array(df["item_emb_d128"].to_list(), dtype=np.float32))
 
 
 def _emb_rows(n: int, row: int, value: list) -> list:
-    rows = _item_info(n)["item_emb_d128"].to_list()
+    rows = challenge_item_info(n)["item_emb_d128"].to_list()
     rows[row] = value
     return rows
 
 
 @pytest.mark.parametrize(("df", "problem"), [
-    (_item_info(item_id=[0, 1, 3, 2, 4, 5, 6]),
+    (challenge_item_info(item_id=[0, 1, 3, 2, 4, 5, 6]),
      "row 2 holds item_id 3; an item table must hold item i at row i, from 0 (padding)"),
-    (_item_info(item_id=[1, 2, 3, 4, 5, 6, 7]),
+    (challenge_item_info(item_id=[1, 2, 3, 4, 5, 6, 7]),
      "row 0 holds item_id 1; an item table must hold item i at row i, from 0 (padding)"),
-    (_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
+    (challenge_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
      "row 2: item_tags has length 4, expected length 5"),
-    (_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 0, -1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
+    (challenge_item_info(item_tags=[[0] * 5, [0, 0, 0, 0, 1], [0, 0, 0, -1, 2], [1] * 5, [1] * 5, [1] * 5, [1] * 5]),
      "row 2: item_tags holds a tag id outside 0..2147483647"),
-    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 3, [0.5] * 127)),
+    (challenge_item_info(item_emb_d128=_emb_rows(CHALLENGE_ITEMS, 3, [0.5] * 127)),
      "row 3: item_emb_d128 has length 127, expected length 128"),
-    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 4, [float("nan")] * 128)),
+    (challenge_item_info(item_emb_d128=_emb_rows(CHALLENGE_ITEMS, 4, [float("nan")] * 128)),
      "row 4: item_emb_d128 holds a non-finite value"),
-    (_item_info(item_emb_d128=_emb_rows(N_ITEMS, 0, [0.5] * 128)),
+    (challenge_item_info(item_emb_d128=_emb_rows(CHALLENGE_ITEMS, 0, [0.5] * 128)),
      "row 0 (the padding item) must have all-zero item_tags and item_emb_d128"),
-    (_item_info().head(1), "1 rows; expected the padding row 0 and at least one item"),
+    (challenge_item_info().head(1), "1 rows; expected the padding row 0 and at least one item"),
 ])
 def test_read_item_info_bad(tmp_path: Path, df: pl.DataFrame, problem: str) -> None:
-    path = _write(df, tmp_path / "item_info.parquet")
+    path = write_frame(df, tmp_path / "item_info.parquet")
     assert _error(read_item_info, path) == f"{path}: {problem}"
 
 
@@ -256,16 +206,16 @@ def test_read_item_info_bad(tmp_path: Path, df: pl.DataFrame, problem: str) -> N
 
 
 def test_read_item_feature_sorts_by_id(tmp_path: Path) -> None:
-    df = _item_feature().with_columns(item_title=pl.Series(["a, b", None, 'say "x"', "", "猫", "multi\nline"]))
+    df = challenge_item_feature().with_columns(item_title=pl.Series(["a, b", None, 'say "x"', "", "猫", "multi\nline"]))
     shuffled = df[[3, 0, 5, 1, 4, 2]]
-    feature = read_item_feature(_write(shuffled, tmp_path / "item_feature.parquet"), n_items=N_ITEMS)
-    assert feature.item_ids.tolist() == list(range(1, N_ITEMS + 1))
+    feature = read_item_feature(write_frame(shuffled, tmp_path / "item_feature.parquet"), n_items=CHALLENGE_ITEMS)
+    assert feature.item_ids.tolist() == list(range(1, CHALLENGE_ITEMS + 1))
     assert feature.titles.schema == pl.Schema({"item_id": pl.Int32, "title": pl.Utf8})
     assert feature.titles.rows() == [(1, "a, b"), (2, ""), (3, 'say "x"'), (4, ""), (5, "猫"), (6, "multi\nline")]
     assert feature.levels.schema == pl.Schema({"item_id": pl.Int32, "likes_level": pl.Int8, "views_level": pl.Int8})
     assert feature.levels.rows() == df.select("item_id", "likes_level", "views_level").rows()
     for arr, column, dim in ((feature.text_emb, "txt_emb_BERT", 768), (feature.image_emb, "img_emb_CLIPRN50", 1024)):
-        assert arr.dtype == np.float32 and arr.shape == (N_ITEMS, dim)
+        assert arr.dtype == np.float32 and arr.shape == (CHALLENGE_ITEMS, dim)
         np.testing.assert_array_equal(arr, np.array(df[column].to_list(), dtype=np.float32))
 
 
@@ -276,22 +226,22 @@ def _vectors(n: int, dim: int, row: int, value: list) -> list:
 
 
 @pytest.mark.parametrize(("df", "n_items", "problem"), [
-    (_item_feature(item_id=[1, 2, 3, 2, 5, 6]), None, "item_id 2 appears twice (rows 1 and 3)"),
-    (_item_feature(item_id=[1, 2, 3, 4, 5, 7]), None, "row 5: item_id 7 is outside 1..6"),
-    (_item_feature(item_id=[1, 2, 3, 4, 5, 0]), None, "row 5: item_id 0 is outside 1..6"),
-    (_item_feature(), 7, "6 items, expected each of 1..7 once; item_id 7 is missing"),
-    (_item_feature(), 5, "row 5: item_id 6 is outside 1..5"),
-    (_item_feature(likes_level=[0, 1, 2, 11, 4, 5]), None, "row 3: likes_level 11 is outside 0..10"),
-    (_item_feature(views_level=[0, 1, None, 3, 4, 5]), None, "row 2: views_level is null"),
-    (_item_feature(txt_emb_BERT=_vectors(6, 768, 4, [0.0] * 512)), None,
+    (challenge_item_feature(item_id=[1, 2, 3, 2, 5, 6]), None, "item_id 2 appears twice (rows 1 and 3)"),
+    (challenge_item_feature(item_id=[1, 2, 3, 4, 5, 7]), None, "row 5: item_id 7 is outside 1..6"),
+    (challenge_item_feature(item_id=[1, 2, 3, 4, 5, 0]), None, "row 5: item_id 0 is outside 1..6"),
+    (challenge_item_feature(), 7, "6 items, expected each of 1..7 once; item_id 7 is missing"),
+    (challenge_item_feature(), 5, "row 5: item_id 6 is outside 1..5"),
+    (challenge_item_feature(likes_level=[0, 1, 2, 11, 4, 5]), None, "row 3: likes_level 11 is outside 0..10"),
+    (challenge_item_feature(views_level=[0, 1, None, 3, 4, 5]), None, "row 2: views_level is null"),
+    (challenge_item_feature(txt_emb_BERT=_vectors(6, 768, 4, [0.0] * 512)), None,
      "row 4: txt_emb_BERT has length 512, expected length 768"),
-    (_item_feature(img_emb_CLIPRN50=_vectors(6, 1024, 1, [float("inf")] * 1024)), None,
+    (challenge_item_feature(img_emb_CLIPRN50=_vectors(6, 1024, 1, [float("inf")] * 1024)), None,
      "row 1: img_emb_CLIPRN50 holds a non-finite value"),
-    (_item_feature().drop("txt_emb_BERT"), None,
+    (challenge_item_feature().drop("txt_emb_BERT"), None,
      "missing column 'txt_emb_BERT' (has item_id, item_title, item_tags, likes_level, views_level, img_emb_CLIPRN50)"),
 ])
 def test_read_item_feature_bad(tmp_path: Path, df: pl.DataFrame, n_items: int | None, problem: str) -> None:
-    path = _write(df, tmp_path / "item_feature.parquet")
+    path = write_frame(df, tmp_path / "item_feature.parquet")
     assert _error(read_item_feature, path, n_items) == f"{path}: {problem}"
 
 
@@ -339,24 +289,24 @@ def test_written_dataset_reads_back_through_the_readers(tmp_path: Path) -> None:
     """write_challenge_dataset writes what the readers accept and give back: splits without event_ts, item_info
     indexed by item id, item_feature with the levels the splits carry."""
     rng = np.random.default_rng(0)
-    splits = {name: _split().with_columns(pl.col("label").cast(pl.Float32), event_ts=pl.lit(7, pl.Int64))
+    splits = {name: challenge_split().with_columns(pl.col("label").cast(pl.Float32), event_ts=pl.lit(7, pl.Int64))
               for name in ("train", "valid", "test")}
-    info = _item_info()
+    info = challenge_item_info()
     tags = np.array(info["item_tags"].to_list())
     emb = np.array(info["item_emb_d128"].to_list(), dtype=np.float32)
-    text, image = rng.standard_normal((N_ITEMS, 768)), rng.standard_normal((N_ITEMS, 1024))
-    titles = [f"title {i}" for i in range(1, N_ITEMS + 1)]
+    text, image = rng.standard_normal((CHALLENGE_ITEMS, 768)), rng.standard_normal((CHALLENGE_ITEMS, 1024))
+    titles = [f"title {i}" for i in range(1, CHALLENGE_ITEMS + 1)]
     write_challenge_dataset(tmp_path, splits, item_tags=tags, item_emb=emb, titles=titles, text_emb=text,
                             image_emb=image)
     files = find_challenge_files(tmp_path)
     for name in ("train", "valid", "test"):
-        back = read_split(getattr(files, name), N_ITEMS).rows
+        back = read_split(getattr(files, name), CHALLENGE_ITEMS).rows
         assert back.drop("event_ts").equals(splits[name].drop("event_ts"))
         assert "event_ts" not in pl.read_parquet(getattr(files, name)).columns
     got = read_item_info(files.item_info)
     np.testing.assert_array_equal(got.emb_d128, emb)
     assert got.tags["item_tags"].to_list() == info["item_tags"].to_list()
-    feat = read_item_feature(files.item_feature, N_ITEMS)
+    feat = read_item_feature(files.item_feature, CHALLENGE_ITEMS)
     assert feat.titles["title"].to_list() == titles
     np.testing.assert_allclose(feat.text_emb, text, rtol=1e-6)
     levels = dict(zip(splits["train"]["item_id"].to_list(), splits["train"]["likes_level"].to_list(), strict=True))

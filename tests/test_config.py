@@ -22,6 +22,7 @@ from pipeline.core.config import (
     load_section,
     parse_yaml,
 )
+from tests.conftest import OUT_OF_RANGE
 
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
@@ -136,39 +137,6 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
         "a": 1e-05, "b": 1000, "c": "1e-3", "d": 0.015, "e": "e5"}
 
 
-OUT_OF_RANGE = [
-    ("fit_pca", {"dim": 0}, "fit_pca.dim"),
-    ("train", {"net_dropout": 1.0}, "train.net_dropout"),
-    ("train", {"transformer_dropout": -0.1}, "train.transformer_dropout"),
-    ("train", {"embedding_dim": 0}, "train.embedding_dim"),
-    ("train", {"dnn_hidden_units": [256, 0]}, "train.dnn_hidden_units"),
-    ("train", {"lr_decay": 0.0}, "train.lr_decay"),
-    ("train", {"learning_rate": 0.0}, "train.learning_rate"),
-    ("train", {"cross_layers": -1}, "train.cross_layers"),
-    ("train", {"embedding_dropout": 1.0}, "train.embedding_dropout"),
-    ("train", {"embedding_dropout": -0.1}, "train.embedding_dropout"),
-    ("train", {"embedding_regularizer": -1.0e-5}, "train.embedding_regularizer"),
-    ("train", {"net_regularizer": -1.0e-5}, "train.net_regularizer"),
-    ("train", {"optimizer": "adamw", "weight_decay": -0.01}, "train.weight_decay"),
-    ("train", {"optimizer": "adam", "weight_decay": 0.01}, "train.weight_decay"),  # decoupled decay needs adamw
-    ("train", {"warmup_steps": -1}, "train.warmup_steps"),
-    ("train", {"eval_steps": -1}, "train.eval_steps"),
-    ("train", {"max_steps": -1}, "train.max_steps"),
-    ("train", {"learning_rate": 0.001, "min_lr": 0.002}, "train.min_lr"),
-    ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
-    ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),
-    ("build_sequences", {"test_frac": 1.0}, "build_sequences.test_frac"),
-    ("build_sequences", {"neg_ratio": 0}, "build_sequences.neg_ratio"),
-    ("build_sequences", {"n_levels": 1}, "build_sequences.n_levels"),
-    ("build_sequences", {"min_history": -1}, "build_sequences.min_history"),
-    ("make_synthetic", {"n_items": 3000, "max_clicks_per_user": 3000}, "make_synthetic.max_clicks_per_user"),
-    ("make_synthetic", {"n_items": 19}, "make_synthetic.n_items"),
-    ("make_synthetic", {"cover_size": 31}, "make_synthetic.cover_size"),
-    ("extract_text", {"max_length": 513}, "extract_text.max_length"),
-    ("extract_text", {"model": "  "}, "extract_text.model"),
-    ("extract_image", {"batch_size": 0}, "extract_image.batch_size"),
-    ("evaluate", {"calibration_bins": 1}, "evaluate.calibration_bins"),
-]
 
 
 @pytest.mark.parametrize(("section", "values", "key"), OUT_OF_RANGE)

@@ -35,8 +35,7 @@ from pipeline.itememb.pca import FittedPCA, fit_pca
 from pipeline.sources.microlens import read_pairs
 from pipeline.training.checkpoint import FitState, load_checkpoint
 from pipeline.training.data import check_item_tables, load_item_tables, load_split
-from tests.conftest import feature_map, small_model, toy_split, train_cfg
-from tests.test_config import OUT_OF_RANGE
+from tests.conftest import OUT_OF_RANGE, feature_map, small_model, toy_split, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"

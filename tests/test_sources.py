@@ -16,7 +16,7 @@ from pipeline.core.config import (
 from pipeline.core.io import DataError
 from pipeline.sequences.inputs import microlens_sequences
 from pipeline.sources.items import item_cover_paths, item_titles
-from tests.test_challenge import N_ITEMS, _layout
+from tests.conftest import CHALLENGE_ITEMS, challenge_layout
 
 
 @pytest.mark.parametrize("data, message", [
@@ -58,9 +58,9 @@ def test_microlens_titles_and_covers(tmp_path):
 
 
 def test_challenge_titles_and_covers(tmp_path):
-    _layout(tmp_path, tmp_path / "MicroLens_1M_x1", images=[f"{i}.jpg" for i in range(1, N_ITEMS + 1)])
+    challenge_layout(tmp_path, tmp_path / "MicroLens_1M_x1", images=[f"{i}.jpg" for i in range(1, CHALLENGE_ITEMS + 1)])
     titles = item_titles("mmctr", tmp_path)
-    assert titles["item_id"].to_list() == list(range(1, N_ITEMS + 1))
+    assert titles["item_id"].to_list() == list(range(1, CHALLENGE_ITEMS + 1))
     assert titles["title"][0] == "title 1, with a comma"
     paths = item_cover_paths("mmctr", tmp_path, np.array([3]))
     assert paths == [tmp_path / "item_images" / "3.jpg"]

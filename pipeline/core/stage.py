@@ -50,9 +50,15 @@ def file_options(*names: str) -> Callable[[F], F]:
 
 
 def data_section(params_path: str, raw_dir: str | None) -> tuple[DataConfig, str]:
-    """The params file's checked `data` section, and the raw folder: `raw_dir` when given, else data.raw_dir."""
+    """The params file's checked `data` section, and the raw folder: `raw_dir` when given, else data.raw_dir. A
+    folder that is not there is a DataError naming where it came from (the params key, or --raw-dir)."""
     data = load_section(params_path, "data", DataConfig)
-    return data, data.raw_dir if raw_dir is None else raw_dir
+    where, folder = ("data.raw_dir", data.raw_dir) if raw_dir is None else ("--raw-dir", raw_dir)
+    if not Path(folder).is_dir():
+        what = "no such folder" if not Path(folder).exists() else "not a folder"
+        raise DataError(f"{where}: {folder}: {what} (the raw data of data.source {data.source!r}; set data.raw_dir "
+                        f"in {params_path} to it)")
+    return data, folder
 
 
 def error_line(e: BaseException) -> str | None:
