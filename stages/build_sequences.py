@@ -16,14 +16,14 @@ import click
 
 from pipeline.core.config import BuildSequencesConfig, load_section
 from pipeline.core.io import atomic_path, write_json, write_parquet
-from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.sequences.build import SPLITS
 from pipeline.sequences.inputs import challenge_sequences, microlens_sequences
 
 log = logging.getLogger("build_sequences")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @raw_dir_option
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False))
 @file_options("--items:items_out", "--feature-map", "--metrics")

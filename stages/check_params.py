@@ -15,10 +15,10 @@ import click
 
 from pipeline.core.config import check_params
 from pipeline.core.io import write_json
-from pipeline.core.stage import file_options, params_option, stage_main
+from pipeline.core.stage import file_options, params_option, stage_main, summary
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @file_options("--out")
 @params_option
 @stage_main

@@ -17,14 +17,14 @@ import polars as pl
 
 from pipeline.core.config import EmbeddingReportConfig, load_section
 from pipeline.core.io import read_parquet, write_json
-from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.itememb.report import embedding_report, frame_table, item_info_table, item_tag_sets
 from pipeline.sources.planted import PlantedModel
 
 log = logging.getLogger("embedding_report")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @file_options("--text", "--image", "--item-info", "--items")
 @raw_dir_option
 @file_options("--metrics")

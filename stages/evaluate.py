@@ -31,6 +31,7 @@ from pipeline.core.stage import (
     raw_dir_option,
     readable,
     stage_main,
+    summary,
 )
 from pipeline.sources.challenge import write_submission
 from pipeline.sources.microlens import drop_repeated_events, find_microlens_files, read_pairs
@@ -42,7 +43,7 @@ from pipeline.training.predict import predict_logits
 log = logging.getLogger("evaluate")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @file_options("--model:model_path", "--test:test_path")
 @raw_dir_option
 @file_options("--metrics", "--roc", "--calibration", "--predictions", "--submission")

@@ -23,14 +23,14 @@ from pipeline.core.config import FitPCAConfig, load_section
 from pipeline.core.feature_map import mm_column
 from pipeline.core.io import DataError, atomic_path, read_parquet, write_json, write_parquet
 from pipeline.core.items import check_item_table, scatter_by_id
-from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main
+from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
 from pipeline.itememb.pca import fit_pca
 
 log = logging.getLogger("fit_pca")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @file_options("--text", "--image", "--items")
 @raw_dir_option
 @file_options("--out", "--transform", "--metrics", "--plot")

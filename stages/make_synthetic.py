@@ -14,13 +14,13 @@ from pathlib import Path
 import click
 
 from pipeline.core.config import MakeSyntheticConfig, load_section
-from pipeline.core.stage import params_option, stage_main
+from pipeline.core.stage import params_option, stage_main, summary
 from pipeline.sources.synthetic import generate
 
 log = logging.getLogger("make_synthetic")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="raw dataset directory to write")
 @params_option
 @stage_main

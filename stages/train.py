@@ -21,7 +21,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.stage import file_options, params_option, set_threads, stage_main
+from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import model_config, resume_path, save_checkpoint
 from pipeline.training.data import check_item_tables, load_item_tables, load_split
 from pipeline.training.loop import fit
@@ -29,7 +29,7 @@ from pipeline.training.loop import fit
 log = logging.getLogger("train")
 
 
-@click.command()
+@click.command(help=summary(__doc__))
 @file_options("--train:train_path", "--valid:valid_path", "--item-info", "--feature-map", "--model:model_path")
 @click.option("--live-dir", required=True, type=click.Path(file_okay=False))
 @params_option

@@ -6,6 +6,7 @@ covered by one of that stage's deps, a file or a folder above it. A module missi
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -144,3 +145,14 @@ def test_no_params_value_reaches_a_shell_command(stage: str) -> None:
     cmd = STAGES[stage]["cmd"]
     assert "${" not in cmd, f"dvc.yaml stage {stage!r} interpolates a value into its cmd: {cmd!r}"
     assert re.fullmatch(r"[\w./ \n-]+", cmd), f"dvc.yaml stage {stage!r}: shell-special characters in {cmd!r}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_every_stage_describes_itself_in_its_help(stage: str) -> None:
+    """`python -m stages.<name> --help` starts with the stage's one-line description (its module docstring)."""
+    from click.testing import CliRunner
+
+    module = importlib.import_module(f"stages.{stage}")
+    result = CliRunner().invoke(module.main, ["--help"])
+    assert result.exit_code == 0
+    assert f"Stage {stage}:" in result.output

@@ -36,6 +36,11 @@ raw_dir_option = click.option(
 )
 
 
+def summary(doc: str) -> str:
+    """The first line of a stage module's docstring: its `--help` description."""
+    return doc.strip().splitlines()[0]
+
+
 def file_options(*names: str) -> Callable[[F], F]:
     """Required file-path options, in the order given (--help shows them so): "--item-info" reaches the stage as
     `item_info`, "--model:model_path" as `model_path` (a name that shadows no import)."""

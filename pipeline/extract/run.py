@@ -17,7 +17,15 @@ import torch
 
 from pipeline.core.config import load_section
 from pipeline.core.distributed import Dist, distributed
-from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, set_threads, stage_main
+from pipeline.core.stage import (
+    data_section,
+    file_options,
+    params_option,
+    raw_dir_option,
+    set_threads,
+    stage_main,
+    summary,
+)
 from pipeline.extract.batching import BatchSize
 from pipeline.extract.store import ShardStore, write_extraction
 
@@ -40,4 +48,4 @@ def extraction_command(section: str, config_type: type, extract: Extraction, doc
 
     main = stage_main(main, section)
     main = raw_dir_option(file_options("--out", "--metrics")(params_option(main)))
-    return click.command(name=section, help=doc.strip().split("\n")[0])(main)
+    return click.command(name=section, help=summary(doc))(main)
