@@ -27,7 +27,6 @@ cannot be made equal.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -79,7 +78,7 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
                       that row's real history oldest first. A row's history is its own, not a prefix of one
                       sequence per user, because the splits keep only the last max_len clicks of each history.
     item_info.parquet item_index Int64, item_id Int32, item_tags List(Int32), item_emb_d<M> List(Float32) (with
-                      cfg.use_mm_emb only); row i holds item i (FuxiCTR joins by position), as load_item_tables
+                      cfg.arch.use_mm_emb only); row i holds item i (FuxiCTR joins by position), as load_item_tables
                       has checked
     feature_map.json  FuxiCTR's feature map (dataset_id "mmctr"): meta columns, the context features, and the item
                       features of `fmap` with ours' widths and padding id 0
@@ -122,7 +121,7 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
         "item_id": pl.Series(np.arange(item_tags.shape[0]), dtype=pl.Int32),
         "item_tags": pl.Series(item_tags.numpy().astype(np.int32)).arr.to_list(),
     })
-    if cfg.use_mm_emb:
+    if cfg.arch.use_mm_emb:
         items = items.with_columns(pl.Series(mm.name, item_mm.numpy()).arr.to_list())
     items.write_parquet(out_dir / "item_info.parquet")
 
@@ -136,21 +135,21 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
                        "max_len": item_tags.shape[1], "padding_idx": 0,
                        "feature_encoder": "layers.MaskedAveragePooling()"}},
     ]
-    if cfg.use_mm_emb:
+    if cfg.arch.use_mm_emb:
         features.append({mm.name: {"type": "embedding", "source": "item", "pretrain_dim": mm.embedding_dim,
-                                   "embedding_dim": cfg.mm_dim or mm.embedding_dim}})
+                                   "embedding_dim": cfg.arch.mm_dim or mm.embedding_dim}})
     feature_map = {"dataset_id": DATASET_ID, "labels": [fmap.label], "features": features}
     (out_dir / "feature_map.json").write_text(json.dumps(feature_map, indent=2) + "\n")
 
 
 def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int) -> dict[str, Any]:
     """What the worker needs: FuxiCTR DIN's constructor arguments matched to `cfg`, and the loop's settings."""
-    activation = "Dice" if cfg.dice else "ReLU"
-    din = {"model_id": "DIN", "gpu": -1, "task": "binary_classification", "embedding_dim": cfg.embedding_dim,
-           "attention_hidden_units": list(cfg.din_attention_units), "attention_hidden_activations": activation,
+    activation = "Dice" if cfg.arch.dice else "ReLU"
+    din = {"model_id": "DIN", "gpu": -1, "task": "binary_classification", "embedding_dim": cfg.arch.embedding_dim,
+           "attention_hidden_units": list(cfg.arch.din_attention_units), "attention_hidden_activations": activation,
            "attention_output_activation": None, "attention_dropout": 0, "din_use_softmax": False,
-           "dnn_hidden_units": list(cfg.dnn_hidden_units), "dnn_activations": activation,
-           "net_dropout": cfg.net_dropout, "batch_norm": False, "accumulation_steps": 1,
+           "dnn_hidden_units": list(cfg.arch.dnn_hidden_units), "dnn_activations": activation,
+           "net_dropout": cfg.arch.net_dropout, "batch_norm": False, "accumulation_steps": 1,
            "embedding_regularizer": None, "net_regularizer": None, "optimizer": "adam", "loss": "binary_crossentropy",
            "learning_rate": cfg.learning_rate, "metrics": ["logloss", "AUC"], "monitor": "AUC",
            "monitor_mode": "max", "early_stop_patience": cfg.patience, "reduce_lr_on_plateau": True,
@@ -223,18 +222,16 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
-    from pipeline.core.metrics import sigmoid
-    from pipeline.training.checkpoint import model_config
-    from pipeline.training.data import load_item_tables, load_split
+    from pipeline.core.config import TrainConfig, from_dict, load_section, params_dict
+    from pipeline.core.feature_map import FeatureMap
+    from pipeline.core.metrics import auc, logloss, sigmoid
+    from pipeline.core.stage import set_threads
     from pipeline.training import loop
+    from pipeline.training.data import load_item_tables, load_split
     from pipeline.training.loop import fit
     from pipeline.training.predict import evaluate_split, predict_logits
-    from pipeline.core.config import TrainConfig, from_dict, load_section
-    from pipeline.core.feature_map import FeatureMap
-    from pipeline.core.metrics import auc, logloss
-    from pipeline.core.stage import set_threads
 
-    params = dataclasses.asdict(load_section(params_path, "train", TrainConfig))
+    params = params_dict(load_section(params_path, "train", TrainConfig))
     overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "device": "cpu", "num_threads": threads,
                  "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
@@ -254,7 +251,7 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     fux_probs = np.load(work_dir / "test_probs.npy")
 
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config(cfg), fmap, tags, mm)
+    model = build_model(cfg.arch, fmap, tags, mm)
     valid_spans: list[tuple[float, float]] = []
     evaluate_split = evaluate_split
 
@@ -275,10 +272,11 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "threads": torch.get_num_threads()}
 
+    arch = cfg.arch
     print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, CPU, "
           f"epochs <= {cfg.epochs} (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.learning_rate}, "
-          f"embedding {cfg.embedding_dim}, mm {'off' if not cfg.use_mm_emb else cfg.mm_dim or mm_dim}, attention "
-          f"{list(cfg.din_attention_units)}, DNN {list(cfg.dnn_hidden_units)}, dropout {cfg.net_dropout}")
+          f"embedding {arch.embedding_dim}, mm {'off' if not arch.use_mm_emb else arch.mm_dim or mm_dim}, attention "
+          f"{list(arch.din_attention_units)}, DNN {list(arch.dnn_hidden_units)}, dropout {arch.net_dropout}")
     header = (f"{'framework':16s} {'test AUC':>9s} {'logloss':>8s} {'best val':>9s} {'samples/s':>10s} "
               f"{'epoch s':>8s} {'valid s':>8s} {'epochs':>6s} {'threads':>7s} {'params':>8s}")
     print(header)
@@ -293,7 +291,7 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     if (cfg.lr_decay, cfg.min_lr) != (FUXICTR_LR_DECAY, FUXICTR_MIN_LR):
         notes.append(f"lr on plateau: FuxiCTR x{FUXICTR_LR_DECAY} down to {FUXICTR_MIN_LR} (fixed), ours "
                      f"x{cfg.lr_decay} down to {cfg.min_lr}")
-    if cfg.dice:
+    if cfg.arch.dice:
         notes.append("Dice: FuxiCTR's attention MLP normalises over padded history positions too, ours over real "
                      "ones only")
     for note in notes:

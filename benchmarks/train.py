@@ -30,10 +30,9 @@ import yaml
 from torch import nn
 
 from model.factory import build_model
-from pipeline.core.config import TrainConfig, from_dict, load_section
+from pipeline.core.config import TrainConfig, from_dict, load_section, params_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import pick_device
-from pipeline.training.checkpoint import model_config
 from pipeline.training.data import SplitTensors, load_item_tables, load_split, make_batch
 from pipeline.training.loop import optimizer_step
 from pipeline.training.predict import autocast, predict_logits
@@ -89,7 +88,7 @@ def stage_batches(split: SplitTensors, cfg: TrainConfig, device: torch.device, s
         order = torch.randperm(len(split), generator=gen)
         for start in range(0, len(split), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            yield make_batch(split, idx, cfg.first_k, device), split.label[idx].to(device, non_blocking=True)
+            yield make_batch(split, idx, cfg.arch.first_k, device), split.label[idx].to(device, non_blocking=True)
 
 
 def naive_batches(dataset: RowDataset, cfg: TrainConfig, device: torch.device, workers: int):
@@ -114,7 +113,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     cfg = load_section(params_path, "train", TrainConfig)
     if overrides:
         values = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
-        cfg = from_dict(TrainConfig, {**dataclasses.asdict(cfg), **values}, "train")
+        cfg = from_dict(TrainConfig, {**params_dict(cfg), **values}, "train")
     device = pick_device(device, "--device")
     tags, mm, mm_dim = load_item_tables(f"{data}/features/item_info.parquet")
     fmap = FeatureMap.load(f"{data}/sequences/feature_map.json").with_mm_embedding(mm_dim)
@@ -123,7 +122,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     pad_to = train.item_seq.shape[1]
     context = [f.name for f in fmap.context_features]
     torch.manual_seed(cfg.seed)
-    initial = build_model(model_config(cfg), fmap, tags, mm).to(device)
+    initial = build_model(cfg.arch, fmap, tags, mm).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "

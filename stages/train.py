@@ -22,7 +22,7 @@ from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
-from pipeline.training.checkpoint import model_config, resume_path, save_checkpoint
+from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import check_item_tables, load_item_tables, load_split
 from pipeline.training.loop import fit
 
@@ -44,7 +44,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, mod
     train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
     with distributed(cfg.device, "train.device") as (dist, device):
         torch.manual_seed(cfg.seed)
-        model = build_model(model_config(cfg), fmap, tags, mm)
+        model = build_model(cfg.arch, fmap, tags, mm)
         log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),
                  sum(p.numel() for p in model.parameters()), device, dist.rank, dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:

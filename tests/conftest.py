@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from model.transformer_dcn import TransformerDCN  # noqa: E402
-from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.config import ModelConfig, TrainConfig, from_dict
 from pipeline.core.feature_map import Feature, FeatureMap
 from pipeline.training.data import SplitTensors
 
@@ -107,7 +107,7 @@ def train_cfg(**kw) -> TrainConfig:
                 mean_interest=False, cross_layers=2, cross_rank=0, dnn_hidden_units=(32, 16), mlp_hidden_units=(8,),
                 transformer_dropout=0.0, net_dropout=0.0, learning_rate=3e-3, batch_size=64, eval_batch_size=256,
                 epochs=12, max_steps=0, patience=3, seed=1, device="cpu")
-    return TrainConfig(**(base | kw))
+    return from_dict(TrainConfig, base | kw, "train")
 
 
 # ------------------------------------------------------------------------------------ project copies (DVC tests)

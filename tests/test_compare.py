@@ -37,10 +37,10 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         cfg = load_section(tmp_path / "params.yaml", "train", TrainConfig)
         name = cmd[cmd.index("-n") + 1]
-        assert cfg.use_mm_emb == name.endswith("-mm")
-        assert (cfg.model == "meanpool") == name.startswith("cmp-meanpool-")
+        assert cfg.arch.use_mm_emb == name.endswith("-mm")
+        assert (cfg.arch.model == "meanpool") == name.startswith("cmp-meanpool-")
         # only the mmctr row has the project's additions, whatever params.yaml's train section holds
-        assert (cfg.mean_interest and cfg.cross_rank == 8) == name.startswith("cmp-mmctr-")
+        assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == name.startswith("cmp-mmctr-")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 

@@ -15,11 +15,14 @@ import yaml
 from pipeline.core.config import (
     SECTIONS,
     FitPCAConfig,
+    ModelConfig,
     ParamsError,
     TrainConfig,
     check_params,
     from_dict,
     load_section,
+    params_dict,
+    params_keys,
     parse_yaml,
 )
 from tests.conftest import OUT_OF_RANGE
@@ -57,9 +60,10 @@ def test_repo_params_load_with_the_file_values(section: str) -> None:
     cfg = load_section(PARAMS, section, SECTIONS[section])
     raw = _raw()[section]
     # params.yaml states every field explicitly (the dataclass defaults only document the meaning)
-    assert set(raw) == {f.name for f in dataclasses.fields(cfg)}
+    assert set(raw) == set(params_keys(SECTIONS[section]))
+    values = params_dict(cfg)
     for key, value in raw.items():
-        got = getattr(cfg, key)
+        got = values[key]
         expected = tuple(value) if isinstance(value, list) else value
         assert got == expected, key
         assert type(got) is type(expected) or (isinstance(got, float) and isinstance(expected, int)), key
@@ -80,7 +84,7 @@ def test_sections_are_frozen() -> None:
 def test_unknown_key_is_named(tmp_path: Path, section: str) -> None:
     message = _error(_with(tmp_path, section, "no_such_key", 1), section)
     assert message.startswith(f"{section}.no_such_key: unknown key")
-    first_field = dataclasses.fields(SECTIONS[section])[0].name
+    first_field = next(iter(params_keys(SECTIONS[section])))
     assert first_field in message  # the allowed keys are listed
 
 
@@ -158,7 +162,7 @@ def test_range_boundaries_are_accepted(tmp_path: Path, section: str, values: dic
     data = _raw()
     data[section].update(values)
     cfg = load_section(_write(tmp_path, data), section, SECTIONS[section])
-    assert all(getattr(cfg, k) == v for k, v in values.items())
+    assert all(params_dict(cfg)[k] == v for k, v in values.items())
 
 
 def test_missing_section(tmp_path: Path) -> None:
@@ -247,3 +251,18 @@ def test_field_defaults_are_the_params_yaml_values(section: str) -> None:
     """params.yaml owns every value: a section built in code without params is the run params.yaml describes."""
     cls = SECTIONS[section]
     assert load_section(PARAMS, section, cls) == cls()
+
+
+def test_train_holds_its_architecture_as_one_model_config() -> None:
+    """The train section is flat in params.yaml (train.embedding_dim), but TrainConfig holds the architecture as
+    one ModelConfig field, checked by ModelConfig itself: the very object a checkpoint stores."""
+    cfg = load_section(PARAMS, "train", TrainConfig)
+    assert type(cfg.arch) is ModelConfig and not isinstance(cfg, ModelConfig)
+    # arch's keys stand in its place among train's own fields
+    assert list(params_keys(TrainConfig)) == [*params_keys(ModelConfig),
+                                              *(f.name for f in dataclasses.fields(TrainConfig) if f.name != "arch")]
+    assert from_dict(TrainConfig, params_dict(cfg), "train") == cfg  # the flat mapping round-trips
+    with pytest.raises(ParamsError, match=r"^train\.embedding_dim: must be >= 1"):
+        from_dict(TrainConfig, {**params_dict(cfg), "embedding_dim": 0}, "train")
+    with pytest.raises(ParamsError, match=r"^train\.arch: unknown key"):  # the nesting is not a params key
+        from_dict(TrainConfig, {"arch": {"embedding_dim": 8}}, "train")

@@ -11,10 +11,9 @@ import torch
 
 from benchmarks.fuxictr_din import SPLITS, export_fuxictr
 from model.factory import build_model
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import TrainConfig, from_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError
-from pipeline.training.checkpoint import model_config
 from pipeline.training.data import load_item_tables, load_split
 
 MAX_LEN, N_ITEMS, N_TAGS, MM = 4, 6, 4, 3
@@ -24,7 +23,7 @@ HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 
 
 def din_cfg(**kw) -> TrainConfig:
     """A DIN train section (the default's transformer_dcn-only parts off)."""
-    return TrainConfig(model="din", mean_interest=False, cross_rank=0, **kw)
+    return from_dict(TrainConfig, dict(model="din", mean_interest=False, cross_rank=0, **kw), "train")
 
 
 def feature_map() -> FeatureMap:
@@ -113,9 +112,9 @@ def test_feature_map_names_every_column_with_our_widths(tmp_path, use_mm_emb):
     assert set(pl.read_parquet(out / "item_info.parquet").columns) == item_features | {"item_index"}
     assert {k for k, v in features.items() if v["type"] == "meta"} == {"user_index", "item_index", "seq_len"}
     assert (f"item_emb_d{MM}" in features) == use_mm_emb
-    item_dim = sum(features[k].get("embedding_dim", cfg.embedding_dim) for k in item_features)
+    item_dim = sum(features[k].get("embedding_dim", cfg.arch.embedding_dim) for k in item_features)
     torch.manual_seed(0)
-    assert item_dim == build_model(model_config(cfg), fmap, tags, mm).item_dim
+    assert item_dim == build_model(cfg.arch, fmap, tags, mm).item_dim
     assert features["item_id"]["vocab_size"] == N_ITEMS + 1 and features["item_tags"]["vocab_size"] == N_TAGS + 1
 
 

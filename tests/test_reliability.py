@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.core import config as config_module
-from pipeline.core.config import SECTIONS, ParamsError, load_section
+from pipeline.core.config import SECTIONS, ParamsError, load_section, params_keys
 from pipeline.core.distributed import SINGLE
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError, atomic_dir, write_json, write_parquet
@@ -118,9 +118,8 @@ def _matrix() -> list[tuple[str, dict[str, typing.Any], str]]:
     """Every key of every section with a wrong-type value, an unknown key per section, and RANGE_CASES."""
     cases = []
     for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            cases.append((section, {f.name: _wrong_type(hints[f.name])}, f"{section}.{f.name}"))
+        for key, annotation in params_keys(cls).items():
+            cases.append((section, {key: _wrong_type(annotation)}, f"{section}.{key}"))
         cases.append((section, {"no_such_key": 1}, f"{section}.no_such_key"))
     return cases + RANGE_CASES
 

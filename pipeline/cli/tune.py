@@ -38,6 +38,7 @@ from pipeline.core.config import (
     TuneConfig,
     from_dict,
     load_section,
+    params_dict,
     parse_yaml,
     read_params,
     require,
@@ -48,7 +49,7 @@ PREFIX = "tune"
 TUNED: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TuneConfig) if f.name not in ("trials", "seed"))
 
 
-_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_TRAIN_DEFAULTS = params_dict(TrainConfig())
 
 
 class TuneError(Exception):
@@ -87,7 +88,7 @@ def sample_trials(cfg: TuneConfig, train_section: dict[str, Any]) -> list[dict[s
     make a valid train section (or `train.<key>` when the train section itself is invalid). A longer search starts
     with the trials of a shorter one."""
     base = from_dict(TrainConfig, train_section, "train")
-    current = {key: getattr(base, key) for key in TUNED}
+    current = {key: params_dict(base)[key] for key in TUNED}
     candidates = {key: getattr(cfg, key) for key in TUNED}
     for key, values in candidates.items():
         for value in values:

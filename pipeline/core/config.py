@@ -4,16 +4,21 @@
 `cls` (an unknown key fails with its dotted name), every value must have the field's annotated type
 (`int`, `float`, `bool`, `str`, `Literal[...]`, `tuple[int, ...]`), and each dataclass's `__post_init__`
 checks ranges. Every failure is a `ParamsError` whose one-line message starts with the dotted key.
+
+A field marked `inline()` holds a nested dataclass whose keys sit in the parent's own mapping: `train` holds its
+architecture as `arch: ModelConfig`, yet params.yaml spells `train.embedding_dim`, not `train.arch.embedding_dim`.
+`params_dict(cfg)` gives a section back as that flat mapping.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -85,20 +90,60 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def inline(cls: type) -> Any:
+    """A dataclass field holding a `cls` built from keys of the parent's own mapping (see the module docstring)."""
+    return field(default_factory=cls, metadata={"inline": True})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _inline_fields(cls: type) -> dict[str, type]:
+    """cls's inline fields -> the dataclass each holds."""
+    return {f.name: _hints(cls)[f.name] for f in dataclasses.fields(cls) if f.metadata.get("inline")}
+
+
+def params_keys(cls: type) -> dict[str, Any]:
+    """The keys a params section read by `cls` may hold, in field order, each with its type annotation: cls's
+    fields, an inline field's own keys in its place."""
+    nested = _inline_fields(cls)
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        keys.update(params_keys(nested[f.name]) if f.name in nested else {f.name: _hints(cls)[f.name]})
+    return keys
+
+
+def params_dict(cfg: Any) -> dict[str, Any]:
+    """A section's dataclass -> its params mapping {key: value}, inline fields flattened (tuples stay tuples)."""
+    nested = _inline_fields(type(cfg))
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(params_dict(value) if f.name in nested else {f.name: value})
+    return out
+
+
 def from_dict(cls: type[T], data: dict[str, Any], section: str) -> T:
     """Build dataclass `cls` from `data`, checking unknown keys and types; `section` prefixes key names."""
     if not isinstance(data, dict):
         raise ParamsError(f"{section}: must be a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = _hints(cls)
+    nested = _inline_fields(cls)
+    allowed = params_keys(cls)
+    unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ParamsError(f"{section}.{unknown[0]}: unknown key (allowed: {', '.join(fields)})")
+        raise ParamsError(f"{section}.{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
     kwargs = {}
-    for name, field in fields.items():
-        if name in data:
+    for f in dataclasses.fields(cls):
+        name = f.name
+        if name in nested:
+            keys = params_keys(nested[name])
+            kwargs[name] = from_dict(nested[name], {k: v for k, v in data.items() if k in keys}, section)
+        elif name in data:
             kwargs[name] = _check_type(f"{section}.{name}", data[name], hints[name])
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{section}.{name}: missing key")
     return cls(**kwargs)
 
@@ -358,11 +403,14 @@ class BuildSequencesConfig:
         require(self.valid_frac + self.test_frac < 1, f"{s}.test_frac", "valid_frac + test_frac must be < 1")
         require(1 <= self.neg_ratio <= 1000, f"{s}.neg_ratio", "must be in [1, 1000]")
         for name in ("split", "negatives", "neg_sampling", "neg_exclude"):
-            allowed = typing.get_args(typing.get_type_hints(BuildSequencesConfig)[name])
+            allowed = typing.get_args(_hints(BuildSequencesConfig)[name])
             require(getattr(self, name) in allowed, f"{s}.{name}",
                     f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         require(self.max_tags >= 1, f"{s}.max_tags", "must be >= 1")
         require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
+
+
+ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/factory.py builds
 
 
 @dataclass(frozen=True)
@@ -377,7 +425,7 @@ class ModelConfig:
     round-trips through `torch.load(weights_only=True)`.
     """
 
-    model: Literal["transformer_dcn", "din", "meanpool"] = "transformer_dcn"
+    model: ModelName = "transformer_dcn"
     embedding_dim: int = 16
     use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
@@ -399,10 +447,10 @@ class ModelConfig:
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
 
     def __post_init__(self) -> None:
-        """Checked wherever a ModelConfig is made: from params (as part of TrainConfig) and from a checkpoint.
+        """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.
         Errors name the train params key the field comes from."""
         s = "train"
-        models = typing.get_args(typing.get_type_hints(ModelConfig)["model"])
+        models = typing.get_args(ModelName)
         require(self.model in models, f"{s}.model", f"must be one of {', '.join(models)}, got {self.model!r}")
         for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -432,12 +480,15 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(ModelConfig):
-    """`train`: the model's architecture (ModelConfig's fields) plus its optimisation (pipeline/training/).
+class TrainConfig:
+    """`train`: the model's architecture (`arch`, a ModelConfig that checks itself; its keys sit in the train
+    section itself: train.embedding_dim) plus its optimisation (pipeline/training/).
 
-    The optimisation fields are not written into the checkpoint: they change how the weights are learnt, not what
-    the trained model computes (embedding_dropout is one of them: it acts in training only).
+    Only `arch` is written into the checkpoint: the other fields change how the weights are learnt, not what the
+    trained model computes (embedding_dropout is one of them: it acts in training only).
     """
+
+    arch: ModelConfig = inline(ModelConfig)
 
     learning_rate: float = 0.004
     batch_size: int = 256
@@ -464,7 +515,6 @@ class TrainConfig(ModelConfig):
     resume: bool = False  # continue from the last finished epoch's state of an interrupted run (same params, data)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         s = "train"
         for name in ("batch_size", "eval_batch_size", "epochs", "patience"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -540,12 +590,12 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         require(self.trials >= 1, "tune.trials", f"must be >= 1, got {self.trials}")
-        for field in dataclasses.fields(self):
-            values = getattr(self, field.name)
+        for f in dataclasses.fields(self):
+            values = getattr(self, f.name)
             if isinstance(values, tuple):
-                require(len(values) >= 1, f"tune.{field.name}", "must list at least one candidate value")
+                require(len(values) >= 1, f"tune.{f.name}", "must list at least one candidate value")
                 for i, value in enumerate(values):
-                    require(value not in values[:i], f"tune.{field.name}", f"lists {value!r} more than once")
+                    require(value not in values[:i], f"tune.{f.name}", f"lists {value!r} more than once")
 
 
 # Every section of params.yaml and the dataclass that reads it: check_params loads them all.

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from model.factory import build_model
-from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.config import ModelConfig, TrainConfig, params_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError, atomic_path
 from pipeline.training.data import SplitTensors
@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 # The train params that do not change what training computes: a resume state written under other values of these
 # is still valid (`epochs` only while the run's length shapes nothing before its end: resume_fingerprint).
 RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "eval_batch_size")
-
-
-def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The architecture part of the train params (ModelConfig's fields), as a plain ModelConfig."""
-    return ModelConfig(**{k: getattr(cfg, k) for k in ModelConfig.__dataclass_fields__})
 
 
 def resume_path(model_path: str | Path) -> Path:
@@ -48,7 +43,7 @@ def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensor
     neutral = set(RESUME_NEUTRAL)
     if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0 or cfg.max_steps > 0:
         neutral.discard("epochs")
-    parts = {k: v for k, v in asdict(cfg).items() if k not in neutral}
+    parts = {k: v for k, v in params_dict(cfg).items() if k not in neutral}
     return json.dumps({"params": parts, "train_rows": len(train), "valid_rows": len(valid)}, sort_keys=True,
                       default=list)
 

@@ -87,7 +87,7 @@ def batch_loss(net: nn.Module, split: SplitTensors, rows: Tensor, cfg: TrainConf
     the ranks' gradients is the gradient of the global batch's mean BCE (in a world of 1: the mean BCE), plus
     regularization_loss when train.embedding_regularizer or train.net_regularizer is set."""
     idx = rows.tensor_split(dist.world)[dist.rank]
-    batch = make_batch(split, idx, cfg.first_k, device)
+    batch = make_batch(split, idx, cfg.arch.first_k, device)
     with autocast(device, cfg.amp):
         logits = net(batch).float()
     loss_sum = nn.functional.binary_cross_entropy_with_logits(logits, split.label[idx].to(device), reduction="sum")
