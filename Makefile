@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 export HF_HUB_OFFLINE ?= 1
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install repro test
+.PHONY: install browser repro test
 
 install: $(STAMP)
 
@@ -24,5 +24,14 @@ $(STAMP): pyproject.toml
 repro: install
 	$(BIN)/dvc repro
 
-test: install
+# The plots page test drives a headless Chromium: Debian's packages, installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; }; }
+
+test: install browser
 	$(BIN)/python -m pytest -q

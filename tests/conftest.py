@@ -144,6 +144,32 @@ def project_copy(root: Path, params: str) -> Path:
     return root
 
 
+TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
+STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca",
+          "embedding_report", "train", "evaluate"]
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+@pytest.fixture(scope="session")
+def tiny_reproduced(tmp_path_factory) -> Path:
+    """The project on the tiny profile after one full `dvc repro`, made once per session. Tests never change it:
+    each module works on its own copy (`reproduced_copy`)."""
+    root = project_copy(tmp_path_factory.mktemp("tiny_reproduced"), TINY_PARAMS.read_text())
+    assert ran_stages(run(["dvc", "repro"], root)) == set(STAGES)
+    return root
+
+
+def reproduced_copy(source: Path, root: Path) -> Path:
+    """A copy of the reproduced project `source` (its git repo, DVC cache and outputs) at `root`; DVC and git find
+    everything by relative path, so the copy is a project of its own. -> root"""
+    shutil.copytree(source, root, symlinks=True)
+    return root
+
+
 # ------------------------------------------------------------------------ challenge-format files (tiny, valid)
 
 CHALLENGE_ITEMS = 6

@@ -3,11 +3,14 @@ hook), then rerun, gives the same bytes as an uninterrupted run and reuses the f
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,10 +28,12 @@ TITLES = ["funny cat video", "", "dog", "   ", "my best cooking recipe, spicy no
           "travel beach guitar", "music", "new football goal " * 20, "puppy", "cat dog", "best", "spicy noodles"]
 
 
-@pytest.fixture
-def project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
-    """A MicroLens-layout raw folder (14 items, some bad covers) and a params file using the tiny models."""
-    raw = tmp_path / "raw"
+@pytest.fixture(scope="module")
+def raw_items(tmp_path_factory, tiny_bert_dir: Path) -> Path:
+    """A MicroLens-layout raw folder (14 items, some bad covers) and a params file using the tiny models, shared by
+    the module's tests (they only read them)."""
+    root = tmp_path_factory.mktemp("extract")
+    raw = root / "raw"
     (raw / "covers").mkdir(parents=True)
     (raw / "title_en.csv").write_text("item_id,title\n" + "".join(f"{i},{t}\n" for i, t in enumerate(TITLES, 1)))
     (raw / "pairs.csv").write_text("user,item,timestamp\n")  # located by the stages, not read
@@ -47,8 +52,28 @@ def project(tmp_path: Path, tiny_bert_dir: Path) -> Path:
         "extract_image": {**asdict(ExtractImageConfig(device="cpu", batch_size=2, shard_size=3, num_threads=1,
                                                       num_workers=1))},
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, raw_items: Path) -> Path:
+    """A fresh output folder with the shared raw folder (`raw` links to it) and its own copy of the params."""
+    (tmp_path / "raw").symlink_to(raw_items / "raw", target_is_directory=True)
+    shutil.copy(raw_items / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def reference(raw_items: Path) -> Callable[[str], bytes]:
+    """stage -> the bytes of one uninterrupted single-process run on the shared raw folder (run once per stage)."""
+    @functools.cache
+    def table(stage: str) -> bytes:
+        ref = run_stage(raw_items, stage, f"ref-{stage}.parquet")
+        assert ref.returncode == 0, ref.stderr
+        assert not shard_dir(raw_items, f"ref-{stage}.parquet").exists()  # removed once the table is written
+        return (raw_items / f"ref-{stage}.parquet").read_bytes()
+    return table
 
 
 def run_stage(project: Path, stage: str, out: str, fault_after: int | None = None,
@@ -71,11 +96,8 @@ def shard_dir(project: Path, out: str) -> Path:
 
 
 @pytest.mark.parametrize(("stage", "n_shards", "kill_after"), [("extract_text", 4, 2), ("extract_image", 5, 2)])
-def test_killed_run_resumes_to_identical_output(project: Path, stage: str, n_shards: int, kill_after: int) -> None:
-    ref = run_stage(project, stage, "ref.parquet")
-    assert ref.returncode == 0, ref.stderr
-    assert not shard_dir(project, "ref.parquet").exists()  # removed once the table is written
-
+def test_killed_run_resumes_to_identical_output(project: Path, reference: Callable[[str], bytes], stage: str,
+                                                n_shards: int, kill_after: int) -> None:
     killed = run_stage(project, stage, "emb.parquet", fault_after=kill_after)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (project / "emb.parquet").exists()  # nothing half-written where DVC looks
@@ -86,7 +108,7 @@ def test_killed_run_resumes_to_identical_output(project: Path, stage: str, n_sha
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((project / "emb.parquet.json").read_text())
     assert metrics["shards"] == {"total": n_shards, "reused": kill_after}  # the finished shards were not redone
-    assert (project / "emb.parquet").read_bytes() == (project / "ref.parquet").read_bytes()
+    assert (project / "emb.parquet").read_bytes() == reference(stage)
     assert not shard_dir(project, "emb.parquet").exists()
     frame = pl.read_parquet(project / "emb.parquet")
     assert frame["item_id"].to_list() == list(range(1, N_ITEMS + 1))
@@ -126,14 +148,13 @@ def test_resume_takes_finished_shards_as_they_are_and_ignores_stale_ones(project
 
 
 @pytest.mark.parametrize(("stage", "n_shards"), [("extract_text", 4), ("extract_image", 5)])
-def test_torchrun_ranks_share_shards_and_rank0_assembles_the_same_table(project: Path, stage: str,
-                                                                       n_shards: int) -> None:
+def test_torchrun_ranks_share_shards_and_rank0_assembles_the_same_table(
+        project: Path, reference: Callable[[str], bytes], stage: str, n_shards: int) -> None:
     """Two gloo ranks under torchrun (each takes shards k % 2 == rank, rank 0 assembles) write the same bytes as
     one process; a rerun after killing one rank's work mid-way reuses what was finished."""
-    assert run_stage(project, stage, "ref.parquet").returncode == 0
     two = run_stage(project, stage, "emb.parquet", ranks=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert (project / "emb.parquet").read_bytes() == (project / "ref.parquet").read_bytes()
+    assert (project / "emb.parquet").read_bytes() == reference(stage)
     assert json.loads((project / "emb.parquet.json").read_text())["shards"] == {"total": n_shards, "reused": 0}
     assert not shard_dir(project, "emb.parquet").exists()
     # Shards written by a 2-rank run that died are reused by a single-process rerun (same fingerprint).
@@ -143,4 +164,4 @@ def test_torchrun_ranks_share_shards_and_rank0_assembles_the_same_table(project:
     assert finished >= 1
     assert run_stage(project, stage, "again.parquet").returncode == 0
     assert json.loads((project / "again.parquet.json").read_text())["shards"]["reused"] == finished
-    assert (project / "again.parquet").read_bytes() == (project / "ref.parquet").read_bytes()
+    assert (project / "again.parquet").read_bytes() == reference(stage)

@@ -82,6 +82,19 @@ def test_gauc_equals_weighted_brute_force_and_ignores_row_order() -> None:
     assert gauc(users[perm], labels[perm], scores[perm]) == pytest.approx(total / weight, abs=1e-12)
 
 
+def test_gauc_is_the_same_bits_whatever_the_row_order() -> None:
+    """Many users, so that polars spreads the groups over threads (their order then varies from call to call)."""
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 20_000, 200_000)
+    labels = (rng.random(200_000) < 0.3).astype(np.float32)
+    scores = rng.random(200_000)
+    values = set()
+    for seed in range(4):
+        perm = np.random.default_rng(seed).permutation(len(users))
+        values |= {gauc(users, labels, scores), gauc(users[perm], labels[perm], scores[perm])}
+    assert len(values) == 1
+
+
 def test_roc_points_follow_the_exact_curve() -> None:
     from sklearn.metrics import roc_curve
 

@@ -25,27 +25,15 @@ from click.testing import CliRunner
 from pipeline.cli.main import main as mmctr
 from pipeline.core.feature_map import FeatureMap
 from pipeline.sources.microlens import read_titles
-from tests.conftest import project_copy, run, stage_env
+from tests.conftest import STAGES, ran_stages, reproduced_copy, run, stage_env
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = Path(__file__).with_name("tiny_params.yaml")
-STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca",
-          "embedding_report", "train", "evaluate"]
-
-
-def ran_stages(output: str) -> set[str]:
-    return {s for s in STAGES if f"Running stage '{s}'" in output}
-
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A copy of the tracked project files with the tiny params, as its own git repo, after one `dvc repro`."""
-    root = project_copy(tmp_path_factory.mktemp("project"), TINY.read_text())
-    out = run(["dvc", "repro"], root)
-    assert ran_stages(out) == set(STAGES)
-    return root
+def project(tmp_path_factory, tiny_reproduced) -> Path:
+    """The project on the tiny profile after one `dvc repro` (a copy of the session's), for this module to change."""
+    return reproduced_copy(tiny_reproduced, tmp_path_factory.mktemp("pipeline") / "project")
 
 
 def test_raw_layout(project):
@@ -112,6 +100,71 @@ def test_neighbours_cli_on_pipeline_output(project):
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[0].startswith("query 1:") and len(lines) == 6
+
+
+# Every plot of dvc.yaml's top-level `plots:`: its title and its axis titles.
+PLOTS = {"ROC (test split)": ["false positive rate", "true positive rate"],
+         "Calibration (test split)": ["mean predicted click probability (bin)", "observed click rate (bin)"],
+         "PCA explained variance": ["PCA components", "cumulative explained variance ratio"],
+         "Logloss per validation (train vs valid)": ["validation", "logloss"],
+         "Valid AUC per validation": ["validation", "valid AUC"],
+         "Learning rate per validation": ["validation", "learning rate"]}
+
+
+def open_in_chromium(page: Path) -> tuple[list[dict], list[str]]:
+    """Load `page` in a headless Chromium (the system's, driven by Selenium) and wait for every Vega chart
+    (`window.mmctrPlots`, when the page has it). -> (per plot div: id, rendering error, title and axis title texts,
+    number of drawn marks; every URL the page requested, itself included)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        pytest.fail("needs Chromium and its driver (Debian: apt-get install chromium chromium-driver); "
+                    "`make test` installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every network event, for the URLs
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        driver.set_script_timeout(60)
+        driver.get(page.as_uri())
+        errors = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            Promise.allSettled(window.mmctrPlots || []).then(
+                rs => done(rs.map(r => r.status === "fulfilled" ? null : String(r.reason))));""")
+        charts = driver.execute_script("""
+            return Array.from(document.querySelectorAll("body div[id]")).map(d => ({
+                id: d.id,
+                title: Array.from(d.querySelectorAll("g.role-title-text text"), t => t.textContent),
+                axes: Array.from(d.querySelectorAll("g.role-axis-title text"), t => t.textContent),
+                marks: d.querySelectorAll("svg.marks path, svg.marks line").length}));""")
+        for chart, error in zip(charts, errors):
+            chart["error"] = error
+        events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+    finally:
+        driver.quit()
+    urls = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+    return charts, urls
+
+
+def test_plots_page_draws_every_plot_offline(project, tmp_path):
+    """`mmctr plots` writes DVC's page with Vega inlined: in a headless Chromium every plot of dvc.yaml draws, with
+    its title and both axis labels, and the page requests nothing but itself. DVC's own page (the control) asks a
+    CDN for its scripts and draws nothing offline."""
+    out = tmp_path / "page dir"
+    assert f"wrote {out}/index.html" in run(["mmctr", "plots", "--out", str(out)], project)
+    charts, urls = open_in_chromium(out / "index.html")
+    assert urls == [(out / "index.html").as_uri()]
+    assert {c["title"][0] if c["title"] else c["id"]: c["axes"] for c in charts} == PLOTS
+    assert all(c["error"] is None and c["marks"] > 0 for c in charts), charts
+
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "dvc")], project)
+    charts, urls = open_in_chromium(tmp_path / "dvc/index.html")
+    assert any(u.startswith("https://cdn.jsdelivr.net/") for u in urls)
+    assert not any(c["marks"] for c in charts)
 
 
 def _artifact_bytes(project: Path) -> dict[str, bytes]:
@@ -339,24 +392,26 @@ def test_challenge_source(project, challenge):
     assert json.loads((project / "data/metrics/train/metrics.json").read_text())["valid_auc"] > 0.7
 
 
-@pytest.mark.parametrize("embeddings, column", [("challenge_d128", "item_emb_d128"), ("challenge_bert_clip", None)])
-def test_challenge_embeddings_replace_extraction(project, challenge, embeddings, column):
-    """data.item_embeddings swaps our extracted embeddings for the organisers': from the challenge source on
-    extracted embeddings, only fit_pca and what follows it rerun."""
+def test_challenge_embeddings_replace_extraction(project, challenge):
+    """data.item_embeddings swaps our extracted embeddings for the organisers' (their PCA'd d128 table as it is,
+    or their BERT and CLIP vectors through our PCA): each switch reruns only fit_pca and what follows it."""
+    after_fit_pca = {"check_params", "fit_pca", "embedding_report", "train", "evaluate"}
     set_data(project, source="mmctr", raw_dir="data/mmctr", item_embeddings="extracted")
     run(["dvc", "repro"], project)
-    set_data(project, item_embeddings=embeddings)
-    out = run(["dvc", "repro"], project)
-    assert ran_stages(out) == {"check_params", "fit_pca", "embedding_report", "train", "evaluate"}
+
+    set_data(project, item_embeddings="challenge_d128")
+    assert ran_stages(run(["dvc", "repro"], project)) == after_fit_pca
     info = pl.read_parquet(project / "data/features/item_info.parquet")
+    given = pl.read_parquet(project / "data/mmctr/MicroLens_1M_x1/item_info.parquet")["item_emb_d128"]
+    assert info.columns[-1] == "item_emb_d128"
+    np.testing.assert_array_equal(info["item_emb_d128"].to_numpy(), np.array(given.to_list(), dtype=np.float32))
+
+    set_data(project, item_embeddings="challenge_bert_clip")
+    assert ran_stages(run(["dvc", "repro"], project)) == after_fit_pca
     dim = yaml.safe_load((project / "params.yaml").read_text())["fit_pca"]["dim"]
-    assert info.columns[-1] == (column or f"item_emb_d{dim}")
-    if column:
-        given = pl.read_parquet(project / "data/mmctr/MicroLens_1M_x1/item_info.parquet")["item_emb_d128"]
-        np.testing.assert_array_equal(info[column].to_numpy(), np.array(given.to_list(), dtype=np.float32))
-    else:
-        assert json.loads((project / "data/metrics/fit_pca.json").read_text())["input_dims"] == {
-            "text": 768, "image": 1024}
+    assert pl.read_parquet(project / "data/features/item_info.parquet").columns[-1] == f"item_emb_d{dim}"
+    assert json.loads((project / "data/metrics/fit_pca.json").read_text())["input_dims"] == {"text": 768,
+                                                                                            "image": 1024}
 
 
 @pytest.mark.parametrize("embeddings, images", [("challenge_d128", "absent"), ("extracted", "empty")])

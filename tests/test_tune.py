@@ -35,9 +35,10 @@ from pipeline.core.config import (
     TrainConfig,
     TuneConfig,
     load_section,
+    params_dict,
     parse_yaml,
 )
-from tests.conftest import project_copy, stage_env
+from tests.conftest import reproduced_copy, stage_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tiny_params.yaml"
@@ -284,13 +285,14 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The tracked project files as their own git repo, on the tiny profile with a poor learning rate (1e-4, four
-    epochs: the search has something to find), after one `dvc repro`."""
-    tiny = TINY.read_text()
+def project(tmp_path_factory, tiny_reproduced) -> Path:
+    """The project on the tiny profile (a copy of the session's), with a poor learning rate committed (1e-4, four
+    epochs: the search has something to find), after `dvc repro` (train and evaluate rerun)."""
+    root = reproduced_copy(tiny_reproduced, tmp_path_factory.mktemp("tune") / "project")
+    tiny = (root / "params.yaml").read_text()
     assert tiny.count("\n  learning_rate: 0.003\n") == 1
-    root = project_copy(tmp_path_factory.mktemp("tune_project"),
-                        tiny.replace("\n  learning_rate: 0.003\n", "\n  learning_rate: 0.0001\n"))
+    (root / "params.yaml").write_text(tiny.replace("\n  learning_rate: 0.003\n", "\n  learning_rate: 0.0001\n"))
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lr 1e-4", "params.yaml"], root)
     _run(["dvc", "repro"], root)
     return root
 
@@ -315,7 +317,7 @@ def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
 
     params = (project / "params.yaml").read_text()
     applied = load_section(project / "params.yaml", "train", TrainConfig)
-    assert {k: getattr(applied, k) for k in TUNED} == {k: other[k] for k in TUNED}
+    assert {k: params_dict(applied)[k] for k in TUNED} == {k: other[k] for k in TUNED}
     assert "dnn_hidden_units: [32]" in params  # the layout survived `dvc exp apply`
     summary = json.loads((project / "data/metrics/train/metrics.json").read_text())
     assert summary["valid_auc"] == other["valid_auc"]  # the winner's model and metrics are in the workspace

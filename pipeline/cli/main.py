@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.cli.compare import comparison_table, experiment_records, headline_rows, headline_table, queue_commands
+from pipeline.cli.plots import write_page
 from pipeline.cli.tune import (
     TuneError,
     apply_trial,
@@ -119,6 +120,18 @@ def results(all_commits: bool) -> None:
     with one_line_errors(TuneError):
         out = run_dvc(["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])])
         click.echo(headline_table(headline_rows(json.loads(out))))
+
+
+@main.command()
+@click.argument("revisions", nargs=-1)
+@click.option("--out", default="dvc_plots", show_default=True, type=click.Path(file_okay=False),
+              help="folder for index.html")
+def plots(revisions: tuple[str, ...], out: str) -> None:
+    """DVC's plots page (ROC, calibration, PCA variance, training curves) with Vega inlined, so that it opens
+    offline: `dvc plots show`, or with REVISIONS (commits, experiment names) `dvc plots diff REVISIONS`."""
+    with one_line_errors(TuneError, ValueError):
+        page = write_page(out, revisions, run_dvc)
+    click.echo(f"wrote {page} (self-contained: it needs no network)")
 
 
 @main.command()
