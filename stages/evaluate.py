@@ -2,11 +2,14 @@
 
 In:  --model        checkpoint from train
      --test         test split parquet
+     --train        train split parquet (its item_id column: each test item's train exposures, for the slices)
      --raw-dir      the raw folder of data.source; on synthetic data its pairs.csv and planted.npz give the
                     Bayes-optimal (oracle) score of every test row
-Out: --metrics      JSON: test AUC, logloss, gAUC, rows; on synthetic data also oracle_auc / oracle_logloss (the
-                    planted model with each user's hidden preference) and history_oracle_auc / _logloss (the
-                    planted items, the preference estimated from the visible history)
+Out: --metrics      JSON: test AUC, logloss, gAUC, rows; by_train_exposures: the same per slice of the target
+                    item's train exposures (0 = an item new to the model, 1-9, 10+); on synthetic data also
+                    oracle_auc / oracle_logloss (the planted model with each user's hidden preference) and
+                    history_oracle_auc / _logloss (the planted items, the preference estimated from the visible
+                    history)
      --roc, --calibration  plot JSONs: [{fpr, tpr}] at 201 points, [{prob_pred, prob_true, count}] per bin
      --predictions  parquet: user_id, item_id, event_ts, label, score (model probability) [, oracle, history_oracle]
      --submission   the challenge's submission zip: prediction.csv with ID (test row order) and Task1 (probability)
@@ -22,7 +25,16 @@ import polars as pl
 
 from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
 from pipeline.core.io import write_json, write_parquet
-from pipeline.core.metrics import auc, calibration_points, gauc, logloss, roc_points, sigmoid
+from pipeline.core.metrics import (
+    auc,
+    calibration_points,
+    exposure_counts,
+    gauc,
+    logloss,
+    roc_points,
+    sigmoid,
+    sliced_metrics,
+)
 from pipeline.core.stage import (
     data_section,
     file_options,
@@ -44,13 +56,13 @@ log = logging.getLogger("evaluate")
 
 
 @click.command(help=summary(__doc__))
-@file_options("--model:model_path", "--test:test_path")
+@file_options("--model:model_path", "--test:test_path", "--train:train_path")
 @raw_dir_option
 @file_options("--metrics", "--roc", "--calibration", "--predictions", "--submission")
 @params_option
 @stage_main
-def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc: str, calibration: str,
-         predictions: str, submission: str, params_path: str) -> None:
+def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, metrics: str, roc: str,
+         calibration: str, predictions: str, submission: str, params_path: str) -> None:
     cfg = load_section(params_path, "evaluate", EvaluateConfig)
     data, raw_dir = data_section(params_path, raw_dir)
     sequences = load_section(params_path, "build_sequences", BuildSequencesConfig)
@@ -61,7 +73,7 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
     labels = test.label.numpy()
     rows = pl.read_parquet(test_path, columns=["user_id", "item_id", "event_ts", "label"])
     preds = rows.with_columns(score=pl.Series(probs))
-    out: dict[str, float] = {"rows": len(test)}
+    out: dict[str, object] = {"rows": len(test)}
     if data.source == "mmctr" and np.unique(labels).size < 2:
         # The challenge hides test labels: the submission is the result; quality is the valid AUC of `train`.
         log.info("test labels are hidden: the submission %s is the only result", submission)
@@ -69,6 +81,9 @@ def main(model_path: str, test_path: str, raw_dir: str | None, metrics: str, roc
     else:
         out |= {"auc": auc(labels, probs), "logloss": logloss(labels, probs),
                 "gauc": gauc(test.user_id.numpy(), labels, probs)}
+        exposures = exposure_counts(pl.read_parquet(train_path, columns=["item_id"])["item_id"].to_numpy(),
+                                    rows["item_id"].to_numpy())
+        out["by_train_exposures"] = sliced_metrics(exposures, test.user_id.numpy(), labels, probs)
         if data.source == "synthetic":
             planted = PlantedModel.load(Path(raw_dir) / "planted.npz")
             # Exact only for rows built the way its click model assumes (pipeline/sources/planted.py oracle_mismatch).

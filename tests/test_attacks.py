@@ -96,9 +96,9 @@ class Lab:
     def evaluate(self, model: Path) -> Result:
         out = self.root / "out"
         return self.stage("evaluate", "--model", str(model), "--test", str(self.root / "seq/test.parquet"),
-                          "--metrics", str(out / "m.json"), "--roc", str(out / "roc.json"), "--calibration",
-                          str(out / "cal.json"), "--predictions", str(out / "p.parquet"), "--submission",
-                          str(out / "s.zip"))
+                          "--train", str(self.root / "seq/train.parquet"), "--metrics", str(out / "m.json"),
+                          "--roc", str(out / "roc.json"), "--calibration", str(out / "cal.json"), "--predictions",
+                          str(out / "p.parquet"), "--submission", str(out / "s.zip"))
 
 
 @pytest.fixture

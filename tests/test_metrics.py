@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from pipeline.core.io import DataError
-from pipeline.core.metrics import EPS, auc, gauc, logloss
+from pipeline.core.metrics import EPS, auc, exposure_counts, gauc, logloss, sliced_metrics
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -93,6 +94,43 @@ def test_gauc_is_the_same_bits_whatever_the_row_order() -> None:
         perm = np.random.default_rng(seed).permutation(len(users))
         values |= {gauc(users, labels, scores), gauc(users[perm], labels[perm], scores[perm])}
     assert len(values) == 1
+
+
+def test_exposure_counts_match_a_plain_count() -> None:
+    rng = np.random.default_rng(5)
+    train = rng.integers(1, 40, 500)
+    items = rng.integers(0, 60, 300)  # some never in train, some past every train id
+    counts = Counter(train.tolist())
+    assert exposure_counts(train, items).tolist() == [counts.get(i, 0) for i in items.tolist()]
+    assert exposure_counts(np.array([], dtype=np.int64), items).tolist() == [0] * 300
+
+
+def test_sliced_metrics_match_a_plain_reference() -> None:
+    rng = np.random.default_rng(9)
+    n = 900
+    exposures = rng.choice([0, 0, 1, 3, 9, 10, 50], n)
+    users = rng.integers(0, 40, n)
+    labels = (rng.random(n) < 0.3).astype(np.float32)
+    probs = np.clip(rng.random(n) * 0.6 + 0.4 * labels, 0.01, 0.99)
+    got = sliced_metrics(exposures, users, labels, probs)
+    assert list(got) == ["0", "1-9", "10+"]
+    for name, members in (("0", {0}), ("1-9", {1, 3, 9}), ("10+", {10, 50})):
+        rows = [i for i in range(n) if exposures[i] in members]
+        y, p = labels[rows], probs[rows]
+        expected_logloss = -np.mean([np.log(q) if t else np.log(1 - q) for t, q in zip(y, p)])
+        assert got[name]["rows"] == len(rows)
+        assert got[name]["auc"] == pytest.approx(brute_auc(y, p), abs=1e-12)
+        assert got[name]["logloss"] == pytest.approx(expected_logloss, rel=1e-9)
+        assert got[name]["gauc"] == pytest.approx(gauc(users[rows], y, p), abs=1e-15)
+
+
+def test_a_slice_without_both_classes_reports_what_is_defined() -> None:
+    exposures = np.array([0, 0, 5, 5, 20])
+    labels = np.array([1.0, 1.0, 0.0, 1.0, 0.0])
+    got = sliced_metrics(exposures, np.array([1, 2, 1, 1, 3]), labels, np.array([0.9, 0.8, 0.2, 0.7, 0.1]))
+    assert set(got["0"]) == {"rows", "logloss"} and got["0"]["rows"] == 2  # clicks only: no AUC
+    assert set(got["1-9"]) == {"rows", "logloss", "auc", "gauc"} and got["1-9"]["auc"] == 1.0
+    assert set(sliced_metrics(np.array([3]), np.array([1]), np.array([1.0]), np.array([0.5]))["10+"]) == {"rows"}
 
 
 def test_roc_points_follow_the_exact_curve() -> None:

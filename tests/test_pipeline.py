@@ -87,6 +87,8 @@ def test_model_beats_chance_and_oracle_is_reported(project):
     assert len(roc) == 201 and roc[0]["fpr"] == 0 and roc[-1] == {"fpr": 1.0, "tpr": 1.0, "chance": 1.0}
     calibration = json.loads((project / "data/plots/calibration.json").read_text())
     assert sum(b["count"] for b in calibration) == metrics["rows"]
+    slices = metrics["by_train_exposures"]  # every test row in exactly one slice of its item's train exposures
+    assert list(slices) == ["0", "1-9", "10+"] and sum(s["rows"] for s in slices.values()) == metrics["rows"]
     preds = pl.read_parquet(project / "data/eval/predictions.parquet")
     assert preds.height == metrics["rows"] and preds["score"].is_between(0, 1).all()
     train_metrics = json.loads((project / "data/metrics/train/metrics.json").read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 from sklearn.metrics import log_loss, roc_auc_score, roc_curve
@@ -42,6 +44,40 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     if per_user.height == 0:
         return float("nan")
     return float((per_user["auc"] * per_user["n"]).sum() / per_user["n"].sum())
+
+
+# Slices of test rows by how often the target item was a train row's target: new items, rare ones, the rest.
+EXPOSURE_SLICES: tuple[tuple[str, int, float], ...] = (("0", 0, 0), ("1-9", 1, 9), ("10+", 10, math.inf))
+
+
+def exposure_counts(train_items: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(n,) int64: for each of `items`, the number of entries of `train_items` (the train split's target item ids,
+    clicked or not) equal to it; 0 for an item the train split never shows."""
+    ids, counts = np.unique(train_items, return_counts=True)
+    if ids.size == 0:
+        return np.zeros(len(items), dtype=np.int64)
+    pos = np.minimum(np.searchsorted(ids, items), ids.size - 1)
+    return np.where(ids[pos] == items, counts[pos], 0).astype(np.int64)
+
+
+def sliced_metrics(exposures: np.ndarray, users: np.ndarray, labels: np.ndarray,
+                   probs: np.ndarray) -> dict[str, dict[str, float]]:
+    """{slice name: {rows, auc, logloss, gauc}} over the rows whose target item's train exposures fall in each of
+    EXPOSURE_SLICES. A slice whose rows hold one class only reports rows (and logloss when it has rows); gauc is
+    left out when no user in it has both classes."""
+    out: dict[str, dict[str, float]] = {}
+    for name, low, high in EXPOSURE_SLICES:
+        m = (exposures >= low) & (exposures <= high)
+        part: dict[str, float] = {"rows": int(m.sum())}
+        if m.any():
+            part["logloss"] = logloss(labels[m], probs[m])
+        if np.unique(labels[m]).size == 2:
+            part["auc"] = auc(labels[m], probs[m])
+            per_user = gauc(users[m], labels[m], probs[m])
+            if math.isfinite(per_user):
+                part["gauc"] = per_user
+        out[name] = part
+    return out
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, n_points: int = 201) -> list[dict[str, float]]:
