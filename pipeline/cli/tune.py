@@ -88,7 +88,8 @@ def sample_trials(cfg: TuneConfig, train_section: dict[str, Any]) -> list[dict[s
     make a valid train section (or `train.<key>` when the train section itself is invalid). A longer search starts
     with the trials of a shorter one."""
     base = from_dict(TrainConfig, train_section, "train")
-    current = {key: params_dict(base)[key] for key in TUNED}
+    flat = params_dict(base)
+    current = {key: flat[key] for key in TUNED}
     candidates = {key: getattr(cfg, key) for key in TUNED}
     for key, values in candidates.items():
         for value in values:
