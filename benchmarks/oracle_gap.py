@@ -52,9 +52,10 @@ def train_and_evaluate(item_info: Path, data: Path, params: str, out: Path) -> d
     run = lambda *args: subprocess.run([sys.executable, "-m", *args, "--params", params], check=True)
     run("stages.train", "--train", str(seq / "train.parquet"), "--valid", str(seq / "valid.parquet"),
         "--item-info", str(item_info), "--feature-map", str(seq / "feature_map.json"),
+        "--semantic-ids", str(data / "features" / "semantic_ids.parquet"),
         "--model", str(out / "model.pt"), "--live-dir", str(out / "live"))
     run("stages.evaluate", "--model", str(out / "model.pt"), "--test", str(seq / "test.parquet"),
-        "--raw-dir", str(data / "raw"), "--metrics", str(out / "evaluate.json"), "--roc", str(out / "roc.json"),
+        "--train", str(seq / "train.parquet"), "--raw-dir", str(data / "raw"), "--metrics", str(out / "evaluate.json"), "--roc", str(out / "roc.json"),
         "--calibration", str(out / "calibration.json"), "--predictions", str(out / "predictions.parquet"),
         "--submission", str(out / "submission.zip"))
     return json.loads((out / "evaluate.json").read_text())

@@ -234,11 +234,14 @@ def run_stages(folder: Path, work: Path, params: dict[str, Any], threads: int) -
     stage("fit_pca", "--text", "-", "--image", "-", "--items", str(seq / "items.parquet"), "--raw-dir", raw,
           "--out", str(work / "item_info.parquet"), "--transform", str(work / "pca.npz"),
           "--metrics", str(work / "fit_pca.json"), "--plot", str(work / "pca_plot.json"))
+    stage("quantize", "--item-info", str(work / "item_info.parquet"), "--out", str(work / "semantic_ids.parquet"),
+          "--metrics", str(work / "quantize.json"))
     stage("train", "--train", str(seq / "train.parquet"), "--valid", str(seq / "valid.parquet"),
           "--item-info", str(work / "item_info.parquet"), "--feature-map", str(seq / "feature_map.json"),
+          "--semantic-ids", str(work / "semantic_ids.parquet"),
           "--model", str(work / "model.pt"), "--live-dir", str(work / "live"))
-    stage("evaluate", "--model", str(work / "model.pt"), "--test", str(seq / "test.parquet"), "--raw-dir", raw,
-          "--metrics", str(work / "evaluate.json"), "--roc", str(work / "roc.json"),
+    stage("evaluate", "--model", str(work / "model.pt"), "--test", str(seq / "test.parquet"),
+          "--train", str(seq / "train.parquet"), "--raw-dir", raw, "--metrics", str(work / "evaluate.json"), "--roc", str(work / "roc.json"),
           "--calibration", str(work / "calibration.json"), "--predictions", str(work / "predictions.parquet"),
           "--submission", str(work / "submission.zip"))
     return {"test": json.loads((work / "evaluate.json").read_text()),

@@ -2,9 +2,14 @@
 
 `CTRBase` owns what every model here embeds the same way: the item tables as buffers indexed by item id
 (row i = item i, row 0 = padding), so a batch carries ids only and the checkpoint holds everything needed to
-score; the item embedding e_item = [id embedding (E) || mean of its tag embeddings (E) || W_mm * frozen
+score; the item embedding e_item = [learnt item part (E) || mean of its tag embeddings (E) || W_mm * frozen
 embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim); one E-wide embedding per
 context feature; embedding dropout on both; and FuxiCTR's initialisation.
+
+The learnt item part is `item_repr`'s: `id`, the item's own id embedding; `semantic`, the sum over levels of
+a learnt embedding per (level, code) of its semantic id (the quantize stage's codes), which items with similar
+frozen embeddings share, so an item never seen in training still gets a learnt vector; `id+semantic`, the sum of
+both.
 """
 
 from __future__ import annotations
@@ -95,9 +100,12 @@ class CTRBase(nn.Module):
     Linear and Embedding, its own included, gets FuxiCTR's init.
     """
 
-    def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor):
+    def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
+                 item_codes: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings (kept
-        as a buffer even without `use_mm_emb`, so every checkpoint has the same tables)."""
+        as a buffer even without `use_mm_emb`, so every checkpoint has the same tables); item_codes: (N+1, L)
+        int64 semantic ids, level l's code in 0..K-1, row 0 all -1 (needed, and kept as a buffer, only when
+        item_repr is not `id`)."""
         super().__init__()
         self.cfg = cfg
         e = cfg.embedding_dim
@@ -109,7 +117,18 @@ class CTRBase(nn.Module):
         self.register_buffer("item_mm", item_mm.float())  # (N+1, M)
         self.context_names = [f.name for f in feature_map.context_features]
 
-        self.item_emb = nn.Embedding(n_items, e, padding_idx=0)
+        self.item_emb = nn.Embedding(n_items, e, padding_idx=0) if cfg.item_repr != "semantic" else None
+        self.code_emb = None
+        if cfg.item_repr != "id":
+            if item_codes is None or item_codes.shape[0] != n_items or item_codes.ndim != 2:
+                got = "none" if item_codes is None else f"a {tuple(item_codes.shape)} table"
+                raise ValueError(f"train.item_repr {cfg.item_repr!r} needs semantic ids for {n_items} item rows, got "
+                                 f"{got}")
+            self.register_buffer("item_codes", item_codes.long())  # (N+1, L)
+            k = int(item_codes.max()) + 1  # codes per level
+            # Row level * k + code + 1 of one table holds (level, code); row 0 is padding (code -1).
+            self.register_buffer("code_offsets", torch.arange(item_codes.shape[1]) * k + 1, persistent=False)
+            self.code_emb = nn.Embedding(item_codes.shape[1] * k + 1, e, padding_idx=0)
         self.tag_emb = nn.Embedding(feature_map["item_tags"].vocab_size, e, padding_idx=0)
         mm_dim = (cfg.mm_dim or item_mm.shape[1]) if cfg.use_mm_emb else 0
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
@@ -136,16 +155,25 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, tag and context tables and the projection of the frozen embedding.
+        train.embedding_regularizer): the id, code, tag and context tables and the projection of the frozen
+        embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
-        tables = [self.item_emb, self.tag_emb, self.context_emb, self.mm_proj]
+        tables = [self.item_emb, self.code_emb, self.tag_emb, self.context_emb, self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
+
+    def learnt_item(self, ids: Tensor) -> Tensor:
+        """Item ids (...) -> the learnt item part (..., E) of item_repr (module docstring); zeros for id 0."""
+        if self.code_emb is None:
+            return self.item_emb(ids)
+        codes = self.item_codes[ids]  # (..., L), -1 for padding
+        semantic = self.code_emb(torch.where(codes >= 0, codes + self.code_offsets, 0)).sum(-2)  # (..., E)
+        return semantic if self.item_emb is None else self.item_emb(ids) + semantic
 
     def embed_items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> item embeddings (..., item_dim), after embedding dropout; id 0 (padding) maps to all
         zeros."""
         tags = self.item_tags[ids]  # (..., T)
-        parts = [self.item_emb(ids), masked_mean(self.tag_emb(tags), tags)]
+        parts = [self.learnt_item(ids), masked_mean(self.tag_emb(tags), tags)]
         if self.mm_proj is not None:
             parts.append(self.mm_proj(self.item_mm[ids]))
         return self.embedding_dropout(torch.cat(parts, dim=-1))  # (..., item_dim)

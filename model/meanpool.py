@@ -23,9 +23,10 @@ from pipeline.core.feature_map import FeatureMap
 class MeanPool(CTRBase):
     """See the module docstring. Built from a ModelConfig, the feature map and the item tables."""
 
-    def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor):
+    def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
+                 item_codes: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings."""
-        super().__init__(cfg, feature_map, item_tags, item_mm)
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes)
         self.dnn = mlp_head(self.context_dim + 3 * self.item_dim, cfg.dnn_hidden_units, cfg.net_dropout)
         self.reset_parameters()
 

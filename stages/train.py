@@ -3,6 +3,7 @@
 In:  --train, --valid   split parquets (pipeline/sequences/build.py contract)
      --item-info        item_info.parquet from fit_pca (row i = item i)
      --feature-map      feature_map.json from build_sequences
+     --semantic-ids     semantic_ids.parquet from quantize (row i = item i), read when train.item_repr uses codes
 Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
      `.<model name>.resume.pt` beside --model while it runs: the last finished epoch's state (train.resume)
@@ -23,28 +24,30 @@ from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
-from pipeline.training.data import check_item_tables, load_item_tables, load_split
+from pipeline.training.data import check_item_tables, load_item_tables, load_semantic_ids, load_split
 from pipeline.training.loop import fit
 
 log = logging.getLogger("train")
 
 
 @click.command(help=summary(__doc__))
-@file_options("--train:train_path", "--valid:valid_path", "--item-info", "--feature-map", "--model:model_path")
+@file_options("--train:train_path", "--valid:valid_path", "--item-info", "--feature-map", "--semantic-ids",
+              "--model:model_path")
 @click.option("--live-dir", required=True, type=click.Path(file_okay=False))
 @params_option
 @stage_main
-def main(train_path: str, valid_path: str, item_info: str, feature_map: str, model_path: str, live_dir: str,
-         params_path: str) -> None:
+def main(train_path: str, valid_path: str, item_info: str, feature_map: str, semantic_ids: str, model_path: str,
+         live_dir: str, params_path: str) -> None:
     cfg = load_section(params_path, "train", TrainConfig)
     set_threads(cfg.num_threads)
     tags, mm, mm_dim = load_item_tables(item_info)
     fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)
     check_item_tables(item_info, tags, fmap)
+    codes = load_semantic_ids(semantic_ids, tags.shape[0]) if cfg.arch.item_repr != "id" else None
     train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
     with distributed(cfg.device, "train.device") as (dist, device):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, fmap, tags, mm)
+        model = build_model(cfg.arch, fmap, tags, mm, codes)
         log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),
                  sum(p.numel() for p in model.parameters()), device, dist.rank, dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:

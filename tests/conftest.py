@@ -146,7 +146,7 @@ def project_copy(root: Path, params: str) -> Path:
 
 TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
 STAGES = ["check_params", "make_synthetic", "extract_text", "extract_image", "build_sequences", "fit_pca",
-          "embedding_report", "train", "evaluate"]
+          "embedding_report", "quantize", "train", "evaluate"]
 
 
 def ran_stages(output: str) -> set[str]:
@@ -259,6 +259,11 @@ OUT_OF_RANGE = [
     ("train", {"warmup_steps": -1}, "train.warmup_steps"),
     ("train", {"eval_steps": -1}, "train.eval_steps"),
     ("train", {"max_steps": -1}, "train.max_steps"),
+    ("train", {"ema_decay": 1.0}, "train.ema_decay"),
+    ("train", {"ema_decay": -0.5}, "train.ema_decay"),
+    ("quantize", {"codebook_size": 1}, "quantize.codebook_size"),
+    ("quantize", {"codebook_size": 40000}, "quantize.codebook_size"),
+    ("quantize", {"levels": 0}, "quantize.levels"),
     ("train", {"learning_rate": 0.001, "min_lr": 0.002}, "train.min_lr"),
     ("build_sequences", {"valid_frac": 0.5, "test_frac": 0.5}, "build_sequences.test_frac"),
     ("build_sequences", {"valid_frac": 0.0}, "build_sequences.valid_frac"),

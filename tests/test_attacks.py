@@ -90,7 +90,8 @@ class Lab:
         seq = self.root / "seq"
         return self.stage("train", "--train", str(seq / "train.parquet"), "--valid",
                           str(seq / "valid.parquet"), "--item-info", str(self.root / "item_info.parquet"),
-                          "--feature-map", str(seq / "feature_map.json"), "--model", str(self.root / "out/model.pt"),
+                          "--feature-map", str(seq / "feature_map.json"), "--semantic-ids",
+                          str(self.root / "semantic_ids.parquet"), "--model", str(self.root / "out/model.pt"),
                           "--live-dir", str(self.root / "out/live"))
 
     def evaluate(self, model: Path) -> Result:

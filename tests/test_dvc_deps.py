@@ -118,7 +118,7 @@ def test_a_change_reruns_exactly_the_stages_of_its_phase() -> None:
     assert stages_listing("pipeline/core") == set(STAGES)
     assert stages_listing("pipeline/extract") == {"extract_text", "extract_image"}
     assert stages_listing("pipeline/sequences") == {"build_sequences"}
-    assert stages_listing("pipeline/itememb") == {"fit_pca", "embedding_report"}
+    assert stages_listing("pipeline/itememb") == {"fit_pca", "embedding_report", "quantize"}
     assert stages_listing("pipeline/training") == stages_listing("model") == {"train", "evaluate"}
     assert stages_listing("pipeline/cli") == set()
     assert not stages_listing("pipeline/sources") & {"check_params", "train"}

@@ -294,6 +294,50 @@ def test_cli_neighbours_rejects_a_shuffled_item_table(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
 
 
+def _semantic_ids(tmp_path: Path, codes: list[list[int]]) -> Path:
+    path = tmp_path / "semantic_ids.parquet"
+    pl.DataFrame({"item_id": pl.Series(np.arange(len(codes)), dtype=pl.Int32),
+                  "codes": pl.Series(codes, dtype=pl.Array(pl.Int16, 3))}).write_parquet(path)
+    return path
+
+
+CODES = [[-1, -1, -1], [0, 0, 0], [1, 2, 3], [0, 0, 1], [1, 2, 0], [0, 1, 1], [0, 0, 2], [2, 2, 2], [0, 0, 0],
+         [1, 0, 0], [0, 1, 0], [0, 5, 5], [3, 3, 3]]
+
+
+def test_cli_neighbours_by_codes_ranks_by_shared_prefix_then_cosine(tmp_path: Path) -> None:
+    """Item 1's codes (0, 0, 0): item 8 shares all three, items 3 and 6 two, items 5, 10, 11 one; equal prefixes
+    go by cosine, and items sharing no code are not listed."""
+    info, titles, table = _cli_files(tmp_path)
+    ids_path = _semantic_ids(tmp_path, CODES)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "1", "-k", "10", "--by", "codes", "--item-info",
+                                       str(info), "--titles", str(titles), "--semantic-ids", str(ids_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[1] == f"(only 6 other items share a code with it in {ids_path}: showing all of them, not 10)"
+    parsed = [line.split() for line in lines[2:]]
+    unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+    cos = unit @ unit[1]
+    by_cos = lambda ids: sorted(ids, key=lambda i: -cos[i])  # noqa: E731
+    assert [int(p[1]) for p in parsed] == [8, *by_cos([3, 6]), *by_cos([5, 10, 11])]
+    assert [p[4] for p in parsed] == ["3/3", "2/3", "2/3", "1/3", "1/3", "1/3"]
+    assert [float(p[2]) for p in parsed] == pytest.approx([cos[int(p[1])] for p in parsed], abs=1e-3)
+
+
+def test_cli_neighbours_by_codes_needs_codes_for_every_item(tmp_path: Path) -> None:
+    info, titles, _ = _cli_files(tmp_path)
+    short = _semantic_ids(tmp_path, CODES[:-2])
+    result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--by", "codes", "--item-info", str(info),
+                                       "--titles", str(titles), "--semantic-ids", str(short)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {short}: codes for 10 items, the item table has 12 (run `dvc repro` "
+                                     "to bring them in step)")
+    missing = tmp_path / "none.parquet"
+    result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--by", "codes", "--item-info", str(info),
+                                       "--titles", str(titles), "--semantic-ids", str(missing)])
+    assert result.output.strip() == f"Error: {missing}: file not found (run `dvc repro` first, or pass --semantic-ids)"
+
+
 # ---------------------------------------------------------------------------------------------- approximate indexes
 
 

@@ -248,8 +248,8 @@ def test_second_repro_does_nothing_and_pca_dim_reruns_only_downstream(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["fit_pca"]["dim"] = 8
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run(["dvc", "repro"], project)) == {"check_params", "fit_pca", "embedding_report", "train",
-                                                          "evaluate"}
+    assert ran_stages(run(["dvc", "repro"], project)) == {"check_params", "fit_pca", "embedding_report", "quantize",
+                                                          "train", "evaluate"}
     assert "item_emb_d8" in pl.read_parquet(project / "data/features/item_info.parquet").columns
 
 
@@ -397,7 +397,7 @@ def test_challenge_source(project, challenge):
 def test_challenge_embeddings_replace_extraction(project, challenge):
     """data.item_embeddings swaps our extracted embeddings for the organisers' (their PCA'd d128 table as it is,
     or their BERT and CLIP vectors through our PCA): each switch reruns only fit_pca and what follows it."""
-    after_fit_pca = {"check_params", "fit_pca", "embedding_report", "train", "evaluate"}
+    after_fit_pca = {"check_params", "fit_pca", "embedding_report", "quantize", "train", "evaluate"}
     set_data(project, source="mmctr", raw_dir="data/mmctr", item_embeddings="extracted")
     run(["dvc", "repro"], project)
 

@@ -77,18 +77,21 @@ def test_fit_is_deterministic_for_a_seed():
     assert runs[0] == runs[1]
 
 
-def test_resumed_run_continues_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resumed_run_continues_to_the_uninterrupted_result(tmp_path, ema_decay: float):
     """A run stopped after 2 epochs and resumed (train.resume) from its epoch state, into a differently initialised
-    model, ends with the same history and weights as 4 uninterrupted epochs; a state written under other params
-    is ignored."""
+    model, ends with the same history and weights as 4 uninterrupted epochs (with a weight average, the average
+    is carried over too); a state written under other params is ignored."""
     train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
     whole = new_model()
-    ref = fit(whole, train, valid, train_cfg(epochs=4, patience=5), CPU, resume_file=tmp_path / "ref.pt")
+    ref = fit(whole, train, valid, train_cfg(epochs=4, patience=5, ema_decay=ema_decay), CPU,
+              resume_file=tmp_path / "ref.pt")
     state = tmp_path / "state.pt"
-    fit(new_model(), train, valid, train_cfg(epochs=2, patience=5), CPU, resume_file=state)
+    fit(new_model(), train, valid, train_cfg(epochs=2, patience=5, ema_decay=ema_decay), CPU, resume_file=state)
     torch.manual_seed(123)
     resumed = TransformerDCN(SMALL, feature_map(), *item_tables())
-    got = fit(resumed, train, valid, train_cfg(epochs=4, patience=5, resume=True), CPU, resume_file=state)
+    got = fit(resumed, train, valid, train_cfg(epochs=4, patience=5, resume=True, ema_decay=ema_decay), CPU,
+              resume_file=state)
     assert got == ref
     for k, v in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)

@@ -26,11 +26,12 @@ from pipeline.cli.tune import (
 )
 from pipeline.core.config import DataConfig, load_section
 from pipeline.core.feature_map import find_mm_column
-from pipeline.core.io import DataError, read_parquet
-from pipeline.core.items import check_item_table
+from pipeline.core.io import DataError, list_matrix, read_parquet
+from pipeline.core.items import check_item_table, unit_rows
 from pipeline.core.stage import one_line_errors
 from pipeline.itememb.gallery import check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
+from pipeline.itememb.quantize import code_neighbours
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import read_titles
 
@@ -54,10 +55,16 @@ def main() -> None:
 @click.option("--raw-dir", default=None, type=click.Path(file_okay=False), help="overrides data.raw_dir")
 @click.option("--titles", default=None, type=click.Path(dir_okay=False),
               help="a MicroLens titles file, instead of the titles of data.source in the raw folder")
+@click.option("--by", type=click.Choice(["cosine", "codes"]), default="cosine", show_default=True,
+              help="cosine: nearest by the PCA embedding (faiss); codes: longest shared semantic id prefix")
+@click.option("--semantic-ids", default="data/features/semantic_ids.parquet", show_default=True,
+              type=click.Path(dir_okay=False), help="with --by codes: the codes written by the quantize stage")
 def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params_path: str, raw_dir: str | None,
-               titles: str | None) -> None:
+               titles: str | None, by: str, semantic_ids: str) -> None:
     """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles; with
-    --gallery, also draw their covers in a PNG grid (query first; missing covers are drawn grey)."""
+    --by codes, the items sharing the longest prefix of its semantic id (the quantize stage's codes; equal
+    prefixes ordered by cosine). With --gallery, also draw their covers in a PNG grid (query first; missing covers
+    are drawn grey)."""
     with one_line_errors(ValueError):
         if gallery is not None:
             check_gallery_path(gallery)
@@ -69,18 +76,44 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
         check_item_table(info, item_info)
         table = info[find_mm_column(info.columns, item_info)].to_numpy()
         names = dict((read_titles(titles) if titles else item_titles(data.source, raw_dir)).iter_rows())
-        found = item_neighbours(table, item_id, k)
+        prefix: dict[int, str] = {}  # --by codes: the shared prefix of each neighbour, as "n/L"
+        if by == "codes":
+            levels, hits = semantic_neighbours(semantic_ids, table, item_id, k)
+            found = [(i, cos) for i, _, cos in hits]
+            prefix = {i: f"  prefix {n}/{levels}" for i, n, _ in hits}
+        else:
+            found = item_neighbours(table, item_id, k)
         if gallery is not None:
             shown = [(item_id, None), *found]
             covers = item_cover_paths(data.source, raw_dir, np.array([i for i, _ in shown]))
             draw_gallery([(i, names.get(i, ""), score, cover) for (i, score), cover in zip(shown, covers)], gallery)
     click.echo(f"query {item_id}: {names.get(item_id, '')}")
     if len(found) < k:
-        click.echo(f"(only {len(found)} other items in {item_info}: showing all of them, not {k})")
+        where = f"share a code with it in {semantic_ids}" if by == "codes" else f"in {item_info}"
+        click.echo(f"(only {len(found)} other items {where}: showing all of them, not {k})")
     for rank, (other, score) in enumerate(found, start=1):
-        click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}  {names.get(other, '')}")
+        click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}{prefix.get(other, '')}  {names.get(other, '')}")
     if gallery is not None:
         click.echo(f"gallery: {gallery}")
+
+
+def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> tuple[int, list[tuple[int, int, float]]]:
+    """The quantize stage's codes at `path` (checked: row i = item i, as many items as the PCA `table` (N+1, D))
+    -> (levels, code_neighbours of item_id, ties ordered by cosine over `table`)."""
+    if not Path(path).exists():
+        raise DataError(f"{path}: file not found (run `dvc repro` first, or pass --semantic-ids)")
+    ids = read_parquet(path, {"item_id": pl.Int32})
+    check_item_table(ids, path)
+    if "codes" not in ids.columns:
+        raise DataError(f"{path}: missing column 'codes' (has {', '.join(ids.columns)})")
+    codes = list_matrix(path, ids, "codes", None, pl.Int64)  # (N+1, L)
+    if codes.shape[0] != table.shape[0]:
+        raise DataError(f"{path}: codes for {codes.shape[0] - 1} items, the item table has {table.shape[0] - 1} "
+                        "(run `dvc repro` to bring them in step)")
+    if not 1 <= item_id < table.shape[0]:
+        raise ValueError(f"item {item_id} is not in the item table (ids 1..{table.shape[0] - 1})")
+    cosine = unit_rows(table) @ unit_rows(table[item_id:item_id + 1])[0]  # (N+1,)
+    return codes.shape[1], code_neighbours(codes, item_id, k, cosine)
 
 
 @main.command()

@@ -410,6 +410,7 @@ class BuildSequencesConfig:
         require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
 
 
+ItemRepr = Literal["id", "semantic", "id+semantic"]  # the learnt part of an item's embedding (model/layers.py)
 ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/factory.py builds
 
 
@@ -427,6 +428,7 @@ class ModelConfig:
 
     model: ModelName = "transformer_dcn"
     embedding_dim: int = 16
+    item_repr: ItemRepr = "id"  # id embedding, sum of the item's semantic code embeddings, or both (summed)
     use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
@@ -452,6 +454,8 @@ class ModelConfig:
         s = "train"
         models = typing.get_args(ModelName)
         require(self.model in models, f"{s}.model", f"must be one of {', '.join(models)}, got {self.model!r}")
+        reprs = typing.get_args(ItemRepr)
+        require(self.item_repr in reprs, f"{s}.item_repr", f"must be one of {', '.join(reprs)}, got {self.item_repr!r}")
         for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         # Upper bounds: a width past MAX_WIDTH asks for more memory than a machine has.
@@ -505,6 +509,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
     bucket_batches: int = 0  # > 0: batches of similar history length from windows of this many batches (training.py)
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (pipeline/training)
     lr_decay: float = 0.1  # plateau: lr *= lr_decay after each validation whose valid AUC did not improve
     min_lr: float = 1e-6
     max_grad_norm: float = 10.0
@@ -522,6 +527,7 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size"):
             require(getattr(self, name) <= 1 << 24, f"{s}.{name}", f"must be <= {1 << 24}, got {getattr(self, name)}")
         require(0 <= self.embedding_dropout < 1, f"{s}.embedding_dropout", "must be in [0, 1)")
+        require(0 <= self.ema_decay < 1, f"{s}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
                      "max_steps", "bucket_batches"):
             require(getattr(self, name) >= 0, f"{s}.{name}", f"must be >= 0, got {getattr(self, name)}")
@@ -570,6 +576,27 @@ class EmbeddingReportConfig:
 
 
 @dataclass(frozen=True)
+class QuantizeConfig:
+    """`quantize`: semantic ids of the items, a residual quantisation of fit_pca's item embedding
+    (pipeline/itememb/quantize.py): `levels` codes per item from codebooks of `codebook_size` centroids each,
+    level l's k-means fitted to what the levels before it left (residual k-means, faiss)."""
+
+    levels: int = 3  # codes per item
+    codebook_size: int = 64  # centroids per level (at most the number of items)
+    iterations: int = 25  # k-means iterations per level
+    sample_items: int = 2000  # query items of the tag agreement metrics (a seeded sample when there are more)
+    seed: int = 0  # k-means initialisation (level l uses seed + l), the query sample and the chance baseline
+
+    def __post_init__(self) -> None:
+        s = "quantize"
+        for name in ("levels", "iterations", "sample_items"):
+            require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        # codes are stored as int16; one centroid is no quantisation
+        require(2 <= self.codebook_size <= 1 << 15, f"{s}.codebook_size",
+                f"must be in [2, {1 << 15}], got {self.codebook_size}")
+
+
+@dataclass(frozen=True)
 class TuneConfig:
     """`tune`: the search space of `mmctr tune` (pipeline/cli/tune.py); no stage reads it.
 
@@ -609,6 +636,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "embedding_report": EmbeddingReportConfig,
+    "quantize": QuantizeConfig,
     "tune": TuneConfig,
 }
 

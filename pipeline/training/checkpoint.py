@@ -52,8 +52,8 @@ def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensor
 class FitState:
     """Everything a run needs to continue after pass `epoch - 1`: weights, optimiser, the pass-order generator
     and torch's global RNG (dropout), the plateau lr, the best validation so far, the validation records, and the
-    train loss of the validation interval under way (with eval_steps it can span passes). It is saved at the end of
-    each pass only, so a resumed run repeats the steps of the pass it was stopped in."""
+    train loss of the validation interval under way (with eval_steps it can span passes) and the weight average. It
+    is saved at the end of each pass only, so a resumed run repeats the steps of the pass it was stopped in."""
 
     lr: float  # the plateau state: learning_rate times lr_decay per plateau (floored at min_lr); see lr_at
     epoch: int = 0
@@ -64,6 +64,7 @@ class FitState:
     best_state: dict[str, Tensor] | None = None
     interval_loss: float = 0.0  # summed train BCE (all ranks) of the interval's finished passes
     interval_rows: int = 0  # train rows (all ranks) since the last validation
+    ema: dict[str, Tensor | int] | None = None  # WeightAverage.state() under train.ema_decay > 0
 
     def save(self, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
         """Write the state atomically (plain types and tensors only: loads with weights_only=True)."""
@@ -117,7 +118,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
         fmap = FeatureMap.from_dict(ckpt["feature_map"], where=str(path))
         state = ckpt["model"]
-        model = build_model(ModelConfig(**cfg_dict), fmap, state["item_tags"], state["item_mm"])
+        model = build_model(ModelConfig(**cfg_dict), fmap, state["item_tags"], state["item_mm"],
+                            state.get("item_codes"))
         model.load_state_dict(state)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None

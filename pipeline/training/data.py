@@ -91,6 +91,26 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
             torch.from_numpy(np.require(mm, np.float32, ["C", "W"])), mm.shape[1])
 
 
+def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
+    """semantic_ids.parquet (stages/quantize.py contract) -> (N+1, L) int64 codes, after checking that row i holds
+    item i, that there are n_rows rows (the item table's), that codes are lists of one length, and that row 0 is
+    all -1 and every other code >= 0 (first bad row named)."""
+    df = read_parquet(path, {"item_id": pl.Int32})
+    check_item_table(df, str(path))
+    if df.height != n_rows:
+        raise DataError(f"{path}: codes for {df.height - 1} items, the item table has {n_rows - 1} (rerun quantize)")
+    if "codes" not in df.columns:
+        raise DataError(f"{path}: missing column 'codes' (has {', '.join(df.columns)})")
+    codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
+    if codes.shape[1] == 0:
+        raise DataError(f"{path}: column 'codes' holds empty lists")
+    bad = 0 if (codes[0] != -1).any() else first_true((codes[1:] < 0).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad if bad == 0 else bad + 1}: codes must be -1 for row 0 (padding) and >= 0 "
+                        "for items")
+    return torch.from_numpy(np.require(codes, np.int64, ["C", "W"]))
+
+
 def check_item_tables(path: str | Path, tags: Tensor, feature_map: FeatureMap) -> None:
     """The item table of `load_item_tables` fits the feature map of the splits: one row per item id (N+1) and tag
     ids below item_tags' vocabulary; else a DataError naming `path` (an index past a table fails mid-run)."""

@@ -5,6 +5,7 @@ rate, the lr schedule, bucketed batches, early stopping on valid AUC, and how of
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -20,6 +21,7 @@ from model.layers import CTRBase
 from pipeline.core.config import TrainConfig
 from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.io import DataError
+from pipeline.training.average import WeightAverage
 from pipeline.training.checkpoint import FitState, resume_fingerprint
 from pipeline.training.data import SplitTensors, make_batch
 from pipeline.training.predict import evaluate_split
@@ -142,7 +144,9 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     validation), valid_auc, valid_logloss, lr (of the last step)}, logged to `live` as one dvclive step. The lr of
     each step is lr_at's: under `plateau` it is multiplied by `lr_decay` after each validation without a better
     valid AUC (FuxiCTR's reduce-on-plateau). Training stops after `patience` such validations in a row. The item and
-    context embeddings get dropout `embedding_dropout` in training. A NaN/inf loss stops with the step number.
+    context embeddings get dropout `embedding_dropout` in training. With ema_decay > 0 each validation scores (and
+    the run keeps) an exponential moving average of the weights (WeightAverage), not the last step's. A NaN/inf
+    loss stops with the step number.
 
     Under torchrun (dist.enabled) the model is wrapped in DistributedDataParallel; every rank draws the same pass
     order and takes its contiguous part of each global batch of `batch_size` rows. Each rank's loss is its rows'
@@ -172,6 +176,9 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
                 for record in state.history:
                     log_validation(live, record)
     state = state or FitState(lr=cfg.learning_rate)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and state.ema is not None:
+        ema.load(state.ema)
     total_steps = run_steps(len(train), cfg)
     # A resumed run that had already stopped (early, or at its step budget) only restores its best weights.
     finished = state.bad_validations >= cfg.patience or state.step >= total_steps
@@ -190,20 +197,25 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train: loss is {loss.item()} at step {state.step} (epoch {epoch})")
             optimizer_step(model, opt, loss, cfg.max_grad_norm)
+            if ema is not None:
+                ema.update(model)
             pass_loss += loss_sum.item()
             state.interval_rows += len(rows)
             state.step += 1
             due = state.step % cfg.eval_steps == 0 if cfg.eval_steps else b == len(batches) - 1
             if not (due or state.step == total_steps):
                 continue
-            scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
+                improved = scores["auc"] > state.best_auc
+                if improved:  # the weights validated: the average under ema_decay
+                    state.best_state = copy.deepcopy(model.state_dict())
             train_loss = state.interval_loss + dist.sum(pass_loss, device)
             record = {"epoch": epoch, "step": state.step, "train_logloss": train_loss / state.interval_rows,
                       "valid_auc": scores["auc"], "valid_logloss": scores["logloss"], "lr": opt.param_groups[0]["lr"]}
             state.history.append(record)
             seconds, rows_seen = time.perf_counter() - since, state.interval_rows * dist.world
             state.interval_loss, state.interval_rows, pass_loss = 0.0, 0, 0.0
-            improved = scores["auc"] > state.best_auc
             if dist.is_main:
                 log.info("pass %d, step %d: valid AUC %.4f%s, valid logloss %.4f, train logloss %.4f, lr %.3g; "
                          "%.0f s, %.0f rows/s", epoch, state.step, scores["auc"],
@@ -213,7 +225,6 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
                     log_validation(live, record)
             if improved:
                 state.best_auc, state.bad_validations = scores["auc"], 0
-                state.best_state = copy.deepcopy(model.state_dict())
             else:
                 state.bad_validations += 1
                 if cfg.lr_schedule == "plateau" and state.lr > cfg.min_lr:
@@ -226,6 +237,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
             net.train()
         state.interval_loss += dist.sum(pass_loss, device)
         state.epoch = epoch + 1
+        state.ema = ema.state() if ema is not None else None
         if resume_file is not None and dist.is_main:
             state.save(resume_file, fp, model, opt, gen)
         if state.step == total_steps:

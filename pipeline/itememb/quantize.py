@@ -1,0 +1,142 @@
+"""Semantic ids: residual quantisation of the item embedding into a short tuple of codes.
+
+Level 1 fits k-means (faiss) with `codebook_size` centroids to the item embeddings and gives each item its nearest
+centroid; level l fits k-means to the residuals the levels before it left (embedding minus the sum of the chosen
+centroids) and so on, so an item's codes (c_1, ..., c_L) say coarse to fine where it lies, and the sum of its
+centroids reconstructs its embedding. Items that share a code prefix are similar; an item with no clicks still has
+codes (the start of what the winning paper names as its open problem: semantic, learnable item embeddings).
+
+`assign_codes` is the plain residual chain over given codebooks (the reference `residual_kmeans`'s codes are
+tested against); `quantize_report` gives the stage's metrics: reconstruction error and codebook usage per level,
+collisions, and whether items that share a code prefix share tags.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.io import DataError
+from pipeline.itememb.report import random_neighbours, sample_queries
+
+TAG_SAMPLE_K = 10  # random other items per item in the chance baseline of tag agreement
+
+
+def residual_kmeans(x: np.ndarray, levels: int, codebook_size: int, iterations: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """x (N, D) float -> (codes (N, levels) int16 in [0, codebook_size), codebooks (levels, codebook_size, D)
+    float32). Level l's k-means is faiss's, over all N residuals (no subsampling), seeded with seed + l; each item
+    takes the centroid nearest its residual (L2). Deterministic for a seed and a thread count."""
+    import faiss
+
+    n, d = x.shape
+    if codebook_size > n:
+        raise DataError(f"quantize.codebook_size: {codebook_size} centroids need at least as many items, got {n}")
+    residual = np.array(x, dtype=np.float32, order="C")  # a copy: x is left alone
+    codes = np.empty((n, levels), dtype=np.int16)
+    codebooks = np.empty((levels, codebook_size, d), dtype=np.float32)
+    for level in range(levels):
+        km = faiss.Kmeans(d, codebook_size, niter=iterations, seed=seed + level, max_points_per_centroid=n,
+                          min_points_per_centroid=1, verbose=False)
+        km.train(residual)
+        _, nearest = km.index.search(residual, 1)  # (N, 1)
+        codes[:, level] = nearest[:, 0]
+        codebooks[level] = km.centroids
+        residual -= km.centroids[nearest[:, 0]]
+    return codes, codebooks
+
+
+def assign_codes(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
+    """Reference residual chain: x (N, D), codebooks (L, K, D) -> codes (N, L) int16; at each level the code is
+    the centroid nearest (squared L2, ties to the lower index) to what the earlier levels' centroids left."""
+    residual = np.asarray(x, dtype=np.float64).copy()
+    codes = np.empty((len(x), len(codebooks)), dtype=np.int16)
+    for level, book in enumerate(codebooks.astype(np.float64)):
+        dist = ((residual[:, None, :] - book[None, :, :]) ** 2).sum(-1)  # (N, K)
+        codes[:, level] = dist.argmin(axis=1)
+        residual -= book[codes[:, level]]
+    return codes
+
+
+def perplexity(codes: np.ndarray) -> float:
+    """exp(entropy) of the code distribution of one level (N,): the number of equally used codes it is worth."""
+    counts = np.bincount(codes.astype(np.int64))
+    p = counts[counts > 0] / len(codes)
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def prefix_groups(codes: np.ndarray, length: int) -> np.ndarray:
+    """(N,) int64 group of each item: items with equal codes[:, :length] share a group."""
+    return np.unique(codes[:, :length], axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def collision_share(codes: np.ndarray) -> float:
+    """Share of items whose whole code tuple some other item has too."""
+    groups = prefix_groups(codes, codes.shape[1])
+    return float((np.bincount(groups)[groups] > 1).mean())
+
+
+def shares_a_tag(tags: np.ndarray, q: int, others: np.ndarray) -> np.ndarray:
+    """tags (N+1, T) int tag ids, 0 = none -> (len(others),) bool: item others[j] has a tag of item q."""
+    mine = tags[q][tags[q] != 0]
+    return (tags[others][:, :, None] == mine[None, None, :]).any(axis=(1, 2))
+
+
+def prefix_tag_agreement(groups: np.ndarray, tags: np.ndarray, queries: np.ndarray) -> tuple[float | None, int]:
+    """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); tags (N+1, T) tag ids (0 = none);
+    queries: item ids. -> (mean over the queries that have a tag and share their group with another item of the
+    share of those other items that have one of their tags, or None when no query qualifies; how many qualify)."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
+    ends = np.append(starts[1:], len(order))
+    shares = []
+    for q in queries:
+        g = groups[q - 1]
+        others = order[starts[g]:ends[g]] + 1
+        others = others[others != q]
+        if len(others) and (tags[q] != 0).any():
+            shares.append(float(shares_a_tag(tags, q, others).mean()))
+    return (float(np.mean(shares)) if shares else None), len(shares)
+
+
+def quantize_report(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, tags: np.ndarray, sample_items: int,
+                    seed: int) -> dict:
+    """The metrics of a quantisation of items 1..N (x (N, D), codes (N, L), codebooks (L, K, D), tags (N+1, T)
+    tag ids with 0 = none):
+
+    by_level[l]: recon_error (mean squared norm of the residual left after levels 1..l over the mean squared norm
+    of x: 1 = nothing explained), perplexity and used_codes of level l's codes, tag_agreement and items of
+    prefix_tag_agreement over the items sharing codes 1..l; collisions (collision_share of the whole tuple),
+    distinct_codes (distinct tuples), and chance_tag_agreement (TAG_SAMPLE_K random other items per query). The tag
+    agreements are over `sample_items` query items (a seeded sample; all items when there are no more)."""
+    n = len(x)
+    queries = sample_queries(n, sample_items, seed)
+    residual = np.asarray(x, dtype=np.float64).copy()
+    energy = float((residual ** 2).sum(1).mean()) or 1.0
+    by_level = []
+    for level, book in enumerate(codebooks):
+        residual -= book[codes[:, level].astype(np.int64)]
+        agreement, n_items = prefix_tag_agreement(prefix_groups(codes, level + 1), tags, queries)
+        by_level.append({"level": level + 1, "recon_error": float((residual ** 2).sum(1).mean()) / energy,
+                         "perplexity": perplexity(codes[:, level]),
+                         "used_codes": int(len(np.unique(codes[:, level]))),
+                         "tag_agreement": agreement, "items": n_items})
+    randoms = random_neighbours(queries, n, min(TAG_SAMPLE_K, n - 1), seed) if n > 1 else None  # (Q, k)
+    chance = [shares_a_tag(tags, q, randoms[i]).mean() for i, q in enumerate(queries)
+              if randoms is not None and (tags[q] != 0).any()]
+    return {"items": n, "levels": codes.shape[1], "codebook_size": codebooks.shape[1], "by_level": by_level,
+            "collisions": collision_share(codes), "distinct_codes": int(len(np.unique(codes, axis=0))),
+            "chance_tag_agreement": float(np.mean(chance)) if chance else None}
+
+
+def code_neighbours(codes: np.ndarray, item_id: int, k: int, cosine: np.ndarray) -> list[tuple[int, int, float]]:
+    """The k items that share the longest code prefix with `item_id`: codes (N+1, L) item table (row i = item i,
+    row 0 padding), cosine (N+1,) each item's cosine to the query, which orders items with equal prefixes.
+    -> [(item_id, shared prefix length >= 1, cosine)], longest prefix first, then higher cosine, then lower id;
+    items that share no code with the query are not neighbours (fewer than k may come back)."""
+    if not 1 <= item_id < codes.shape[0]:
+        raise ValueError(f"item {item_id} is not in the semantic id table (ids 1..{codes.shape[0] - 1})")
+    shared = np.cumprod(codes == codes[item_id], axis=1).sum(axis=1)  # (N+1,) common prefix length
+    shared[[0, item_id]] = 0
+    ids = np.flatnonzero(shared)
+    order = np.lexsort((ids, -cosine[ids], -shared[ids]))[:k]
+    return [(int(i), int(shared[i]), float(cosine[i])) for i in ids[order]]
