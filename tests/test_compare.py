@@ -1,4 +1,4 @@
-"""The Table-2 comparison: its 14 queued experiments are valid configs, and `dvc exp show --json` output (shaped as
+"""The Table-2 comparison: its 18 queued experiments are valid configs, and `dvc exp show --json` output (shaped as
 DVC 3 writes it) comes back as the table."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None:
     cmds = queue_commands()
     names = [c[c.index("-n") + 1] for c in cmds]
-    assert len(cmds) == 14 and len(set(names)) == 14
+    assert len(cmds) == 18 and len(set(names)) == 18
     for cmd in cmds:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
@@ -41,22 +41,26 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         assert (cfg.arch.model == "meanpool") == name.startswith("cmp-meanpool-")
         # only the mmctr row has the project's additions, whatever params.yaml's train section holds
         assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == name.startswith("cmp-mmctr-")
+        assert cfg.arch.item_repr == {"sem": "semantic", "idsem": "id+semantic"}.get(name.split("-")[2], "id")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 
 
-def _rev(name: str | None, valid_auc: float, auc: float, timestamp: str = "2026-11-30T19:00:00") -> dict:
+def _rev(name: str | None, valid_auc: float, auc: float, timestamp: str = "2026-11-30T19:00:00",
+         cold: float | None = None) -> dict:
+    slices = {"0": {"rows": 0} if cold is None else {"rows": 40, "auc": cold}, "10+": {"rows": 60, "auc": auc}}
     return {"rev": "x", "name": name, "error": None, "experiments": None, "data": {"timestamp": timestamp,
         "params": {"params.yaml": {"data": {"train": {}}}},
         "metrics": {"data/metrics/train/metrics.json": {"data": {"valid_auc": valid_auc, "valid_logloss": 0.4}},
                     "data/metrics/evaluate.json": {"data": {"auc": auc, "logloss": 0.41, "oracle_auc": 0.88,
-                                                            "history_oracle_auc": 0.865}}}}}
+                                                            "history_oracle_auc": 0.865,
+                                                            "by_train_exposures": slices}}}}}
 
 
 def test_table_from_dvc_exp_show_json() -> None:
     baseline = _rev("main", 0.85, 0.84)
     baseline["experiments"] = [
-        {"revs": [_rev(experiment_name("din", False), 0.80, 0.79)], "executor": None,
+        {"revs": [_rev(experiment_name("din", False), 0.80, 0.79, cold=0.70)], "executor": None,
          "name": experiment_name("din", False)},
         {"revs": [_rev(experiment_name("tdcn", True), 0.86, 0.855)], "executor": None,
          "name": experiment_name("tdcn", True)},
@@ -71,9 +75,9 @@ def test_table_from_dvc_exp_show_json() -> None:
     table = comparison_table(records).splitlines()
     assert table[0].startswith("| model | valid AUC")
     din = next(line for line in table if line.startswith("| DIN |"))
-    assert din == "| DIN | 0.8000 | 0.4000 | 0.7900 | 0.4100 | - | - | - | - |"
+    assert din == "| DIN | 0.8000 | 0.4000 | 0.7900 | 0.4100 | 0.7000 | - | - | - | - | - |"
     tdcn = next(line for line in table if line.startswith("| Transformer + DCNv2 |"))
-    assert tdcn.endswith("| 0.8600 | 0.4000 | 0.8550 | 0.4100 |")
+    assert tdcn.endswith("| 0.8600 | 0.4000 | 0.8550 | 0.4100 | - |")  # its run had no new items
     assert "oracle AUC (planted model, hidden user preference): 0.8800" in table[-1]
     assert "0.8650" in table[-1]
 

@@ -1,12 +1,13 @@
 """The paper's model comparison (its Table 2) as DVC experiments on the current data.
 
-Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py and the
-project's default Transformer + DCNv2 with mean interest and a low-rank cross network), run twice: without and with
-the frozen multimodal (PCA) item embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue`
-command of each of the 14 experiments; `experiment_records` reads `dvc exp show --json` back into flat records, and
-`comparison_table` lays them out like the paper: one row per variant, AUC and logloss (valid, from train's dvclive
-summary, and test, from evaluate) without | with the MM embedding, plus the oracle AUCs of the data when it is
-synthetic.
+Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py, the
+project's default Transformer + DCNv2 with mean interest and a low-rank cross network, and that default with
+semantic-id item embeddings, `train.item_repr`), run twice: without and with the frozen multimodal (PCA) item
+embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 18
+experiments; `experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays
+them out like the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from
+evaluate) and the test AUC on items new to the model (evaluate's `by_train_exposures` slice `0`) without | with
+the MM embedding, plus the oracle AUCs of the data when it is synthetic.
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ from typing import Any
 # Transformer + DCNv2 rows are the winner's (full-rank cross, no mean interest), and the mmctr default row adds
 # this project's two additions.
 _SWITCHES = ("train.model", "train.dice", "train.use_transformer", "train.use_dcn", "train.mean_interest",
-             "train.cross_rank")
+             "train.cross_rank", "train.item_repr")
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
     (label, stem, dict(zip(_SWITCHES, values)))
     for label, stem, *values in (
-        ("DIN", "din", "din", False, True, True, False, 0),
-        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0),
-        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0),
-        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0),
-        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0),
-        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0),
-        ("mmctr default (+ mean interest, low-rank cross)", "mmctr", "transformer_dcn", False, True, True, True, 8),
+        ("DIN", "din", "din", False, True, True, False, 0, "id"),
+        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0, "id"),
+        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0, "id"),
+        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0, "id"),
+        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0, "id"),
+        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0, "id"),
+        ("mmctr default (+ mean interest, low-rank cross)", "mmctr", "transformer_dcn", False, True, True, True, 8,
+         "id"),
+        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, True, 8, "semantic"),
+        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, True, 8,
+         "id+semantic"),
     )
 )
 PREFIX = "cmp"
@@ -78,7 +83,8 @@ def _metric(data: dict, path: str) -> dict[str, Any]:
 
 
 def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
-    """`dvc exp show --json` -> {experiment name: {valid_auc, valid_logloss, auc, logloss, oracle_auc,
+    """`dvc exp show --json` -> {experiment name: {valid_auc, valid_logloss, auc, logloss, cold_auc (test AUC of
+    the rows whose item has no train exposure; None when there are none or they are one class), oracle_auc,
     history_oracle_auc}} for the experiments this module names. A name run on several commits (--all-commits)
     keeps its newest run (ISO timestamps compare as strings)."""
     records: dict[str, dict[str, Any]] = {}
@@ -92,8 +98,9 @@ def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
             continue
         train, test = _metric(node["data"], TRAIN_METRICS), _metric(node["data"], EVAL_METRICS)
         stamps[name] = stamp
+        cold = (test.get("by_train_exposures") or {}).get("0") or {}
         records[name] = {"valid_auc": train.get("valid_auc"), "valid_logloss": train.get("valid_logloss"),
-                         "auc": test.get("auc"), "logloss": test.get("logloss"),
+                         "auc": test.get("auc"), "logloss": test.get("logloss"), "cold_auc": cold.get("auc"),
                          "oracle_auc": test.get("oracle_auc"), "history_oracle_auc": test.get("history_oracle_auc")}
     return records
 
@@ -103,15 +110,16 @@ def _fmt(x: Any) -> str:
 
 
 def comparison_table(records: dict[str, dict[str, Any]]) -> str:
-    """A Markdown table shaped like the paper's Table 2 (missing experiments show '-')."""
-    head = ("| model | valid AUC | valid logloss | test AUC | test logloss "
-            "| valid AUC (MM) | valid logloss (MM) | test AUC (MM) | test logloss (MM) |")
-    lines = [head, "|" + "---|" * 9]
+    """A Markdown table shaped like the paper's Table 2, plus the test AUC on items with no train exposure
+    ("new items"; missing experiments and empty slices show '-')."""
+    head = ("| model | valid AUC | valid logloss | test AUC | test logloss | new items' AUC "
+            "| valid AUC (MM) | valid logloss (MM) | test AUC (MM) | test logloss (MM) | new items' AUC (MM) |")
+    lines = [head, "|" + "---|" * 11]
     for label, stem, _ in VARIANTS:
         cells = []
         for mm in (False, True):
             r = records.get(experiment_name(stem, mm), {})
-            cells += [_fmt(r.get(k)) for k in ("valid_auc", "valid_logloss", "auc", "logloss")]
+            cells += [_fmt(r.get(k)) for k in ("valid_auc", "valid_logloss", "auc", "logloss", "cold_auc")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     oracles = {k: v for r in records.values() for k, v in r.items() if k.endswith("oracle_auc") and v is not None}
     if oracles:
