@@ -509,7 +509,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
     bucket_batches: int = 0  # > 0: batches of similar history length from windows of this many batches (training.py)
-    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights (pipeline/training)
+    ema_decay: float = 0.998  # > 0: validate and keep an exponential moving average of the weights (pipeline/training)
     lr_decay: float = 0.1  # plateau: lr *= lr_decay after each validation whose valid AUC did not improve
     min_lr: float = 1e-6
     max_grad_norm: float = 10.0
