@@ -120,9 +120,10 @@ def quantize_report(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, tag
                          "perplexity": perplexity(codes[:, level]),
                          "used_codes": int(len(np.unique(codes[:, level]))),
                          "tag_agreement": agreement, "items": n_items})
-    randoms = random_neighbours(queries, n, min(TAG_SAMPLE_K, n - 1), seed) if n > 1 else None  # (Q, k)
-    chance = [shares_a_tag(tags, q, randoms[i]).mean() for i, q in enumerate(queries)
-              if randoms is not None and (tags[q] != 0).any()]
+    chance = []
+    if n > 1:
+        randoms = random_neighbours(queries, n, min(TAG_SAMPLE_K, n - 1), seed)  # (Q, k)
+        chance = [shares_a_tag(tags, q, row).mean() for q, row in zip(queries, randoms) if (tags[q] != 0).any()]
     return {"items": n, "levels": codes.shape[1], "codebook_size": codebooks.shape[1], "by_level": by_level,
             "collisions": collision_share(codes), "distinct_codes": int(len(np.unique(codes, axis=0))),
             "chance_tag_agreement": float(np.mean(chance)) if chance else None}
