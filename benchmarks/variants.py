@@ -51,6 +51,7 @@ from pipeline.sources.planted import PlantedModel, history_preference, oracle_sc
 from pipeline.sources.synthetic import (
     _streams,
     exposure_frame,
+    held_out_items,
     sample_click_counts,
     sample_timestamps,
     simulate_exposures,
@@ -93,6 +94,10 @@ VARIANTS: tuple[Variant, ...] = (
             {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 104},
             text_noise=2.0, image_noise=3.0, topic_share=0.8),
+    Variant("cold", "a fifth of the items are new: shown only in each user's valid and test requests",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "click_bias": -2.5, "new_item_share": 0.2, "seed": 106},
+            split="leave_last"),
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
@@ -159,7 +164,7 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
     rng = _streams(cfg.seed)
     model, centroids = sample_planted_model(cfg, rng["model"])
     n_requests = sample_click_counts(cfg, rng["model"])
-    log = simulate_exposures(model, n_requests, cfg, rng["clicks"])
+    log = simulate_exposures(model, n_requests, cfg, rng["clicks"], held_out_items(cfg, rng["new_items"]))
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
         pl.col("user", "item").cast(pl.Int32))
     pairs = impressions.filter(pl.col("click") == 1).drop("click")

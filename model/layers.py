@@ -9,7 +9,9 @@ context feature; embedding dropout on both; and FuxiCTR's initialisation.
 The learnt item part is `item_repr`'s: `id`, the item's own id embedding; `semantic`, the sum over levels of
 a learnt embedding per (level, code) of its semantic id (the quantize stage's codes), which items with similar
 frozen embeddings share, so an item never seen in training still gets a learnt vector; `id+semantic`, the sum of
-both.
+both. With `id_init: mm` the id embeddings start from the frozen embedding's prior (`mm_prior`) instead of
+noise: items that look alike start alike, and an item that never gets a gradient (one with no train rows) keeps
+a vector on the scale and in the neighbourhood of items like it, where a random one sits near zero.
 """
 
 from __future__ import annotations
@@ -93,6 +95,21 @@ def masked_mean(emb: Tensor, ids: Tensor) -> Tensor:
     return (emb * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)  # (..., E)
 
 
+def mm_prior(mm: Tensor, dim: int) -> Tensor:
+    """(N, M) float frozen item embeddings -> (N, dim) float32: the rows, centred, projected on their top `dim`
+    principal directions (zero columns past min(N, M)), each direction's sign fixed so its largest-magnitude
+    loading is positive (deterministic), scaled so the rows' mean norm is 1 (the scale of fit_pca's l2-normalised
+    rows). All-zero rows in, all-zero out of the scaling only when every row is equal."""
+    x = mm.double() - mm.double().mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)  # (min(N, M), M)
+    vh = vh[:dim]
+    vh = vh * torch.sign(vh.gather(1, vh.abs().argmax(1, keepdim=True)))
+    out = torch.zeros(mm.shape[0], dim, dtype=torch.float64)
+    out[:, :vh.shape[0]] = x @ vh.T
+    mean_norm = out.norm(dim=1).mean()
+    return (out / mean_norm if mean_norm > 0 else out).float()
+
+
 class CTRBase(nn.Module):
     """Item tables, item and context embeddings and init shared by the models; see the module docstring.
 
@@ -142,7 +159,8 @@ class CTRBase(nn.Module):
         self.embedding_dropout = nn.Dropout(0.0)
 
     def reset_parameters(self) -> None:
-        """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias."""
+        """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias; then,
+        with `id_init: mm`, the id rows 1..N from `mm_prior` of the frozen embedding."""
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=1e-4)
@@ -152,6 +170,9 @@ class CTRBase(nn.Module):
                 nn.init.xavier_normal_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.cfg.id_init == "mm":
+            with torch.no_grad():
+                self.item_emb.weight[1:] = mm_prior(self.item_mm[1:], self.cfg.embedding_dim)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for

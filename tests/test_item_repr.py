@@ -115,7 +115,7 @@ def test_an_item_never_trained_on_learns_through_its_codes():
 def _ids_file(path, codes, ids=None) -> str:
     n = len(codes)
     pl.DataFrame({"item_id": pl.Series(ids if ids is not None else np.arange(n), dtype=pl.Int32),
-                  "codes": pl.Series(codes, dtype=pl.List(pl.Int16))}).write_parquet(path)
+                  "codes": pl.Series(codes, dtype=pl.List(pl.Int64))}).write_parquet(path)
     return str(path)
 
 
@@ -123,9 +123,12 @@ def test_semantic_ids_reader_checks_its_contract(tmp_path):
     good = [[-1, -1], [0, 3], [4, 4]]
     np.testing.assert_array_equal(load_semantic_ids(_ids_file(tmp_path / "a.parquet", good), 3).numpy(), good)
     cases = [
-        (good, 4, None, r"codes for 2 items, the item table has 3 \(rerun quantize\)"),
+        (good, 4, None, r"codes for 2 items, the item table has 3 \(rerun quantize: `dvc repro`\)"),
         ([[0, 0], [0, 3], [4, 4]], 3, None, r"row 0: codes must be -1 for row 0"),
-        ([[-1, -1], [0, 3], [4, -2]], 3, None, r"row 2: codes must be -1 for row 0 \(padding\) and >= 0"),
+        ([[-1, -1], [0, 3], [4, -2]], 3, None, r"row 2: codes must be -1 for row 0 \(padding\) and in 0\.\.32767"),
+        # a hostile code would size the code table: it is refused before any model is built
+        ([[-1, -1], [0, 3], [4, 1 << 15]], 3, None, r"row 2: codes must be -1 for row 0 \(padding\) and in 0"),
+        ([[-1] * 65, [0] * 65, [1] * 65], 3, None, r"lists of length 65, expected 1\.\.64"),
         ([[-1, -1], [0, 3], [4]], 3, None, r"row 2: codes has length 1, expected length 2"),
         (good, 3, [0, 2, 1], r"row 1 holds item_id 2"),
     ]
@@ -133,3 +136,51 @@ def test_semantic_ids_reader_checks_its_contract(tmp_path):
         path = _ids_file(tmp_path / f"bad{i}.parquet", codes, ids)
         with pytest.raises(DataError, match=message):
             load_semantic_ids(path, n_rows)
+
+
+def test_mm_prior_is_the_principal_projection_of_the_frozen_embedding():
+    """mm_prior against sklearn's PCA (same directions up to sign, sign fixed by the largest loading), rows of mean
+    norm 1, zero columns past the embedding's rank, and the same table on every call."""
+    from sklearn.decomposition import PCA
+
+    from model.layers import mm_prior
+
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(4)) * torch.tensor([5.0, 4, 3, 2, 1, 0.5])
+    got = mm_prior(x, 4).double().numpy()
+    pca = PCA(n_components=4, svd_solver="full").fit(x.numpy().astype(np.float64))
+    ref = pca.transform(x.numpy().astype(np.float64))
+    ref *= np.sign(pca.components_[np.arange(4), np.abs(pca.components_).argmax(1)])
+    ref /= np.linalg.norm(ref, axis=1).mean()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.linalg.norm(got, axis=1).mean() == pytest.approx(1.0, abs=1e-6)
+    wide = mm_prior(x, 9)
+    assert wide.shape == (50, 9) and torch.equal(wide[:, 6:], torch.zeros(50, 3))
+    assert torch.equal(mm_prior(x, 4), mm_prior(x, 4))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_id_init_mm_starts_each_id_embedding_at_its_items_prior(model: str):
+    """id_init mm: id rows 1..N are mm_prior of the frozen table (row 0 stays padding), far from FuxiCTR's
+    ~1e-4 noise; two items with the same frozen embedding start at the same id embedding; nothing else changes."""
+    tags, mm = item_tables()
+    mm[2] = mm[1]
+    cfg = dataclasses.replace(arch(model, "id"), id_init="mm")
+    torch.manual_seed(0)
+    net = build_model(cfg, feature_map(), tags, mm)
+    torch.manual_seed(0)
+    plain = build_model(dataclasses.replace(cfg, id_init="random"), feature_map(), tags, mm)
+    from model.layers import mm_prior
+
+    torch.testing.assert_close(net.item_emb.weight[1:], mm_prior(mm[1:], SMALL.embedding_dim))
+    assert torch.equal(net.item_emb.weight[0], torch.zeros(SMALL.embedding_dim))
+    assert torch.equal(net.item_emb.weight[1], net.item_emb.weight[2])
+    random_max = float(plain.item_emb.weight.detach()[1:].norm(dim=1).max())
+    assert random_max < 1e-2 < float(net.item_emb.weight.detach()[1:].norm(dim=1).min())
+    for name, value in plain.state_dict().items():
+        if name != "item_emb.weight":
+            assert torch.equal(value, net.state_dict()[name]), name
+
+
+def test_id_init_mm_needs_id_embeddings():
+    with pytest.raises(ValueError, match=r"^train\.id_init: mm initialises the id embeddings"):
+        dataclasses.replace(SMALL, item_repr="semantic", id_init="mm")

@@ -330,8 +330,8 @@ def test_cli_neighbours_by_codes_needs_codes_for_every_item(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--by", "codes", "--item-info", str(info),
                                        "--titles", str(titles), "--semantic-ids", str(short)])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {short}: codes for 10 items, the item table has 12 (run `dvc repro` "
-                                     "to bring them in step)")
+    assert result.output.strip() == (f"Error: {short}: codes for 10 items, the item table has 12 (rerun quantize: "
+                                     "`dvc repro`)")
     missing = tmp_path / "none.parquet"
     result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--by", "codes", "--item-info", str(info),
                                        "--titles", str(titles), "--semantic-ids", str(missing)])

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from pipeline.core.config import BuildSequencesConfig, MakeSyntheticConfig
 from pipeline.core.io import DataError
 from pipeline.core.items import unit_rows
+from pipeline.sequences.build import build_exposure_rows
 from pipeline.sources import planted
 from pipeline.sources import synthetic as syn
 from pipeline.sources import synthetic_items as items_syn
@@ -415,6 +416,49 @@ def test_exposure_log_is_deterministic_and_sampled_mode_writes_no_impressions(tm
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     syn.generate(replace(small, negatives="sampled"), tmp_path / "c")
     assert not (tmp_path / "c" / "impressions.csv").exists()
+
+
+def test_held_out_items_have_no_train_rows_and_a_calibrated_oracle(tmp_path: Path) -> None:
+    """new_item_share: the held-out items are exactly n_new_items distinct ids, shown only in each user's last two
+    requests, so leave_last puts none of their exposures in train but some in valid and test; the oracle (the
+    click sigmoid) stays calibrated on them; share 0 draws exactly the log it drew before the option existed."""
+    cfg = replace(EXPOSURES, new_item_share=0.25)
+    syn.generate(cfg, tmp_path / "cold")
+    new = syn.held_out_items(cfg, syn._streams(cfg.seed)["new_items"])
+    assert new.sum() == cfg.n_new_items == 20 and not new[0]
+    shown = _impressions(tmp_path / "cold")
+    from_end = shown.select(pl.col("timestamp").rank("dense", descending=True).over("user"))["timestamp"]
+    is_new = new[shown["item"].to_numpy()]
+    assert not is_new[from_end.to_numpy() > 2].any()
+    assert is_new[from_end.to_numpy() == 1].any() and is_new[from_end.to_numpy() == 2].any()
+    pairs = shown.filter(pl.col("click") == 1).drop("click")
+    table = pl.DataFrame({"item_id": np.arange(cfg.n_items + 1, dtype=np.int32),
+                          "likes_level": np.zeros(cfg.n_items + 1, np.int8),
+                          "views_level": np.zeros(cfg.n_items + 1, np.int8)})
+    rows = build_exposure_rows(pairs.with_columns(pl.col("user", "item").cast(pl.Int32)),
+                               shown.with_columns(pl.col("user", "item").cast(pl.Int32)), table, max_len=5,
+                               min_history=0, split="leave_last", valid_frac=0.1, test_frac=0.1)
+    assert not new[rows.collect("train")["item_id"].to_numpy()].any()
+    test = rows.collect("test")
+    test = test.filter(new[test["item_id"].to_numpy()])
+    model = planted.PlantedModel.load(tmp_path / "cold" / "planted.npz")
+    scores = planted.oracle_scores(model, pairs, test, 0)
+    labels = test["label"].to_numpy()
+    assert abs((labels - scores).sum()) < 4 * math.sqrt((scores * (1 - scores)).sum())
+    syn.generate(replace(cfg, new_item_share=0.0), tmp_path / "none")
+    syn.generate(EXPOSURES, tmp_path / "before")
+    for name in ("pairs.csv", "impressions.csv"):
+        assert (tmp_path / "none" / name).read_bytes() == (tmp_path / "before" / name).read_bytes()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"new_item_share": 0.6}, "new_item_share: must be in \\[0, 0.5\\]"),
+    ({"new_item_share": 0.1, "negatives": "sampled"}, "new_item_share: held-out new items need negatives: exposures"),
+    ({"new_item_share": 0.5, "max_requests_per_user": 5, "slate_size": 8}, "new_item_share: max_requests_per_user"),
+])
+def test_held_out_share_is_checked(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        replace(EXPOSURES, **changes)
 
 
 def test_oracle_is_exact_only_for_matching_rows() -> None:

@@ -26,12 +26,12 @@ from pipeline.cli.tune import (
 )
 from pipeline.core.config import DataConfig, load_section
 from pipeline.core.feature_map import find_mm_column
-from pipeline.core.io import DataError, list_matrix, read_parquet
+from pipeline.core.io import DataError, read_parquet
 from pipeline.core.items import check_item_table, unit_rows
 from pipeline.core.stage import one_line_errors
 from pipeline.itememb.gallery import check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
-from pipeline.itememb.quantize import code_neighbours
+from pipeline.itememb.quantize import code_neighbours, read_semantic_ids
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import read_titles
 
@@ -102,14 +102,7 @@ def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> t
     -> (levels, code_neighbours of item_id, ties ordered by cosine over `table`)."""
     if not Path(path).exists():
         raise DataError(f"{path}: file not found (run `dvc repro` first, or pass --semantic-ids)")
-    ids = read_parquet(path, {"item_id": pl.Int32})
-    check_item_table(ids, path)
-    if "codes" not in ids.columns:
-        raise DataError(f"{path}: missing column 'codes' (has {', '.join(ids.columns)})")
-    codes = list_matrix(path, ids, "codes", None, pl.Int64)  # (N+1, L)
-    if codes.shape[0] != table.shape[0]:
-        raise DataError(f"{path}: codes for {codes.shape[0] - 1} items, the item table has {table.shape[0] - 1} "
-                        "(run `dvc repro` to bring them in step)")
+    codes = read_semantic_ids(path, table.shape[0])  # (N+1, L)
     if not 1 <= item_id < table.shape[0]:
         raise ValueError(f"item {item_id} is not in the item table (ids 1..{table.shape[0] - 1})")
     cosine = unit_rows(table) @ unit_rows(table[item_id:item_id + 1])[0]  # (N+1,)

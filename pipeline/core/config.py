@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 INT64_LIMIT = 1 << 63
 MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: beyond it, a typo, not a model
+MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long before this
+MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -280,6 +282,9 @@ class MakeSyntheticConfig:
     click_bias: float = -2.0  # exposures: intercept of the click sigmoid (sets the click-through rate)
     policy_preference_weight: float = 1.0  # exposures: how much the showing policy follows the user's preference
     policy_popularity_weight: float = 1.0  # exposures: how much it follows item popularity
+    # exposures: share of items held out as new: shown only in each user's last two requests (the valid and test
+    # requests of build_sequences' leave_last split), so they have no train rows (pipeline/sources/synthetic.py)
+    new_item_share: float = 0.0
 
     def __post_init__(self) -> None:
         s = "make_synthetic"
@@ -307,6 +312,18 @@ class MakeSyntheticConfig:
         require(self.negatives == "sampled" or self.max_requests_per_user * self.slate_size < self.n_items,
                 f"{s}.max_requests_per_user", "max_requests_per_user * slate_size must be < n_items (a slate shows "
                 "items the user has not clicked)")
+        require(0.0 <= self.new_item_share <= 0.5, f"{s}.new_item_share",
+                f"must be in [0, 0.5], got {self.new_item_share}")
+        require(self.new_item_share == 0.0 or self.negatives == "exposures", f"{s}.new_item_share",
+                "held-out new items need negatives: exposures (sampled non-clicks would show them in train)")
+        require(self.negatives == "sampled"
+                or self.max_requests_per_user * self.slate_size < self.n_items - self.n_new_items,
+                f"{s}.new_item_share", "max_requests_per_user * slate_size must be < the items that are not new")
+
+    @property
+    def n_new_items(self) -> int:
+        """How many items are held out as new (`new_item_share` of n_items, rounded down)."""
+        return int(self.new_item_share * self.n_items)
 
 
 @dataclass(frozen=True)
@@ -429,6 +446,9 @@ class ModelConfig:
     model: ModelName = "transformer_dcn"
     embedding_dim: int = 16
     item_repr: ItemRepr = "id"  # id embedding, sum of the item's semantic code embeddings, or both (summed)
+    # random: FuxiCTR's N(0, 1e-4) id embeddings; mm: each starts at its item's frozen embedding projected on
+    # that embedding's top embedding_dim principal directions, rows of mean norm 1 (model/layers.py `mm_prior`)
+    id_init: Literal["random", "mm"] = "random"
     use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
@@ -456,6 +476,9 @@ class ModelConfig:
         require(self.model in models, f"{s}.model", f"must be one of {', '.join(models)}, got {self.model!r}")
         reprs = typing.get_args(ItemRepr)
         require(self.item_repr in reprs, f"{s}.item_repr", f"must be one of {', '.join(reprs)}, got {self.item_repr!r}")
+        require(self.id_init in ("random", "mm"), f"{s}.id_init", f"must be random or mm, got {self.id_init!r}")
+        require(self.id_init == "random" or self.item_repr != "semantic", f"{s}.id_init",
+                "mm initialises the id embeddings; item_repr 'semantic' has none")
         for name in ("embedding_dim", "transformer_layers", "num_heads", "dim_feedforward", "first_k"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         # Upper bounds: a width past MAX_WIDTH asks for more memory than a machine has.
@@ -591,9 +614,10 @@ class QuantizeConfig:
         s = "quantize"
         for name in ("levels", "iterations", "sample_items"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        # codes are stored as int16; one centroid is no quantisation
-        require(2 <= self.codebook_size <= 1 << 15, f"{s}.codebook_size",
-                f"must be in [2, {1 << 15}], got {self.codebook_size}")
+        require(self.levels <= MAX_LEVELS, f"{s}.levels", f"must be <= {MAX_LEVELS}, got {self.levels}")
+        # one centroid is no quantisation
+        require(2 <= self.codebook_size <= MAX_CODEBOOK, f"{s}.codebook_size",
+                f"must be in [2, {MAX_CODEBOOK}], got {self.codebook_size}")
 
 
 @dataclass(frozen=True)

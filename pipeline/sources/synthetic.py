@@ -12,6 +12,10 @@ simulated from the planted model; titles, tags, likes/views and covers come from
     tags.csv               header `item_id,tags`; 1-4 `|`-joined tag names, id order
     covers/<item_id>.jpg   RGB JPEG, (cover_size*4//3) x cover_size (width x height)
     planted.npz            the PlantedModel (`PlantedModel.load`)
+With `new_item_share` > 0 (exposures only) that share of items is held out as new: the policy shows them only in
+each user's last two requests, which build_sequences' leave_last split makes the valid and test requests, so they
+have no train rows at all (neither clicks nor exposures), as a video published after the training period. Only
+the policy changes, so the click sigmoid, and with it the oracle, stays exact.
 Ids are contiguous: items 1..n_items, users 1..n_users. Every draw comes from `cfg.seed`, one independent random
 stream per part, and no file holds a clock time, so the same config gives byte-identical files."""
 
@@ -112,11 +116,21 @@ class ExposureLog:
     n_requests: np.ndarray
 
 
+def held_out_items(cfg: MakeSyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n_items+1,) bool: True for the `cfg.n_new_items` items held out as new (module docstring), a uniform
+    sample of ids 1..n_items; row 0 (padding) False. No draw at all when none are held out."""
+    new = np.zeros(cfg.n_items + 1, dtype=bool)
+    if cfg.n_new_items:
+        new[1 + rng.choice(cfg.n_items, size=cfg.n_new_items, replace=False)] = True
+    return new
+
+
 def simulate_exposures(model: PlantedModel, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
-                       rng: np.random.Generator) -> ExposureLog:
+                       rng: np.random.Generator, new_items: np.ndarray | None = None) -> ExposureLog:
     """n_requests[u] requests of every user u (module docstring: the policy shows `cfg.slate_size` unclicked
     items, each clicked with `exposure_click_probs`). Clicks of one request share its history (the clicks of the
-    user's earlier requests).
+    user's earlier requests). `new_items` (N+1,) bool (`held_out_items`): items the policy shows only in a user's
+    last two requests.
 
     Round r makes request r of every user with more than r requests, in blocks of CLICK_CHUNK users; the slate is
     a Gumbel top-k draw (sampling without replacement from the policy's softmax), kept in draw order.
@@ -138,6 +152,9 @@ def simulate_exposures(model: PlantedModel, n_requests: np.ndarray, cfg: MakeSyn
                 window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)
                 policy = cfg.policy_preference_weight * pref @ model.item_latent.T + policy_base  # (B, N+1)
                 policy[clicked[users]] = -np.inf
+                if new_items is not None:
+                    early = n_requests[users] - 2 > r  # (B,) requests before the user's valid and test ones
+                    policy[np.ix_(early, new_items)] = -np.inf
                 keys = policy + rng.gumbel(size=policy.shape)
                 top = np.argpartition(-keys, k - 1, axis=1)[:, :k]  # (B, K), unordered
                 shown = np.take_along_axis(top, np.argsort(-np.take_along_axis(keys, top, 1), axis=1), 1)
@@ -170,7 +187,8 @@ def sample_timestamps(n_clicks: np.ndarray, rng: np.random.Generator) -> np.ndar
 # --------------------------------------------------------------------------------------------------
 # Writers and the whole dataset
 
-_STREAMS = ("model", "clicks", "timestamps", "text", "titles", "tags", "likes_views", "styles", "covers")
+# Appending a name keeps every earlier stream's draws (SeedSequence children are numbered).
+_STREAMS = ("model", "clicks", "timestamps", "text", "titles", "tags", "likes_views", "styles", "covers", "new_items")
 
 
 def _streams(seed: int) -> dict[str, np.random.Generator]:
@@ -219,7 +237,7 @@ def generate(cfg: MakeSyntheticConfig, out_dir: Path) -> dict[str, int]:
     n_clicks = sample_click_counts(cfg, rng["model"])  # requests per user in an exposure log
     impressions = None
     if cfg.negatives == "exposures":
-        log = simulate_exposures(model, n_clicks, cfg, rng["clicks"])
+        log = simulate_exposures(model, n_clicks, cfg, rng["clicks"], held_out_items(cfg, rng["new_items"]))
         impressions = exposure_frame(log, sample_timestamps(n_clicks, rng["timestamps"]))
         pairs = impressions.filter(pl.col("click") == 1).drop("click")
     else:

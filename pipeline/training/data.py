@@ -17,6 +17,7 @@ from torch import Tensor
 from pipeline.core.feature_map import FeatureMap, find_mm_column
 from pipeline.core.io import DataError, check_finite, check_range, first_true, list_matrix, read_parquet
 from pipeline.core.items import check_item_table
+from pipeline.itememb.quantize import read_semantic_ids
 
 
 @dataclass(frozen=True)
@@ -92,23 +93,8 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
 
 
 def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
-    """semantic_ids.parquet (stages/quantize.py contract) -> (N+1, L) int64 codes, after checking that row i holds
-    item i, that there are n_rows rows (the item table's), that codes are lists of one length, and that row 0 is
-    all -1 and every other code >= 0 (first bad row named)."""
-    df = read_parquet(path, {"item_id": pl.Int32})
-    check_item_table(df, str(path))
-    if df.height != n_rows:
-        raise DataError(f"{path}: codes for {df.height - 1} items, the item table has {n_rows - 1} (rerun quantize)")
-    if "codes" not in df.columns:
-        raise DataError(f"{path}: missing column 'codes' (has {', '.join(df.columns)})")
-    codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
-    if codes.shape[1] == 0:
-        raise DataError(f"{path}: column 'codes' holds empty lists")
-    bad = 0 if (codes[0] != -1).any() else first_true((codes[1:] < 0).any(axis=1))
-    if bad is not None:
-        raise DataError(f"{path}: row {bad if bad == 0 else bad + 1}: codes must be -1 for row 0 (padding) and >= 0 "
-                        "for items")
-    return torch.from_numpy(np.require(codes, np.int64, ["C", "W"]))
+    """semantic_ids.parquet -> (N+1, L) int64 codes as a tensor, checked by `read_semantic_ids`."""
+    return torch.from_numpy(read_semantic_ids(path, n_rows))
 
 
 def check_item_tables(path: str | Path, tags: Tensor, feature_map: FeatureMap) -> None:
