@@ -3,8 +3,9 @@
 In:  --item-info  item_info.parquet from fit_pca (row i = item i; item_tags, item_emb_d<dim>)
 Out: --out        semantic_ids.parquet: item_id Int32 (row i = item i, row 0 = padding), codes Array(Int16, levels)
                   (item i's codes, coarse to fine, each in 0..codebook_size-1; row 0 all -1: padding has none)
-     --metrics    JSON (pipeline/itememb/quantize.py quantize_report): by_level {recon_error, perplexity,
-                  used_codes, tag_agreement, items}, collisions, distinct_codes, chance_tag_agreement
+     --metrics    JSON (pipeline/itememb/quantize.py quantize_report): method, by_level {recon_error, perplexity,
+                  used_codes, tag_agreement, items}, collisions, distinct_codes, chance_tag_agreement; with rqvae
+                  the per-level errors are of the encoder's latent, plus decoder_recon_error and final_loss
 Params: quantize.* (QuantizeConfig)
 """
 
@@ -19,6 +20,7 @@ from pipeline.core.io import list_matrix, read_parquet, write_json, write_parque
 from pipeline.core.stage import file_options, params_option, readable, stage_main, summary
 from pipeline.itememb.quantize import quantize_report, residual_kmeans
 from pipeline.itememb.report import item_info_table
+from pipeline.itememb.rqvae import train_rqvae
 
 log = logging.getLogger("quantize")
 
@@ -32,8 +34,20 @@ def main(item_info: str, out: str, metrics: str, params_path: str) -> None:
     info = read_parquet(item_info, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     table = item_info_table(info, item_info)  # (N+1, D), checked: row i = item i
     tags = list_matrix(item_info, info, "item_tags", None, pl.Int64)  # (N+1, T), 0 = no tag
-    codes, codebooks = residual_kmeans(table[1:], cfg.levels, cfg.codebook_size, cfg.iterations, cfg.seed)
-    report = quantize_report(table[1:], codes, codebooks, tags, cfg.sample_items, cfg.seed)
+    if cfg.method == "rqvae":
+        fit = train_rqvae(table[1:], cfg.levels, cfg.codebook_size, hidden=cfg.rqvae_hidden,
+                          latent_dim=cfg.rqvae_latent_dim, epochs=cfg.rqvae_epochs,
+                          learning_rate=cfg.rqvae_learning_rate, beta=cfg.rqvae_beta,
+                          batch_size=cfg.rqvae_batch_size, seed=cfg.seed)
+        codes = fit.codes
+        # The codebooks quantise the encoder's latent, so the per-level errors are the latent's.
+        report = {"method": "rqvae", **quantize_report(fit.latent, codes, fit.codebooks, tags, cfg.sample_items,
+                                                       cfg.seed),
+                  "decoder_recon_error": fit.recon_error, "final_loss": fit.losses[-1]}
+    else:
+        codes, codebooks = residual_kmeans(table[1:], cfg.levels, cfg.codebook_size, cfg.iterations, cfg.seed)
+        report = {"method": "kmeans", **quantize_report(table[1:], codes, codebooks, tags, cfg.sample_items,
+                                                        cfg.seed)}
     padded = np.vstack([np.full((1, cfg.levels), -1, dtype=np.int16), codes])  # (N+1, L)
     write_parquet(pl.DataFrame({"item_id": info["item_id"],
                                 "codes": pl.Series(padded, dtype=pl.Array(pl.Int16, cfg.levels))}), out)

@@ -132,6 +132,11 @@ def test_semantic_ids_reader_checks_its_contract(tmp_path):
         ([[-1, -1], [0, 3], [4]], 3, None, r"row 2: codes has length 1, expected length 2"),
         (good, 3, [0, 2, 1], r"row 1 holds item_id 2"),
     ]
+    for i, codes in enumerate(([["-1"], ["x"], ["2"]], [-1, 1, 2])):  # strings, and no lists at all
+        path = tmp_path / f"dtype{i}.parquet"
+        pl.DataFrame({"item_id": pl.Series([0, 1, 2], dtype=pl.Int32), "codes": codes}).write_parquet(path)
+        with pytest.raises(DataError, match=r"column 'codes' has dtype .*, expected a list of integers"):
+            load_semantic_ids(path, 3)
     for i, (codes, n_rows, ids, message) in enumerate(cases):
         path = _ids_file(tmp_path / f"bad{i}.parquet", codes, ids)
         with pytest.raises(DataError, match=message):

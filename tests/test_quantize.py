@@ -22,6 +22,7 @@ from pipeline.itememb.quantize import (
     quantize_report,
     residual_kmeans,
 )
+from pipeline.itememb.rqvae import train_rqvae
 from stages.quantize import main as quantize_stage
 
 
@@ -129,10 +130,10 @@ def _item_info(path, n: int = 200, dim: int = 8) -> None:
                  schema_overrides={"item_tags": pl.List(pl.Int32)}).write_parquet(path)
 
 
-def _run(tmp_path, info) -> tuple[int, str]:
+def _run(tmp_path, info, **extra) -> tuple[int, str]:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"quantize": {"levels": 2, "codebook_size": 8, "iterations": 5,
-                                                   "sample_items": 50, "seed": 0}}))
+                                                   "sample_items": 50, "seed": 0, **extra}}))
     res = CliRunner().invoke(quantize_stage, ["--item-info", str(info), "--out", str(tmp_path / "ids.parquet"),
                                               "--metrics", str(tmp_path / "q.json"), "--params", str(params)])
     return res.exit_code, res.output
@@ -169,3 +170,37 @@ def test_levels_are_coarse_to_fine():
     codes, _ = residual_kmeans(x, 2, 8, 10, 0)
     sizes = [np.bincount(prefix_groups(codes, n)).mean() for n in (1, 2)]
     assert sizes[0] > sizes[1]
+
+
+RQVAE_ARGS = {"hidden": 16, "latent_dim": 4, "epochs": 30, "learning_rate": 0.01, "beta": 0.25, "batch_size": 64}
+
+
+def test_rqvae_codes_are_the_residual_chain_of_its_latent_and_deterministic():
+    """quantize.method rqvae: the returned codes are the plain residual chain over the learnt codebooks of the
+    encoder's latent; the same seed gives the same codes, another seed other ones; training lowers the loss and
+    the decoder explains most of the embedding."""
+    x, truth = blobs(n_per=60)
+    x /= 10  # fit_pca's rows are l2-normalised: the same scale
+    fit = train_rqvae(x, 2, 4, seed=0, **RQVAE_ARGS)
+    assert fit.codes.shape == (240, 2) and fit.codes.dtype == np.int16
+    assert fit.codebooks.shape == (2, 4, 4) and fit.latent.shape == (240, 4)
+    np.testing.assert_array_equal(fit.codes, assign_codes(fit.latent, fit.codebooks))
+    np.testing.assert_array_equal(train_rqvae(x, 2, 4, seed=0, **RQVAE_ARGS).codes, fit.codes)
+    assert not np.array_equal(train_rqvae(x, 2, 4, seed=1, **RQVAE_ARGS).latent, fit.latent)
+    assert fit.losses[-1] < fit.losses[0] / 2 and fit.recon_error < 0.1
+    # the four blobs get four different code tuples, each held by most of its blob
+    tuples = fit.codes[:, 0].astype(np.int64) * 4 + fit.codes[:, 1]
+    modal = [np.bincount(tuples[truth == b]).argmax() for b in range(4)]
+    assert len(set(modal)) == 4
+    assert all((tuples[truth == b] == modal[b]).mean() > 0.6 for b in range(4))
+
+
+def test_stage_with_rqvae_writes_codes_and_reports_the_decoder(tmp_path):
+    _item_info(tmp_path / "info.parquet")
+    code, out = _run(tmp_path, tmp_path / "info.parquet", method="rqvae", rqvae_epochs=3, rqvae_hidden=8,
+                     rqvae_latent_dim=4)
+    assert code == 0, out
+    codes = pl.read_parquet(tmp_path / "ids.parquet")["codes"].to_numpy()
+    assert codes[0].tolist() == [-1, -1] and codes[1:].min() >= 0 and codes[1:].max() < 8
+    metrics = json.loads((tmp_path / "q.json").read_text())
+    assert metrics["method"] == "rqvae" and 0 <= metrics["decoder_recon_error"] and "final_loss" in metrics

@@ -194,6 +194,20 @@ def _split_file(tmp_path: Path, n: int = 6, label: float | None = None) -> tuple
     return path, fmap
 
 
+def test_histories_are_held_as_int32_and_batched_as_int64(tmp_path: Path) -> None:
+    """load_split keeps the history matrix as int32 (half the memory); make_batch widens a batch to the int64 the
+    model takes, with the same values as the file's."""
+    from pipeline.training.data import make_batch
+
+    path, fmap = _split_file(tmp_path)
+    split = load_split(path, fmap)
+    assert split.item_seq.dtype == torch.int32
+    batch = make_batch(split, torch.arange(len(split)), first_k=fmap["item_seq"].max_len, device=torch.device("cpu"))
+    assert batch["item_seq"].dtype == torch.int64
+    np.testing.assert_array_equal(batch["item_seq"].numpy(),
+                                  pl.read_parquet(path)["item_seq"].list.to_array(fmap["item_seq"].max_len).to_numpy())
+
+
 def test_truncated_random_and_mistyped_split_files_are_one_line_errors(tmp_path: Path) -> None:
     path, fmap = _split_file(tmp_path)
     good = path.read_bytes()

@@ -602,19 +602,32 @@ class EmbeddingReportConfig:
 class QuantizeConfig:
     """`quantize`: semantic ids of the items, a residual quantisation of fit_pca's item embedding
     (pipeline/itememb/quantize.py): `levels` codes per item from codebooks of `codebook_size` centroids each,
-    level l's k-means fitted to what the levels before it left (residual k-means, faiss)."""
+    level l's k-means fitted to what the levels before it left (residual k-means, faiss), or, with method rqvae,
+    codebooks learnt with an autoencoder (the rqvae_* keys; pipeline/itememb/rqvae.py)."""
 
+    method: Literal["kmeans", "rqvae"] = "kmeans"  # residual k-means (faiss) | an RQ-VAE (pipeline/itememb/rqvae.py)
     levels: int = 3  # codes per item
     codebook_size: int = 64  # centroids per level (at most the number of items)
     iterations: int = 25  # k-means iterations per level
     sample_items: int = 2000  # query items of the tag agreement metrics (a seeded sample when there are more)
     seed: int = 0  # k-means initialisation (level l uses seed + l), the query sample and the chance baseline
+    rqvae_hidden: int = 128  # rqvae: hidden width of the encoder and decoder MLPs
+    rqvae_latent_dim: int = 32  # rqvae: width of the latent the codebooks quantise
+    rqvae_epochs: int = 100  # rqvae: passes over the items
+    rqvae_batch_size: int = 256
+    rqvae_learning_rate: float = 0.001
+    rqvae_beta: float = 0.25  # rqvae: weight of the commitment term (the encoder pulled to its codewords)
 
     def __post_init__(self) -> None:
         s = "quantize"
         for name in ("levels", "iterations", "sample_items"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.levels <= MAX_LEVELS, f"{s}.levels", f"must be <= {MAX_LEVELS}, got {self.levels}")
+        for name in ("rqvae_hidden", "rqvae_latent_dim", "rqvae_epochs", "rqvae_batch_size"):
+            value = getattr(self, name)
+            require(1 <= value <= MAX_WIDTH, f"{s}.{name}", f"must be in [1, {MAX_WIDTH}], got {value}")
+        require(0 < self.rqvae_learning_rate <= 1, f"{s}.rqvae_learning_rate", "must be in (0, 1]")
+        require(0 <= self.rqvae_beta <= 10, f"{s}.rqvae_beta", "must be in [0, 10]")
         # one centroid is no quantisation
         require(2 <= self.codebook_size <= MAX_CODEBOOK, f"{s}.codebook_size",
                 f"must be in [2, {MAX_CODEBOOK}], got {self.codebook_size}")

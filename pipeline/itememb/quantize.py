@@ -160,6 +160,9 @@ def read_semantic_ids(path: str | Path, n_rows: int) -> np.ndarray:
                         "`dvc repro`)")
     if "codes" not in df.columns:
         raise DataError(f"{path}: missing column 'codes' (has {', '.join(df.columns)})")
+    dtype = df.schema["codes"]
+    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_integer()):
+        raise DataError(f"{path}: column 'codes' has dtype {dtype}, expected a list of integers")
     codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
     if not 1 <= codes.shape[1] <= MAX_LEVELS:
         raise DataError(f"{path}: column 'codes' holds lists of length {codes.shape[1]}, expected 1..{MAX_LEVELS}")

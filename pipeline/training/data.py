@@ -22,8 +22,9 @@ from pipeline.itememb.quantize import read_semantic_ids
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """One split on the CPU: item_seq (n, L) int64, item_id (n,) int64, context {name: (n,) int64},
-    label (n,) float32, user_id (n,) int64."""
+    """One split on the CPU: item_seq (n, L) int32 (half the memory of int64 in the one table that grows with the
+    history width; batches widen it), item_id (n,) int64, context {name: (n,) int64}, label (n,) float32,
+    user_id (n,) int64."""
 
     item_seq: Tensor
     item_id: Tensor
@@ -50,7 +51,7 @@ def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
     if df.height == 0:
         raise DataError(f"{path}: split has no rows")
     n_ids = feature_map["item_id"].vocab_size
-    seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int64)  # (R, L)
+    seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int32)  # (R, L)
     bad = first_true(((seq < 0) | (seq >= n_ids)).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: item_seq holds an item id outside 0..{n_ids - 1}")
@@ -116,7 +117,7 @@ def trim_history(seq: Tensor, first_k: int) -> Tensor:
 
 
 def make_batch(split: SplitTensors, idx: Tensor, first_k: int, device: torch.device) -> dict[str, Tensor]:
-    """Rows `idx` of a split as the model's input dict on `device`."""
-    batch = {"item_seq": trim_history(split.item_seq[idx], first_k), "item_id": split.item_id[idx],
+    """Rows `idx` of a split as the model's input dict on `device`, every tensor int64 (item_seq widened here)."""
+    batch = {"item_seq": trim_history(split.item_seq[idx], first_k).long(), "item_id": split.item_id[idx],
              **{n: t[idx] for n, t in split.context.items()}}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
