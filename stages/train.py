@@ -7,12 +7,15 @@ In:  --train, --valid   split parquets (pipeline/sequences/build.py contract)
 Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
      `.<model name>.resume.pt` beside --model while it runs: the last finished epoch's state (train.resume)
+     `.<model name>.<split>-arrays.<rank>/` beside --model while it runs with train.data_loading: stream: the
+     splits as memory-mapped .npy files (pipeline/training/stream.py), removed when the run ends
 Params: train.* (TrainConfig)
 Data-parallel: torchrun --standalone --nproc_per_node N -m stages.train ... (pipeline/core/distributed.py)
 """
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
 
 import click
 import torch
@@ -26,6 +29,7 @@ from pipeline.core.stage import file_options, params_option, set_threads, stage_
 from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import check_item_tables, load_item_tables, load_semantic_ids, load_split
 from pipeline.training.loop import fit
+from pipeline.training.stream import streamed_split
 
 log = logging.getLogger("train")
 
@@ -44,8 +48,14 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
     fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)
     check_item_tables(item_info, tags, fmap)
     codes = load_semantic_ids(semantic_ids, tags.shape[0]) if cfg.arch.item_repr != "id" else None
-    train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
-    with distributed(cfg.device, "train.device") as (dist, device):
+    with distributed(cfg.device, "train.device") as (dist, device), ExitStack() as stack:
+        if cfg.data_loading == "stream":
+            model_file = Path(model_path)
+            train, valid = (stack.enter_context(streamed_split(
+                path, fmap, model_file.parent / f".{model_file.name}.{name}-arrays.{dist.rank}"))
+                for name, path in (("train", train_path), ("valid", valid_path)))
+        else:
+            train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.arch, fmap, tags, mm, codes)
         log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),

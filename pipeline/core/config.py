@@ -532,6 +532,12 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
     bucket_batches: int = 0  # > 0: batches of similar history length from windows of this many batches (training.py)
+    # memory: each split read into RAM; stream: written once as .npy beside the model and memory-mapped, so a split
+    # larger than RAM trains (pipeline/training/stream.py); the two give the same rows, so the same run
+    data_loading: Literal["memory", "stream"] = "memory"
+    shuffle_block_rows: int = 0  # 0: one random order over all train rows per pass; > 0: blocks of this many
+    shuffle_buffer_blocks: int = 16  # consecutive rows, taken in random order, rows shuffled within windows of
+    #                                  shuffle_buffer_blocks blocks (reads stay local: a window at a time)
     ema_decay: float = 0.998  # > 0: validate and keep an exponential moving average of the weights (pipeline/training)
     lr_decay: float = 0.1  # plateau: lr *= lr_decay after each validation whose valid AUC did not improve
     min_lr: float = 1e-6
@@ -551,8 +557,9 @@ class TrainConfig:
             require(getattr(self, name) <= 1 << 24, f"{s}.{name}", f"must be <= {1 << 24}, got {getattr(self, name)}")
         require(0 <= self.embedding_dropout < 1, f"{s}.embedding_dropout", "must be in [0, 1)")
         require(0 <= self.ema_decay < 1, f"{s}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.shuffle_buffer_blocks >= 1, f"{s}.shuffle_buffer_blocks", "must be >= 1")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
-                     "max_steps", "bucket_batches"):
+                     "max_steps", "bucket_batches", "shuffle_block_rows"):
             require(getattr(self, name) >= 0, f"{s}.{name}", f"must be >= 0, got {getattr(self, name)}")
         require(self.weight_decay == 0 or self.optimizer == "adamw", f"{s}.weight_decay",
                 f"decoupled weight decay needs optimizer 'adamw', got {self.optimizer!r} (use embedding_regularizer / "

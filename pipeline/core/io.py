@@ -157,12 +157,17 @@ def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.Dat
         df = pl.read_parquet(path)
     except Exception as e:  # polars raises several types for corrupt files
         raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
-    for name, dtype in columns.items():
-        if name not in df.columns:
-            raise DataError(f"{path}: missing column {name!r} (has {', '.join(df.columns)})")
-        if not df.schema[name].is_(dtype) and df.schema[name] != dtype:
-            raise DataError(f"{path}: column {name!r} has dtype {df.schema[name]}, expected {dtype}")
+    check_schema(path, df.schema, columns)
     return df
+
+
+def check_schema(path: str | Path, schema: pl.Schema, columns: dict[str, type[pl.DataType] | pl.DataType]) -> None:
+    """Each named column is in `schema` with the given dtype; else a one-line DataError naming `path`."""
+    for name, dtype in columns.items():
+        if name not in schema:
+            raise DataError(f"{path}: missing column {name!r} (has {', '.join(schema)})")
+        if not schema[name].is_(dtype) and schema[name] != dtype:
+            raise DataError(f"{path}: column {name!r} has dtype {schema[name]}, expected {dtype}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,29 +180,31 @@ def first_true(mask: np.ndarray) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def check_range(path: str | Path, df: pl.DataFrame, column: str, low: int, high: int) -> None:
-    """Every value of an integer column in low..high (no nulls); else a DataError naming the first bad row."""
+def check_range(path: str | Path, df: pl.DataFrame, column: str, low: int, high: int, first_row: int = 0) -> None:
+    """Every value of an integer column in low..high (no nulls); else a DataError naming the first bad row
+    (counted from `first_row`, the file row of df's row 0, when df is one chunk of a file)."""
     col = df[column]
     bad = first_true((col.is_null() | (col < low) | (col > high)).fill_null(True).to_numpy())
     if bad is not None:
         value = col[bad]
         what = "is null" if value is None else f"{value} is outside {low}..{high}"
-        raise DataError(f"{path}: row {bad}: {column} {what}")
+        raise DataError(f"{path}: row {bad + first_row}: {column} {what}")
 
 
-def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | None, dtype: type[pl.DataType]
-                ) -> np.ndarray:
-    """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array."""
+def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | None, dtype: type[pl.DataType],
+                first_row: int = 0) -> np.ndarray:
+    """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array;
+    errors name the first bad row, counted from `first_row` (as check_range)."""
     col = df[column].cast(pl.List(dtype))
     lengths = col.list.len()
     width = width if width is not None else (lengths[0] if len(col) else 0)
     bad = first_true((lengths != width).fill_null(True).to_numpy())
     if bad is not None:
         got = "is null" if lengths[bad] is None else f"has length {lengths[bad]}"
-        raise DataError(f"{path}: row {bad}: {column} {got}, expected length {width}")
+        raise DataError(f"{path}: row {bad + first_row}: {column} {got}, expected length {width}")
     bad = first_true(col.list.eval(pl.element().is_null()).list.any().to_numpy())
     if bad is not None:
-        raise DataError(f"{path}: row {bad}: {column} holds a null")
+        raise DataError(f"{path}: row {bad + first_row}: {column} holds a null")
     return col.list.to_array(width).to_numpy() if width else np.zeros((len(col), 0))
 
 

@@ -22,9 +22,9 @@ from pipeline.itememb.quantize import read_semantic_ids
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """One split on the CPU: item_seq (n, L) int32 (half the memory of int64 in the one table that grows with the
-    history width; batches widen it), item_id (n,) int64, context {name: (n,) int64}, label (n,) float32,
-    user_id (n,) int64."""
+    """One split on the CPU, in the narrow dtypes of the file (batches widen them: `make_batch`):
+    item_seq (n, L) int32, item_id (n,) int32, context {name: (n,) int8}, label (n,) float32, user_id (n,) int32.
+    (Tensors built elsewhere, e.g. in tests, may hold int64: every consumer reads them through make_batch.)"""
 
     item_seq: Tensor
     item_id: Tensor
@@ -36,38 +36,67 @@ class SplitTensors:
         return self.label.shape[0]
 
     def history_lengths(self) -> Tensor:
-        """(n,) int64 real (non-padding) history items per row."""
-        return (self.item_seq != 0).sum(dim=1)
+        """(n,) int64 real (non-padding) history items per row, counted LENGTH_CHUNK rows at a time (a mapped
+        split is never read whole)."""
+        return torch.cat([(self.item_seq[lo:lo + LENGTH_CHUNK] != 0).sum(dim=1)
+                          for lo in range(0, len(self), LENGTH_CHUNK)] or [torch.zeros(0, dtype=torch.int64)])
+
+    def release(self) -> None:
+        """Let go of what reading rows has paged in (a memory-mapped split, pipeline/training/stream.py); in memory,
+        nothing to do."""
 
 
-def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
-    """Read a split parquet (sequences contract) into tensors. Every column that indexes an embedding table is
-    range-checked against `feature_map` (item_id 1..N, item_seq 0..N of length max_len, each context feature
-    0..vocab-1), and label must be 0 or 1: a bad value is a DataError naming the file, the first bad row and the
-    column, before any training step (an id past a table would otherwise be an IndexError mid-run)."""
+LENGTH_CHUNK = 1 << 20  # rows per history_lengths step: a (chunk, L) bool temporary, 100 MB at L = 100
+RELEASE_BATCHES = 64  # batches between SplitTensors.release() calls of the training loop and of scoring
+
+
+def split_schema(feature_map: FeatureMap) -> dict[str, type[pl.DataType] | pl.DataType]:
+    """The columns and dtypes a split file must have (sequences contract) for `feature_map`."""
+    return {"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32, "label": pl.Float32,
+            **{f.name: pl.Int8 for f in feature_map.context_features}}
+
+
+def split_arrays(path: str | Path, df: pl.DataFrame, feature_map: FeatureMap, first_row: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """Rows of a split file (all of it, or one chunk whose first row is file row `first_row`) -> checked arrays
+    {item_seq (R, L) int32, item_id, user_id (R,) int32, label (R,) float32, <context> (R,) int8}.
+
+    Every column that indexes an embedding table is range-checked against `feature_map` (item_id 1..N, item_seq
+    0..N of length max_len, each context feature 0..vocab-1), and label must be 0 or 1: a bad value is a DataError
+    naming the file, the first bad row (of the file) and the column, before any training step (an id past a table
+    would otherwise be an IndexError mid-run)."""
     names = [f.name for f in feature_map.context_features]
-    df = read_parquet(path, {"user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32,
-                             "label": pl.Float32, **{n: pl.Int8 for n in names}})
-    if df.height == 0:
-        raise DataError(f"{path}: split has no rows")
     n_ids = feature_map["item_id"].vocab_size
-    seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int32)  # (R, L)
+    seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int32, first_row)  # (R, L)
     bad = first_true(((seq < 0) | (seq >= n_ids)).any(axis=1))
     if bad is not None:
-        raise DataError(f"{path}: row {bad}: item_seq holds an item id outside 0..{n_ids - 1}")
-    check_range(path, df, "user_id", 0, np.iinfo(np.int32).max)
-    check_range(path, df, "item_id", 1, n_ids - 1)
+        raise DataError(f"{path}: row {bad + first_row}: item_seq holds an item id outside 0..{n_ids - 1}")
+    check_range(path, df, "user_id", 0, np.iinfo(np.int32).max, first_row)
+    check_range(path, df, "item_id", 1, n_ids - 1, first_row)
     for n in names:
-        check_range(path, df, n, 0, feature_map[n].vocab_size - 1)
+        check_range(path, df, n, 0, feature_map[n].vocab_size - 1, first_row)
     label = df["label"].to_numpy()
     bad = first_true(~np.isin(label, (0.0, 1.0)))
     if bad is not None:
-        raise DataError(f"{path}: row {bad}: label {label[bad]} is not 0 or 1")
-    def as_long(column: str) -> Tensor:
-        return torch.from_numpy(df[column].to_numpy().astype(np.int64))
+        raise DataError(f"{path}: row {bad + first_row}: label {label[bad]} is not 0 or 1")
+    # torch wants writable arrays; polars may hand out read-only views (np.require copies only then)
+    return {"item_seq": np.require(seq, np.int32, ["C", "W"]), "label": np.require(label, np.float32, ["W"]),
+            **{c: np.require(df[c].to_numpy(), requirements=["W"]) for c in ("item_id", "user_id", *names)}}
 
-    return SplitTensors(torch.from_numpy(np.require(seq, requirements="W")), as_long("item_id"),
-                        {n: as_long(n) for n in names}, torch.from_numpy(label.copy()), as_long("user_id"))
+
+def tensors_of(arrays: dict[str, np.ndarray], feature_map: FeatureMap) -> SplitTensors:
+    """split_arrays' arrays (or views of them) -> SplitTensors sharing their memory."""
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    return SplitTensors(t["item_seq"], t["item_id"], {f.name: t[f.name] for f in feature_map.context_features},
+                        t["label"], t["user_id"])
+
+
+def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
+    """Read a split parquet (sequences contract) into memory, checked as `split_arrays` says."""
+    df = read_parquet(path, split_schema(feature_map))
+    if df.height == 0:
+        raise DataError(f"{path}: split has no rows")
+    return tensors_of(split_arrays(path, df, feature_map), feature_map)
 
 
 def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
@@ -118,6 +147,6 @@ def trim_history(seq: Tensor, first_k: int) -> Tensor:
 
 def make_batch(split: SplitTensors, idx: Tensor, first_k: int, device: torch.device) -> dict[str, Tensor]:
     """Rows `idx` of a split as the model's input dict on `device`, every tensor int64 (item_seq widened here)."""
-    batch = {"item_seq": trim_history(split.item_seq[idx], first_k).long(), "item_id": split.item_id[idx],
-             **{n: t[idx] for n, t in split.context.items()}}
+    batch = {"item_seq": trim_history(split.item_seq[idx], first_k).long(), "item_id": split.item_id[idx].long(),
+             **{n: t[idx].long() for n, t in split.context.items()}}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

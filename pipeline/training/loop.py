@@ -23,7 +23,7 @@ from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.io import DataError
 from pipeline.training.average import WeightAverage
 from pipeline.training.checkpoint import FitState, resume_fingerprint
-from pipeline.training.data import SplitTensors, make_batch
+from pipeline.training.data import RELEASE_BATCHES, SplitTensors, make_batch
 from pipeline.training.predict import evaluate_split
 
 log = logging.getLogger(__name__)
@@ -109,19 +109,38 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, m
     opt.step()
 
 
-def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator) -> list[Tensor]:
-    """One pass's batches of row indices, each row once: a random order (from `gen`) cut into batches of
-    batch_size (the last may be short). With bucket_batches > 0, each window of bucket_batches * batch_size
-    consecutive rows of that order is sorted by history length (`lengths` (n,), stable) before it is cut, and the
-    batches are then taken in a random order: a batch holds rows of similar length, so `trim_history` keeps few
-    padding columns (most histories are far shorter than the longest), while which rows meet in a window and the
-    order of the batches stay random."""
-    order = torch.randperm(len(lengths), generator=gen)
+def pass_windows(n: int, block_rows: int, buffer_blocks: int, gen: torch.Generator) -> list[Tensor]:
+    """One pass's row order over rows 0..n-1, as windows whose concatenation is a permutation. block_rows 0: one
+    window, a uniform order (torch.randperm). Else rows are cut into blocks of block_rows consecutive rows (the
+    last may be short), the blocks taken in a random order, and each window of buffer_blocks blocks of that order
+    is its rows shuffled together: a window's rows are read before the next window's, so a memory-mapped split is
+    read a window at a time."""
+    if not block_rows:
+        return [torch.randperm(n, generator=gen)]
+    windows = []
+    for blocks in torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks):
+        rows = torch.cat([torch.arange(b * block_rows, min((b + 1) * block_rows, n)) for b in blocks.tolist()])
+        windows.append(rows[torch.randperm(len(rows), generator=gen)])
+    return windows
+
+
+def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator,
+                 block_rows: int = 0, buffer_blocks: int = 1) -> list[Tensor]:
+    """One pass's batches of row indices, each row once: the order of `pass_windows` (from `gen`) cut into
+    batches of batch_size (the last may be short). With bucket_batches > 0, each run of bucket_batches *
+    batch_size consecutive rows of a window is sorted by history length (`lengths` (n,), stable) before it is
+    cut, and the window's batches are then taken in a random order: a batch holds rows of similar length, so
+    `trim_history` keeps few padding columns (most histories are far shorter than the longest), while which rows
+    meet and the order of the batches stay random (within a window, so reads stay local)."""
+    windows = pass_windows(len(lengths), block_rows, buffer_blocks, gen)
     if not bucket_batches:
-        return list(order.split(batch_size))
-    batches = [b for window in order.split(bucket_batches * batch_size)
-               for b in window[torch.argsort(lengths[window], stable=True)].split(batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+        return list(torch.cat(windows).split(batch_size))
+    out = []
+    for order in windows:
+        batches = [b for run in order.split(bucket_batches * batch_size)
+                   for b in run[torch.argsort(lengths[run], stable=True)].split(batch_size)]
+        out += [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+    return out
 
 
 def run_steps(train_rows: int, cfg: TrainConfig) -> int:
@@ -187,7 +206,8 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     since = time.perf_counter()  # start of the interval the next validation line reports
     for epoch in epochs:
         net.train()
-        batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen)
+        batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen, cfg.shuffle_block_rows,
+                               cfg.shuffle_buffer_blocks)
         pass_loss = 0.0  # this rank's summed BCE since the pass began or the last validation
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, disable=not dist.is_main)
         for b, rows in enumerate(bar):
@@ -197,6 +217,8 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train: loss is {loss.item()} at step {state.step} (epoch {epoch})")
             optimizer_step(model, opt, loss, cfg.max_grad_norm)
+            if b % RELEASE_BATCHES == RELEASE_BATCHES - 1:
+                train.release()  # a memory-mapped split lets the pages of the rows read so far go
             if ema is not None:
                 ema.update(model)
             pass_loss += loss_sum.item()

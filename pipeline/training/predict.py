@@ -9,7 +9,7 @@ from torch import nn
 
 from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.metrics import auc, logloss, sigmoid
-from pipeline.training.data import SplitTensors, make_batch
+from pipeline.training.data import RELEASE_BATCHES, SplitTensors, make_batch
 
 
 @torch.no_grad()
@@ -24,10 +24,13 @@ def predict_logits(model: nn.Module, split: SplitTensors, batch_size: int, devic
     # logit does not depend on the others in its batch); the logits go back to row order below.
     by_length = rows[torch.argsort(split.history_lengths()[rows], stable=True)]
     out = [torch.zeros(0)]
-    for start in range(0, len(by_length), batch_size):
+    for b, start in enumerate(range(0, len(by_length), batch_size)):
         idx = by_length[start:start + batch_size]
         with autocast(device, amp):
             out.append(model(make_batch(split, idx, first_k, device)).float().cpu())
+        if b % RELEASE_BATCHES == RELEASE_BATCHES - 1:
+            split.release()
+    split.release()
     logits = torch.empty(len(rows), dtype=torch.float64)
     logits[by_length - (int(rows[0]) if len(rows) else 0)] = torch.cat(out).double()  # rows is one contiguous range
     return dist.gather_slices(logits, len(split), device).numpy()
