@@ -157,6 +157,11 @@ class CTRBase(nn.Module):
         # (train.embedding_dropout, set by pipeline.training.fit), not part of the architecture or the checkpoint;
         # at rate 0 it returns its input untouched and draws no random numbers.
         self.embedding_dropout = nn.Dropout(0.0)
+        # Id dropout, a training option too (train.id_dropout, set by fit): in training each item occurrence's id
+        # embedding is zeroed with this probability, so the model learns to score an item from its content (tags,
+        # frozen embedding, semantic codes) alone, as it must score an item training never showed, whose id
+        # embedding is still its ~0 init (DropoutNet, Volkovs et al. 2017). At 0 it draws no random numbers.
+        self.id_dropout = 0.0
 
     def reset_parameters(self) -> None:
         """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias; then,
@@ -183,12 +188,18 @@ class CTRBase(nn.Module):
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> the learnt item part (..., E) of item_repr (module docstring); zeros for id 0."""
+        """Item ids (...) -> the learnt item part (..., E) of item_repr (module docstring); zeros for id 0. In
+        training, each occurrence's id embedding is zeroed with probability `id_dropout`."""
+        own = None
+        if self.item_emb is not None:
+            own = self.item_emb(ids)  # (..., E)
+            if self.training and self.id_dropout > 0:
+                own = own * (torch.rand(ids.shape, device=ids.device) >= self.id_dropout).unsqueeze(-1)
         if self.code_emb is None:
-            return self.item_emb(ids)
+            return own
         codes = self.item_codes[ids]  # (..., L), -1 for padding
         semantic = self.code_emb(torch.where(codes >= 0, codes + self.code_offsets, 0)).sum(-2)  # (..., E)
-        return semantic if self.item_emb is None else self.item_emb(ids) + semantic
+        return semantic if own is None else own + semantic
 
     def embed_items(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> item embeddings (..., item_dim), after embedding dropout; id 0 (padding) maps to all

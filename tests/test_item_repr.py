@@ -189,3 +189,37 @@ def test_id_init_mm_starts_each_id_embedding_at_its_items_prior(model: str):
 def test_id_init_mm_needs_id_embeddings():
     with pytest.raises(ValueError, match=r"^train\.id_init: mm initialises the id embeddings"):
         dataclasses.replace(SMALL, item_repr="semantic", id_init="mm")
+
+
+@pytest.mark.parametrize("item_repr", ["id", "id+semantic"])
+def test_id_dropout_zeroes_whole_id_embeddings_in_training_only(item_repr: str):
+    """train.id_dropout: in training each occurrence's learnt part loses its whole id embedding (keeping the
+    semantic part) with that probability; in eval, and at 0, nothing changes and no random number is drawn."""
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(SMALL, item_repr=item_repr), feature_map(), *item_tables(), codes_table())
+    with torch.no_grad():
+        net.item_emb.weight[1:].normal_()
+        if net.code_emb is not None:
+            net.code_emb.weight[1:].normal_()
+    ids = torch.randint(1, N_ITEMS + 1, (40, 25))
+    net.eval()
+    full = net.learnt_item(ids)
+    semantic = full - net.item_emb(ids)
+    net.train()
+    state = torch.get_rng_state()
+    torch.testing.assert_close(net.learnt_item(ids), full)  # id_dropout 0
+    assert torch.equal(torch.get_rng_state(), state)
+    net.id_dropout = 0.5
+    got = net.learnt_item(ids)
+    dropped = torch.isclose(got, semantic).all(-1)
+    kept = torch.isclose(got, full).all(-1)
+    assert bool((dropped | kept).all()) and 0.4 < float(dropped.float().mean()) < 0.6
+    net.eval()
+    torch.testing.assert_close(net.learnt_item(ids), full)
+
+
+def test_id_dropout_needs_id_embeddings():
+    from pipeline.core.config import TrainConfig, from_dict
+
+    with pytest.raises(ValueError, match=r"^train\.id_dropout: drops id embeddings"):
+        from_dict(TrainConfig, {"item_repr": "semantic", "id_dropout": 0.5}, "train")

@@ -528,6 +528,7 @@ class TrainConfig:
     embedding_regularizer: float = 0.0  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
     net_regularizer: float = 0.0  # the same on every other parameter
     embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
+    id_dropout: float = 0.0  # in training, zero each item occurrence's id embedding with this probability
     lr_schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: per step to min_lr over epochs, no plateau decay
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
@@ -556,6 +557,9 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size"):
             require(getattr(self, name) <= 1 << 24, f"{s}.{name}", f"must be <= {1 << 24}, got {getattr(self, name)}")
         require(0 <= self.embedding_dropout < 1, f"{s}.embedding_dropout", "must be in [0, 1)")
+        require(0 <= self.id_dropout < 1, f"{s}.id_dropout", "must be in [0, 1)")
+        require(self.id_dropout == 0 or self.arch.item_repr != "semantic", f"{s}.id_dropout",
+                "drops id embeddings; item_repr 'semantic' has none")
         require(0 <= self.ema_decay < 1, f"{s}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.shuffle_buffer_blocks >= 1, f"{s}.shuffle_buffer_blocks", "must be >= 1")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",

@@ -36,17 +36,21 @@ class SplitTensors:
         return self.label.shape[0]
 
     def history_lengths(self) -> Tensor:
-        """(n,) int64 real (non-padding) history items per row, counted LENGTH_CHUNK rows at a time (a mapped
-        split is never read whole)."""
-        return torch.cat([(self.item_seq[lo:lo + LENGTH_CHUNK] != 0).sum(dim=1)
-                          for lo in range(0, len(self), LENGTH_CHUNK)] or [torch.zeros(0, dtype=torch.int64)])
+        """(n,) int64 real (non-padding) history items per row, counted LENGTH_CHUNK rows at a time: the count
+        widens each cell to int64, so a whole 3.6M x 100 split at once would be a 2.9 GB temporary (and a mapped
+        split lets each chunk's pages go before the next)."""
+        parts = [torch.zeros(0, dtype=torch.int64)]
+        for lo in range(0, len(self), LENGTH_CHUNK):
+            parts.append((self.item_seq[lo:lo + LENGTH_CHUNK] != 0).sum(dim=1))
+            self.release()
+        return torch.cat(parts)
 
     def release(self) -> None:
         """Let go of what reading rows has paged in (a memory-mapped split, pipeline/training/stream.py); in memory,
         nothing to do."""
 
 
-LENGTH_CHUNK = 1 << 20  # rows per history_lengths step: a (chunk, L) bool temporary, 100 MB at L = 100
+LENGTH_CHUNK = 1 << 16  # rows per history_lengths step: a (chunk, L) int64 temporary, 52 MB at L = 100
 RELEASE_BATCHES = 64  # batches between SplitTensors.release() calls of the training loop and of scoring
 
 
