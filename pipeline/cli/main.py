@@ -27,11 +27,11 @@ from pipeline.cli.tune import (
 from pipeline.core.config import DataConfig, load_section
 from pipeline.core.feature_map import find_mm_column
 from pipeline.core.io import DataError, read_parquet
-from pipeline.core.items import check_item_table, unit_rows
+from pipeline.core.items import check_item_table, read_semantic_ids, unit_rows
 from pipeline.core.stage import one_line_errors
 from pipeline.itememb.gallery import check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
-from pipeline.itememb.quantize import code_neighbours, read_semantic_ids
+from pipeline.itememb.quantize import code_neighbours
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import read_titles
 

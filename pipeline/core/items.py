@@ -3,14 +3,18 @@
 An *item table* is a frame or array whose row i holds item i, with row 0 the all-zero padding item. Tables are
 built by scattering values to their ids (`scatter_by_id`), never by trusting input order, and every table read
 back is checked with `check_item_table` before it is indexed by id. `unit_rows` L2-normalises the rows of a table
-(zero rows stay zero)."""
+(zero rows stay zero). `read_semantic_ids` reads the quantize stage's item table of codes, bounded so a hostile
+file cannot size a model's code table."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from pipeline.core.io import DataError
+from pipeline.core.config import MAX_CODEBOOK, MAX_LEVELS
+from pipeline.core.io import DataError, first_true, list_matrix, read_parquet
 
 
 def scatter_by_id(ids: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
@@ -40,3 +44,28 @@ def unit_rows(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     x = np.asarray(x, dtype=dtype)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norm > 0, norm, 1.0)
+
+
+def read_semantic_ids(path: str | Path, n_rows: int) -> np.ndarray:
+    """semantic_ids.parquet (stages/quantize.py contract) -> (N+1, L) int64 codes, after checking that row i holds
+    item i, that there are n_rows rows (the item table's), that codes are lists of one length L in 1..MAX_LEVELS,
+    and that row 0 is all -1 and every other code is in 0..MAX_CODEBOOK-1 (the first bad row named): a code past
+    that would size a model's code table from a hostile file."""
+    df = read_parquet(path, {"item_id": pl.Int32})
+    check_item_table(df, str(path))
+    if df.height != n_rows:
+        raise DataError(f"{path}: codes for {df.height - 1} items, the item table has {n_rows - 1} (rerun quantize: "
+                        "`dvc repro`)")
+    if "codes" not in df.columns:
+        raise DataError(f"{path}: missing column 'codes' (has {', '.join(df.columns)})")
+    dtype = df.schema["codes"]
+    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_integer()):
+        raise DataError(f"{path}: column 'codes' has dtype {dtype}, expected a list of integers")
+    codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
+    if not 1 <= codes.shape[1] <= MAX_LEVELS:
+        raise DataError(f"{path}: column 'codes' holds lists of length {codes.shape[1]}, expected 1..{MAX_LEVELS}")
+    bad = 0 if (codes[0] != -1).any() else first_true(((codes[1:] < 0) | (codes[1:] >= MAX_CODEBOOK)).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad if bad == 0 else bad + 1}: codes must be -1 for row 0 (padding) and in "
+                        f"0..{MAX_CODEBOOK - 1} for items")
+    return np.require(codes, np.int64, ["C", "W"])

@@ -13,14 +13,9 @@ collisions, and whether items that share a code prefix share tags.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import polars as pl
 
-from pipeline.core.config import MAX_CODEBOOK, MAX_LEVELS
-from pipeline.core.io import DataError, first_true, list_matrix, read_parquet
-from pipeline.core.items import check_item_table
+from pipeline.core.io import DataError
 from pipeline.itememb.report import random_neighbours, sample_queries
 
 TAG_SAMPLE_K = 10  # random other items per item in the chance baseline of tag agreement
@@ -146,28 +141,3 @@ def code_neighbours(codes: np.ndarray, item_id: int, k: int, cosine: np.ndarray)
     ids = np.flatnonzero(shared)
     order = np.lexsort((ids, -cosine[ids], -shared[ids]))[:k]
     return [(int(i), int(shared[i]), float(cosine[i])) for i in ids[order]]
-
-
-def read_semantic_ids(path: str | Path, n_rows: int) -> np.ndarray:
-    """semantic_ids.parquet (stages/quantize.py contract) -> (N+1, L) int64 codes, after checking that row i holds
-    item i, that there are n_rows rows (the item table's), that codes are lists of one length L in 1..MAX_LEVELS,
-    and that row 0 is all -1 and every other code is in 0..MAX_CODEBOOK-1 (the first bad row named): a code past
-    that would size a model's code table from a hostile file."""
-    df = read_parquet(path, {"item_id": pl.Int32})
-    check_item_table(df, str(path))
-    if df.height != n_rows:
-        raise DataError(f"{path}: codes for {df.height - 1} items, the item table has {n_rows - 1} (rerun quantize: "
-                        "`dvc repro`)")
-    if "codes" not in df.columns:
-        raise DataError(f"{path}: missing column 'codes' (has {', '.join(df.columns)})")
-    dtype = df.schema["codes"]
-    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_integer()):
-        raise DataError(f"{path}: column 'codes' has dtype {dtype}, expected a list of integers")
-    codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
-    if not 1 <= codes.shape[1] <= MAX_LEVELS:
-        raise DataError(f"{path}: column 'codes' holds lists of length {codes.shape[1]}, expected 1..{MAX_LEVELS}")
-    bad = 0 if (codes[0] != -1).any() else first_true(((codes[1:] < 0) | (codes[1:] >= MAX_CODEBOOK)).any(axis=1))
-    if bad is not None:
-        raise DataError(f"{path}: row {bad if bad == 0 else bad + 1}: codes must be -1 for row 0 (padding) and in "
-                        f"0..{MAX_CODEBOOK - 1} for items")
-    return np.require(codes, np.int64, ["C", "W"])

@@ -16,8 +16,7 @@ from torch import Tensor
 
 from pipeline.core.feature_map import FeatureMap, find_mm_column
 from pipeline.core.io import DataError, check_finite, check_range, first_true, list_matrix, read_parquet
-from pipeline.core.items import check_item_table
-from pipeline.itememb.quantize import read_semantic_ids
+from pipeline.core.items import check_item_table, read_semantic_ids
 
 
 @dataclass(frozen=True)
