@@ -309,16 +309,15 @@ class MakeSyntheticConfig:
         require(self.slate_size >= 1, f"{s}.slate_size", f"must be >= 1, got {self.slate_size}")
         require(self.mean_requests_per_user >= 1, f"{s}.mean_requests_per_user", "must be >= 1")
         require(self.max_requests_per_user >= 1, f"{s}.max_requests_per_user", "must be >= 1")
-        require(self.negatives == "sampled" or self.max_requests_per_user * self.slate_size < self.n_items,
-                f"{s}.max_requests_per_user", "max_requests_per_user * slate_size must be < n_items (a slate shows "
-                "items the user has not clicked)")
         require(0.0 <= self.new_item_share <= 0.5, f"{s}.new_item_share",
                 f"must be in [0, 0.5], got {self.new_item_share}")
         require(self.new_item_share == 0.0 or self.negatives == "exposures", f"{s}.new_item_share",
                 "held-out new items need negatives: exposures (sampled non-clicks would show them in train)")
+        # A slate shows items the user has not clicked, and before the user's last two requests no new ones.
         require(self.negatives == "sampled"
                 or self.max_requests_per_user * self.slate_size < self.n_items - self.n_new_items,
-                f"{s}.new_item_share", "max_requests_per_user * slate_size must be < the items that are not new")
+                f"{s}.new_item_share" if self.n_new_items else f"{s}.max_requests_per_user",
+                "max_requests_per_user * slate_size must be < n_items (less the new items, when some are held out)")
 
     @property
     def n_new_items(self) -> int:

@@ -19,6 +19,7 @@ from pipeline.core.io import DataError
 from pipeline.itememb.report import random_neighbours, sample_queries
 
 TAG_SAMPLE_K = 10  # random other items per item in the chance baseline of tag agreement
+ASSIGN_CHUNK = 1024  # rows per assign_codes step: a (1024, K, D) float64 temporary, 16 MB at K = 64, D = 32
 
 
 def residual_kmeans(x: np.ndarray, levels: int, codebook_size: int, iterations: int, seed: int
@@ -51,8 +52,10 @@ def assign_codes(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     residual = np.asarray(x, dtype=np.float64).copy()
     codes = np.empty((len(x), len(codebooks)), dtype=np.int16)
     for level, book in enumerate(codebooks.astype(np.float64)):
-        dist = ((residual[:, None, :] - book[None, :, :]) ** 2).sum(-1)  # (N, K)
-        codes[:, level] = dist.argmin(axis=1)
+        # ASSIGN_CHUNK rows at a time: the (rows, K, D) difference of all N items at once would be GBs at 91K items
+        for lo in range(0, len(x), ASSIGN_CHUNK):
+            dist = ((residual[lo:lo + ASSIGN_CHUNK, None, :] - book[None, :, :]) ** 2).sum(-1)  # (rows, K)
+            codes[lo:lo + ASSIGN_CHUNK, level] = dist.argmin(axis=1)
         residual -= book[codes[:, level]]
     return codes
 

@@ -1,8 +1,9 @@
 """Splits as tensors, and batches over them.
 
-Each split is loaded once into contiguous tensors (history matrix, ids, context features, labels), with every value
-range-checked against the feature map; batches are index slices, trimmed to the longest real history in the batch
-(never below first_k), which changes no output because padded positions are masked."""
+Each split is loaded once into contiguous tensors (history matrix, ids, context features, labels), in memory or as
+views of memory-mapped files (pipeline/training/stream.py), with every value range-checked against the feature
+map; batches are index slices, trimmed to the longest real history in the batch (never below first_k), which
+changes no output because padded positions are masked."""
 
 from __future__ import annotations
 
