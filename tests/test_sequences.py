@@ -16,14 +16,19 @@ from pipeline.sequences.build import (
     SPLITS,
     SplitRows,
     assign_split,
+    bloom_bit,
+    bloom_contains,
+    bloom_filters,
     build_exposure_rows,
     build_split_rows,
     exposure_rows_reference,
     histories_reference,
     history_matrix,
     order_events,
+    ordered_map,
     sample_negatives,
     split_rows_reference,
+    stable_order,
 )
 from pipeline.sources.microlens import count_before
 
@@ -248,6 +253,60 @@ def test_negatives_are_deterministic_for_a_seed(sampling: str, exclude: str) -> 
     c = sample_negatives(events, 30, neg_ratio=4, seed=12, **kw)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_bloom_filters_hold_each_users_item_bits() -> None:
+    rng = np.random.default_rng(0)
+    n_clicks = rng.integers(1, 40, 500)  # clicks of users 0..499
+    user_no = np.repeat(np.arange(500), n_clicks)
+    item = rng.integers(1, 92_000, len(user_no)).astype(np.int32)
+    bloom = bloom_filters(item, user_no)
+    assert bloom.shape == (500 * 2 ** 8 // 64,) and bloom.dtype == np.uint64
+    assert bloom_contains(bloom, user_no, item).all()  # no false negatives
+    cand = rng.integers(1, 92_000, (500, 64)).astype(np.int32)
+    got = bloom_contains(bloom, np.arange(500)[:, None], cand)
+    bits = [set(bloom_bit(item[user_no == u]).tolist()) for u in range(500)]
+    expected = np.array([[b in bits[u] for b in bloom_bit(cand[u]).tolist()] for u in range(500)])
+    np.testing.assert_array_equal(got, expected)  # exactly "some item of the user has this bit"
+    few = n_clicks[:, None] <= 10  # users with <= 10 items: under 4% of 256 bits are set
+    assert got[few[:, 0]].mean() < 0.08
+
+
+@pytest.mark.parametrize("exclude", ["before", "ever"])
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_negatives_do_not_depend_on_the_bloom_prefilter(monkeypatch, sampling: str, exclude: str) -> None:
+    # The filter only decides which draws take the exact check: with one that says "maybe" for every draw, every
+    # draw is checked exactly and the negatives must be the very same.
+    events = order_events(random_pairs(5, n_users=60, n_items=40, n_rows=2000))
+    kw = dict(neg_ratio=6, seed=3, sampling=sampling, exclude=exclude)
+    filtered = sample_negatives(events, 40, **kw)
+    monkeypatch.setattr("pipeline.sequences.build.bloom_contains",
+                        lambda bloom, user_no, item: np.ones(np.broadcast_shapes(np.shape(user_no), item.shape), bool))
+    np.testing.assert_array_equal(sample_negatives(events, 40, **kw), filtered)
+
+
+def test_stable_order_is_lexsort_with_ties_in_row_order() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 5, 400), rng.integers(0, 3, 400)
+    np.testing.assert_array_equal(stable_order(a), np.argsort(a, kind="stable"))
+    np.testing.assert_array_equal(stable_order(a, b), np.lexsort((np.arange(400), b, a)))
+    assert stable_order(np.zeros(0, np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_ordered_map_keeps_order_and_stops_early(threads: int) -> None:
+    import time
+
+    def slow_square(x: int) -> int:
+        time.sleep(0.001 * (x % 3))  # later items finish first: order must come from the queue, not completion
+        return x * x
+
+    assert list(ordered_map(slow_square, range(50), threads)) == [x * x for x in range(50)]
+    started: list[int] = []
+    it = ordered_map(lambda x: started.append(x) or x, iter(range(1000)), threads)
+    assert [next(it) for _ in range(5)] == list(range(5))
+    it.close()
+    assert len(started) <= 5 + 2 * threads  # at most 2 * threads results were pending
 
 
 def _chi2(counts: np.ndarray, expected: np.ndarray) -> float:

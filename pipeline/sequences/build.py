@@ -28,9 +28,12 @@ events at a time, for `sink_parquet` to stream into a file.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -43,6 +46,8 @@ SPLITS = ("train", "valid", "test")  # split code k of an event is SPLITS[k]
 SplitMethod = Literal["leave_last", "time"]
 NegSampling = Literal["uniform", "popularity"]
 NegExclude = Literal["before", "ever"]
+T = TypeVar("T")
+U = TypeVar("U")
 ROW_SCHEMA = pl.Schema({
     "user_id": pl.Int32, "item_seq": pl.List(pl.Int32), "item_id": pl.Int32, "likes_level": pl.Int8,
     "views_level": pl.Int8, "label": pl.Float32, "event_ts": pl.Int64,
@@ -51,9 +56,15 @@ ROW_SCHEMA = pl.Schema({
 # enough to keep memory flat and the copies cheap (one 16 GB np.repeat is dominated by page faults), large enough
 # that sink_parquet's per-frame overhead stays small (4096 events per chunk wrote 9M rows 40% slower).
 CHUNK_EVENTS = 16_384
+# Threads that assemble chunks of rows (RowSource.frames): one per core this process may run on, at most 4.
+ASSEMBLY_THREADS = min(4, len(os.sched_getaffinity(0)))
 # Rejection rounds before the draws still rejected are made exactly from their event's allowed items; only a user
 # who clicked nearly every item gets there, where rejection alone could take millions of rounds.
 MAX_REJECTION_ROUNDS = 32
+# Bits of each user's Bloom filter of clicked items, as a power of two: 256 bits (32 bytes, 32 MB at 1M users)
+# send ~3.5% of a 9-click user's draws to the exact check.
+BLOOM_BITS_LOG2 = 8
+CHECK_EVENTS = 1 << 16  # events per block of the first rejection check
 
 
 def order_events(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -89,10 +100,13 @@ def gather_histories(item: np.ndarray, end: np.ndarray, n_hist: np.ndarray, max_
     """(C, max_len) int32: row k holds item[end[k] - n_hist[k] : end[k]] (n_hist[k] <= max_len clicks of one user,
     oldest first), left-padded with 0. Only the real cells are written (MicroLens histories are mostly padding)."""
     out = np.zeros((len(end), max_len), dtype=np.int32)
-    owner = np.repeat(np.arange(len(end)), n_hist)  # (H,) row of each real cell
-    within = np.arange(len(owner)) - np.repeat(np.cumsum(n_hist) - n_hist, n_hist)  # (H,) 0 = oldest
-    back = n_hist[owner] - within  # (H,) how many clicks before the end
-    out.reshape(-1)[owner * max_len + max_len - back] = item[end[owner] - back]
+    # Cell j of row k's real run (j = 0 .. n_hist[k] - 1, oldest first) is item[end[k] - n_hist[k] + j], written
+    # at flat position k * max_len + max_len - n_hist[k] + j: both are a per-row start plus j, and j is a running
+    # count minus the row's offset in it, so source = arange + a per-row constant and target = source + another.
+    offset = np.cumsum(n_hist) - n_hist  # (C,) first real cell of each row in the run of all of them
+    source = np.repeat(end - n_hist - offset, n_hist) + np.arange(int(n_hist.sum()))  # (H,)
+    shift = np.arange(len(end)) * max_len + max_len - end  # (C,) target - source of row k's cells
+    out.reshape(-1)[source + np.repeat(shift, n_hist)] = item[source]
     return out
 
 
@@ -142,6 +156,36 @@ def time_split_codes(ts: np.ndarray, valid_frac: float, test_frac: float) -> np.
     return ((ts >= valid_start).astype(np.int8) + (ts >= test_start)).astype(np.int8)
 
 
+def bloom_bit(item: np.ndarray) -> np.ndarray:
+    """Bloom-filter bit (uint32, 0 .. 2**BLOOM_BITS_LOG2 - 1, shape of `item`) of each item id: the top bits of a
+    multiplicative (Fibonacci) hash, so ids that differ only in high bits still spread over the bits."""
+    return (item.astype(np.uint32) * np.uint32(0x9E3779B1)) >> np.uint32(32 - BLOOM_BITS_LOG2)
+
+
+def bloom_filters(item: np.ndarray, user_no: np.ndarray) -> np.ndarray:
+    """(U * W,) uint64, W = 2**BLOOM_BITS_LOG2 / 64 words per user: words u*W .. u*W + W - 1 have bit
+    `bloom_bit(i)` set for every item i of user u. item, user_no (E,): the items and their users' numbers 0..U-1,
+    ascending (every number present)."""
+    words = 1 << (BLOOM_BITS_LOG2 - 6)
+    bit = bloom_bit(item)
+    one = np.left_shift(np.uint64(1), (bit & 63).astype(np.uint64))  # (E,) the item's bit within its word
+    word = bit >> 6
+    out = np.zeros((user_no[-1] + 1 if len(user_no) else 0, words), dtype=np.uint64)
+    if len(user_no):
+        user_start = np.flatnonzero(np.diff(user_no, prepend=-1))
+        for w in range(words):  # an OR over each user's run, one word at a time (np.bitwise_or.at is 3x slower)
+            out[:, w] = np.bitwise_or.reduceat(np.where(word == w, one, np.uint64(0)), user_start)
+    return out.reshape(-1)
+
+
+def bloom_contains(bloom: np.ndarray, user_no: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """bool (broadcast shape of user_no, item): False where item was certainly not in user `user_no`'s run of
+    `bloom_filters`; True where it may have been (it was, or another item of the run shares its bit)."""
+    bit = bloom_bit(item)
+    word = bloom[user_no * (1 << (BLOOM_BITS_LOG2 - 6)) + (bit >> 6)]
+    return (word >> (bit & 63).astype(np.uint64)) & np.uint64(1) != 0
+
+
 def sample_negatives(
     events: pl.DataFrame, n_items: int, neg_ratio: int, seed: int, *, sampling: NegSampling = "uniform",
     exclude: NegExclude = "before",
@@ -164,26 +208,39 @@ def sample_negatives(
     item = events["item"].to_numpy()
     pos = events["pos"].to_numpy()
     stride = n_items + 1
-    # Distinct (user, item) clicks as sorted keys, with the pos of the first click (events are in (user, pos)
-    # order, so np.unique's first occurrence is the earliest).
-    keys, first = np.unique(user * stride + item, return_index=True)
-    first_pos = pos[first]
+    # Distinct (user, item) clicks as sorted keys, with the pos of the first click. Events are in (user, pos) order,
+    # so the keys are sorted by user already: a stable argsort (timsort, which merges those runs) is fast, and it
+    # puts each key's earliest event first.
+    key = user * stride + item
+    by_key = np.argsort(key, kind="stable")
+    starts_key = np.ones(len(key), dtype=bool)
+    np.not_equal(key[by_key[1:]], key[by_key[:-1]], out=starts_key[1:])
+    first = by_key[starts_key]  # (K,) each distinct key's first event, in key order
+    keys, first_pos = key[first], pos[first]
+    new_item = np.zeros(len(key), dtype=bool)  # (E,) the event is its user's first click of its item
+    new_item[first] = True
+    user_start, user_len = _user_runs(user)
+    # Distinct items each user clicked before the event (repeat clicks count once): the new_item events before it.
+    seen = np.cumsum(new_item) - new_item
+    seen -= np.repeat(seen[user_start], user_len)
 
     if exclude == "before":
-        # Distinct items clicked before the event (not `pos`: repeat clicks count once), + the target if new.
-        span = int(pos.max(initial=0)) + 1
-        starts = np.sort(keys // stride * span + first_pos)  # (user, first pos) of each clicked item
-        n_before = np.searchsorted(starts, user * span + pos) - np.searchsorted(starts, user * span)
-        excluded = n_before + (first_pos[np.searchsorted(keys, user * stride + item)] == pos)
+        n_before = seen
+        excluded = n_before + new_item  # + the target if it is new
         what = "distinct items before an event"
     else:
-        key_user = keys // stride
-        n_before = excluded = np.searchsorted(key_user, user, "right") - np.searchsorted(key_user, user)
+        last = user_start + user_len - 1
+        n_before = excluded = np.repeat(seen[last] + new_item[last], user_len)
         what = "distinct items in all (neg_exclude=ever)"
     if (excluded >= n_items).any():
         e = int(np.argmax(excluded >= n_items))
         raise DataError(f"user {user[e]} has clicked {n_before[e]} {what}; too few of the {n_items} items remain "
                         f"to sample non-clicks")
+    # A Bloom filter of each user's clicked items: a draw whose bit is clear was never clicked by its user, which
+    # settles nearly every draw with one lookup in a small table, where a binary search over all keys costs ~23
+    # cache misses. Only draws whose bit is set take the exact check, so the draws are the same either way.
+    user_no = np.repeat(np.arange(len(user_start)), user_len)  # (E,) dense user number
+    bloom = bloom_filters(item, user_no)
 
     rng = np.random.default_rng(seed)
     weights = np.ones(n_items, dtype=np.int64)  # (N,) weight of item i + 1
@@ -200,17 +257,22 @@ def sample_negatives(
 
     def rejected(rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """bool, shape of `cand`: candidate items `cand` of the events `rows` (same shape, or broadcast)."""
-        ck = user[rows] * stride + cand
+        out = np.zeros(cand.shape, dtype=bool) if exclude == "ever" else cand == item[rows]
+        maybe = np.nonzero(bloom_contains(bloom, user_no[rows], cand))
+        r, c = np.broadcast_to(rows, cand.shape)[maybe], cand[maybe]
+        ck = user[r] * stride + c
         at = np.minimum(np.searchsorted(keys, ck), len(keys) - 1)
         clicked = keys[at] == ck
-        if exclude == "ever":
-            return clicked  # the target is one of the user's clicks
-        return (clicked & (first_pos[at] < pos[rows])) | (cand == item[rows])
+        out[maybe] |= clicked if exclude == "ever" else clicked & (first_pos[at] < pos[r])
+        return out
 
     out = draw(len(events) * neg_ratio).reshape(len(events), neg_ratio)
     flat = out.reshape(-1)
-    # The first check broadcasts the (E, 1) event columns over the (E, R) draws: no (E*R,) gathers.
-    todo = np.flatnonzero(rejected(np.arange(len(events))[:, None], out))  # flat indices of rejected draws
+    # The first check goes CHECK_EVENTS events at a time, so its temporaries stay in cache, and broadcasts the
+    # (C, 1) event columns over the (C, R) draws: no (E*R,) gathers.
+    todo = np.concatenate([np.zeros(0, np.int64)] + [  # flat indices of the rejected draws
+        lo * neg_ratio + np.flatnonzero(rejected(np.arange(lo, hi)[:, None], out[lo:hi]))
+        for lo, hi in ((lo, min(lo + CHECK_EVENTS, len(events))) for lo in range(0, len(events), CHECK_EVENTS))])
     for _ in range(MAX_REJECTION_ROUNDS):
         if not todo.size:
             break
@@ -231,12 +293,52 @@ def sample_negatives(
     return out
 
 
-class RowSource:
-    """What build_sequences streams into the split files: a subclass's `frames(name, chunk)` yields split `name`'s
-    rows (ROW_SCHEMA, module order) a chunk at a time; `lazy` and `collect` are built on it."""
+def stable_order(*keys: np.ndarray) -> np.ndarray:
+    """(n,) int64 permutation that sorts n rows by keys[0], then keys[1], ..., ties kept in row order (as
+    np.lexsort(keys[::-1])). polars' sort, multi-threaded: 0.43 s for 7M timestamps where numpy's stable argsort
+    takes 1.1 s."""
+    frame = pl.DataFrame({f"k{i}": key for i, key in enumerate(keys)}).with_row_index("row")
+    return frame.sort([f"k{i}" for i in range(len(keys))], maintain_order=True)["row"].to_numpy().astype(np.int64)
 
-    def frames(self, name: str, chunk: int) -> Iterator[pl.DataFrame]:
+
+def ordered_map(fn: Callable[[T], U], items: Iterable[T], threads: int) -> Iterator[U]:
+    """fn over items on `threads` threads, yielded in the order of items, with at most 2 * threads results pending
+    (bounded memory); threads <= 1 is a plain map. Closing the iterator early cancels what has not started."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    pending: deque[Future[U]] = deque()
+    with ThreadPoolExecutor(threads) as pool:
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= 2 * threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+class RowSource:
+    """What build_sequences streams into the split files. A subclass gives `units_of(name)`, the events (or
+    exposures) of split `name` in row order, and `frame_of(units)`, their rows (ROW_SCHEMA, module order);
+    `frames` assembles the chunks on ASSEMBLY_THREADS threads (numpy releases the GIL in the gathers and copies that
+    dominate), in order, and `lazy` and `collect` are built on it."""
+
+    def units_of(self, name: str) -> np.ndarray:
         raise NotImplementedError
+
+    def frame_of(self, units: np.ndarray) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
+        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of `chunk` units' rows each (the last may be
+        shorter); none for an empty split. Chunking changes only where frames break, never the rows."""
+        idx = self.units_of(name)
+        yield from ordered_map(self.frame_of, (idx[lo:lo + chunk] for lo in range(0, len(idx), chunk)),
+                               ASSEMBLY_THREADS)
 
     def lazy(self, name: str, chunk: int = CHUNK_EVENTS) -> pl.LazyFrame:
         """Split `name`'s rows as a LazyFrame whose source is `frames`, so `sink_parquet` streams them to a file
@@ -283,37 +385,32 @@ class SplitRows(RowSource):
     views: np.ndarray
     max_len: int
 
-    def events_of(self, name: str) -> np.ndarray:
+    def units_of(self, name: str) -> np.ndarray:
         """(C,) int64 indices of the kept events of split `name`, in row order (event_ts, user, pos)."""
         idx = np.flatnonzero(self.keep & (self.split == SPLITS.index(name)))
         # idx is in (user, pos) order, so a stable sort by timestamp leaves ties in (user, pos) order.
-        return idx[np.argsort(self.ts[idx], kind="stable")]
+        return idx[stable_order(self.ts[idx])]
 
-    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
-        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of up to chunk * (1 + R) rows (chunk events
-        each); none for an empty split. Chunking changes only where frames break, never the rows."""
+    def frame_of(self, units: np.ndarray) -> pl.DataFrame:
+        """The (1 + R) rows of each event in `units` (C,), a click then its R non-clicks."""
         per_event = 1 + self.negatives.shape[1]
         label = np.zeros(per_event, dtype=np.float32)
         label[0] = 1
-        idx = self.events_of(name)
-        for lo in range(0, len(idx), chunk):
-            ev = idx[lo:lo + chunk]  # (C,)
-            hist = history_matrix(self.item, self.pos, ev, self.max_len)  # (C, L)
-            item_id = np.concatenate([self.item[ev, None], self.negatives[ev]], axis=1).reshape(-1)  # (C*(1+R),)
-            seq = np.repeat(hist, per_event, axis=0)  # (C*(1+R), L)
-            yield pl.DataFrame({
-                "user_id": np.repeat(self.user[ev], per_event),
-                "item_seq": pl.Series(seq).cast(pl.List(pl.Int32)),
-                "item_id": item_id,
-                "likes_level": self.likes[item_id],
-                "views_level": self.views[item_id],
-                "label": np.tile(label, len(ev)),
-                "event_ts": np.repeat(self.ts[ev], per_event),
-            })
+        hist = history_matrix(self.item, self.pos, units, self.max_len)  # (C, L)
+        item_id = np.concatenate([self.item[units, None], self.negatives[units]], axis=1).reshape(-1)  # (C*(1+R),)
+        return pl.DataFrame({
+            "user_id": np.repeat(self.user[units], per_event),
+            "item_seq": pl.Series(np.repeat(hist, per_event, axis=0)).cast(pl.List(pl.Int32)),
+            "item_id": item_id,
+            "likes_level": self.likes[item_id],
+            "views_level": self.views[item_id],
+            "label": np.tile(label, len(units)),
+            "event_ts": np.repeat(self.ts[units], per_event),
+        })
 
     def summary(self, name: str) -> dict[str, float | int | None]:
         """rows, clicks and mean_history (non-padding cells of item_seq per row; None when empty) of `name`."""
-        idx = self.events_of(name)
+        idx = self.units_of(name)
         n_hist = np.minimum(self.pos[idx], self.max_len)
         return {"rows": len(idx) * (1 + self.negatives.shape[1]), "clicks": len(idx),
                 "mean_history": float(n_hist.mean()) if len(idx) else None}
@@ -376,31 +473,28 @@ class ExposureRows(RowSource):
     views: np.ndarray
     max_len: int
 
-    def rows_of(self, name: str) -> np.ndarray:
+    def units_of(self, name: str) -> np.ndarray:
         """(R,) int64 indices of the kept exposures of split `name`, ordered by (ts, user, file row)."""
         idx = np.flatnonzero(self.keep & (self.split == SPLITS.index(name)))
-        return idx[np.lexsort((idx, self.user[idx], self.ts[idx]))]
+        return idx[stable_order(self.ts[idx], self.user[idx])]
 
-    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
-        """Split `name`'s rows (ROW_SCHEMA; event_ts = the exposure's time) as frames of up to `chunk` rows."""
-        idx = self.rows_of(name)
-        for lo in range(0, len(idx), chunk):
-            r = idx[lo:lo + chunk]  # (C,)
-            yield pl.DataFrame({
-                "user_id": self.user[r],
-                "item_seq": pl.Series(gather_histories(self.click_item, self.end[r],
-                                                       np.minimum(self.n_before[r], self.max_len), self.max_len)
-                                      ).cast(pl.List(pl.Int32)),
-                "item_id": self.item[r],
-                "likes_level": self.likes[self.item[r]],
-                "views_level": self.views[self.item[r]],
-                "label": self.label[r],
-                "event_ts": self.ts[r],
-            })
+    def frame_of(self, units: np.ndarray) -> pl.DataFrame:
+        """One row per exposure in `units` (C,); event_ts is the exposure's time."""
+        return pl.DataFrame({
+            "user_id": self.user[units],
+            "item_seq": pl.Series(gather_histories(self.click_item, self.end[units],
+                                                   np.minimum(self.n_before[units], self.max_len), self.max_len)
+                                  ).cast(pl.List(pl.Int32)),
+            "item_id": self.item[units],
+            "likes_level": self.likes[self.item[units]],
+            "views_level": self.views[self.item[units]],
+            "label": self.label[units],
+            "event_ts": self.ts[units],
+        })
 
     def summary(self, name: str) -> dict[str, float | int | None]:
         """rows, clicks (positive rows) and mean_history of `name`, as SplitRows.summary."""
-        idx = self.rows_of(name)
+        idx = self.units_of(name)
         n_hist = np.minimum(self.n_before[idx], self.max_len)
         return {"rows": len(idx), "clicks": int(self.label[idx].sum()),
                 "mean_history": float(n_hist.mean()) if len(idx) else None}
