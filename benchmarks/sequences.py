@@ -10,10 +10,10 @@ in file order already. Then, in a fresh process so its peak RSS is the builder's
     build   build_split_rows: sort, split, negative sampling
     rows    every row of every split assembled (SplitRows.frames), as the stage streams them
     write   every split streamed to zstd parquet (SplitRows.lazy + sink_parquet, assembling the rows again)
-Finally, on a log of `--ref-users` users from the same generator, the polars path (build + every split collected) against
-`split_rows_reference` (plain-Python order, histories, split, filter, side features and row order, given the polars
-path's negatives: the reference's sampling time is not counted, so the ratio is a lower bound), best of `--repeat`
-runs each, and checks the rows are identical.
+Finally, on a log of `--ref-users` users from the same generator, the polars path (build + every split collected)
+against `split_rows_reference` (plain-Python order, histories, split, filter, side features and row order, given
+the polars path's negatives: the reference's sampling time is not counted, so the ratio is a lower bound), best of
+`--repeat` runs each, and checks the rows are identical.
 """
 
 from __future__ import annotations

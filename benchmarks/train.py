@@ -15,6 +15,11 @@ measured over a whole epoch with --epoch). Evaluation throughput (scoring the va
 printed for the stage path. `--set key=value` overrides train params (as `dvc exp run -S train.key=value`);
 `--pad-to L` left-pads every history with zeros to L positions in both paths, as the challenge data stores them
 (MicroLens-1M: 100 positions, median 6 real), to show what trimming saves.
+
+`--profile N` then says where a stage step's time goes, over N more steps of the stage path: the share of each
+phase (batch assembly, forward, loss, backward, gradient clipping, optimiser step), the forward time of each of
+the model's modules (forward hooks on its submodules, two levels deep; a module's time includes its children's),
+and torch.profiler's top operators by self CPU time over forward + backward + step.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections import defaultdict
 
 import click
 import polars as pl
@@ -99,6 +105,65 @@ def naive_batches(dataset: RowDataset, cfg: TrainConfig, device: torch.device, w
             yield {k: v.to(device) for k, v in batch.items()}, label
 
 
+def module_forward_times(model: nn.Module, depth: int = 2) -> tuple[dict[str, float], list]:
+    """{module name: seconds of its forwards}, filled while the returned hook handles are registered, for the
+    submodules of `model` down to `depth` levels (names as in named_modules; CPU: the clock is the op time)."""
+    times: dict[str, float] = defaultdict(float)
+    started: dict[str, float] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name or name.count(".") >= depth:
+            continue
+
+        def pre(_m, _i, name=name):
+            started[name] = time.perf_counter()
+
+        def post(_m, _i, _o, name=name):
+            times[name] += time.perf_counter() - started.pop(name)
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return times, handles
+
+
+def profile_steps(model: nn.Module, batches, steps: int, cfg: TrainConfig) -> None:
+    """Print where `steps` stage steps spend their time: phases, module forwards, top operators (CPU timings)."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    phases: dict[str, float] = defaultdict(float)
+    forward, handles = module_forward_times(model)
+    clock = time.perf_counter
+    for _ in range(steps):
+        t = clock()
+        batch, label = next(batches)
+        t, phases["batch assembly"] = clock(), phases["batch assembly"] + clock() - t
+        logits = model(batch)
+        t, phases["forward"] = clock(), phases["forward"] + clock() - t
+        loss = loss_fn(logits.float(), label)
+        t, phases["loss"] = clock(), phases["loss"] + clock() - t
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t, phases["backward"] = clock(), phases["backward"] + clock() - t
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        t, phases["clip grad norm"] = clock(), phases["clip grad norm"] + clock() - t
+        opt.step()
+        phases["optimiser step"] += clock() - t
+    for handle in handles:
+        handle.remove()
+    total = sum(phases.values())
+    print(f"\nprofile: {steps} steps, {steps * cfg.batch_size / total:.0f} samples/s with the hooks")
+    for name, seconds in phases.items():
+        print(f"  {name:28s} {1e3 * seconds / steps:7.2f} ms/step {100 * seconds / total:5.1f}%")
+    print("module forwards (a module includes its children):")
+    for name, seconds in sorted(forward.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {1e3 * seconds / steps:7.2f} ms/step {100 * seconds / total:5.1f}%")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(min(steps, 20)):
+            batch, label = next(batches)
+            optimizer_step(model, opt, loss_fn(model(batch).float(), label), cfg.max_grad_norm)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
 @click.command()
 @click.option("--data", default="data", show_default=True, help="the pipeline's data folder")
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
@@ -109,7 +174,9 @@ def naive_batches(dataset: RowDataset, cfg: TrainConfig, device: torch.device, w
 @click.option("--epoch/--no-epoch", default=False, show_default=True, help="also time one whole stage epoch")
 @click.option("--set", "overrides", multiple=True, help="train param override key=value (YAML value)")
 @click.option("--pad-to", default=0, show_default=True, help="left-pad histories to this many positions")
-def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pad_to):
+@click.option("--profile", "profile", default=0, show_default=True,
+              help="then profile this many stage steps: phases, module forwards, top operators")
+def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pad_to, profile):
     cfg = load_section(params_path, "train", TrainConfig)
     if overrides:
         values = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
@@ -151,6 +218,8 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
         seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg.amp,
                               cfg.learning_rate, cfg.max_grad_norm)
         print(f"stage epoch: {seconds:.1f} s ({len(train) / seconds:.0f} samples/s)")
+    if profile:
+        profile_steps(copy.deepcopy(initial), stage_batches(train, cfg, device, cfg.seed + 1), profile, cfg)
 
 
 if __name__ == "__main__":
