@@ -57,7 +57,7 @@ ROW_SCHEMA = pl.Schema({
 # that sink_parquet's per-frame overhead stays small (4096 events per chunk wrote 9M rows 40% slower).
 CHUNK_EVENTS = 16_384
 # Threads that assemble chunks of rows (RowSource.frames): one per core this process may run on, at most 4.
-ASSEMBLY_THREADS = min(4, len(os.sched_getaffinity(0)))
+ASSEMBLY_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 # Rejection rounds before the draws still rejected are made exactly from their event's allowed items; only a user
 # who clicked nearly every item gets there, where rejection alone could take millions of rounds.
 MAX_REJECTION_ROUNDS = 32
