@@ -31,13 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import numpy as np
 import polars as pl
 import yaml
 from sequences import click_log  # benchmarks/sequences.py, the same log generator
+from variants import parse_sets  # benchmarks/variants.py: section.key=value overrides
 
 from pipeline.extract.store import embedding_frame
 
@@ -88,18 +88,6 @@ def run_stage(name: str, args: list[str], env: dict[str, str], work: Path, log: 
     return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
 
 
-def parse_sets(sets: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """`section.key=value` strings (values parsed as YAML) -> {section: {key: value}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise click.BadParameter(f"{item!r}: expected section.key=value", param_hint="--set")
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
-    return out
-
-
 @click.command()
 @click.option("--users", default=1_000_000, show_default=True)
 @click.option("--items", default=91_717, show_default=True, help="MicroLens-1M's item count")
@@ -126,7 +114,10 @@ def main(users: int, items: int, max_steps: int, sets: tuple[str, ...], work: Pa
                      "build_sequences": {"neg_ratio": 4},
                      "train": {"data_loading": "stream", "shuffle_block_rows": 4096, "epochs": 1,
                                "max_steps": max_steps, "eval_steps": 0}}
-        for section, values in [*overrides.items(), *parse_sets(sets).items()]:
+        for key, value in parse_sets(sets).items():
+            section, _, name = key.partition(".")
+            overrides.setdefault(section, {})[name] = value
+        for section, values in overrides.items():
             params.setdefault(section, {}).update(values)
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         p = ["--params", str(work / "params.yaml")]

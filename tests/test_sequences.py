@@ -260,7 +260,7 @@ def test_bloom_filters_hold_each_users_item_bits() -> None:
     n_clicks = rng.integers(1, 40, 500)  # clicks of users 0..499
     user_no = np.repeat(np.arange(500), n_clicks)
     item = rng.integers(1, 92_000, len(user_no)).astype(np.int32)
-    bloom = bloom_filters(item, user_no)
+    bloom = bloom_filters(item, np.cumsum(n_clicks) - n_clicks)
     assert bloom.shape == (500 * 2 ** 8 // 64,) and bloom.dtype == np.uint64
     assert bloom_contains(bloom, user_no, item).all()  # no false negatives
     cand = rng.integers(1, 92_000, (500, 64)).astype(np.int32)

@@ -162,17 +162,16 @@ def bloom_bit(item: np.ndarray) -> np.ndarray:
     return (item.astype(np.uint32) * np.uint32(0x9E3779B1)) >> np.uint32(32 - BLOOM_BITS_LOG2)
 
 
-def bloom_filters(item: np.ndarray, user_no: np.ndarray) -> np.ndarray:
+def bloom_filters(item: np.ndarray, user_start: np.ndarray) -> np.ndarray:
     """(U * W,) uint64, W = 2**BLOOM_BITS_LOG2 / 64 words per user: words u*W .. u*W + W - 1 have bit
-    `bloom_bit(i)` set for every item i of user u. item, user_no (E,): the items and their users' numbers 0..U-1,
-    ascending (every number present)."""
+    `bloom_bit(i)` set for every item i in the u-th run item[user_start[u]:user_start[u + 1]] of the (E,) item ids
+    (the runs cover item; user_start (U,) ascending, from 0)."""
     words = 1 << (BLOOM_BITS_LOG2 - 6)
     bit = bloom_bit(item)
     one = np.left_shift(np.uint64(1), (bit & 63).astype(np.uint64))  # (E,) the item's bit within its word
     word = bit >> 6
-    out = np.zeros((user_no[-1] + 1 if len(user_no) else 0, words), dtype=np.uint64)
-    if len(user_no):
-        user_start = np.flatnonzero(np.diff(user_no, prepend=-1))
+    out = np.zeros((len(user_start), words), dtype=np.uint64)
+    if len(user_start):
         for w in range(words):  # an OR over each user's run, one word at a time (np.bitwise_or.at is 3x slower)
             out[:, w] = np.bitwise_or.reduceat(np.where(word == w, one, np.uint64(0)), user_start)
     return out.reshape(-1)
@@ -240,7 +239,7 @@ def sample_negatives(
     # settles nearly every draw with one lookup in a small table, where a binary search over all keys costs ~23
     # cache misses. Only draws whose bit is set take the exact check, so the draws are the same either way.
     user_no = np.repeat(np.arange(len(user_start)), user_len)  # (E,) dense user number
-    bloom = bloom_filters(item, user_no)
+    bloom = bloom_filters(item, user_start)
 
     rng = np.random.default_rng(seed)
     weights = np.ones(n_items, dtype=np.int64)  # (N,) weight of item i + 1
