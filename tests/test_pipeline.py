@@ -133,18 +133,22 @@ def open_in_chromium(page: Path) -> tuple[list[dict], list[str]]:
     try:
         driver.set_script_timeout(60)
         driver.get(page.as_uri())
-        errors = driver.execute_async_script("""
+        # Waits for the load event itself (chromedriver can hand back control before a page with a large inline
+        # script has finished parsing), then for every chart's promise, and reads the drawn SVG in the same script.
+        charts = driver.execute_async_script("""
             const done = arguments[arguments.length - 1];
-            Promise.allSettled(window.mmctrPlots || []).then(
-                rs => done(rs.map(r => r.status === "fulfilled" ? null : String(r.reason))));""")
-        charts = driver.execute_script("""
-            return Array.from(document.querySelectorAll("body div[id]")).map(d => ({
-                id: d.id,
-                title: Array.from(d.querySelectorAll("g.role-title-text text"), t => t.textContent),
-                axes: Array.from(d.querySelectorAll("g.role-axis-title text"), t => t.textContent),
-                marks: d.querySelectorAll("svg.marks path, svg.marks line").length}));""")
-        for chart, error in zip(charts, errors):
-            chart["error"] = error
+            const loaded = new Promise(resolve => document.readyState === "complete"
+                ? resolve() : window.addEventListener("load", resolve));
+            loaded.then(() => Promise.allSettled(window.mmctrPlots || [])).then(rs => {
+                const divs = Array.from(document.querySelectorAll("body div[id]"));
+                done(divs.map((d, i) => ({
+                    id: d.id,
+                    error: i >= rs.length ? "no rendering promise"
+                        : rs[i].status === "fulfilled" ? null : String(rs[i].reason),
+                    title: Array.from(d.querySelectorAll("g.role-title-text text"), t => t.textContent),
+                    axes: Array.from(d.querySelectorAll("g.role-axis-title text"), t => t.textContent),
+                    marks: d.querySelectorAll("svg.marks path, svg.marks line").length})));
+            });""")
         events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
     finally:
         driver.quit()
