@@ -27,8 +27,10 @@ from pipeline.sequences.build import (
     order_events,
     ordered_map,
     sample_negatives,
+    sort_events_reference,
     split_rows_reference,
     stable_order,
+    user_time_key,
 )
 from pipeline.sources.microlens import count_before
 
@@ -133,6 +135,26 @@ def test_order_events_does_not_mutate_and_keeps_all_columns() -> None:
     assert pairs.equals(before)
     assert events.schema["pos"] == pl.Int64
     assert sorted(events.drop("pos").rows()) == sorted(pairs.rows())
+
+
+@pytest.mark.parametrize("case", ["ties", "negative ids", "wide timestamps", "too wide: reference path"])
+def test_order_events_packed_key_matches_the_three_key_sort(case: str) -> None:
+    """The one-key sort gives exactly the (user, timestamp, file row) order of the plain three-key sort, ties in
+    file order, for negative ids and wide timestamp ranges; past 63 bits the key is None and the reference sorts."""
+    pairs = random_pairs(11, n_rows=3000, n_times=5)  # 5 timestamps: many ties within each user
+    if case == "negative ids":
+        pairs = pairs.with_columns(pl.col("user") - 1000)
+    if case == "wide timestamps":  # 2^40 ms apart: user ids (6 bits) + 41 bits still fit
+        pairs = pairs.with_columns(pl.col("timestamp") * (1 << 40) // 1_700_000_000_000)
+    if case == "too wide: reference path":
+        pairs = pairs.with_columns(pl.when(pl.col("user") == 1).then(-(1 << 60)).otherwise(pl.col("timestamp"))
+                                   .alias("timestamp"))
+    key = user_time_key(pairs["user"].to_numpy(), pairs["timestamp"].to_numpy())
+    assert (key is None) == (case == "too wide: reference path")
+    expected = sort_events_reference(pairs)
+    assert order_events(pairs).drop("pos").equals(expected)
+    if key is not None:  # one key per distinct (user, timestamp)
+        assert len(np.unique(key)) == pairs.select("user", "timestamp").n_unique()
 
 
 # ---------------------------------------------------------------------------------------------- assign_split

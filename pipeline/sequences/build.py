@@ -70,10 +70,36 @@ CHECK_EVENTS = 1 << 16  # events per block of the first rejection check
 def order_events(pairs: pl.DataFrame) -> pl.DataFrame:
     """pairs (user, item, timestamp) -> events sorted by (user, timestamp, file row) with `pos` Int64, the
     number of the user's earlier clicks."""
-    events = pairs.with_row_index("_row").sort(["user", "timestamp", "_row"]).drop("_row")
+    key = user_time_key(pairs["user"].to_numpy(), pairs["timestamp"].to_numpy())
+    if key is None:
+        events = sort_events_reference(pairs)
+    else:  # one stable sort of one int64 column: ~2x polars' sort by three columns at 9M events
+        events = pairs.with_columns(_key=pl.Series(key)).sort("_key", maintain_order=True).drop("_key")
     starts, counts = _user_runs(events["user"].to_numpy())
     pos = np.arange(events.height, dtype=np.int64) - np.repeat(starts, counts)
     return events.with_columns(pos=pl.Series(pos, dtype=pl.Int64))
+
+
+def sort_events_reference(pairs: pl.DataFrame) -> pl.DataFrame:
+    """pairs sorted by (user, timestamp, file row): the plain three-key sort that `order_events` packs into one key."""
+    return pairs.with_row_index("_row").sort(["user", "timestamp", "_row"]).drop("_row")
+
+
+def user_time_key(user: np.ndarray, timestamp: np.ndarray) -> np.ndarray | None:
+    """(E,) int64 key that orders events as (user, timestamp) do: (user - min user) in the high bits, (timestamp -
+    min timestamp) in the low ones; ties stay ties. None when the two ranges need more than 63 bits together (the
+    caller then sorts by both columns) or there are no events."""
+    if not len(user):
+        return None
+    user_min, time_min = int(user.min()), int(timestamp.min())
+    user_bits = (int(user.max()) - user_min).bit_length()
+    time_bits = (int(timestamp.max()) - time_min).bit_length()
+    if user_bits + time_bits > 63:
+        return None
+    key = user.astype(np.int64) - user_min
+    key <<= time_bits
+    key |= timestamp.astype(np.int64) - time_min
+    return key
 
 
 def _user_runs(user: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
