@@ -232,8 +232,8 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     from pipeline.training.predict import evaluate_split, predict_logits
 
     params = params_dict(load_section(params_path, "train", TrainConfig))
-    overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "device": "cpu", "num_threads": threads,
-                 "resume": False}
+    overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
+                 "device": "cpu", "num_threads": threads, "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")

@@ -39,7 +39,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, from_dict, load_section, params_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import pick_device
-from pipeline.training.data import SplitTensors, load_item_tables, load_split, make_batch
+from pipeline.training.data import SplitTensors, exposure_levels, load_item_tables, load_split, make_batch
 from pipeline.training.loop import optimizer_step
 from pipeline.training.predict import autocast, predict_logits
 
@@ -189,7 +189,9 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     pad_to = train.item_seq.shape[1]
     context = [f.name for f in fmap.context_features]
     torch.manual_seed(cfg.seed)
-    initial = build_model(cfg.arch, fmap, tags, mm).to(device)
+    exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
+        if cfg.arch.exposure_levels else None
+    initial = build_model(cfg.arch, fmap, tags, mm, None, exposure).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "

@@ -107,9 +107,10 @@ VARIANTS: tuple[Variant, ...] = (
              "click_bias": -2.5, "seed": 105}),
 )
 
-# Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's
-# transformer_dcn-only parts (a config check rejects them on other models) and keep its optimisation settings.
-_BASELINE = {"train.mean_interest": False, "train.cross_rank": 0}
+# Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's additions
+# (its transformer_dcn-only parts, which a config check rejects on other models, and the exposure levels and item
+# bias, which any model could use) and keep its optimisation settings.
+_BASELINE = {"train.mean_interest": False, "train.cross_rank": 0, "train.exposure_levels": 0, "train.item_bias": False}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "din": {"train.model": "din", **_BASELINE},

@@ -15,9 +15,10 @@ MODELS: dict[str, type[CTRBase]] = {"transformer_dcn": TransformerDCN, "din": DI
 
 
 def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
-                item_codes: Tensor | None = None) -> nn.Module:
+                item_codes: Tensor | None = None, item_exposure: Tensor | None = None) -> nn.Module:
     """The model `cfg.model` over the item tables (item_tags (N+1, T) int64, item_mm (N+1, M) float32, item_codes
-    (N+1, L) int64 semantic ids or None, row i = item i). Every model returns logits (B,) from the same batch dict,
-    keeps `cfg` as `.cfg` and holds the tables as buffers `item_tags`, `item_mm` (and `item_codes` when
-    cfg.item_repr uses them). `cfg.model` is one of MODELS (ModelConfig checks it)."""
-    return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm, item_codes)
+    (N+1, L) int64 semantic ids or None, item_exposure (N+1,) int64 train-exposure levels or None, row i = item
+    i). Every model returns logits (B,) from the same batch dict, keeps `cfg` as `.cfg` and holds the tables as
+    buffers `item_tags`, `item_mm` (and `item_codes`, `item_exposure` when cfg uses them). `cfg.model` is one of
+    MODELS (ModelConfig checks it)."""
+    return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)

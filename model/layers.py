@@ -3,8 +3,10 @@
 `CTRBase` owns what every model here embeds the same way: the item tables as buffers indexed by item id
 (row i = item i, row 0 = padding), so a batch carries ids only and the checkpoint holds everything needed to
 score; the item embedding e_item = [learnt item part (E) || mean of its tag embeddings (E) || W_mm * frozen
-embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim); one E-wide embedding per
-context feature; embedding dropout on both; and FuxiCTR's initialisation.
+embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim), and with `exposure_levels`
+an E-wide embedding of the item's train-exposure level before the frozen part (item_dim + E); one E-wide embedding per
+context feature; embedding dropout on both; with `item_bias`, one learnt scalar per item that each model adds to
+its logit for the target item (`target_bias`); and FuxiCTR's initialisation.
 
 The learnt item part is `item_repr`'s: `id`, the item's own id embedding; `semantic`, the sum over levels of
 a learnt embedding per (level, code) of its semantic id (the quantize stage's codes), which items with similar
@@ -118,11 +120,12 @@ class CTRBase(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
-                 item_codes: Tensor | None = None):
+                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings (kept
         as a buffer even without `use_mm_emb`, so every checkpoint has the same tables); item_codes: (N+1, L)
         int64 semantic ids, level l's code in 0..K-1, row 0 all -1 (needed, and kept as a buffer, only when
-        item_repr is not `id`)."""
+        item_repr is not `id`); item_exposure: (N+1,) int64 train-exposure levels in 1..exposure_levels, row 0 = 0
+        (needed, and kept as a buffer, only when exposure_levels > 0)."""
         super().__init__()
         self.cfg = cfg
         e = cfg.embedding_dim
@@ -147,11 +150,19 @@ class CTRBase(nn.Module):
             self.register_buffer("code_offsets", torch.arange(item_codes.shape[1]) * k + 1, persistent=False)
             self.code_emb = nn.Embedding(item_codes.shape[1] * k + 1, e, padding_idx=0)
         self.tag_emb = nn.Embedding(feature_map["item_tags"].vocab_size, e, padding_idx=0)
+        self.item_bias = nn.Embedding(n_items, 1, padding_idx=0) if cfg.item_bias else None
+        self.exposure_emb = None
+        if cfg.exposure_levels:
+            if item_exposure is None or tuple(item_exposure.shape) != (n_items,):
+                got = "none" if item_exposure is None else f"a {tuple(item_exposure.shape)} table"
+                raise ValueError(f"train.exposure_levels needs exposure levels for {n_items} item rows, got {got}")
+            self.register_buffer("item_exposure", item_exposure.long())  # (N+1,)
+            self.exposure_emb = nn.Embedding(cfg.exposure_levels + 1, e, padding_idx=0)
         mm_dim = (cfg.mm_dim or item_mm.shape[1]) if cfg.use_mm_emb else 0
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
-        self.item_dim = 2 * e + mm_dim
+        self.item_dim = (3 if cfg.exposure_levels else 2) * e + mm_dim
         self.context_dim = len(self.context_names) * e
         # Dropout on every item and context embedding, in training only. Its rate is a training option
         # (train.embedding_dropout, set by pipeline.training.fit), not part of the architecture or the checkpoint;
@@ -181,10 +192,11 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, code, tag and context tables and the projection of the frozen
-        embedding.
+        train.embedding_regularizer): the id, code, tag, item-bias and context tables and the projection of the
+        frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
-        tables = [self.item_emb, self.code_emb, self.tag_emb, self.context_emb, self.mm_proj]
+        tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.exposure_emb, self.context_emb,
+                  self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -202,13 +214,20 @@ class CTRBase(nn.Module):
         return semantic if own is None else own + semantic
 
     def embed_items(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> item embeddings (..., item_dim), after embedding dropout; id 0 (padding) maps to all
+        """Item ids (...) -> item embeddings (..., item_dim): [learnt part || tag mean || exposure level's embedding
+        (with exposure_levels) || projected frozen embedding], after embedding dropout; id 0 (padding) maps to all
         zeros."""
         tags = self.item_tags[ids]  # (..., T)
         parts = [self.learnt_item(ids), masked_mean(self.tag_emb(tags), tags)]
+        if self.exposure_emb is not None:
+            parts.append(self.exposure_emb(self.item_exposure[ids]))
         if self.mm_proj is not None:
             parts.append(self.mm_proj(self.item_mm[ids]))
         return self.embedding_dropout(torch.cat(parts, dim=-1))  # (..., item_dim)
+
+    def target_bias(self, ids: Tensor) -> Tensor | float:
+        """Target item ids (B,) -> their learnt bias (B,) to add to the logits with `item_bias`, else 0.0."""
+        return self.item_bias(ids).squeeze(-1) if self.item_bias is not None else 0.0
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

@@ -27,7 +27,13 @@ from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
-from pipeline.training.data import check_item_tables, load_item_tables, load_semantic_ids, load_split
+from pipeline.training.data import (
+    check_item_tables,
+    exposure_levels,
+    load_item_tables,
+    load_semantic_ids,
+    load_split,
+)
 from pipeline.training.loop import fit
 from pipeline.training.stream import streamed_split
 
@@ -56,8 +62,10 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                 for name, path in (("train", train_path), ("valid", valid_path)))
         else:
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
+        exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
+            if cfg.arch.exposure_levels else None
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, fmap, tags, mm, codes)
+        model = build_model(cfg.arch, fmap, tags, mm, codes, exposure)
         log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),
                  sum(p.numel() for p in model.parameters()), device, dist.rank, dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:

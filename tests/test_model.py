@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,8 @@ from model.layers import CrossNetV2, Dice, masked_mean
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.data import exposure_levels
 from tests.conftest import MM, N_ITEMS, N_TAGS, SMALL, feature_map, item_tables, random_histories, small_model
 
 
@@ -107,7 +110,7 @@ def test_winning_configuration_forward_backward():
     """The 1st-place configuration: embedding 64, 128-d frozen embedding, first_k 16 -> DCN input 9,088 wide."""
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
                       first_k=16, mean_interest=False, cross_rank=0, dnn_hidden_units=(1024, 512, 256),
-                      net_dropout=0.2)
+                      net_dropout=0.2, exposure_levels=0)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)
@@ -440,3 +443,92 @@ def test_config_accepts_every_variant():
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
         train = from_dict(TrainConfig, values, "train")
         assert train.arch == cfg
+
+
+@pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
+def test_item_bias_adds_the_target_items_scalar_to_the_logit(name: str):
+    """With item_bias every model's logit is the same network's logit plus the target item's own learnt scalar
+    (row 0, padding, stays 0); the table counts as an embedding (embedding_regularizer); without it there is no
+    table and the logits are the network's alone."""
+    extra = {"model": name, "item_repr": "id"} | ({"mean_interest": False} if name != "transformer_dcn" else {})
+    cfg = dataclasses.replace(SMALL, **extra, item_bias=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_map(), *item_tables()).eval()
+    b = batch(random_histories(6, 20))
+    with torch.no_grad():
+        model.item_bias.weight.zero_()
+        plain = model(b)
+        model.item_bias.weight[1:, 0] = torch.arange(1, N_ITEMS + 1, dtype=torch.float32) / 10
+        torch.testing.assert_close(model(b), plain + b["item_id"].float() / 10)
+    assert model.item_bias.weight[0].item() == 0.0
+    assert any(p is model.item_bias.weight for p in model.embedding_parameters())
+    torch.manual_seed(0)
+    without = build_model(dataclasses.replace(cfg, item_bias=False), feature_map(), *item_tables()).eval()
+    assert without.item_bias is None and not any(n.startswith("item_bias") for n, _ in without.named_parameters())
+
+
+def test_exposure_levels_are_quantile_levels_of_train_counts_against_a_plain_reference():
+    """Level of item i = 1 + #(distinct k/L count quantiles over items 1..N that are <= c_i), by hand; equal counts
+    share a level, levels run 1..L, row 0 is 0, and an id past the table is an error."""
+    rng = np.random.default_rng(0)
+    n, levels = 40, 5
+    ids = rng.integers(1, n + 1, 600)  # plus a steep head, so the counts spread over the levels
+    ids = np.concatenate([ids, np.repeat(np.arange(1, 11), np.arange(10, 0, -1) * 8)])
+    got = exposure_levels(ids, n + 1, levels).numpy()
+    counts = [int((ids == i).sum()) for i in range(n + 1)]
+    edges = sorted(set(float(np.quantile(counts[1:], k / levels)) for k in range(1, levels)))
+    assert got[0] == 0 and got.dtype == np.int64
+    assert got[1:].tolist() == [1 + sum(e <= counts[i] for e in edges) for i in range(1, n + 1)]
+    assert set(got[1:]) <= set(range(1, levels + 1)) and len(set(got[1:])) > 2
+    same = {}
+    for c, lv in zip(counts[1:], got[1:], strict=True):
+        assert same.setdefault(c, lv) == lv
+    assert len(set(exposure_levels(np.zeros(0, np.int64), n + 1, levels)[1:].tolist())) == 1  # no rows: one level
+    with pytest.raises(ValueError, match="item table has 41 rows"):
+        exposure_levels(np.array([n + 1]), n + 1, levels)
+
+
+@pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
+def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkpoint(name: str, tmp_path):
+    """With exposure_levels the item embedding gains an E-wide part, the embedding of the item's level (0 for
+    padding), after the tag mean; two items that differ only in their level differ only in that part; the
+    checkpoint keeps the table and scores the same; a missing or mis-sized table is an error."""
+    extra = {"model": name} | ({"mean_interest": False} if name != "transformer_dcn" else {})
+    cfg = dataclasses.replace(SMALL, **extra, exposure_levels=4)
+    tags, mm = item_tables()
+    level = torch.arange(N_ITEMS + 1) % 4 + 1
+    level[0] = 0
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_map(), tags, mm, None, level).eval()
+    e = cfg.embedding_dim
+    assert model.item_dim == 3 * e + MM
+    ids = torch.tensor([0, 1, 2, 5])
+    emb = model.embed_items(ids)
+    torch.testing.assert_close(emb[:, 2 * e:3 * e], model.exposure_emb(level[ids]))
+    assert emb[0].abs().sum() == 0
+    b = batch(random_histories(6, 20))
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded.item_exposure, level)
+    torch.testing.assert_close(loaded(b), model(b))
+    with pytest.raises(ValueError, match="exposure_levels needs exposure levels"):
+        build_model(cfg, feature_map(), tags, mm)
+    with pytest.raises(ValueError, match=r"got a \(3,\) table"):
+        build_model(cfg, feature_map(), tags, mm, None, torch.ones(3, dtype=torch.long))
+
+
+def test_a_checkpoint_written_before_the_exposure_and_bias_switches_loads_as_it_was(tmp_path):
+    """A checkpoint whose config lacks exposure_levels and item_bias (written before they existed) rebuilds the
+    model it holds, with both off, whatever ModelConfig's defaults are now."""
+    model = small_model()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, model, feature_map())
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("exposure_levels", "item_bias"):
+        del ckpt["config"][key]
+    torch.save(ckpt, path)
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias
+    b = batch(random_histories(6, 20))
+    torch.testing.assert_close(loaded(b), model(b))

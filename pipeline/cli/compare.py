@@ -1,13 +1,13 @@
 """The paper's model comparison (its Table 2) as DVC experiments on the current data.
 
 Each row of the table is a model variant (the paper's five, the mean-pool MLP baseline of model/meanpool.py, the
-project's default Transformer + DCNv2 with mean interest and a low-rank cross network, and that default with
-semantic-id item embeddings, `train.item_repr`), run twice: without and with the frozen multimodal (PCA) item
-embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the 18
-experiments; `experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays
+project's default Transformer + DCNv2 with mean interest, a low-rank cross network and train-exposure levels, and
+that default with semantic-id item embeddings, `train.item_repr`), run twice: without and with the frozen multimodal
+(PCA) item embedding (`train.use_mm_emb`). `queue_commands` gives the `dvc exp run --queue` command of each of the
+18 experiments; `experiment_records` reads `dvc exp show --json` back into flat records, and `comparison_table` lays
 them out like the paper: one row per variant, AUC and logloss (valid, from train's dvclive summary, and test, from
-evaluate) and the test AUC on items new to the model (evaluate's `by_train_exposures` slice `0`) without | with
-the MM embedding, plus the oracle AUCs of the data when it is synthetic.
+evaluate) and the test AUC on items new to the model (evaluate's `by_train_exposures` slice `0`) without | with the
+MM embedding, plus the oracle AUCs of the data when it is synthetic.
 """
 
 from __future__ import annotations
@@ -18,24 +18,25 @@ from typing import Any
 
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
-# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean interest), and the mmctr default row adds
-# this project's two additions.
+# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean interest, no exposure levels), and the mmctr
+# default row adds this project's three additions.
 _SWITCHES = ("train.model", "train.dice", "train.use_transformer", "train.use_dcn", "train.mean_interest",
-             "train.cross_rank", "train.item_repr")
+             "train.cross_rank", "train.exposure_levels", "train.item_bias", "train.item_repr")
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
     (label, stem, dict(zip(_SWITCHES, values)))
     for label, stem, *values in (
-        ("DIN", "din", "din", False, True, True, False, 0, "id"),
-        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0, "id"),
-        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0, "id"),
-        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0, "id"),
-        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0, "id"),
-        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0, "id"),
-        ("mmctr default (+ mean interest, low-rank cross)", "mmctr", "transformer_dcn", False, True, True, True, 8,
-         "id"),
-        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, True, 8, "semantic"),
-        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, True, 8,
-         "id+semantic"),
+        ("DIN", "din", "din", False, True, True, False, 0, 0, False, "id"),
+        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0, 0, False, "id"),
+        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0, 0, False, "id"),
+        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0, 0, False, "id"),
+        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0, 0, False, "id"),
+        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0, 0, False, "id"),
+        ("mmctr default (+ mean interest, low-rank cross, exposure levels)", "mmctr", "transformer_dcn", False, True,
+         True, True, 8, 20, False, "id"),
+        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, True, 8, 20, False,
+         "semantic"),
+        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, True, 8, 20,
+         False, "id+semantic"),
     )
 )
 PREFIX = "cmp"

@@ -449,6 +449,13 @@ class ModelConfig:
     # that embedding's top embedding_dim principal directions, rows of mean norm 1 (model/layers.py `mm_prior`)
     id_init: Literal["random", "mm"] = "random"
     use_mm_emb: bool = True  # false: items are [id || tags] only, the frozen multimodal embedding is unused
+    # true: a learnt scalar per target item id added to the logit (FM's first-order term): how clickable the item
+    # is whoever sees it, on a direct path rather than through the id embedding and the network
+    item_bias: bool = False
+    # > 0: each item also gets an embedding of its train-exposure level, its number of train rows as a target in
+    # this many quantile levels over the items (pipeline/training/data.py `exposure_levels`; the table is kept
+    # in the checkpoint): how often the log shows an item says how popular it is; 0 = off
+    exposure_levels: int = 20
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
     transformer_layers: int = 1
@@ -492,6 +499,8 @@ class ModelConfig:
         require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
         require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
+        require(0 <= self.exposure_levels <= 1000, f"{s}.exposure_levels",
+                f"must be in [0, 1000], got {self.exposure_levels}")
         for name in ("transformer_dropout", "net_dropout"):
             require(0 <= getattr(self, name) < 1, f"{s}.{name}", "must be in [0, 1)")
         # Switches the chosen model has no part for would silently change nothing: reject them.
@@ -655,8 +664,8 @@ class TuneConfig:
 
     trials: int = 12  # experiments, the current train values included; at most the number of combinations
     seed: int = 0  # the draw of the combinations
-    learning_rate: tuple[float, ...] = (0.001, 0.002, 0.004)
-    batch_size: tuple[int, ...] = (512, 1024, 2048)
+    learning_rate: tuple[float, ...] = (0.002, 0.004, 0.008)
+    batch_size: tuple[int, ...] = (256, 512, 1024)
     embedding_regularizer: tuple[float, ...] = (0.0, 0.0001, 0.001)
     net_regularizer: tuple[float, ...] = (0.0, 0.0001, 0.001)
     net_dropout: tuple[float, ...] = (0.0, 0.1, 0.2)

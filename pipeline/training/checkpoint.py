@@ -102,6 +102,11 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         torch.save(obj, f)
 
 
+# ModelConfig switches added after checkpoints were first written, at the value that builds the model such a
+# checkpoint holds (ModelConfig's default, taken for a missing key, may differ).
+SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False}
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, feature_map: FeatureMap) -> None:
     """Atomically write {"model": state_dict, "config": ModelConfig as dict, "feature_map": dict}; plain types
     only, so it loads with torch.load(weights_only=True)."""
@@ -115,11 +120,12 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     """Rebuild the model from a checkpoint alone (no unpickling of code: weights_only=True)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        cfg_dict = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+        cfg_dict = {**SWITCHES_BEFORE_THEY_EXISTED,
+                    **{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}}
         fmap = FeatureMap.from_dict(ckpt["feature_map"], where=str(path))
         state = ckpt["model"]
         model = build_model(ModelConfig(**cfg_dict), fmap, state["item_tags"], state["item_mm"],
-                            state.get("item_codes"))
+                            state.get("item_codes"), state.get("item_exposure"))
         model.load_state_dict(state)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None

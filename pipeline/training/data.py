@@ -126,6 +126,21 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
             torch.from_numpy(np.require(mm, np.float32, ["C", "W"])), mm.shape[1])
 
 
+def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> Tensor:
+    """(R,) target item ids of the train rows -> (n_rows,) int64 train-exposure level of each item id (ModelConfig
+    exposure_levels): with c_i the number of rows whose target is item i (its exposures, or its clicks and
+    sampled non-clicks), the level is 1 + the number of edges <= c_i, the edges being the distinct k/levels
+    quantiles (k = 1..levels-1) of c over items 1..n_rows-1. Levels are in 1..levels, equal counts share one,
+    and row 0 (padding) is 0. Ids must be in 0..n_rows-1."""
+    counts = np.bincount(np.asarray(item_id, dtype=np.int64), minlength=n_rows)
+    if len(counts) > n_rows:
+        raise ValueError(f"item ids reach {len(counts) - 1}, the item table has {n_rows} rows")
+    edges = np.unique(np.quantile(counts[1:], np.arange(1, levels) / levels)) if n_rows > 1 else np.zeros(0)
+    out = 1 + np.searchsorted(edges, counts, side="right")
+    out[0] = 0
+    return torch.from_numpy(out.astype(np.int64))
+
+
 def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
     """semantic_ids.parquet -> (N+1, L) int64 codes as a tensor, checked by `read_semantic_ids`."""
     return torch.from_numpy(read_semantic_ids(path, n_rows))
