@@ -26,20 +26,10 @@ from pathlib import Path
 import click
 import numpy as np
 import polars as pl
-from variants import MAX_LEN, VARIANTS, Variant, levels  # benchmarks/variants.py: the variants and their files
+from variants import MAX_LEN, VARIANTS, Variant, draw_variant  # benchmarks/variants.py: the variants and their logs
 
-from pipeline.core.config import MakeSyntheticConfig
 from pipeline.core.metrics import auc
-from pipeline.sequences.build import build_exposure_rows
-from pipeline.sources.planted import history_preference, oracle_scores, sample_planted_model
-from pipeline.sources.synthetic import (
-    _streams,
-    exposure_frame,
-    held_out_items,
-    sample_click_counts,
-    sample_timestamps,
-    simulate_exposures,
-)
+from pipeline.sources.planted import history_preference, oracle_scores
 
 MIN_SLICE_ROWS = 100  # slices with fewer test rows are left out: their AUC is noise
 RIDGE = 10.0  # ridge penalty of both regressions (the R^2 of the latent is flat from 0.1 to 10 on 3,000 items)
@@ -59,25 +49,12 @@ def r2(est: np.ndarray, truth: np.ndarray) -> float:
 
 
 def ceiling(variant: Variant, folder: Path) -> list[dict[str, object]]:
-    """One record per slice: test rows and the AUC of the three oracles (module docstring)."""
-    cfg = MakeSyntheticConfig(**variant.synthetic)
-    rng = _streams(cfg.seed)
-    model, _ = sample_planted_model(cfg, rng["model"])
-    n_requests = sample_click_counts(cfg, rng["model"])
-    new = held_out_items(cfg, rng["new_items"])
-    log = simulate_exposures(model, n_requests, cfg, rng["clicks"], new)
-    impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
-        pl.col("user", "item").cast(pl.Int32))
-    pairs = impressions.filter(pl.col("click") == 1).drop("click")
+    """One record per slice of at least MIN_SLICE_ROWS test rows: slice, rows, the AUC of each of the three oracles
+    (module docstring; None when the slice has one class), and the fit: r2_latent, r2_log_pop over `items`."""
+    drawn = draw_variant(variant)  # the very log, levels and rows that make_variant wrote
+    model, new, pairs, test = drawn.model, drawn.new_items, drawn.pairs, drawn.rows.collect("test")
     n = model.n_items
-    side = np.random.default_rng(cfg.seed + 1)  # the same draws as make_variant's likes and views levels
-    views, likes = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.int64)
-    views[1:] = levels(model.item_log_pop[1:] + 0.5 * side.standard_normal(n))
-    likes[1:] = levels(model.item_log_pop[1:] + 1.5 * side.standard_normal(n))
-    item_table = pl.DataFrame({"item_id": np.arange(n + 1, dtype=np.int32), "likes_level": likes.astype(np.int8),
-                               "views_level": views.astype(np.int8)})
-    test = build_exposure_rows(pairs, impressions, item_table, max_len=MAX_LEN, min_history=1, split=variant.split,
-                               valid_frac=variant.valid_frac, test_frac=variant.test_frac).collect("test")
+    likes, views = (drawn.item_table[c].to_numpy().astype(np.int64) for c in ("likes_level", "views_level"))
     train_items = pl.read_parquet(folder / "data" / "train.parquet", columns=["item_id"])["item_id"].to_numpy()
     exposures = np.bincount(train_items, minlength=n + 1)
     info = pl.read_parquet(folder / "data" / "item_info.parquet").sort("item_id")
@@ -98,9 +75,9 @@ def ceiling(variant: Variant, folder: Path) -> list[dict[str, object]]:
     labels, count = test["label"].to_numpy(), exposures[test["item_id"].to_numpy()]
     slices = {"all": np.ones(len(labels), bool), "0": count == 0, "1-9": (count > 0) & (count < 10),
               "10+": count >= 10}
-    fit = f"R^2 latent {r2(latent[scored], model.item_latent[scored]):.3f}, " \
-          f"log-pop {r2(pop[scored], model.item_log_pop[scored]):.3f} on {int(scored.sum())} items"
-    return [{"slice": name, "rows": int(rows.sum()), "fit": fit,
+    fit = {"r2_latent": r2(latent[scored], model.item_latent[scored]),
+           "r2_log_pop": r2(pop[scored], model.item_log_pop[scored]), "items": int(scored.sum())}
+    return [{"slice": name, "rows": int(rows.sum()), **fit,
              **{k: auc(labels[rows], v[rows]) if 0 < labels[rows].sum() < rows.sum() else None
                 for k, v in scores.items()}}
             for name, rows in slices.items() if rows.sum() >= MIN_SLICE_ROWS]
@@ -120,7 +97,8 @@ def main(data: Path, only: tuple[str, ...]) -> None:
         for rec in ceiling(variant, folder):
             cells = " | ".join("-" if rec[k] is None else f"{rec[k]:.4f}"
                                for k in ("history oracle", "content latent", "content oracle"))
-            click.echo(f"| {variant.name} | {rec['slice']} | {rec['rows']} | {cells} | {rec['fit']} |")
+            click.echo(f"| {variant.name} | {rec['slice']} | {rec['rows']} | {cells} | R^2 latent "
+                       f"{rec['r2_latent']:.3f}, log-pop {rec['r2_log_pop']:.3f} on {rec['items']} items |")
 
 
 if __name__ == "__main__":

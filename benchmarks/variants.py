@@ -168,13 +168,33 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
     return (ranks * n_levels // len(values)).astype(np.int8)
 
 
-def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
-    """Write variant's challenge folder to out/<name>/data and its truth.parquet to out/<name>; return counts."""
+@dataclass(frozen=True)
+class PlantedLog:
+    """A variant's planted model and its exposure log, as make_variant writes them (module docstring).
+
+    centroids: the topic centroids of the item views; new_items (N+1,) bool, the held-out items; impressions
+    (user, item Int32, timestamp, click) and pairs (its clicks); item_table (item_id, likes_level, views_level);
+    rows, the labelled rows (build_exposure_rows); side, the side stream after the levels (tags, views next)."""
+
+    model: PlantedModel
+    centroids: np.ndarray
+    new_items: np.ndarray
+    impressions: pl.DataFrame
+    pairs: pl.DataFrame
+    item_table: pl.DataFrame
+    rows: Any
+    side: np.random.Generator
+
+
+def draw_variant(variant: Variant) -> PlantedLog:
+    """Draw the variant's planted model, its exposure log, the items' likes/views levels and its rows; seeded, so
+    benchmarks/content_ceiling.py gets the very log that make_variant wrote."""
     cfg = MakeSyntheticConfig(**variant.synthetic)
     rng = _streams(cfg.seed)
     model, centroids = sample_planted_model(cfg, rng["model"])
     n_requests = sample_click_counts(cfg, rng["model"])
-    log = simulate_exposures(model, n_requests, cfg, rng["clicks"], held_out_items(cfg, rng["new_items"]))
+    new_items = held_out_items(cfg, rng["new_items"])
+    log = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items)
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
         pl.col("user", "item").cast(pl.Int32))
     pairs = impressions.filter(pl.col("click") == 1).drop("click")
@@ -184,12 +204,21 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
     views = np.zeros(n + 1, np.int8)
     views[1:] = levels(model.item_log_pop[1:] + 0.5 * side.standard_normal(n))
     likes[1:] = levels(model.item_log_pop[1:] + 1.5 * side.standard_normal(n))
-    tags = item_tags(model, side)
     item_table = pl.DataFrame({"item_id": np.arange(n + 1, dtype=np.int32), "likes_level": likes,
                                "views_level": views})
     rows = build_exposure_rows(pairs, impressions, item_table, max_len=MAX_LEN, min_history=1, split=variant.split,
                                valid_frac=variant.valid_frac, test_frac=variant.test_frac)
-    splits = {name: rows.collect(name) for name in SPLITS}
+    return PlantedLog(model, centroids, new_items, impressions, pairs, item_table, rows, side)
+
+
+def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
+    """Write variant's challenge folder to out/<name>/data and its truth.parquet to out/<name>; return counts."""
+    cfg = MakeSyntheticConfig(**variant.synthetic)
+    drawn = draw_variant(variant)
+    model, centroids, pairs, side = drawn.model, drawn.centroids, drawn.pairs, drawn.side
+    n = model.n_items
+    tags = item_tags(model, side)
+    splits = {name: drawn.rows.collect(name) for name in SPLITS}
     text, image = modality_views(model, centroids, variant, side)
     emb = np.zeros((n + 1, 128), np.float32)
     emb[1:] = fit_pca(text, image, dim=128, normalize="none", seed=0).transform(text, image)
@@ -204,7 +233,7 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
     pl.DataFrame({"label": test["label"], **truth}).write_parquet(folder / "truth.parquet")
     hist = (splits["train"]["item_seq"].list.eval(pl.element() != 0).list.sum()).to_numpy()
     counts = {"items": n, "users": cfg.n_users, **{f"{s}_rows": splits[s].height for s in SPLITS},
-              "ctr": float(impressions["click"].mean()), "median_history": float(np.median(hist)),
+              "ctr": float(drawn.impressions["click"].mean()), "median_history": float(np.median(hist)),
               "max_history": int(hist.max()), "clicks_per_item": pairs.height / n,
               "oracle_auc": auc(test["label"].to_numpy(), truth["oracle"]),
               "history_oracle_auc": auc(test["label"].to_numpy(), truth["history_oracle"])}
