@@ -3,8 +3,8 @@
 `CTRBase` owns what every model here embeds the same way: the item tables as buffers indexed by item id
 (row i = item i, row 0 = padding), so a batch carries ids only and the checkpoint holds everything needed to
 score; the item embedding e_item = [learnt item part (E) || mean of its tag embeddings (E) || W_mm * frozen
-embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim), and with `exposure_levels`
-an E-wide embedding of the item's train-exposure level before the frozen part (item_dim + E); one E-wide embedding per
+embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim), where with `exposure_levels`
+the tag mean also gets the embedding of the item's train-exposure level added; one E-wide embedding per
 context feature; embedding dropout on both; with `item_bias`, one learnt scalar per item that each model adds to
 its logit for the target item (`target_bias`); and FuxiCTR's initialisation.
 
@@ -162,7 +162,7 @@ class CTRBase(nn.Module):
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
-        self.item_dim = (3 if cfg.exposure_levels else 2) * e + mm_dim
+        self.item_dim = 2 * e + mm_dim
         self.context_dim = len(self.context_names) * e
         # Dropout on every item and context embedding, in training only. Its rate is a training option
         # (train.embedding_dropout, set by pipeline.training.fit), not part of the architecture or the checkpoint;
@@ -214,13 +214,14 @@ class CTRBase(nn.Module):
         return semantic if own is None else own + semantic
 
     def embed_items(self, ids: Tensor) -> Tensor:
-        """Item ids (...) -> item embeddings (..., item_dim): [learnt part || tag mean || exposure level's embedding
-        (with exposure_levels) || projected frozen embedding], after embedding dropout; id 0 (padding) maps to all
-        zeros."""
+        """Item ids (...) -> item embeddings (..., item_dim): [learnt part || tag mean (+ the exposure level's
+        embedding, with exposure_levels) || projected frozen embedding], after embedding dropout; id 0 (padding)
+        maps to all zeros."""
         tags = self.item_tags[ids]  # (..., T)
-        parts = [self.learnt_item(ids), masked_mean(self.tag_emb(tags), tags)]
-        if self.exposure_emb is not None:
-            parts.append(self.exposure_emb(self.item_exposure[ids]))
+        attributes = masked_mean(self.tag_emb(tags), tags)  # (..., E)
+        if self.exposure_emb is not None:  # summed, not concatenated: the model keeps its width and speed
+            attributes = attributes + self.exposure_emb(self.item_exposure[ids])
+        parts = [self.learnt_item(ids), attributes]
         if self.mm_proj is not None:
             parts.append(self.mm_proj(self.item_mm[ids]))
         return self.embedding_dropout(torch.cat(parts, dim=-1))  # (..., item_dim)

@@ -490,9 +490,9 @@ def test_exposure_levels_are_quantile_levels_of_train_counts_against_a_plain_ref
 
 @pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
 def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkpoint(name: str, tmp_path):
-    """With exposure_levels the item embedding gains an E-wide part, the embedding of the item's level (0 for
-    padding), after the tag mean; two items that differ only in their level differ only in that part; the
-    checkpoint keeps the table and scores the same; a missing or mis-sized table is an error."""
+    """With exposure_levels the item's tag part is the tag mean plus the embedding of the item's level (0 for
+    padding), and the item keeps its width; the checkpoint keeps the table and scores the same; a missing or
+    mis-sized table is an error."""
     extra = {"model": name} | ({"mean_interest": False} if name != "transformer_dcn" else {})
     cfg = dataclasses.replace(SMALL, **extra, exposure_levels=4)
     tags, mm = item_tables()
@@ -501,10 +501,12 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
     torch.manual_seed(0)
     model = build_model(cfg, feature_map(), tags, mm, None, level).eval()
     e = cfg.embedding_dim
-    assert model.item_dim == 3 * e + MM
+    assert model.item_dim == 2 * e + MM
     ids = torch.tensor([0, 1, 2, 5])
     emb = model.embed_items(ids)
-    torch.testing.assert_close(emb[:, 2 * e:3 * e], model.exposure_emb(level[ids]))
+    tag_mean = masked_mean(model.tag_emb(model.item_tags[ids]), model.item_tags[ids])
+    torch.testing.assert_close(emb[:, e:2 * e], tag_mean + model.exposure_emb(level[ids]))
+    torch.testing.assert_close(emb[:, :e], model.item_emb(ids))
     assert emb[0].abs().sum() == 0
     b = batch(random_histories(6, 20))
     path = tmp_path / "model.pt"

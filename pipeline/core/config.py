@@ -452,9 +452,9 @@ class ModelConfig:
     # true: a learnt scalar per target item id added to the logit (FM's first-order term): how clickable the item
     # is whoever sees it, on a direct path rather than through the id embedding and the network
     item_bias: bool = False
-    # > 0: each item also gets an embedding of its train-exposure level, its number of train rows as a target in
-    # this many quantile levels over the items (pipeline/training/data.py `exposure_levels`; the table is kept
-    # in the checkpoint): how often the log shows an item says how popular it is; 0 = off
+    # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
+    # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
+    # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
     exposure_levels: int = 20
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
