@@ -20,9 +20,10 @@ layout from the pipeline's splits and item table (see its docstring), with the f
 The script (1) exports the splits, (2) runs FuxiCTR's DIN in a subprocess under the FuxiCTR venv's python (this
 file again, with --fuxictr-worker) and (3) trains the project's DIN (`train` params with model=din) with
 `pipeline.training.loop.fit`, on the CPU, with the same threads and epochs, one process at a time. It prints
-test AUC and logloss (both scored here with `pipeline.core.metrics` from each model's test probabilities), train samples/s and
-seconds per epoch (the wall time between validation passes, so validation is not counted), and the settings that
-cannot be made equal.
+test AUC and logloss (both scored here with `pipeline.core.metrics` from each model's test probabilities), train
+samples/s and seconds per epoch (the wall time between validation passes, so validation is not counted), and the
+settings that cannot be made equal. Ours runs without the weight average and the step budget (ema_decay 0,
+max_steps 0), which FuxiCTR has not: the same algorithm on both sides.
 """
 
 from __future__ import annotations
@@ -232,8 +233,10 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     from pipeline.training.predict import evaluate_split, predict_logits
 
     params = params_dict(load_section(params_path, "train", TrainConfig))
+    # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0) and has no step
+    # budget (max_steps 0: epochs and early stopping decide)
     overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                 "device": "cpu", "num_threads": threads, "resume": False}
+                 "ema_decay": 0.0, "max_steps": 0, "device": "cpu", "num_threads": threads, "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")

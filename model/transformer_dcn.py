@@ -12,7 +12,10 @@ MLP run in parallel and their outputs, concatenated, go through the prediction M
 `mean_interest` (our addition, not in the published model) also gives DCNv2 the mean u of all the history's item
 embeddings and its elementwise product with the target, t * u: the first-k outputs see only the most recent items,
 and a product of target and history features is what a click model of "user taste . item" needs, which the deep
-MLP can only approximate and the cross network must learn from data.
+MLP can only approximate and the cross network must learn from data. `recent_interest: r` (also ours) adds the
+same product for each of the r most recent items, t * h_i: where the last clicks say what the user wants now
+(a session), the score is a bilinear form of the target and those items, which a low-rank cross network can
+express only in part.
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -45,7 +48,8 @@ class TransformerDCN(CTRBase):
             cfg.transformer_layers, enable_nested_tensor=False) if cfg.use_transformer else None
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None
         seq_out = (cfg.first_k + int(cfg.concat_max_pool)) * d_model
-        dcn_in = self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
+        dcn_in = (self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
+                  + cfg.recent_interest * self.item_dim)
         self.cross = CrossNetV2(dcn_in, cfg.cross_layers, cfg.cross_rank) if cfg.use_dcn else None
         self.dnn = MLP(dcn_in, cfg.dnn_hidden_units, cfg.net_dropout)
         self.head = mlp_head(dcn_in * int(cfg.use_dcn) + self.dnn.out_dim, cfg.mlp_hidden_units, 0.0)
@@ -83,6 +87,8 @@ class TransformerDCN(CTRBase):
         if self.cfg.mean_interest:
             interest = masked_mean(history, seq)  # (B, I): the mean of the whole history, 0 when empty
             parts += [interest, target * interest]
+        if self.cfg.recent_interest:  # (B, r * I): target * each of the r most recent items, 0 at padding
+            parts.append((target.unsqueeze(1) * history[:, -self.cfg.recent_interest:]).flatten(1))
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

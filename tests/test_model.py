@@ -12,7 +12,7 @@ import torch
 
 from model.din import DIN
 from model.factory import MODELS, build_model
-from model.layers import CrossNetV2, Dice, masked_mean
+from model.layers import CrossNetV2, Dice, Dropout, masked_mean
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
@@ -290,10 +290,64 @@ def test_din_matches_per_row_reference(name: str):
         seq[1] = 0
         b = batch(seq)
         ref_pooled, ref_logits = din_reference(model, b)
-        pooled = model.attend(model.embed_items(seq), model.embed_items(b["item_id"]), seq != 0)
+        row, col = (seq != 0).nonzero(as_tuple=True)
+        pooled = model.attend(model.embed_items(seq[row, col]), row, model.embed_items(b["item_id"]))
         assert ref_pooled.abs().max() > 1e-2 and not pooled[1].any()
         torch.testing.assert_close(pooled, ref_pooled, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(model(b), ref_logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["din", "din_dice", "din_no_mm_emb"])
+def test_din_factored_attention_matches_the_concatenated_form_in_training(name: str):
+    """attention_scores (first Linear split by input block) gives attention_reference's scores and the same
+    gradients for every parameter, in training mode (Dice on batch statistics)."""
+    model = built(VARIANTS[name]).train()
+    with torch.no_grad():
+        spread_weights(model)
+    g = torch.Generator().manual_seed(5)
+    t, h = torch.randn(4, model.item_dim, generator=g), torch.randn(11, model.item_dim, generator=g)
+    row = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 3, 3, 3])  # row 2 has no history
+    results = []
+    for scores in (model.attention_scores, model.attention_reference):
+        model.zero_grad()
+        out = scores(t, h, row)
+        (out * torch.linspace(-1, 1, out.shape[0])).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.attention.named_parameters()}))
+    (out, grads), (ref, ref_grads) = results
+    assert out.shape == (11,) and ref.std() > 1e-2
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("rows", [3, 7])  # 36 ids: the distinct ones embedded; 84 > 61 item rows: the whole table
+@pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool", "no_mm_emb"])
+def test_embed_items_once_per_item_matches_per_occurrence(name: str, rows: int):
+    """embed_items (each item's vector computed once, then gathered) equals item_vectors of every occurrence,
+    values and the gradients of every embedding parameter; with exposure levels too."""
+    cfg = dataclasses.replace(VARIANTS[name], exposure_levels=3)
+    torch.manual_seed(0)
+    exposure = exposure_levels(torch.randint(1, N_ITEMS + 1, (200,)), N_ITEMS + 1, 3)
+    model = build_model(cfg, feature_map(), *item_tables(), None, exposure).train()
+    with torch.no_grad():
+        spread_weights(model)
+    ids = random_histories(rows, 12)
+    ids[2] = 0
+    assert (ids.numel() >= N_ITEMS + 1) == (rows == 7)
+    weight = torch.randn(*ids.shape, model.item_dim)
+    results = []
+    for embed in (model.embed_items, model.item_vectors):
+        model.zero_grad()
+        out = embed(ids)
+        (out * weight).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out, grads), (ref, ref_grads) = results
+    assert out.shape == (rows, 12, model.item_dim)
+    torch.testing.assert_close(out, ref)
+    assert grads.keys() == ref_grads.keys() and "item_emb.weight" in grads
+    for n in grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-4, msg=n)  # float order
 
 
 def meanpool_reference(model: MeanPool, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,6 +413,54 @@ def test_mean_interest_appends_u_and_t_times_u_to_the_dcn_input():
     torch.testing.assert_close(inputs[0][:, -2 * i:-i], ref_users, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(inputs[0][:, -i:], t * ref_users, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(inputs[0][:, :-2 * i], inputs[1])
+
+
+def test_recent_interest_appends_t_times_each_recent_item_to_the_dcn_input():
+    """With recent_interest r the DCN input ends with [t * h_{L-r} || ... || t * h_{L-1}] (the r most recent
+    positions, zeros where a short history has padding); the columns before are the model without it."""
+    model = built(dataclasses.replace(SMALL, recent_interest=3)).eval()
+    plain = built(SMALL).eval()
+    inputs = []
+    model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    plain.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    with torch.no_grad():
+        spread_weights(model)
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()
+                               and v.shape == plain.state_dict()[k].shape}, strict=False)
+        seq = random_histories(5, 9)
+        seq[1] = 0
+        seq[2, :-2] = 0  # two real items: the oldest of the three recent slots is padding
+        b = batch(seq)
+        model(b)
+        plain(b)
+        t = model.embed_items(b["item_id"])
+        ref = torch.stack([torch.cat([t[r] * model.embed_items(torch.tensor(j)) if j else torch.zeros(model.item_dim)
+                                      for j in seq[r, -3:].tolist()]) for r in range(5)])
+    i = model.item_dim
+    assert inputs[0].shape[1] == inputs[1].shape[1] + 3 * i and ref[1].abs().sum() == 0
+    torch.testing.assert_close(inputs[0][:, -3 * i:], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inputs[0][:, :-3 * i], inputs[1])
+    with pytest.raises(ParamsError, match="train.recent_interest"):
+        dataclasses.replace(SMALL, recent_interest=SMALL.first_k + 1)
+    with pytest.raises(ParamsError, match="train.recent_interest"):
+        dataclasses.replace(SMALL, model="din", mean_interest=False, recent_interest=1)
+
+
+def test_dropout_is_nn_dropouts_function():
+    """model.layers.Dropout: in training ~p of the entries zeroed, survivors (and their gradients) scaled by
+    1 / (1 - p); in eval or at p = 0 the input itself, with no random draw."""
+    drop = Dropout(0.3).train()
+    x = torch.ones(400, 250, requires_grad=True)
+    torch.manual_seed(0)
+    out = drop(x)
+    kept = out != 0
+    assert 0.69 < kept.float().mean() < 0.71
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach())
+    assert drop.eval()(x) is x
+    state = torch.get_rng_state()
+    assert Dropout(0.0).train()(x) is x and torch.equal(torch.get_rng_state(), state)
 
 
 @pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])

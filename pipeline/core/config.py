@@ -465,6 +465,7 @@ class ModelConfig:
     first_k: int = 8
     concat_max_pool: bool = True
     mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
+    recent_interest: int = 0  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
     use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
     cross_layers: int = 3
     cross_rank: int = 8  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
@@ -506,7 +507,9 @@ class ModelConfig:
         # Switches the chosen model has no part for would silently change nothing: reject them.
         require(not self.dice or self.model == "din", f"{s}.dice",
                 f"Dice activations exist only in model 'din', got model {self.model!r}")
-        for name in ("mean_interest", "cross_rank"):
+        require(0 <= self.recent_interest <= self.first_k, f"{s}.recent_interest",
+                f"must be in [0, first_k = {self.first_k}], got {self.recent_interest}")
+        for name in ("mean_interest", "cross_rank", "recent_interest"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):

@@ -29,9 +29,9 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         """Fold the model's current parameters into the average (call after each optimizer step)."""
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, p in model.named_parameters():
-            if k in self.shadow:
-                self.shadow[k].lerp_(p.detach(), 1.0 - d)
+        params = dict(model.named_parameters())
+        # one multi-tensor lerp, not one call per parameter: this runs after every optimizer step
+        torch._foreach_lerp_(list(self.shadow.values()), [params[k].detach() for k in self.shadow], 1.0 - d)
         self.updates += 1
 
     @contextmanager

@@ -56,10 +56,12 @@ def lr_at(step: int, base_lr: float, schedule: str, min_lr: float, total_steps: 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam over every parameter, or AdamW (decoupled decay: each step first scales every parameter, embeddings and
-    biases included, by 1 - lr * weight_decay)."""
+    biases included, by 1 - lr * weight_decay). Both use torch's fused kernel (CPU and CUDA): the same update as
+    the per-parameter loop (up to float rounding) in one call, which matters for small models, whose step is a few
+    milliseconds."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)
 
 
 def regularization_loss(model: CTRBase, embedding_lambda: float, net_lambda: float) -> Tensor:
@@ -105,7 +107,8 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, m
     """One update from `loss`: clear the gradients, backpropagate, clip their global norm to max_grad_norm, step."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    # foreach: one multi-tensor norm and scale instead of a per-parameter loop (torch picks it only on CUDA)
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm, foreach=True)
     opt.step()
 
 
