@@ -235,8 +235,9 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     params = params_dict(load_section(params_path, "train", TrainConfig))
     # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0) and has no step
     # budget (max_steps 0: epochs and early stopping decide)
-    overrides = {"model": "din", "mean_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                 "ema_decay": 0.0, "max_steps": 0, "device": "cpu", "num_threads": threads, "resume": False}
+    overrides = {"model": "din", "mean_interest": False, "recent_interest": 0, "cross_rank": 0, "exposure_levels": 0,
+                 "item_bias": False, "ema_decay": 0.0, "max_steps": 0, "device": "cpu", "num_threads": threads,
+                 "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")

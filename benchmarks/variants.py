@@ -110,7 +110,8 @@ VARIANTS: tuple[Variant, ...] = (
 # Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's additions
 # (its transformer_dcn-only parts, which a config check rejects on other models, and the exposure levels and item
 # bias, which any model could use) and keep its optimisation settings.
-_BASELINE = {"train.mean_interest": False, "train.cross_rank": 0, "train.exposure_levels": 0, "train.item_bias": False}
+_BASELINE = {"train.mean_interest": False, "train.recent_interest": 0, "train.cross_rank": 0,
+             "train.exposure_levels": 0, "train.item_bias": False}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "din": {"train.model": "din", **_BASELINE},

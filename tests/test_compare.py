@@ -40,7 +40,9 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         assert cfg.arch.use_mm_emb == name.endswith("-mm")
         assert (cfg.arch.model == "meanpool") == name.startswith("cmp-meanpool-")
         # only the mmctr row has the project's additions, whatever params.yaml's train section holds
-        assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == name.startswith("cmp-mmctr-")
+        mmctr = name.startswith("cmp-mmctr-")
+        assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == mmctr
+        assert (cfg.arch.recent_interest, cfg.arch.exposure_levels) == ((3, 20) if mmctr else (0, 0))
         assert cfg.arch.item_repr == {"sem": "semantic", "idsem": "id+semantic"}.get(name.split("-")[2], "id")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]

@@ -23,8 +23,8 @@ HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 
 
 def din_cfg(**kw) -> TrainConfig:
     """A DIN train section (the default's additions off: its transformer_dcn-only parts and the exposure levels)."""
-    return from_dict(TrainConfig, dict(model="din", mean_interest=False, cross_rank=0, exposure_levels=0, **kw),
-                     "train")
+    return from_dict(TrainConfig, dict(model="din", mean_interest=False, recent_interest=0, cross_rank=0,
+                                       exposure_levels=0, **kw), "train")
 
 
 def feature_map() -> FeatureMap:

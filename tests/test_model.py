@@ -109,8 +109,8 @@ def test_masked_mean_ignores_padding():
 def test_winning_configuration_forward_backward():
     """The 1st-place configuration: embedding 64, 128-d frozen embedding, first_k 16 -> DCN input 9,088 wide."""
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
-                      first_k=16, mean_interest=False, cross_rank=0, dnn_hidden_units=(1024, 512, 256),
-                      net_dropout=0.2, exposure_levels=0)
+                      first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
+                      dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)
@@ -387,59 +387,56 @@ def test_meanpool_matches_per_row_reference(name: str):
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
 
 
-def test_mean_interest_appends_u_and_t_times_u_to_the_dcn_input():
-    """With mean_interest the DCN input ends with [u || t * u], u the masked history mean (the meanpool reference);
-    without it those 2I columns are absent and the rest of the input is the same."""
-    model = built(VARIANTS["mean_interest"]).eval()
-    plain = built(SMALL).eval()
+def dcn_inputs(cfg: ModelConfig, seq: torch.Tensor) -> tuple[torch.nn.Module, dict, torch.Tensor, torch.Tensor]:
+    """The DCN input (x0) of a model built from `cfg` and of SMALL given the same weights where the two share a
+    parameter, on batch(seq): (the model (eval, spread weights), the batch, its x0, SMALL's x0)."""
+    model, plain = built(cfg).eval(), built(SMALL).eval()
     inputs = []
-    model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
-    plain.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    for net in (model, plain):
+        net.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    b = batch(seq)
     with torch.no_grad():
         spread_weights(model)
         plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()
                                and v.shape == plain.state_dict()[k].shape}, strict=False)
-        seq = random_histories(5, 9)
-        seq[1] = 0
-        b = batch(seq)
         model(b)
         plain(b)
+    return model, b, inputs[0], inputs[1]
+
+
+def test_mean_interest_appends_u_and_t_times_u_to_the_dcn_input():
+    """With mean_interest the DCN input ends with [u || t * u], u the masked history mean (the meanpool reference);
+    without it those 2I columns are absent and the rest of the input is the same."""
+    seq = random_histories(5, 9)
+    seq[1] = 0
+    model, b, x0, plain_x0 = dcn_inputs(VARIANTS["mean_interest"], seq)
+    with torch.no_grad():
         t = model.embed_items(b["item_id"])
         ref_users = torch.stack([
             sum(model.embed_items(torch.tensor(j)) for j in row if j) / max(1, sum(j != 0 for j in row))
             if any(row) else torch.zeros(model.item_dim) for row in seq.tolist()])
     i = model.item_dim
-    assert inputs[0].shape[1] == inputs[1].shape[1] + 2 * i
-    torch.testing.assert_close(inputs[0][:, -2 * i:-i], ref_users, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(inputs[0][:, -i:], t * ref_users, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(inputs[0][:, :-2 * i], inputs[1])
+    assert x0.shape[1] == plain_x0.shape[1] + 2 * i
+    torch.testing.assert_close(x0[:, -2 * i:-i], ref_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0[:, -i:], t * ref_users, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0[:, :-2 * i], plain_x0)
 
 
 def test_recent_interest_appends_t_times_each_recent_item_to_the_dcn_input():
     """With recent_interest r the DCN input ends with [t * h_{L-r} || ... || t * h_{L-1}] (the r most recent
     positions, zeros where a short history has padding); the columns before are the model without it."""
-    model = built(dataclasses.replace(SMALL, recent_interest=3)).eval()
-    plain = built(SMALL).eval()
-    inputs = []
-    model.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
-    plain.dnn.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    seq = random_histories(5, 9)
+    seq[1] = 0
+    seq[2, :-2] = 0  # two real items: the oldest of the three recent slots is padding
+    model, b, x0, plain_x0 = dcn_inputs(dataclasses.replace(SMALL, recent_interest=3), seq)
     with torch.no_grad():
-        spread_weights(model)
-        plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()
-                               and v.shape == plain.state_dict()[k].shape}, strict=False)
-        seq = random_histories(5, 9)
-        seq[1] = 0
-        seq[2, :-2] = 0  # two real items: the oldest of the three recent slots is padding
-        b = batch(seq)
-        model(b)
-        plain(b)
         t = model.embed_items(b["item_id"])
         ref = torch.stack([torch.cat([t[r] * model.embed_items(torch.tensor(j)) if j else torch.zeros(model.item_dim)
                                       for j in seq[r, -3:].tolist()]) for r in range(5)])
     i = model.item_dim
-    assert inputs[0].shape[1] == inputs[1].shape[1] + 3 * i and ref[1].abs().sum() == 0
-    torch.testing.assert_close(inputs[0][:, -3 * i:], ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(inputs[0][:, :-3 * i], inputs[1])
+    assert x0.shape[1] == plain_x0.shape[1] + 3 * i and ref[1].abs().sum() == 0 and ref[2, :i].abs().sum() == 0
+    torch.testing.assert_close(x0[:, -3 * i:], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0[:, :-3 * i], plain_x0)
     with pytest.raises(ParamsError, match="train.recent_interest"):
         dataclasses.replace(SMALL, recent_interest=SMALL.first_k + 1)
     with pytest.raises(ParamsError, match="train.recent_interest"):
@@ -536,7 +533,7 @@ def test_unknown_model_is_rejected_when_its_config_is_made():
 def test_config_errors_name_the_key(values: dict, key: str):
     with pytest.raises(ParamsError) as info:
         # the default's transformer_dcn-only parts off, so the case's own key is the one at fault
-        from_dict(TrainConfig, {"mean_interest": False, "cross_rank": 0, **values}, "train")
+        from_dict(TrainConfig, {"mean_interest": False, "recent_interest": 0, "cross_rank": 0, **values}, "train")
     assert str(info.value).startswith(f"{key}: ")
 
 
@@ -552,7 +549,8 @@ def test_item_bias_adds_the_target_items_scalar_to_the_logit(name: str):
     """With item_bias every model's logit is the same network's logit plus the target item's own learnt scalar
     (row 0, padding, stays 0); the table counts as an embedding (embedding_regularizer); without it there is no
     table and the logits are the network's alone."""
-    extra = {"model": name, "item_repr": "id"} | ({"mean_interest": False} if name != "transformer_dcn" else {})
+    extra = {"model": name, "item_repr": "id"} | (
+        {"mean_interest": False, "recent_interest": 0} if name != "transformer_dcn" else {})
     cfg = dataclasses.replace(SMALL, **extra, item_bias=True)
     torch.manual_seed(0)
     model = build_model(cfg, feature_map(), *item_tables()).eval()
@@ -595,7 +593,7 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
     """With exposure_levels the item's tag part is the tag mean plus the embedding of the item's level (0 for
     padding), and the item keeps its width; the checkpoint keeps the table and scores the same; a missing or
     mis-sized table is an error."""
-    extra = {"model": name} | ({"mean_interest": False} if name != "transformer_dcn" else {})
+    extra = {"model": name} | ({"mean_interest": False, "recent_interest": 0} if name != "transformer_dcn" else {})
     cfg = dataclasses.replace(SMALL, **extra, exposure_levels=4)
     tags, mm = item_tables()
     level = torch.arange(N_ITEMS + 1) % 4 + 1

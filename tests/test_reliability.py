@@ -107,8 +107,8 @@ def _wrong_type(annotation: typing.Any) -> typing.Any:
 # Out-of-range values and combinations that only the whole section can judge, as (section, values, key named).
 RANGE_CASES = [*OUT_OF_RANGE,
                ("train", {"dice": True}, "train.dice"),
-               ("train", {"model": "din", "mean_interest": False, "cross_rank": 0, "use_transformer": False},
-                "train.use_transformer"),
+               ("train", {"model": "din", "mean_interest": False, "recent_interest": 0, "cross_rank": 0,
+                          "use_transformer": False}, "train.use_transformer"),
                ("train", {"din_attention_units": [64, 0]}, "train.din_attention_units"),
                ("train", {"batch_size": -5}, "train.batch_size"),
                ("embedding_report", {"k": 0}, "embedding_report.k")]

@@ -18,25 +18,26 @@ from typing import Any
 
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
-# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean interest, no exposure levels), and the mmctr
-# default row adds this project's three additions.
+# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean or recent interest, no exposure levels), and
+# the mmctr default rows add this project's four additions.
 _SWITCHES = ("train.model", "train.dice", "train.use_transformer", "train.use_dcn", "train.mean_interest",
-             "train.cross_rank", "train.exposure_levels", "train.item_bias", "train.item_repr")
+             "train.recent_interest", "train.cross_rank", "train.exposure_levels", "train.item_bias", "train.item_repr")
+_PLAIN = (False, 0, 0, 0, False, "id")  # mean interest, recent interest, cross rank, exposure levels, bias, repr
+_MMCTR = (True, 3, 8, 20, False)  # the same switches as params.yaml's defaults, without item_repr
 VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
     (label, stem, dict(zip(_SWITCHES, values)))
     for label, stem, *values in (
-        ("DIN", "din", "din", False, True, True, False, 0, 0, False, "id"),
-        ("DIN + Dice", "din-dice", "din", True, True, True, False, 0, 0, False, "id"),
-        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, False, 0, 0, False, "id"),
-        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, False, 0, 0, False, "id"),
-        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, False, 0, 0, False, "id"),
-        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, False, 0, 0, False, "id"),
-        ("mmctr default (+ mean interest, low-rank cross, exposure levels)", "mmctr", "transformer_dcn", False, True,
-         True, True, 8, 20, False, "id"),
-        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, True, 8, 20, False,
-         "semantic"),
-        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, True, 8, 20,
-         False, "id+semantic"),
+        ("DIN", "din", "din", False, True, True, *_PLAIN),
+        ("DIN + Dice", "din-dice", "din", True, True, True, *_PLAIN),
+        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, *_PLAIN),
+        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, *_PLAIN),
+        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, *_PLAIN),
+        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, *_PLAIN),
+        ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels)", "mmctr", "transformer_dcn",
+         False, True, True, *_MMCTR, "id"),
+        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, *_MMCTR, "semantic"),
+        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, *_MMCTR,
+         "id+semantic"),
     )
 )
 PREFIX = "cmp"

@@ -465,7 +465,7 @@ class ModelConfig:
     first_k: int = 8
     concat_max_pool: bool = True
     mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
-    recent_interest: int = 0  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
+    recent_interest: int = 3  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
     use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
     cross_layers: int = 3
     cross_rank: int = 8  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
