@@ -40,7 +40,7 @@ from pipeline.core.config import TrainConfig, from_dict, load_section, params_di
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import pick_device
 from pipeline.training.data import SplitTensors, exposure_levels, load_item_tables, load_split, make_batch
-from pipeline.training.loop import optimizer_step
+from pipeline.training.loop import make_optimizer, optimizer_step
 from pipeline.training.predict import autocast, predict_logits
 
 
@@ -63,17 +63,17 @@ class RowDataset(torch.utils.data.Dataset):
         return row | {c: torch.tensor(self.cols[c][i], dtype=torch.long) for c in self.context}
 
 
-def train_steps(model: nn.Module, batches, steps: int, device: torch.device, amp: bool, lr: float,
-                max_grad_norm: float) -> float:
-    """Run `steps` optimiser steps over (batch dict, labels) pairs; return the seconds they took."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+def train_steps(model: nn.Module, batches, steps: int, device: torch.device, cfg: TrainConfig) -> float:
+    """Run `steps` optimiser steps (the train stage's optimiser and clip) over (batch dict, labels) pairs; return
+    the seconds they took."""
+    opt = make_optimizer(model, cfg)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     start = time.perf_counter()
     for _, (batch, label) in zip(range(steps), batches):
-        with autocast(device, amp):
+        with autocast(device, cfg.amp):
             loss = loss_fn(model(batch).float(), label)
-        optimizer_step(model, opt, loss, max_grad_norm)
+        optimizer_step(model, opt, loss, cfg.max_grad_norm)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -127,7 +127,7 @@ def module_forward_times(model: nn.Module, depth: int = 2) -> tuple[dict[str, fl
 
 def profile_steps(model: nn.Module, batches, steps: int, cfg: TrainConfig) -> None:
     """Print where `steps` stage steps spend their time: phases, module forwards, top operators (CPU timings)."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    opt = make_optimizer(model, cfg)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
     phases: dict[str, float] = defaultdict(float)
@@ -144,7 +144,7 @@ def profile_steps(model: nn.Module, batches, steps: int, cfg: TrainConfig) -> No
         opt.zero_grad(set_to_none=True)
         loss.backward()
         t, phases["backward"] = clock(), phases["backward"] + clock() - t
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm, foreach=True)  # as optimizer_step
         t, phases["clip grad norm"] = clock(), phases["clip grad norm"] + clock() - t
         opt.step()
         phases["optimiser step"] += clock() - t
@@ -202,8 +202,8 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
                           ("naive", naive_batches(RowDataset(f"{data}/sequences/train.parquet", context, pad_to), cfg,
                                                   device, workers))):
         model = copy.deepcopy(initial)
-        train_steps(model, batches, warmup, device, cfg.amp, cfg.learning_rate, cfg.max_grad_norm)
-        seconds = train_steps(model, batches, steps, device, cfg.amp, cfg.learning_rate, cfg.max_grad_norm)
+        train_steps(model, batches, warmup, device, cfg)
+        seconds = train_steps(model, batches, steps, device, cfg)
         results[name] = steps * cfg.batch_size / seconds
         print(f"{name:5s} {results[name]:9.0f} samples/s ({seconds:6.2f} s for {steps} steps) | implied epoch "
               f"{len(train) / results[name]:6.1f} s")
@@ -217,8 +217,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     if epoch:
         model = copy.deepcopy(initial)
         n_steps = -(-len(train) // cfg.batch_size)
-        seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg.amp,
-                              cfg.learning_rate, cfg.max_grad_norm)
+        seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg)
         print(f"stage epoch: {seconds:.1f} s ({len(train) / seconds:.0f} samples/s)")
     if profile:
         profile_steps(copy.deepcopy(initial), stage_batches(train, cfg, device, cfg.seed + 1), profile, cfg)
