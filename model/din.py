@@ -49,15 +49,17 @@ class DIN(CTRBase):
         first, rest = layers[0], layers[1:]
         w_t, w_h, w_d, w_p = first.weight.chunk(4, dim=1)  # (U, I) each
         per_row = nn.functional.linear(t, w_t + w_d, first.bias)  # (B, U)
-        per_position = torch.cat([h, t[row] * h], dim=-1) @ torch.cat([w_h - w_d, w_p], dim=1).T  # (M, U)
-        x = per_position + per_row[row]  # (M, U)
+        # index_select, not t[row]: its backward (index_add) is deterministic on the CPU, advanced indexing's is not
+        t_row = t.index_select(0, row)  # (M, I)
+        per_position = torch.cat([h, t_row * h], dim=-1) @ torch.cat([w_h - w_d, w_p], dim=1).T  # (M, U)
+        x = per_position + per_row.index_select(0, row)  # (M, U)
         for layer in rest:
             x = layer(x)
         return x.squeeze(-1)  # (M,)
 
     def attention_reference(self, t: Tensor, h: Tensor, row: Tensor) -> Tensor:
         """`attention_scores` in the plain form: the attention MLP over [t || h || t - h || t * h] per position."""
-        t = t[row]  # (M, I)
+        t = t.index_select(0, row)  # (M, I)
         return self.attention(torch.cat([t, h, t - h, t * h], dim=-1)).squeeze(-1)  # (M,)
 
     def attend(self, h: Tensor, row: Tensor, target: Tensor) -> Tensor:

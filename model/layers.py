@@ -250,7 +250,9 @@ class CTRBase(nn.Module):
         else:
             distinct, occurrence = torch.unique(ids, return_inverse=True)  # (K,), (...) row of each id in `distinct`
             table = self.item_vectors(distinct)  # (K, item_dim)
-        return self.embedding_dropout(table[occurrence])  # (..., item_dim)
+        # A lookup, not table[occurrence]: the backward of float advanced indexing adds with atomics across
+        # threads on the CPU, so its sums (and a run's weights) would change from run to run
+        return self.embedding_dropout(nn.functional.embedding(occurrence, table))  # (..., item_dim)
 
     def item_vectors(self, ids: Tensor) -> Tensor:
         """Item ids (...) -> (..., item_dim): [learnt part || tag mean (+ the exposure level's embedding, with

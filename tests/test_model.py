@@ -350,6 +350,26 @@ def test_embed_items_once_per_item_matches_per_occurrence(name: str, rows: int):
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-4, msg=n)  # float order
 
 
+@pytest.mark.parametrize("name", ["transformer_dcn", "din"])
+def test_gradients_are_the_same_bits_on_every_run_with_threads(name: str):
+    """With 2 threads and a batch past torch's parallel grain, a forward + backward gives bit-identical gradients
+    every time: no op on the path sums with atomics (float advanced indexing's backward does on the CPU), so a
+    resumed or repeated training run reproduces its weights."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = built(VARIANTS[name]).eval()
+        b = batch(torch.randint(1, N_ITEMS + 1, (256, 40), generator=torch.Generator().manual_seed(4)))
+        grads = []
+        for _ in range(5):
+            model.zero_grad()
+            model(b).sum().backward()
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def meanpool_reference(model: MeanPool, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: u = plain average of the real history items' embeddings (zeros without any), then the deep MLP over
     [context || t || u || t * u]: (u (B, I), logits (B,))."""
