@@ -223,7 +223,7 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
-    from pipeline.core.config import TrainConfig, from_dict, load_section, params_dict
+    from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict, load_section, params_dict
     from pipeline.core.feature_map import FeatureMap
     from pipeline.core.metrics import auc, logloss, sigmoid
     from pipeline.core.stage import set_threads
@@ -235,9 +235,8 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     params = params_dict(load_section(params_path, "train", TrainConfig))
     # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0) and has no step
     # budget (max_steps 0: epochs and early stopping decide)
-    overrides = {"model": "din", "mean_interest": False, "recent_interest": 0, "cross_rank": 0, "exposure_levels": 0,
-                 "item_bias": False, "ema_decay": 0.0, "max_steps": 0, "device": "cpu", "num_threads": threads,
-                 "resume": False}
+    overrides = {"model": "din", **PLAIN_SWITCHES, "ema_decay": 0.0, "max_steps": 0, "device": "cpu",
+                 "num_threads": threads, "resume": False}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")

@@ -15,8 +15,8 @@ params.yaml plus `data.source: microlens`, `build_sequences.neg_ratio: 4`, a str
     fit_pca           PCA of the two embeddings to fit_pca.dim
     quantize          semantic ids of the PCA embedding
     train             the split memory-mapped (written once as .npy), --max-steps optimiser steps, a validation
-Each stage's wall time and peak RSS (the process's own maximum resident set, from wait4) are printed, with the
-train stage's samples/s (steps x batch_size over its wall time, which includes writing the arrays and the
+Each stage's wall time and peak RSS (the process's own maximum resident set, VmHWM: benchmarks/rss.py) are printed,
+with the train stage's samples/s (steps x batch_size over its wall time, which includes writing the arrays and the
 validation, so it is a lower bound on the loop's speed). The run's peak is the largest of them: the stages run one
 after another, and this driver holds no data while they run.
 """
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ import click
 import numpy as np
 import polars as pl
 import yaml
+from rss import module_command, own_peak_rss  # benchmarks/rss.py
 from sequences import click_log  # benchmarks/sequences.py, the same log generator
 from variants import parse_sets  # benchmarks/variants.py: section.key=value overrides
 
@@ -78,14 +77,14 @@ def write_embeddings(out: Path, items: int, seed: int) -> tuple[Path, Path]:
 def run_stage(name: str, args: list[str], env: dict[str, str], work: Path, log: Path) -> tuple[float, int]:
     """Run stages.<name> with args in `work` (so its stage lock is not the repository's: a run there does not block
     this one); (wall seconds, peak RSS bytes of that process). A failure stops the run."""
+    peak_file = log.with_suffix(".peak")
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}", *args], cwd=work, env=env, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        code = subprocess.call(module_command(f"stages.{name}", args, peak_file), cwd=work, env=env, stderr=err)
     seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
+    if code:
         raise click.ClickException(f"{name} failed:\n{log.read_text()[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports KiB
+    return seconds, int(peak_file.read_text())
 
 
 @click.command()
@@ -148,7 +147,7 @@ def main(users: int, items: int, max_steps: int, sets: tuple[str, ...], work: Pa
         trained = json.loads((out / "live" / "metrics.json").read_text())
         batch = params["train"]["batch_size"]
         steps = trained["steps_run"]
-        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        driver = own_peak_rss()
         click.echo(f"\n{users:,} users, {clicks:,} clicks, {items:,} items; build_sequences.max_len "
                    f"{params['build_sequences']['max_len']}, neg_ratio 4; rows: "
                    + ", ".join(f"{n} {built[n]['rows']:,}" for n in ("train", "valid", "test"))

@@ -19,7 +19,6 @@ the polars path's negatives: the reference's sampling time is not counted, so th
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import click
 import numpy as np
 import polars as pl
+from rss import own_peak_rss  # benchmarks/rss.py
 
 from pipeline.sequences.build import SPLITS, SplitRows, build_split_rows, split_rows_reference
 
@@ -77,7 +77,7 @@ def full_path(pairs_path: str, items: int, params: dict, write_dir: str | None, 
             rows.lazy(name).sink_parquet(Path(write_dir) / f"{name}.parquet", compression="zstd")
         out["write"] = time.perf_counter() - t0
         out["bytes"] = sum((Path(write_dir) / f"{name}.parquet").stat().st_size for name in SPLITS)
-    out["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    out["peak_rss"] = own_peak_rss()
     return out
 
 

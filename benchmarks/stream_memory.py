@@ -4,18 +4,17 @@
     python benchmarks/stream_memory.py                       # 1M and 2M rows of 100-wide histories
     python benchmarks/stream_memory.py --rows 2000000 --rows 4000000 --width 100
 
-It writes a split parquet per size (random histories, the sequences contract), then, for each size and each way
-of reading, runs a fresh process that reads the split and makes one pass of training batches over it in the
-block-shuffled order (`pass_batches`, batch 1024, 4096-row blocks, 16 blocks per window: what `fit` reads; no
-model, so the figures are the data path's alone) and reports its peak RSS (ru_maxrss), the time to open the split
-(stream: converting the parquet to .npy included) and the pass's rows/s. In memory the peak grows with the rows;
-streamed it should stay about flat: the rows read between two releases, plus the (n,) index arrays.
+It writes a split parquet per size (random histories, the sequences contract), then, for each size and each way of
+reading, runs a fresh process that reads the split and makes one pass of training batches over it in the block-
+shuffled order (`pass_batches`, batch 1024, 4096-row blocks, 16 blocks per window: what `fit` reads; no model, so
+the figures are the data path's alone) and reports its own peak RSS (VmHWM: benchmarks/rss.py), the time to open the
+split (stream: converting the parquet to .npy included) and the pass's rows/s. In memory the peak grows with the
+rows; streamed it should stay about flat: the rows read between two releases, plus the (n,) index arrays.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import click
 import numpy as np
 import polars as pl
 import torch
+from rss import own_peak_rss  # benchmarks/rss.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,7 +88,7 @@ def measure(path: Path, width: int, mode: str, work: Path) -> dict[str, float]:
             if b % RELEASE_BATCHES == RELEASE_BATCHES - 1:
                 split.release()
         seconds = time.perf_counter() - start
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "open_s": opened,
+    return {"peak_rss_mb": own_peak_rss() / 2**20, "open_s": opened,
             "rows_per_s": len(split) / seconds, "checksum": checksum}
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from pipeline.core.config import MakeSyntheticConfig
+from pipeline.core.config import PLAIN_SWITCHES, MakeSyntheticConfig
 from pipeline.core.metrics import auc
 from pipeline.itememb.pca import fit_pca
 from pipeline.sequences.build import SPLITS, build_exposure_rows
@@ -108,10 +108,8 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 # Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's additions
-# (its transformer_dcn-only parts, which a config check rejects on other models, and the exposure levels and item
-# bias, which any model could use) and keep its optimisation settings.
-_BASELINE = {"train.mean_interest": False, "train.recent_interest": 0, "train.cross_rank": 0,
-             "train.exposure_levels": 0, "train.item_bias": False}
+# (PLAIN_SWITCHES) and keep its optimisation settings.
+_BASELINE = {f"train.{k}": v for k, v in PLAIN_SWITCHES.items()}
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},
     "din": {"train.model": "din", **_BASELINE},
@@ -286,7 +284,8 @@ def run_stages(folder: Path, work: Path, params: dict[str, Any], threads: int) -
           "--semantic-ids", str(work / "semantic_ids.parquet"),
           "--model", str(work / "model.pt"), "--live-dir", str(work / "live"))
     stage("evaluate", "--model", str(work / "model.pt"), "--test", str(seq / "test.parquet"),
-          "--train", str(seq / "train.parquet"), "--raw-dir", raw, "--metrics", str(work / "evaluate.json"), "--roc", str(work / "roc.json"),
+          "--train", str(seq / "train.parquet"), "--raw-dir", raw, "--metrics", str(work / "evaluate.json"),
+          "--roc", str(work / "roc.json"),
           "--calibration", str(work / "calibration.json"), "--predictions", str(work / "predictions.parquet"),
           "--submission", str(work / "submission.zip"))
     return {"test": json.loads((work / "evaluate.json").read_text()),

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipeline.core.config import (
+    PLAIN_SWITCHES,
     SECTIONS,
     FitPCAConfig,
     ModelConfig,
@@ -266,3 +267,12 @@ def test_train_holds_its_architecture_as_one_model_config() -> None:
         from_dict(TrainConfig, {**params_dict(cfg), "embedding_dim": 0}, "train")
     with pytest.raises(ParamsError, match=r"^train\.arch: unknown key"):  # the nesting is not a params key
         from_dict(TrainConfig, {"arch": {"embedding_dim": 8}}, "train")
+
+
+@pytest.mark.parametrize("model", ["transformer_dcn", "din", "meanpool"])
+def test_plain_switches_make_the_default_a_valid_config_of_every_model(model: str) -> None:
+    """A switch added with an 'on' default that another model rejects must join PLAIN_SWITCHES, or every baseline
+    (compare, variants, the FuxiCTR benchmark) fails at load."""
+    cfg = ModelConfig(**{**PLAIN_SWITCHES, "model": model})
+    assert {k: getattr(cfg, k) for k in PLAIN_SWITCHES} == PLAIN_SWITCHES
+    assert set(PLAIN_SWITCHES) <= {f.name for f in dataclasses.fields(ModelConfig)}

@@ -16,29 +16,35 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+from pipeline.core.config import PLAIN_SWITCHES
+
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
-# Transformer + DCNv2 rows are the winner's (full-rank cross, no mean or recent interest, no exposure levels), and
-# the mmctr default rows add this project's four additions.
-_SWITCHES = ("train.model", "train.dice", "train.use_transformer", "train.use_dcn", "train.mean_interest",
-             "train.recent_interest", "train.cross_rank", "train.exposure_levels", "train.item_bias", "train.item_repr")
-_PLAIN = (False, 0, 0, 0, False, "id")  # mean interest, recent interest, cross rank, exposure levels, bias, repr
-_MMCTR = (True, 3, 8, 20, False)  # the same switches as params.yaml's defaults, without item_repr
-VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = tuple(
-    (label, stem, dict(zip(_SWITCHES, values)))
-    for label, stem, *values in (
-        ("DIN", "din", "din", False, True, True, *_PLAIN),
-        ("DIN + Dice", "din-dice", "din", True, True, True, *_PLAIN),
-        ("Transformer + DCNv2", "tdcn", "transformer_dcn", False, True, True, *_PLAIN),
-        ("w/o Transformer", "tdcn-no-transformer", "transformer_dcn", False, False, True, *_PLAIN),
-        ("w/o DCNv2", "tdcn-no-dcn", "transformer_dcn", False, True, False, *_PLAIN),
-        ("Mean-pool MLP", "meanpool", "meanpool", False, True, True, *_PLAIN),
-        ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels)", "mmctr", "transformer_dcn",
-         False, True, True, *_MMCTR, "id"),
-        ("mmctr default, semantic ids", "mmctr-sem", "transformer_dcn", False, True, True, *_MMCTR, "semantic"),
-        ("mmctr default, id + semantic ids", "mmctr-idsem", "transformer_dcn", False, True, True, *_MMCTR,
-         "id+semantic"),
-    )
+# Transformer + DCNv2 rows are the winner's (PLAIN_SWITCHES: full-rank cross, no mean or recent interest, no
+# exposure levels), and the mmctr default rows add this project's four additions at params.yaml's default values.
+_PLAIN = {f"train.{k}": v for k, v in PLAIN_SWITCHES.items()}
+_MMCTR = {**_PLAIN, "train.mean_interest": True, "train.recent_interest": 3, "train.cross_rank": 8,
+          "train.exposure_levels": 20}
+
+
+def _row(model: str, dice: bool, transformer: bool, dcn: bool, switches: dict[str, Any]) -> dict[str, Any]:
+    return {"train.model": model, "train.dice": dice, "train.use_transformer": transformer, "train.use_dcn": dcn,
+            **switches}
+
+
+VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("DIN", "din", _row("din", False, True, True, _PLAIN)),
+    ("DIN + Dice", "din-dice", _row("din", True, True, True, _PLAIN)),
+    ("Transformer + DCNv2", "tdcn", _row("transformer_dcn", False, True, True, _PLAIN)),
+    ("w/o Transformer", "tdcn-no-transformer", _row("transformer_dcn", False, False, True, _PLAIN)),
+    ("w/o DCNv2", "tdcn-no-dcn", _row("transformer_dcn", False, True, False, _PLAIN)),
+    ("Mean-pool MLP", "meanpool", _row("meanpool", False, True, True, _PLAIN)),
+    ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels)", "mmctr",
+     _row("transformer_dcn", False, True, True, _MMCTR)),
+    ("mmctr default, semantic ids", "mmctr-sem",
+     _row("transformer_dcn", False, True, True, {**_MMCTR, "train.item_repr": "semantic"})),
+    ("mmctr default, id + semantic ids", "mmctr-idsem",
+     _row("transformer_dcn", False, True, True, {**_MMCTR, "train.item_repr": "id+semantic"})),
 )
 PREFIX = "cmp"
 TRAIN_METRICS = "data/metrics/train/metrics.json"

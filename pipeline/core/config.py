@@ -428,6 +428,12 @@ class BuildSequencesConfig:
 
 ItemRepr = Literal["id", "semantic", "id+semantic"]  # the learnt part of an item's embedding (model/layers.py)
 ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/factory.py builds
+# This project's additions to the published models (ModelConfig fields), each at the value that switches it off.
+# Every baseline (DIN, the mean-pool MLP, the winner's Transformer+DCNv2: mmctr compare, benchmarks/variants.py,
+# benchmarks/fuxictr_din.py) sets all of them, so it is the published model whatever params.yaml's defaults add
+# (and ModelConfig rejects the transformer_dcn-only ones on other models).
+PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "cross_rank": 0,
+                                  "exposure_levels": 0, "item_bias": False, "item_repr": "id"}
 
 
 @dataclass(frozen=True)
