@@ -16,7 +16,7 @@ from model.factory import build_model
 from pipeline.core.io import DataError
 from pipeline.training import stream
 from pipeline.training.data import load_split
-from pipeline.training.loop import fit, pass_batches, pass_windows
+from pipeline.training.loop import PassWindows, fit, pass_batches, pass_batches_reference
 from tests.conftest import SMALL, feature_map, item_tables, toy_split, train_cfg
 
 CPU = torch.device("cpu")
@@ -108,24 +108,44 @@ def test_training_on_the_mapped_split_is_the_run_in_memory(tmp_path: Path, block
 
 
 def test_pass_windows_are_whole_blocks_and_default_is_one_uniform_order() -> None:
-    windows = pass_windows(103, 10, 3, torch.Generator().manual_seed(0))
+    made = PassWindows(103, 10, 3, torch.Generator().manual_seed(0))
+    sizes = made.sizes()
+    windows = list(made)
+    assert [len(w) for w in windows] == sizes
     assert sorted(torch.cat(windows).tolist()) == list(range(103))
     for w in windows:  # each window is a union of whole blocks
         blocks = {int(r) // 10 for r in w}
         assert len(w) == sum(min(10, 103 - 10 * b) for b in blocks)
     assert len(windows) == 4  # 11 blocks, 3 per window
     same = torch.randperm(103, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(pass_windows(103, 0, 3, torch.Generator().manual_seed(5))[0], same)
+    assert torch.equal(list(PassWindows(103, 0, 3, torch.Generator().manual_seed(5)))[0], same)
     # bucketed batches stay inside their window: every batch's rows come from one window
     gen = torch.Generator().manual_seed(1)
     lengths = torch.randint(0, 20, (103,))
-    batches = pass_batches(lengths, 8, 2, gen, block_rows=10, buffer_blocks=3)
+    batches = list(pass_batches(lengths, 8, 2, gen, block_rows=10, buffer_blocks=3))
     gen = torch.Generator().manual_seed(1)
     window_of = torch.empty(103, dtype=torch.long)
-    for i, w in enumerate(pass_windows(103, 10, 3, gen)):
+    for i, w in enumerate(PassWindows(103, 10, 3, gen)):
         window_of[w] = i
     assert all(len(set(window_of[b].tolist())) == 1 for b in batches)
     assert sorted(torch.cat(batches).tolist()) == list(range(103))
+
+
+@pytest.mark.parametrize(("n", "batch", "bucket", "block", "buffer"), [
+    (103, 8, 0, 0, 1), (103, 8, 2, 0, 1), (103, 8, 0, 10, 3), (103, 8, 2, 10, 3), (1000, 7, 3, 64, 4),
+    (1000, 32, 0, 64, 4), (96, 8, 2, 8, 2), (5, 8, 2, 10, 3), (1000, 16, 1, 1, 1)])
+def test_batches_made_a_window_at_a_time_are_the_reference_ones(n: int, batch: int, bucket: int, block: int,
+                                                                 buffer: int) -> None:
+    lengths = torch.randint(0, 20, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
+    lazy_gen, ref_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    lazy = pass_batches(lengths, batch, bucket, lazy_gen, block, buffer)
+    count = len(lazy)
+    got = list(lazy)
+    want = pass_batches_reference(lengths, batch, bucket, ref_gen, block, buffer)
+    assert count == len(got) == len(want)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    # the generator ends the pass in the same state: the next pass (and a resumed run) draws the same order
+    assert torch.equal(lazy_gen.get_state(), ref_gen.get_state())
 
 
 def _rss_file_kb() -> int | None:

@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,38 +113,110 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, m
     opt.step()
 
 
-def pass_windows(n: int, block_rows: int, buffer_blocks: int, gen: torch.Generator) -> list[Tensor]:
+class PassWindows:
     """One pass's row order over rows 0..n-1, as windows whose concatenation is a permutation. block_rows 0: one
     window, a uniform order (torch.randperm). Else rows are cut into blocks of block_rows consecutive rows (the
     last may be short), the blocks taken in a random order, and each window of buffer_blocks blocks of that order
     is its rows shuffled together: a window's rows are read before the next window's, so a memory-mapped split is
-    read a window at a time."""
-    if not block_rows:
-        return [torch.randperm(n, generator=gen)]
-    windows = []
-    for blocks in torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks):
-        rows = torch.cat([torch.arange(b * block_rows, min((b + 1) * block_rows, n)) for b in blocks.tolist()])
-        windows.append(rows[torch.randperm(len(rows), generator=gen)])
-    return windows
+    read a window at a time.
+
+    The block order is drawn from `gen` when the PassWindows is made; each window's order is drawn when an
+    iteration reaches it (after whatever the consumer drew for the window before), so a pass holds one window's
+    indices, not n of them (8 bytes a row: 240 MB for a 30M-row split). Iterate once."""
+
+    def __init__(self, n: int, block_rows: int, buffer_blocks: int, gen: torch.Generator) -> None:
+        self.n, self.block_rows, self.gen = n, block_rows, gen
+        self.groups: list[Tensor] = \
+            list(torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks)) if block_rows else []
+
+    def sizes(self) -> list[int]:
+        """Rows in each window, in pass order (known before any window is drawn)."""
+        if not self.block_rows:
+            return [self.n]
+        return [sum(min(self.block_rows, self.n - b * self.block_rows) for b in blocks.tolist())
+                for blocks in self.groups]
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """Each window's rows (R,) int64 in their shuffled order."""
+        if not self.block_rows:
+            yield torch.randperm(self.n, generator=self.gen)
+            return
+        for blocks in self.groups:
+            rows = torch.cat([torch.arange(b * self.block_rows, min((b + 1) * self.block_rows, self.n))
+                              for b in blocks.tolist()])
+            yield rows[torch.randperm(len(rows), generator=self.gen)]
+
+
+class PassBatches:
+    """One pass's batches of row indices (`pass_batches`): len() is their number, and iterating makes them a
+    window at a time. Iterate once."""
+
+    def __init__(self, count: int, batches: Iterator[Tensor]) -> None:
+        self.count, self.batches = count, batches
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self.batches
 
 
 def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator,
-                 block_rows: int = 0, buffer_blocks: int = 1) -> list[Tensor]:
-    """One pass's batches of row indices, each row once: the order of `pass_windows` (from `gen`) cut into
+                 block_rows: int = 0, buffer_blocks: int = 1) -> PassBatches:
+    """One pass's batches of row indices, each row once: the order of `PassWindows` (from `gen`) cut into
     batches of batch_size (the last may be short). With bucket_batches > 0, each run of bucket_batches *
     batch_size consecutive rows of a window is sorted by history length (`lengths` (n,), stable) before it is
     cut, and the window's batches are then taken in a random order: a batch holds rows of similar length, so
     `trim_history` keeps few padding columns (most histories are far shorter than the longest), while which rows
-    meet and the order of the batches stay random (within a window, so reads stay local)."""
-    windows = pass_windows(len(lengths), block_rows, buffer_blocks, gen)
+    meet and the order of the batches stay random (within a window, so reads stay local). The batches are made
+    as they are taken (PassBatches), the same ones as `pass_batches_reference` makes up front."""
+    windows = PassWindows(len(lengths), block_rows, buffer_blocks, gen)
     if not bucket_batches:
-        return list(torch.cat(windows).split(batch_size))
-    out = []
+        return PassBatches(-(-len(lengths) // batch_size), _cut(windows, batch_size))
+    run = bucket_batches * batch_size
+    count = sum(size // run * bucket_batches + -(-(size % run) // batch_size) for size in windows.sizes())
+    return PassBatches(count, _bucketed(windows, lengths, batch_size, run, gen))
+
+
+def _cut(windows: PassWindows, batch_size: int) -> Iterator[Tensor]:
+    """The windows' rows, one after another, cut into batches of batch_size: a batch may span two windows."""
+    carry = torch.zeros(0, dtype=torch.int64)
     for order in windows:
-        batches = [b for run in order.split(bucket_batches * batch_size)
-                   for b in run[torch.argsort(lengths[run], stable=True)].split(batch_size)]
-        out += [batches[i] for i in torch.randperm(len(batches), generator=gen)]
-    return out
+        order = torch.cat([carry, order])
+        whole = len(order) // batch_size * batch_size
+        yield from order[:whole].split(batch_size)
+        carry = order[whole:]
+    if len(carry):
+        yield carry
+
+
+def _bucketed(windows: PassWindows, lengths: Tensor, batch_size: int, run: int, gen: torch.Generator
+              ) -> Iterator[Tensor]:
+    """Each window's runs of `run` rows sorted by length and cut into batches, the window's batches in a random
+    order (drawn before the next window's rows)."""
+    for order in windows:
+        batches = [b for part in order.split(run)
+                   for b in part[torch.argsort(lengths[part], stable=True)].split(batch_size)]
+        yield from [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def pass_batches_reference(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator,
+                           block_rows: int = 0, buffer_blocks: int = 1) -> list[Tensor]:
+    """`pass_batches` made up front in one list (a pass's whole order in memory), with the same draws from `gen`:
+    the block order, then window by window its rows' order and (bucketed) its batches' order."""
+    n = len(lengths)
+    groups = torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks) if block_rows else [None]
+    rows_in_order, out = [], []
+    for blocks in groups:
+        rows = torch.arange(n) if blocks is None else \
+            torch.cat([torch.arange(b * block_rows, min((b + 1) * block_rows, n)) for b in blocks.tolist()])
+        window = rows[torch.randperm(len(rows), generator=gen)]
+        rows_in_order.append(window)
+        if bucket_batches:
+            batches = [b for run in window.split(bucket_batches * batch_size)
+                       for b in run[torch.argsort(lengths[run], stable=True)].split(batch_size)]
+            out += [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+    return out if bucket_batches else list(torch.cat(rows_in_order).split(batch_size))
 
 
 def run_steps(train_rows: int, cfg: TrainConfig) -> int:
