@@ -169,7 +169,8 @@ def plots(revisions: tuple[str, ...], out: str) -> None:
 def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) -> None:
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
-    by valid AUC (the test split is never scored) and applies the best with `dvc exp apply`."""
+    by valid AUC (the test split is never scored) and applies the best: its values into params.yaml, then
+    `dvc repro train`, which checks the trial's model out of DVC's run cache."""
     with one_line_errors(TuneError, ValueError):
         plan = load_trials(params_path, trials)
         names = trial_names(session_number(run_dvc(["dvc", "exp", "list", "--name-only"]).split()), len(plan))

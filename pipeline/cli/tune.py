@@ -10,7 +10,7 @@ search s is the experiment `tune-<s>-<k>`:
 DVC runs it in a temporary copy of the workspace up to the train stage only: the upstream stages come from the
 cache, and `evaluate` never runs, so no trial ever scores the test split. `trial_records` reads `dvc exp show --json`
 back into one record per trial; `best_trial` picks the highest valid AUC (ties: the lower valid logloss, then the
-earlier trial, so the current values win a tie) and `mmctr tune` applies it with `dvc exp apply`. Every search gets
+earlier trial, so the current values win a tie) and `mmctr tune` applies it (`apply_trial`). Every search gets
 a new number s, so its names never collide with an earlier search's on the same commit.
 
 Cost: one train-stage run per trial, one after another (the first is free when the workspace's train stage is up to
@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk
 from pipeline.core.config import (
     ParamsError,
@@ -43,6 +45,7 @@ from pipeline.core.config import (
     read_params,
     require,
 )
+from pipeline.core.io import atomic_path
 
 PREFIX = "tune"
 # The tuned train keys: every TuneConfig field that lists candidates.
@@ -233,19 +236,34 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def keep_layout(before: str, applied: str, values: dict[str, Any]) -> str:
-    """The params text `before` (as its author laid it out) with each `train.<key>: value` of `values` replaced in
-    place, if that reads back exactly as `applied` (the text `dvc exp apply` brought, in which DVC's YAML writer
-    turned every flow list into a block list); otherwise `applied`, unchanged."""
-    lines, section = before.splitlines(keepends=True), None
+def with_train_values(text: str, values: dict[str, Any]) -> str:
+    """The params text with each `train.<key>: value` of `values` set in place: a key's own line keeps its
+    indentation and comment, the rest of the file (its layout, flow lists, comments) is unchanged; a key the train
+    section does not write gets a line of its own after `train:`. ValueError if the result does not read back as
+    the text's values with `values` set (a layout this line-wise edit cannot handle)."""
+    lines, section, found = text.splitlines(keepends=True), None, set()
+    header = None
     for i, line in enumerate(lines):
         if re.match(r"[^\s#]", line):
             section = line.split(":", 1)[0]
+            header = i if section == "train" else header
         elif section == "train" and (m := re.match(r"(\s+)(\w+)(:\s*)\S+(.*)", line, re.DOTALL)):
             if m.group(2) in values:
                 lines[i] = f"{m.group(1)}{m.group(2)}{m.group(3)}{set_value(values[m.group(2)])}{m.group(4)}"
-    kept = "".join(lines)
-    return kept if parse_yaml(kept) == parse_yaml(applied) else applied
+                found.add(m.group(2))
+    missing = [f"  {k}: {set_value(v)}\n" for k, v in values.items() if k not in found]
+    if missing and header is not None:
+        lines[header + 1:header + 1] = missing
+    out = "".join(lines)
+    want = parse_yaml(text)
+    want["train"] = {**want.get("train", {}), **values}
+    try:
+        same = parse_yaml(out) == want
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        raise ValueError(f"could not set {', '.join(f'train.{k}' for k in values)} in the params text in place")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ running DVC
@@ -258,8 +276,11 @@ def _error_line(output: str) -> str:
     for line in lines:
         if line.startswith("Error:"):
             return line
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    return (errors or lines or ["no output"])[-1]
+    errors = [i for i, line in enumerate(lines) if line.startswith("ERROR:")]
+    if not errors:
+        return (lines or ["no output"])[-1]
+    # DVC lists what an error is about on the lines after it ("Checkout failed for following targets:")
+    return " ".join(lines[errors[-1]:]) if lines[errors[-1]].endswith(":") else lines[errors[-1]]
 
 
 def run_dvc(cmd: list[str]) -> str:
@@ -307,11 +328,22 @@ def run_trials(commands: list[tuple[str, list[str]]], first_is_free: bool,
 
 
 def apply_trial(record: dict[str, Any], params_path: str | Path) -> None:
-    """`dvc exp apply` the trial, then give params.yaml back its own layout (`keep_layout`)."""
+    """Make the trial the workspace's train stage: its tuned values written into params.yaml in place
+    (`with_train_values`, atomically), then `dvc repro train`, which finds the trial's run in DVC's run cache and
+    checks its outputs out (the model and its metrics) without training again, and records them in dvc.lock.
+    Not `dvc exp apply`: that checks out every output the trial's commit names, and fails when one of them is not
+    in the cache (evaluate's, when only `dvc repro train` ran before the search). If the repro fails, params.yaml
+    goes back to what it was."""
     params_path = Path(params_path)
     before = params_path.read_text()
-    run_dvc(["dvc", "exp", "apply", record["name"]])
-    applied = params_path.read_text()
-    kept = keep_layout(before, applied, {key: record[key] for key in TUNED if record.get(key) is not None})
-    if kept != applied:
-        params_path.write_text(kept)
+    _write_params(params_path, with_train_values(before, {k: record[k] for k in TUNED if record.get(k) is not None}))
+    try:
+        run_dvc(["dvc", "repro", "train"])
+    except TuneError:
+        _write_params(params_path, before)
+        raise
+
+
+def _write_params(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
