@@ -135,7 +135,9 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     text, n = re.subn(r"(?m)^  learning_rate: [0-9.e+-]+$", "  learning_rate: 1e-3", PARAMS.read_text())
     assert n == 1
     path = tmp_path / "params.yaml"
-    path.write_text(text.replace("  net_regularizer: 0.0 ", "  net_regularizer: 2E+1 ", 1))
+    text, n = re.subn(r"(?m)^  net_regularizer: [0-9.e+-]+ ", "  net_regularizer: 2E+1 ", text)
+    assert n == 1
+    path.write_text(text)
     cfg = load_section(path, "train", TrainConfig)
     assert cfg.learning_rate == 0.001 and cfg.net_regularizer == 20.0
     assert parse_yaml("a: 1e-05\nb: 1_000\nc: '1e-3'\nd: 1.5e-2\ne: e5") == {

@@ -130,10 +130,12 @@ def test_a_candidate_below_min_lr_names_the_tune_key() -> None:
 def test_a_key_the_train_section_leaves_out_can_only_keep_its_default() -> None:
     """`dvc exp run -S` refuses to add a key: a candidate other than the default needs the key stated."""
     train = {k: v for k, v in _train().items() if k != "net_regularizer"}
-    assert sample_trials(_cfg(net_regularizer=(0.0,)), train)  # the default: no trial sets it
-    with pytest.raises(ParamsError, match=r"^tune\.net_regularizer: candidate 0\.001 needs train\.net_regularizer in "
-                                          r"the train section .*: add `net_regularizer: 0\.0` to it$"):
-        sample_trials(_cfg(net_regularizer=(0.0, 0.001)), train)
+    default = TrainConfig().net_regularizer
+    other = 0.01 if default != 0.01 else 0.02
+    assert sample_trials(_cfg(net_regularizer=(default,)), train)  # the default: no trial sets it
+    with pytest.raises(ParamsError, match=rf"^tune\.net_regularizer: candidate {other} needs train\.net_regularizer in "
+                                          rf"the train section .*: add `net_regularizer: {default}` to it$"):
+        sample_trials(_cfg(net_regularizer=(default, other)), train)
 
 
 def test_the_tune_section_is_typed_and_checked(tmp_path: Path) -> None:
@@ -245,12 +247,12 @@ def test_applied_params_keep_their_layout(tmp_path: Path) -> None:
     before = (ROOT / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
     path.write_text(before)
-    apply_overrides(str(path), ["train.learning_rate=0.002", "train.embedding_dim=32", "train.net_dropout=0.0"])
-    kept = with_train_values(before, {"learning_rate": 0.002, "embedding_dim": 32, "net_dropout": 0.0})
+    apply_overrides(str(path), ["train.learning_rate=0.002", "train.embedding_dim=8", "train.net_dropout=0.0"])
+    kept = with_train_values(before, {"learning_rate": 0.002, "embedding_dim": 8, "net_dropout": 0.0})
     assert yaml.safe_load(kept) == yaml.safe_load(path.read_text())
     changed = [(a, b) for a, b in zip(kept.splitlines(), before.splitlines(), strict=True) if a != b]
     assert [a.split("#")[0].rstrip() for a, _ in changed] == [
-        "  embedding_dim: 32", "  net_dropout: 0.0", "  learning_rate: 0.002"]
+        "  embedding_dim: 8", "  net_dropout: 0.0", "  learning_rate: 0.002"]
     assert all(("#" in a) == ("#" in b) for a, b in changed)  # each line's comment stays
 
 
