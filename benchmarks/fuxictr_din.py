@@ -233,10 +233,10 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     from pipeline.training.predict import evaluate_split, predict_logits
 
     params = params_dict(load_section(params_path, "train", TrainConfig))
-    # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0) and has no step
-    # budget (max_steps 0: epochs and early stopping decide)
+    # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0), has no step
+    # budget (max_steps 0: epochs and early stopping decide) and, as its settings below, no L2 terms
     overrides = {"model": "din", **PLAIN_SWITCHES, "ema_decay": 0.0, "max_steps": 0, "device": "cpu",
-                 "num_threads": threads, "resume": False}
+                 "num_threads": threads, "resume": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0}
     cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
     set_threads(threads)
     device = torch.device("cpu")

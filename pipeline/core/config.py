@@ -449,7 +449,7 @@ class ModelConfig:
     """
 
     model: ModelName = "transformer_dcn"
-    embedding_dim: int = 32
+    embedding_dim: int = 16
     item_repr: ItemRepr = "id"  # id embedding, sum of the item's semantic code embeddings, or both (summed)
     # random: FuxiCTR's N(0, 1e-4) id embeddings; mm: each starts at its item's frozen embedding projected on
     # that embedding's top embedding_dim principal directions, rows of mean norm 1 (model/layers.py `mm_prior`)
@@ -477,7 +477,7 @@ class ModelConfig:
     cross_rank: int = 8  # transformer_dcn: rank of each cross layer's weight matrix; 0 = full rank (the winner's)
     dnn_hidden_units: tuple[int, ...] = (256, 128)
     mlp_hidden_units: tuple[int, ...] = (64, 32)
-    net_dropout: float = 0.2
+    net_dropout: float = 0.1
     din_attention_units: tuple[int, ...] = (64,)  # din: hidden units of the target-attention MLP
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
 
@@ -542,8 +542,8 @@ class TrainConfig:
     patience: int = 2  # stop after this many validations in a row without a better valid AUC
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0  # adamw's decoupled decay (w -= lr * weight_decay * w per step); 0 with adam
-    embedding_regularizer: float = 0.0001  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
-    net_regularizer: float = 0.001  # the same on every other parameter
+    embedding_regularizer: float = 0.0  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
+    net_regularizer: float = 0.0  # the same on every other parameter
     embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
     id_dropout: float = 0.0  # in training, zero each item occurrence's id embedding with this probability
     lr_schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: per step to min_lr over epochs, no plateau decay
