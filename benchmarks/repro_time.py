@@ -5,9 +5,11 @@
 
 Each commit is cloned into its own folder under --work (a fresh clone: an empty DVC cache, so no stage is restored
 from a run cache) and `dvc repro` runs there with this checkout's virtual environment, one commit after the other,
-as `make repro` runs it. Every line DVC prints is timestamped as it arrives; a stage's time runs from its
-"Running stage" line to the next one (the last: to the end of the run). Prints each stage's seconds at both commits,
-their ratio, the totals and the default data's test AUC at each. A stage only one commit has shows `-`.
+as `make repro` runs it. DVC runs each stage as `python -m stages.<name>` from the clone's root, so the clone's
+own `pipeline`/`model` packages come first on sys.path, ahead of the editable install of this checkout. Every
+line DVC prints is timestamped as it arrives; a stage's time runs from its "Running stage" line to the next one
+(the last: to the end of the run). Prints each stage's seconds at both commits, their ratio, the totals and the
+default data's test AUC at each. A stage only one commit has shows `-`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import click
@@ -34,11 +37,11 @@ def timed_repro(project: Path) -> tuple[dict[str, float], float]:
     stages: dict[str, float] = {}
     current, since = None, time.perf_counter()
     start = since
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=5)  # DVC's last lines, for the error
     with subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
-            tail = (tail + [line.rstrip()])[-5:]
+            tail.append(line.rstrip())
             found = STAGE_LINE.search(line)
             if found:
                 now = time.perf_counter()
@@ -53,7 +56,7 @@ def timed_repro(project: Path) -> tuple[dict[str, float], float]:
     return stages, end - start
 
 
-def test_auc(project: Path) -> float:
+def evaluate_auc(project: Path) -> float:
     """The evaluate stage's test AUC (data/metrics/evaluate.json's `auc`, at every commit since the first)."""
     return float(json.loads((project / "data" / "metrics" / "evaluate.json").read_text())["auc"])
 
@@ -76,7 +79,7 @@ def main(base: str, head: str, work: Path | None) -> None:
         subprocess.run(["git", "-C", str(project), "checkout", "-q", sha], check=True)
         click.echo(f"{name} {sha}: dvc repro in {project} ...", err=True)
         stages, total = timed_repro(project)
-        results[name] = (sha, stages, total, test_auc(project))
+        results[name] = (sha, stages, total, evaluate_auc(project))
     (bsha, bst, btot, bauc), (hsha, hst, htot, hauc) = results["base"], results["head"]
     click.echo(f"| stage | {bsha} s | {hsha} s | ratio |\n|---|---|---|---|")
     for stage in list(bst) + [s for s in hst if s not in bst]:
