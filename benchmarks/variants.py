@@ -125,7 +125,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "winner": {**_BASELINE, "train.embedding_dim": 64, "train.mm_dim": 0, "train.transformer_layers": 2,
                "train.dim_feedforward": 256, "train.transformer_dropout": 0.2, "train.first_k": 16,
                "train.dnn_hidden_units": [1024, 512, 256], "train.net_dropout": 0.2, "train.learning_rate": 5e-4,
-               "train.batch_size": 128},
+               "train.batch_size": 128, "train.embedding_regularizer": 0.0},
 }
 
 

@@ -107,7 +107,8 @@ def train_cfg(**kw) -> TrainConfig:
                 mean_interest=False, recent_interest=0, cross_layers=2, cross_rank=0, dnn_hidden_units=(32, 16),
                 mlp_hidden_units=(8,),
                 transformer_dropout=0.0, net_dropout=0.0, learning_rate=3e-3, batch_size=64, eval_batch_size=256,
-                epochs=12, max_steps=0, patience=3, seed=1, device="cpu", ema_decay=0.0, exposure_levels=0)
+                epochs=12, max_steps=0, patience=3, seed=1, device="cpu", ema_decay=0.0, exposure_levels=0,
+                embedding_regularizer=0.0)
     return from_dict(TrainConfig, base | kw, "train")
 
 

@@ -542,7 +542,7 @@ class TrainConfig:
     patience: int = 2  # stop after this many validations in a row without a better valid AUC
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0  # adamw's decoupled decay (w -= lr * weight_decay * w per step); 0 with adam
-    embedding_regularizer: float = 0.0  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
+    embedding_regularizer: float = 0.0001  # FuxiCTR's L2 on the embedding tables: + lambda/2 * sum(w^2) to each loss
     net_regularizer: float = 0.0  # the same on every other parameter
     embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
     id_dropout: float = 0.0  # in training, zero each item occurrence's id embedding with this probability
