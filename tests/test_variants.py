@@ -18,6 +18,6 @@ def test_each_profile_loads_as_a_train_section(tmp_path: Path, profile: str) -> 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cfg = load_section(tmp_path / "params.yaml", "train", TrainConfig)
     assert cfg.arch.model == {"default": "transformer_dcn", "winner": "transformer_dcn",
-                              "meanpool-recipe": "meanpool"}.get(profile, profile)
+                              "meanpool-recipe": "meanpool", "din-recipe": "din"}.get(profile, profile)
     assert (cfg.arch.exposure_levels > 0) == (profile == "default")  # the baselines are the plain architectures
     assert params["data"]["source"] == "mmctr" and params["build_sequences"]["max_len"] == 50
