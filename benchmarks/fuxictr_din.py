@@ -3,6 +3,8 @@
     python benchmarks/fuxictr_din.py                  # default data (make repro first), params.yaml's train section
     python benchmarks/fuxictr_din.py --epochs 1 --threads 2 --work-dir /tmp/fuxictr_din   # keep the export
     python benchmarks/fuxictr_din.py --fuxictr-python /path/to/venv/bin/python
+    python benchmarks/fuxictr_din.py --recipe challenge --sequences /tmp/variants/runs/stream-default/sequences \
+        --item-info /tmp/variants/runs/stream-default/item_info.parquet --threads 2   # a variant, challenge recipe
 
 FuxiCTR lives in its own virtual environment, outside the repository; this one reuses the project's torch:
     python3 -m venv /work/fuxictr-venv
@@ -24,6 +26,10 @@ test AUC and logloss (both scored here with `pipeline.core.metrics` from each mo
 samples/s and seconds per epoch (the wall time between validation passes, so validation is not counted), and the
 settings that cannot be made equal. Ours runs without the weight average and the step budget (ema_decay 0,
 max_steps 0), which FuxiCTR has not: the same algorithm on both sides.
+
+--recipe params (the default) trains both with params.yaml's train section; --recipe challenge trains both as the
+MicroLens MM-CTR challenge trains its DIN baseline (CHALLENGE_DIN, CHALLENGE_TRAIN): issue 13's "FuxiCTR DIN,
+challenge recipe", to set beside benchmarks/variants.py's table of the same data.
 """
 
 from __future__ import annotations
@@ -54,6 +60,16 @@ DATASET_ID = "mmctr"
 SPLITS = ("train", "valid", "test")
 # Named here once: FuxiCTR's fit reduces the lr on plateau by its fixed factor and floor (BaseModel.lr_decay()).
 FUXICTR_LR_DECAY, FUXICTR_MIN_LR = 0.1, 1e-6
+# The challenge's DIN baseline: its config template (the challenge repository's config/din_config/model_config.yaml,
+# DIN_default: embedding 64, attention [512, 256] ReLU with dropout 0.1, DNN [1024, 512, 256] with batch norm, up
+# to 100 epochs, early_stop_patience 3) at the tuned point its README reports (embedding_regularizer 1e-6,
+# net_regularizer 0, net_dropout 0.1, learning_rate 1e-3, batch_size 8192). The frozen 128-d embedding goes
+# through FuxiCTR's learnt 128x128 map.
+CHALLENGE_DIN = {"embedding_dim": 64, "attention_hidden_units": [512, 256], "attention_hidden_activations": "ReLU",
+                 "attention_dropout": 0.1, "dnn_hidden_units": [1024, 512, 256], "dnn_activations": "ReLU",
+                 "batch_norm": True, "net_dropout": 0.1, "embedding_regularizer": 1e-6, "net_regularizer": 0.0,
+                 "learning_rate": 1e-3, "early_stop_patience": 3}
+CHALLENGE_TRAIN = {"epochs": 100, "batch_size": 8192, "mm_dim": 128}
 # Settings that stay different whatever the params; printed under the table.
 FIXED_DIFFERENCES = (
     ("loss: FuxiCTR's DIN ends in a sigmoid and trains on F.binary_cross_entropy of probabilities; ours on "
@@ -143,8 +159,21 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
     (out_dir / "feature_map.json").write_text(json.dumps(feature_map, indent=2) + "\n")
 
 
-def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int) -> dict[str, Any]:
-    """What the worker needs: FuxiCTR DIN's constructor arguments matched to `cfg`, and the loop's settings."""
+def challenge_overrides() -> dict[str, Any]:
+    """`train` params that make our DIN the challenge recipe's twin (all but its batch norm and attention dropout,
+    which our DIN has not)."""
+    return {"embedding_dim": CHALLENGE_DIN["embedding_dim"], "mm_dim": CHALLENGE_TRAIN["mm_dim"],
+            "din_attention_units": CHALLENGE_DIN["attention_hidden_units"], "dice": False,
+            "dnn_hidden_units": CHALLENGE_DIN["dnn_hidden_units"], "net_dropout": CHALLENGE_DIN["net_dropout"],
+            "embedding_regularizer": CHALLENGE_DIN["embedding_regularizer"],
+            "net_regularizer": CHALLENGE_DIN["net_regularizer"], "learning_rate": CHALLENGE_DIN["learning_rate"],
+            "patience": CHALLENGE_DIN["early_stop_patience"], "epochs": CHALLENGE_TRAIN["epochs"],
+            "batch_size": CHALLENGE_TRAIN["batch_size"], "lr_decay": FUXICTR_LR_DECAY, "min_lr": FUXICTR_MIN_LR}
+
+
+def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int, recipe: str = "params") -> dict[str, Any]:
+    """What the worker needs: FuxiCTR DIN's constructor arguments matched to `cfg` (recipe "params") or the
+    challenge's (recipe "challenge"), and the loop's settings."""
     activation = "Dice" if cfg.arch.dice else "ReLU"
     din = {"model_id": "DIN", "gpu": -1, "task": "binary_classification", "embedding_dim": cfg.arch.embedding_dim,
            "attention_hidden_units": list(cfg.arch.din_attention_units), "attention_hidden_activations": activation,
@@ -155,6 +184,8 @@ def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int) -> dict[str, 
            "learning_rate": cfg.learning_rate, "metrics": ["logloss", "AUC"], "monitor": "AUC",
            "monitor_mode": "max", "early_stop_patience": cfg.patience, "reduce_lr_on_plateau": True,
            "save_best_only": True, "eval_steps": None, "verbose": 0}
+    if recipe == "challenge":
+        din.update(CHALLENGE_DIN)
     return {"din": din, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size,
             "max_gradient_norm": cfg.max_grad_norm, "max_len": max_len, "seed": cfg.seed, "threads": threads}
 
@@ -218,8 +249,8 @@ def run_fuxictr_worker(work_dir: Path) -> None:
     (work_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
-def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxictr_python: str,
-            work_dir: Path) -> None:
+def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
+            fuxictr_python: str, work_dir: Path) -> None:
     """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
@@ -236,16 +267,18 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
     # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0), has no step
     # budget (max_steps 0: epochs and early stopping decide) and, as its settings below, no L2 terms
     overrides = {"model": "din", **PLAIN_SWITCHES, "ema_decay": 0.0, "max_steps": 0, "device": "cpu",
-                 "num_threads": threads, "resume": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0}
-    cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or params["epochs"]}, "train")
+                 "num_threads": threads, "resume": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0,
+                 **(challenge_overrides() if recipe == "challenge" else {})}
+    cfg = from_dict(TrainConfig, {**params, **overrides, "epochs": epochs or overrides.get("epochs", params["epochs"])},
+                    "train")
     set_threads(threads)
     device = torch.device("cpu")
-    tags, mm, mm_dim = load_item_tables(f"{data}/features/item_info.parquet")
-    fmap = FeatureMap.load(f"{data}/sequences/feature_map.json").with_mm_embedding(mm_dim)
-    splits = {s: load_split(f"{data}/sequences/{s}.parquet", fmap) for s in SPLITS}
+    tags, mm, mm_dim = load_item_tables(str(item_info))
+    fmap = FeatureMap.load(str(sequences / "feature_map.json")).with_mm_embedding(mm_dim)
+    splits = {s: load_split(str(sequences / f"{s}.parquet"), fmap) for s in SPLITS}
     test_labels = splits["test"].label.numpy()
     export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
-    settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads)
+    settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe)
     (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -276,6 +309,8 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
             "threads": torch.get_num_threads()}
 
     arch = cfg.arch
+    if recipe == "challenge":
+        print(f"\nrecipe: the challenge's DIN; FuxiCTR {json.dumps(CHALLENGE_DIN)} {json.dumps(CHALLENGE_TRAIN)}")
     print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, CPU, "
           f"epochs <= {cfg.epochs} (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.learning_rate}, "
           f"embedding {arch.embedding_dim}, mm {'off' if not arch.use_mm_emb else arch.mm_dim or mm_dim}, attention "
@@ -291,6 +326,8 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
               f"{run['parameters']:8d}")
     print("epoch s: training only (mean over the epochs run); valid s: one validation pass. Differences that stay:")
     notes = list(FIXED_DIFFERENCES)
+    if recipe == "challenge":
+        notes.append("the challenge recipe's batch norm (DNN) and attention dropout: FuxiCTR only; our DIN has neither")
     if (cfg.lr_decay, cfg.min_lr) != (FUXICTR_LR_DECAY, FUXICTR_MIN_LR):
         notes.append(f"lr on plateau: FuxiCTR x{FUXICTR_LR_DECAY} down to {FUXICTR_MIN_LR} (fixed), ours "
                      f"x{cfg.lr_decay} down to {cfg.min_lr}")
@@ -302,8 +339,15 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
 
 
 @click.command()
-@click.option("--data", default="data", show_default=True, help="the pipeline's data folder")
+@click.option("--data", default="data", show_default=True,
+              help="the pipeline's data folder: <data>/sequences and <data>/features/item_info.parquet")
+@click.option("--sequences", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="build_sequences' output folder (splits, feature_map.json); default <data>/sequences")
+@click.option("--item-info", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="fit_pca's item_info.parquet; default <data>/features/item_info.parquet")
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--recipe", type=click.Choice(["params", "challenge"]), default="params", show_default=True,
+              help="params: both train with params.yaml's train section; challenge: the MM-CTR challenge's DIN")
 @click.option("--epochs", type=int, default=None, help="override train.epochs for both models")
 @click.option("--threads", default=1, show_default=True, help="torch threads of each model's process")
 @click.option("--fuxictr-python", default="/work/fuxictr-venv/bin/python", show_default=True,
@@ -311,16 +355,19 @@ def compare(data: str, params_path: str, epochs: int | None, threads: int, fuxic
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the export and FuxiCTR's checkpoint go (kept); default: a temporary folder")
 @click.option("--fuxictr-worker", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
-def main(data: str, params_path: str, epochs: int | None, threads: int, fuxictr_python: str,
-         work_dir: Path | None, fuxictr_worker: Path | None) -> None:
+def main(data: str, sequences: Path | None, item_info: Path | None, params_path: str, recipe: str,
+         epochs: int | None, threads: int, fuxictr_python: str, work_dir: Path | None,
+         fuxictr_worker: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     if fuxictr_worker is not None:
         run_fuxictr_worker(fuxictr_worker)
-    elif work_dir is not None:
-        compare(data, params_path, epochs, threads, fuxictr_python, work_dir)
+        return
+    paths = (sequences or Path(data) / "sequences", item_info or Path(data) / "features" / "item_info.parquet")
+    if work_dir is not None:
+        compare(*paths, params_path, recipe, epochs, threads, fuxictr_python, work_dir)
     else:
         with tempfile.TemporaryDirectory(prefix="fuxictr_din.") as tmp:
-            compare(data, params_path, epochs, threads, fuxictr_python, Path(tmp))
+            compare(*paths, params_path, recipe, epochs, threads, fuxictr_python, Path(tmp))
 
 
 if __name__ == "__main__":

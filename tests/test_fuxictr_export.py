@@ -9,7 +9,14 @@ import polars as pl
 import pytest
 import torch
 
-from benchmarks.fuxictr_din import SPLITS, export_fuxictr
+from benchmarks.fuxictr_din import (
+    CHALLENGE_DIN,
+    CHALLENGE_TRAIN,
+    SPLITS,
+    challenge_overrides,
+    export_fuxictr,
+    fuxictr_settings,
+)
 from model.factory import build_model
 from pipeline.core.config import TrainConfig, from_dict
 from pipeline.core.feature_map import FeatureMap
@@ -124,3 +131,21 @@ def test_padding_after_a_real_item_is_refused(tmp_path):
     write_inputs(tmp_path, {**HISTORIES, "valid": [[0, 1, 0, 3], [0, 0, 0, 2]]})
     with pytest.raises(DataError, match="valid split: row 0"):
         export(tmp_path, din_cfg(embedding_dim=4, mm_dim=2))
+
+
+def test_challenge_recipe_sets_both_sides_alike():
+    """--recipe challenge: FuxiCTR's DIN gets the challenge's settings, and our DIN, built from the same overrides,
+    the same widths, optimiser, regularisers, batches and early stopping."""
+    cfg = din_cfg(**challenge_overrides())
+    run = fuxictr_settings(cfg, MAX_LEN, threads=1, recipe="challenge")
+    din = run["din"]
+    assert {k: din[k] for k in CHALLENGE_DIN} == CHALLENGE_DIN
+    assert (run["batch_size"], run["epochs"]) == (CHALLENGE_TRAIN["batch_size"], CHALLENGE_TRAIN["epochs"])
+    assert (cfg.arch.embedding_dim, cfg.arch.mm_dim) == (din["embedding_dim"], CHALLENGE_TRAIN["mm_dim"])
+    assert list(cfg.arch.din_attention_units) == din["attention_hidden_units"]
+    assert list(cfg.arch.dnn_hidden_units) == din["dnn_hidden_units"]
+    assert (cfg.learning_rate, cfg.patience, cfg.embedding_regularizer, cfg.net_regularizer) == (
+        din["learning_rate"], din["early_stop_patience"], din["embedding_regularizer"], din["net_regularizer"])
+    # the params recipe keeps cfg's own settings on FuxiCTR's side
+    plain = fuxictr_settings(din_cfg(embedding_dim=4), MAX_LEN, threads=1)["din"]
+    assert plain["embedding_dim"] == 4 and plain["batch_norm"] is False and plain["embedding_regularizer"] is None
