@@ -22,7 +22,9 @@ default profile is params.yaml as it is.
 
 The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
 (recency weight and window), popularity, click rate, how informative the item embedding is, history length and
-split. Sizes follow the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
+split, and, in `multi`, the click model itself (several tastes per user, not make_synthetic's one; its history
+oracle is a plug-in, see multi_interest_history_oracle). Sizes follow the held-out sets: about 3,000 items and
+110-120K train rows (one variant at about 1M).
 """
 
 from __future__ import annotations
@@ -43,12 +45,21 @@ import polars as pl
 import yaml
 
 from pipeline.core.config import PLAIN_SWITCHES, MakeSyntheticConfig
+from pipeline.core.items import unit_rows
 from pipeline.core.metrics import auc
 from pipeline.itememb.pca import fit_pca
 from pipeline.sequences.build import SPLITS, build_exposure_rows
 from pipeline.sources.challenge import write_challenge_dataset
-from pipeline.sources.planted import PlantedModel, history_preference, oracle_scores, sample_planted_model
+from pipeline.sources.planted import (
+    USER_NOISE,
+    PlantedModel,
+    history_preference,
+    oracle_scores,
+    recent_latent,
+    sample_planted_model,
+)
 from pipeline.sources.synthetic import (
+    ExposureLog,
     _streams,
     exposure_frame,
     held_out_items,
@@ -75,6 +86,9 @@ class Variant:
     split: str = "time"  # time (global cut) or leave_last (per user, by request)
     valid_frac: float = 0.1
     test_frac: float = 0.1
+    # > 0: not make_synthetic's click model but the multi-interest one (multi_interest_log): each user has 1 to
+    # this many separate tastes and likes an item as much as the closest of them.
+    interests: int = 0
 
 
 BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
@@ -105,6 +119,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("stream-sharp", "the stream model with a sharper taste: more room below the oracle",
             {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "preference_weight": 5.0, "click_bias": -3.0, "seed": 108}),
+    Variant("multi", "a click model that is not make_synthetic's: 1-3 separate tastes per user, each item liked as "
+            "much as the closest one (made after the default was chosen)",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 4.0, "recency_weight": 1.0, "click_bias": -3.5, "policy_preference_weight": 2.0,
+             "seed": 109}, interests=3),
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
@@ -182,13 +201,116 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
     return (ranks * n_levels // len(values)).astype(np.int8)
 
 
+# --------------------------------------------------------------------------------------------------
+# A click model that is not make_synthetic's: several tastes per user
+#
+# make_synthetic's user is one preference vector p_u, so <p_u, v_i> is linear in the item latent and a mean of the
+# history's items estimates it. Here user u has 1..M unit interest vectors q_um (distinct topic centroids plus
+# noise) and likes item i as much as the closest: a(u, i) = max_m <q_um, v_i>. Policy and click are otherwise
+# make_synthetic's exposure model with a(u, i) in place of <p_u, v_i>:
+#     policy softmax_i(a_p * a(u, i) + a_pop * pop_i), Gumbel top-k of the items not clicked yet;
+#     P(click) = sigmoid(bias + alpha * a(u, i) + beta * pop_i + gamma * <mean v of the last w clicks, v_i>).
+
+
+def sample_interests(centroids: np.ndarray, n_users: int, max_interests: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """(n_users+1, M, d) float64 unit interest vectors, M = max_interests; row 0 (no user) zeros. User u has 1..M
+    distinct random topics, each centroid plus USER_NOISE noise; a user with m < M fills its spare slots with its
+    first interest, so the max over slots is its max over its m interests."""
+    n_topics, d = centroids.shape
+    n_own = rng.integers(1, min(max_interests, n_topics) + 1, size=n_users)
+    topics = np.stack([rng.permutation(n_topics)[:max_interests] for _ in range(n_users)])  # (U, M)
+    topics = np.where(np.arange(max_interests)[None, :] < n_own[:, None], topics, topics[:, :1])
+    own = centroids[topics] + rng.standard_normal((n_users, max_interests, d)) * (USER_NOISE / math.sqrt(d))
+    own = np.where((np.arange(max_interests) < n_own[:, None])[..., None], own, own[:, :1])
+    out = np.zeros((n_users + 1, max_interests, d))
+    out[1:] = unit_rows(own.reshape(-1, d), np.float64).reshape(n_users, max_interests, d)
+    return out
+
+
+def taste(interests: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """(B, M, d) interests, (N+1, d) item latents -> (B, N+1) float64 a(u, i) = max_m <q_um, v_i>."""
+    return np.einsum("bmd,nd->bmn", interests, latent).max(axis=1)
+
+
+def multi_interest_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray
+                               ) -> np.ndarray:
+    """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click)."""
+    logits = (model.click_bias + model.preference_weight * affinity
+              + model.popularity_weight * model.item_log_pop[items]
+              + model.recency_weight * np.einsum("bkd,bd->bk", model.item_latent[items], recent))
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def multi_interest_log(model: PlantedModel, interests: np.ndarray, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
+                       rng: np.random.Generator, block: int = 1024) -> tuple[ExposureLog, np.ndarray]:
+    """The multi-interest model's exposure log (section comment) for n_requests[u] requests of user u, in blocks
+    of `block` users per round, and the (X,) float64 P(click) of each of its exposures (the Bayes oracle), in the
+    log's order. `model` gives the items, weights and click bias; its user_pref is not used."""
+    n_items, k, w = model.n_items, cfg.slate_size, model.recency_window
+    hist = np.zeros((len(n_requests), int(n_requests.max()) * k), dtype=np.int64)  # clicks in order, 0-padded
+    n_done = np.zeros(len(n_requests), dtype=np.int64)
+    clicked = np.zeros((len(n_requests), n_items + 1), dtype=bool)
+    clicked[:, 0] = True
+    parts: list[tuple[np.ndarray, ...]] = []
+    for r in range(int(n_requests.max())):
+        active = np.flatnonzero(n_requests > r)
+        for users in np.array_split(active, max(1, math.ceil(len(active) / block))):
+            aff = taste(interests[users], model.item_latent)  # (B, N+1)
+            keys = cfg.policy_preference_weight * aff + cfg.policy_popularity_weight * model.item_log_pop
+            keys[clicked[users]] = -np.inf
+            shown = np.argsort(-(keys + rng.gumbel(size=keys.shape)), axis=1)[:, :k]  # (B, K) in draw order
+            offs = n_done[users, None] - w + np.arange(w)
+            window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)  # (B, w)
+            prob = multi_interest_click_probs(model, np.take_along_axis(aff, shown, 1),
+                                              recent_latent(model, window), shown)
+            click = rng.random(shown.shape) < prob
+            # Each user's clicks go after their earlier ones, in slate order.
+            slot = n_done[users, None] + np.cumsum(click, axis=1) - 1
+            rows = np.broadcast_to(users[:, None], shown.shape)
+            hist[rows[click], slot[click]] = shown[click]
+            clicked[rows[click], shown[click]] = True
+            n_done[users] += click.sum(axis=1)
+            parts.append((rows.reshape(-1), np.full(shown.size, r), shown.reshape(-1),
+                          click.reshape(-1).astype(np.int8), prob.reshape(-1)))
+    user, request, item, click, prob = (np.concatenate(a) for a in zip(*parts, strict=True))
+    order = np.lexsort((request, user))
+    return ExposureLog(user[order], request[order], item[order], click[order], n_requests), prob[order]
+
+
+def exposure_probs(impressions: pl.DataFrame, rows: pl.DataFrame) -> np.ndarray:
+    """(n,) float64 `prob` of each row's exposure: rows (user_id, event_ts, item_id) matched to impressions (user,
+    timestamp, item, prob), where a slate never shows an item twice, so each row has exactly one."""
+    key = ["user", "timestamp", "item"]
+    found = rows.select(user=pl.col("user_id").cast(pl.Int64), timestamp=pl.col("event_ts").cast(pl.Int64),
+                        item=pl.col("item_id").cast(pl.Int64)).join(
+        impressions.select(pl.col(key).cast(pl.Int64), "prob"), on=key, how="left", maintain_order="left")
+    if found.height != rows.height or found["prob"].null_count():
+        raise ValueError("rows do not match the exposure log one to one")
+    return found["prob"].to_numpy()
+
+
+def multi_interest_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(n, L) histories (0 = padding, latest last), (n,) target items -> (n,) float64 plug-in P(click): the click
+    sigmoid with a(u, i) read as <unit mean latent of the history, v_i> (`history_preference`, as the other
+    variants' history oracle) and the recency term from the history's last w items. One taste per topic of the
+    history, max over them, scored lower (test AUC 0.777 against 0.800 on `multi`): clicks that popularity drew
+    make spurious tastes. A plug-in, not the Bayes posterior, so a model may beat it."""
+    seq = np.asarray(item_seq, dtype=np.int64)
+    affinity = np.einsum("nd,nd->n", history_preference(model, seq), model.item_latent[items])
+    windows = seq[:, -model.recency_window:]  # left-padded histories end with their latest clicks
+    return multi_interest_click_probs(model, affinity[:, None], recent_latent(model, windows),
+                                      np.asarray(items, np.int64)[:, None])[:, 0]
+
+
 @dataclass(frozen=True)
 class PlantedLog:
     """A variant's planted model and its exposure log, as make_variant writes them (module docstring).
 
     centroids: the topic centroids of the item views; new_items (N+1,) bool, the held-out items; impressions
-    (user, item Int32, timestamp, click) and pairs (its clicks); item_table (item_id, likes_level, views_level);
-    rows, the labelled rows (build_exposure_rows); side, the side stream after the levels (tags, views next)."""
+    (user, item Int32, timestamp, click; with the multi-interest model also prob, each exposure's P(click)) and
+    pairs (its clicks); item_table (item_id, likes_level, views_level); rows, the labelled rows
+    (build_exposure_rows); side, the side stream after the levels (tags, views next)."""
 
     model: PlantedModel
     centroids: np.ndarray
@@ -208,10 +330,16 @@ def draw_variant(variant: Variant) -> PlantedLog:
     model, centroids = sample_planted_model(cfg, rng["model"])
     n_requests = sample_click_counts(cfg, rng["model"])
     new_items = held_out_items(cfg, rng["new_items"])
-    log = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items)
+    if variant.interests:
+        interests = sample_interests(centroids, cfg.n_users, variant.interests, rng["model"])
+        log, prob = multi_interest_log(model, interests, n_requests, cfg, rng["clicks"])
+    else:
+        log, prob = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items), None
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
         pl.col("user", "item").cast(pl.Int32))
-    pairs = impressions.filter(pl.col("click") == 1).drop("click")
+    if prob is not None:
+        impressions = impressions.with_columns(prob=pl.Series(prob))
+    pairs = impressions.filter(pl.col("click") == 1).select("user", "item", "timestamp")
     n = model.n_items
     side = np.random.default_rng(cfg.seed + 1)
     likes = np.zeros(n + 1, np.int8)
@@ -241,9 +369,13 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
                             titles=[f"item {i} of topic {t}" for i, t in enumerate(model.item_topic[1:], 1)],
                             text_emb=text, image_emb=image)
     test = splits["test"]
-    truth = {"oracle": oracle_scores(model, pairs, test, 0),
-             "history_oracle": oracle_scores(model, pairs, test, 0, pref=history_preference(
-                 model, test["item_seq"].list.to_array(MAX_LEN).to_numpy()))}
+    seq = test["item_seq"].list.to_array(MAX_LEN).to_numpy()
+    if variant.interests:  # the exposures' own P(click), and the plug-in from the history
+        truth = {"oracle": exposure_probs(drawn.impressions, test),
+                 "history_oracle": multi_interest_history_oracle(model, seq, test["item_id"].to_numpy())}
+    else:
+        truth = {"oracle": oracle_scores(model, pairs, test, 0),
+                 "history_oracle": oracle_scores(model, pairs, test, 0, pref=history_preference(model, seq))}
     pl.DataFrame({"label": test["label"], **truth}).write_parquet(folder / "truth.parquet")
     hist = (splits["train"]["item_seq"].list.eval(pl.element() != 0).list.sum()).to_numpy()
     counts = {"items": n, "users": cfg.n_users, **{f"{s}_rows": splits[s].height for s in SPLITS},

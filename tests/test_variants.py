@@ -1,15 +1,32 @@
 """benchmarks/variants.py: every train profile is a valid train section over the repository's params.yaml (a
-baseline that kept the default's transformer_dcn-only switches would stop at load time)."""
+baseline that kept the default's transformer_dcn-only switches would stop at load time), and the multi-interest
+click model draws what it claims and writes its exact oracle."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 import yaml
 
-from benchmarks.variants import PROFILES, params_for
-from pipeline.core.config import TrainConfig, load_section
+from benchmarks.variants import (
+    BASE,
+    PROFILES,
+    Variant,
+    draw_variant,
+    exposure_probs,
+    make_variant,
+    multi_interest_log,
+    params_for,
+    sample_interests,
+    taste,
+)
+from pipeline.core.config import MakeSyntheticConfig, TrainConfig, load_section
+from pipeline.core.items import unit_rows
+from pipeline.sources.planted import sample_planted_model
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -21,3 +38,76 @@ def test_each_profile_loads_as_a_train_section(tmp_path: Path, profile: str) -> 
                               "meanpool-recipe": "meanpool", "din-recipe": "din"}.get(profile, profile)
     assert (cfg.arch.exposure_levels > 0) == (profile == "default")  # the baselines are the plain architectures
     assert params["data"]["source"] == "mmctr" and params["build_sequences"]["max_len"] == 50
+
+
+# --------------------------------------------------------------------------------------------------
+# The multi-interest click model (a planted model that is not make_synthetic's)
+
+SMALL_MULTI = {**BASE, "n_items": 300, "n_users": 500, "n_topics": 8, "mean_requests_per_user": 4.0,
+               "max_requests_per_user": 12, "preference_weight": 4.0, "recency_weight": 1.0, "click_bias": -2.0,
+               "policy_preference_weight": 2.0, "seed": 11}
+
+
+def test_interests_are_unit_distinct_topics_with_spare_slots_copying_the_first() -> None:
+    rng = np.random.default_rng(0)
+    centroids = unit_rows(rng.standard_normal((6, 8)), np.float64)
+    q = sample_interests(centroids, 200, 3, rng)
+    assert q.shape == (201, 3, 8) and not q[0].any()
+    np.testing.assert_allclose(np.linalg.norm(q[1:], axis=2), 1.0)
+    distinct = [len({tuple(np.round(v, 12)) for v in user}) for user in q[1:]]
+    assert set(distinct) == {1, 2, 3}  # 1..3 tastes; spare slots are exact copies of the first
+    for user, n in zip(q[1:], distinct, strict=True):
+        np.testing.assert_array_equal(user[n:], np.broadcast_to(user[0], user[n:].shape))
+    latent = unit_rows(rng.standard_normal((30, 8)), np.float64)
+    expect = [[max(float(v @ item) for v in user) for item in latent] for user in q[1:4]]
+    np.testing.assert_allclose(taste(q[1:4], latent), expect)
+
+
+def test_multi_interest_log_replays_from_its_own_probabilities() -> None:
+    """Every slate shows distinct items the user has not clicked before, and each exposure's P(click) is the
+    sigmoid recomputed one exposure at a time from the user's clicks of earlier requests (plain Python)."""
+    cfg = MakeSyntheticConfig(**SMALL_MULTI)
+    rng = np.random.default_rng(3)
+    model, centroids = sample_planted_model(cfg, rng)
+    q = sample_interests(centroids, cfg.n_users, 3, rng)
+    n_requests = np.concatenate([[0], rng.integers(1, 6, size=cfg.n_users)])
+    log, prob = multi_interest_log(model, q, n_requests, cfg, rng, block=64)
+    assert len(log.item) == n_requests.sum() * cfg.slate_size
+    clicks: dict[int, list[int]] = {}
+    for (u, r), idx in _groups(log.user, log.request).items():
+        before = clicks.get(u, [])
+        items = log.item[idx]
+        assert len(set(items)) == len(items) and not set(items) & set(before) and 0 not in items
+        recent = model.item_latent[before[-model.recency_window:]].mean(axis=0) if before else np.zeros(cfg.latent_dim)
+        for i, p in zip(items, prob[idx], strict=True):
+            a = max(float(v @ model.item_latent[i]) for v in q[u])
+            z = (model.click_bias + model.preference_weight * a + model.popularity_weight * model.item_log_pop[i]
+                 + model.recency_weight * float(recent @ model.item_latent[i]))
+            assert p == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-9)
+        clicks[u] = before + [int(i) for i in items[log.click[idx] == 1]]
+    assert abs(log.click.mean() - prob.mean()) < 4 * math.sqrt(prob.mean() / len(prob))  # calibrated draws
+
+
+def _groups(user: np.ndarray, request: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """(user, request) -> indices of its exposures, in log order (the log is sorted by user, then request)."""
+    out: dict[tuple[int, int], list[int]] = {}
+    for k, key in enumerate(zip(user.tolist(), request.tolist(), strict=True)):
+        out.setdefault(key, []).append(k)
+    return {key: np.array(v) for key, v in out.items()}
+
+
+def test_multi_variant_truth_is_each_test_row_probability(tmp_path: Path) -> None:
+    variant = Variant("small-multi", "test", SMALL_MULTI, interests=3)
+    counts = make_variant(variant, tmp_path)
+    drawn = draw_variant(variant)
+    test = drawn.rows.collect("test")
+    truth = pl.read_parquet(tmp_path / variant.name / "truth.parquet")
+    assert truth.height == test.height == counts["test_rows"]
+    np.testing.assert_array_equal(truth["label"].to_numpy(), test["label"].to_numpy())
+    # Each row's oracle is the probability the simulator drew its click with (found by its own key, by hand).
+    prob = {(u, t, i): p for u, t, i, p in drawn.impressions.select("user", "timestamp", "item", "prob").iter_rows()}
+    expect = [prob[(u, t, i)] for u, t, i in test.select("user_id", "event_ts", "item_id").iter_rows()]
+    np.testing.assert_allclose(truth["oracle"].to_numpy(), expect)
+    assert 0.5 < counts["history_oracle_auc"] < counts["oracle_auc"]
+    with pytest.raises(ValueError, match="one to one"):
+        exposure_probs(drawn.impressions.head(10), test)
