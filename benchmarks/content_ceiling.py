@@ -94,8 +94,8 @@ def main(data: Path, only: tuple[str, ...]) -> None:
         folder = data / variant.name
         if (only and variant.name not in only) or not (folder / "truth.parquet").is_file():
             continue
-        if variant.interests:  # its oracles are not oracle_scores of one preference vector
-            click.echo(f"| {variant.name} | skipped: the multi-interest click model | | | | | |")
+        if variant.interests or variant.drift:  # its oracles are not oracle_scores of one preference vector
+            click.echo(f"| {variant.name} | skipped: a taste click model (variants.py) | | | | | |")
             continue
         for rec in ceiling(variant, folder):
             cells = " | ".join("-" if rec[k] is None else f"{rec[k]:.4f}"

@@ -23,7 +23,7 @@ default profile is params.yaml as it is.
 The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
 (recency weight and window), popularity, click rate, how informative the item embedding is, history length and
 split, and, in `multi`, the click model itself (several tastes per user, not make_synthetic's one; its history
-oracle is a plug-in, see multi_interest_history_oracle). Sizes follow the held-out sets: about 3,000 items and
+oracle is a plug-in, see taste_history_oracle). Sizes follow the held-out sets: about 3,000 items and
 110-120K train rows (one variant at about 1M).
 """
 
@@ -86,9 +86,15 @@ class Variant:
     split: str = "time"  # time (global cut) or leave_last (per user, by request)
     valid_frac: float = 0.1
     test_frac: float = 0.1
-    # > 0: not make_synthetic's click model but the multi-interest one (multi_interest_log): each user has 1 to
+    # > 0: not make_synthetic's click model but the multi-interest one (taste_log): each user has 1 to
     # this many separate tastes and likes an item as much as the closest of them.
     interests: int = 0
+    # > 0 (with interests 0): the drifting-taste click model, a random step of about this norm every request.
+    drift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.interests < 0 or self.drift < 0 or (self.interests and self.drift):
+            raise ValueError(f"variant {self.name}: interests and drift are >= 0 and at most one is set")
 
 
 BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
@@ -124,6 +130,11 @@ VARIANTS: tuple[Variant, ...] = (
             {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "preference_weight": 4.0, "recency_weight": 1.0, "click_bias": -3.5, "policy_preference_weight": 2.0,
              "seed": 109}, interests=3),
+    Variant("drift", "a click model that is not make_synthetic's: each user's taste takes a random step every "
+            "request, so older clicks tell less (made after the default was chosen)",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 4.0, "recency_weight": 0.5, "click_bias": -3.0, "policy_preference_weight": 1.5,
+             "seed": 110}, drift=0.6),
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
@@ -202,14 +213,16 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# A click model that is not make_synthetic's: several tastes per user
+# Click models that are not make_synthetic's: several tastes per user, or a taste that drifts
 #
-# make_synthetic's user is one preference vector p_u, so <p_u, v_i> is linear in the item latent and a mean of the
-# history's items estimates it. Here user u has 1..M unit interest vectors q_um (distinct topic centroids plus
-# noise) and likes item i as much as the closest: a(u, i) = max_m <q_um, v_i>. Policy and click are otherwise
-# make_synthetic's exposure model with a(u, i) in place of <p_u, v_i>:
-#     policy softmax_i(a_p * a(u, i) + a_pop * pop_i), Gumbel top-k of the items not clicked yet;
-#     P(click) = sigmoid(bias + alpha * a(u, i) + beta * pop_i + gamma * <mean v of the last w clicks, v_i>).
+# make_synthetic's user is one fixed preference vector p_u, so <p_u, v_i> is linear in the item latent and a mean of
+# the history's items estimates it. Here user u at request r has M unit taste vectors q_urm and likes item i as much
+# as the closest: a(u, r, i) = max_m <q_urm, v_i>. `interests` gives each user 1..M fixed tastes (distinct topic
+# centroids plus noise); `drift` gives one (M = 1) that takes a random step every request, so older clicks tell
+# less about today's taste. Policy and click are otherwise make_synthetic's exposure model with a(u, r, i) in place
+# of <p_u, v_i>:
+#     policy softmax_i(a_p * a(u, r, i) + a_pop * pop_i), Gumbel top-k of the items not clicked yet;
+#     P(click) = sigmoid(bias + alpha * a(u, r, i) + beta * pop_i + gamma * <mean v of the last w clicks, v_i>).
 
 
 def sample_interests(centroids: np.ndarray, n_users: int, max_interests: int, rng: np.random.Generator
@@ -228,12 +241,24 @@ def sample_interests(centroids: np.ndarray, n_users: int, max_interests: int, rn
     return out
 
 
+def drifting_tastes(pref: np.ndarray, n_rounds: int, step: float, rng: np.random.Generator) -> np.ndarray:
+    """(U+1, d) starting preferences -> (U+1, n_rounds, 1, d) float64 unit tastes: request 0's is the start, each
+    later one the last plus a Gaussian step of norm about `step`, renormalised; row 0 (no user) zeros."""
+    d = pref.shape[1]
+    walk = np.zeros((len(pref), n_rounds, d))
+    walk[:, 0] = pref
+    for r in range(1, n_rounds):
+        walk[1:, r] = unit_rows(walk[1:, r - 1] + rng.standard_normal((len(pref) - 1, d)) * (step / math.sqrt(d)),
+                                np.float64)
+    return walk[:, :, None, :]
+
+
 def taste(interests: np.ndarray, latent: np.ndarray) -> np.ndarray:
     """(B, M, d) interests, (N+1, d) item latents -> (B, N+1) float64 a(u, i) = max_m <q_um, v_i>."""
     return np.einsum("bmd,nd->bmn", interests, latent).max(axis=1)
 
 
-def multi_interest_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray
+def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray
                                ) -> np.ndarray:
     """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click)."""
     logits = (model.click_bias + model.preference_weight * affinity
@@ -242,11 +267,12 @@ def multi_interest_click_probs(model: PlantedModel, affinity: np.ndarray, recent
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def multi_interest_log(model: PlantedModel, interests: np.ndarray, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
-                       rng: np.random.Generator, block: int = 1024) -> tuple[ExposureLog, np.ndarray]:
-    """The multi-interest model's exposure log (section comment) for n_requests[u] requests of user u, in blocks
-    of `block` users per round, and the (X,) float64 P(click) of each of its exposures (the Bayes oracle), in the
-    log's order. `model` gives the items, weights and click bias; its user_pref is not used."""
+def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
+              rng: np.random.Generator, block: int = 1024) -> tuple[ExposureLog, np.ndarray]:
+    """The taste model's exposure log (section comment) for n_requests[u] requests of user u, with tastes
+    (U+1, R >= max requests, M, d) (request r of user u: tastes[u, r]), in blocks of `block` users per round, and
+    the (X,) float64 P(click) of each of its exposures (the Bayes oracle), in the log's order. `model` gives the
+    items, weights and click bias; its user_pref is not used."""
     n_items, k, w = model.n_items, cfg.slate_size, model.recency_window
     hist = np.zeros((len(n_requests), int(n_requests.max()) * k), dtype=np.int64)  # clicks in order, 0-padded
     n_done = np.zeros(len(n_requests), dtype=np.int64)
@@ -256,13 +282,13 @@ def multi_interest_log(model: PlantedModel, interests: np.ndarray, n_requests: n
     for r in range(int(n_requests.max())):
         active = np.flatnonzero(n_requests > r)
         for users in np.array_split(active, max(1, math.ceil(len(active) / block))):
-            aff = taste(interests[users], model.item_latent)  # (B, N+1)
+            aff = taste(tastes[users, r], model.item_latent)  # (B, N+1)
             keys = cfg.policy_preference_weight * aff + cfg.policy_popularity_weight * model.item_log_pop
             keys[clicked[users]] = -np.inf
             shown = np.argsort(-(keys + rng.gumbel(size=keys.shape)), axis=1)[:, :k]  # (B, K) in draw order
             offs = n_done[users, None] - w + np.arange(w)
             window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)  # (B, w)
-            prob = multi_interest_click_probs(model, np.take_along_axis(aff, shown, 1),
+            prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1),
                                               recent_latent(model, window), shown)
             click = rng.random(shown.shape) < prob
             # Each user's clicks go after their earlier ones, in slate order.
@@ -290,7 +316,7 @@ def exposure_probs(impressions: pl.DataFrame, rows: pl.DataFrame) -> np.ndarray:
     return found["prob"].to_numpy()
 
 
-def multi_interest_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.ndarray) -> np.ndarray:
+def taste_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.ndarray) -> np.ndarray:
     """(n, L) histories (0 = padding, latest last), (n,) target items -> (n,) float64 plug-in P(click): the click
     sigmoid with a(u, i) read as <unit mean latent of the history, v_i> (`history_preference`, as the other
     variants' history oracle) and the recency term from the history's last w items. One taste per topic of the
@@ -299,7 +325,7 @@ def multi_interest_history_oracle(model: PlantedModel, item_seq: np.ndarray, ite
     seq = np.asarray(item_seq, dtype=np.int64)
     affinity = np.einsum("nd,nd->n", history_preference(model, seq), model.item_latent[items])
     windows = seq[:, -model.recency_window:]  # left-padded histories end with their latest clicks
-    return multi_interest_click_probs(model, affinity[:, None], recent_latent(model, windows),
+    return taste_click_probs(model, affinity[:, None], recent_latent(model, windows),
                                       np.asarray(items, np.int64)[:, None])[:, 0]
 
 
@@ -308,7 +334,7 @@ class PlantedLog:
     """A variant's planted model and its exposure log, as make_variant writes them (module docstring).
 
     centroids: the topic centroids of the item views; new_items (N+1,) bool, the held-out items; impressions
-    (user, item Int32, timestamp, click; with the multi-interest model also prob, each exposure's P(click)) and
+    (user, item Int32, timestamp, click; with a taste model also prob, each exposure's P(click)) and
     pairs (its clicks); item_table (item_id, likes_level, views_level); rows, the labelled rows
     (build_exposure_rows); side, the side stream after the levels (tags, views next)."""
 
@@ -330,9 +356,14 @@ def draw_variant(variant: Variant) -> PlantedLog:
     model, centroids = sample_planted_model(cfg, rng["model"])
     n_requests = sample_click_counts(cfg, rng["model"])
     new_items = held_out_items(cfg, rng["new_items"])
+    rounds = int(n_requests.max())
     if variant.interests:
         interests = sample_interests(centroids, cfg.n_users, variant.interests, rng["model"])
-        log, prob = multi_interest_log(model, interests, n_requests, cfg, rng["clicks"])
+        fixed = np.broadcast_to(interests[:, None], (len(interests), rounds, *interests.shape[1:]))
+        log, prob = taste_log(model, fixed, n_requests, cfg, rng["clicks"])
+    elif variant.drift:
+        log, prob = taste_log(model, drifting_tastes(model.user_pref, rounds, variant.drift, rng["model"]),
+                              n_requests, cfg, rng["clicks"])
     else:
         log, prob = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items), None
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
@@ -370,9 +401,9 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
                             text_emb=text, image_emb=image)
     test = splits["test"]
     seq = test["item_seq"].list.to_array(MAX_LEN).to_numpy()
-    if variant.interests:  # the exposures' own P(click), and the plug-in from the history
+    if variant.interests or variant.drift:  # the exposures' own P(click), and the plug-in from the history
         truth = {"oracle": exposure_probs(drawn.impressions, test),
-                 "history_oracle": multi_interest_history_oracle(model, seq, test["item_id"].to_numpy())}
+                 "history_oracle": taste_history_oracle(model, seq, test["item_id"].to_numpy())}
     else:
         truth = {"oracle": oracle_scores(model, pairs, test, 0),
                  "history_oracle": oracle_scores(model, pairs, test, 0, pref=history_preference(model, seq))}

@@ -17,12 +17,13 @@ from benchmarks.variants import (
     PROFILES,
     Variant,
     draw_variant,
+    drifting_tastes,
     exposure_probs,
     make_variant,
-    multi_interest_log,
     params_for,
     sample_interests,
     taste,
+    taste_log,
 )
 from pipeline.core.config import MakeSyntheticConfig, TrainConfig, load_section
 from pipeline.core.items import unit_rows
@@ -63,15 +64,33 @@ def test_interests_are_unit_distinct_topics_with_spare_slots_copying_the_first()
     np.testing.assert_allclose(taste(q[1:4], latent), expect)
 
 
-def test_multi_interest_log_replays_from_its_own_probabilities() -> None:
+def test_drifting_tastes_walk_in_unit_steps_of_the_given_size() -> None:
+    rng = np.random.default_rng(1)
+    pref = np.vstack([np.zeros((1, 16)), unit_rows(rng.standard_normal((400, 16)), np.float64)])
+    walk = drifting_tastes(pref, 6, 0.5, rng)
+    assert walk.shape == (401, 6, 1, 16) and not walk[0].any()
+    np.testing.assert_array_equal(walk[:, 0, 0], pref)
+    np.testing.assert_allclose(np.linalg.norm(walk[1:, :, 0], axis=2), 1.0)
+    step = np.linalg.norm(np.diff(walk[1:, :, 0], axis=1), axis=2)
+    assert 0.35 < step.mean() < 0.55  # a step of norm ~0.5, then renormalised
+    # It wanders: the last taste is further from the start than one step.
+    assert (walk[1:, 5, 0] * pref[1:]).sum(axis=1).mean() < (walk[1:, 1, 0] * pref[1:]).sum(axis=1).mean()
+
+
+@pytest.mark.parametrize("kind", ["interests", "drift"])
+def test_taste_log_replays_from_its_own_probabilities(kind: str) -> None:
     """Every slate shows distinct items the user has not clicked before, and each exposure's P(click) is the
-    sigmoid recomputed one exposure at a time from the user's clicks of earlier requests (plain Python)."""
+    sigmoid recomputed one exposure at a time from that request's tastes and the user's clicks of earlier
+    requests (plain Python)."""
     cfg = MakeSyntheticConfig(**SMALL_MULTI)
     rng = np.random.default_rng(3)
     model, centroids = sample_planted_model(cfg, rng)
-    q = sample_interests(centroids, cfg.n_users, 3, rng)
     n_requests = np.concatenate([[0], rng.integers(1, 6, size=cfg.n_users)])
-    log, prob = multi_interest_log(model, q, n_requests, cfg, rng, block=64)
+    if kind == "interests":
+        q = np.repeat(sample_interests(centroids, cfg.n_users, 3, rng)[:, None], 5, axis=1)
+    else:
+        q = drifting_tastes(model.user_pref, 5, 0.6, rng)
+    log, prob = taste_log(model, q, n_requests, cfg, rng, block=64)
     assert len(log.item) == n_requests.sum() * cfg.slate_size
     clicks: dict[int, list[int]] = {}
     for (u, r), idx in _groups(log.user, log.request).items():
@@ -80,7 +99,7 @@ def test_multi_interest_log_replays_from_its_own_probabilities() -> None:
         assert len(set(items)) == len(items) and not set(items) & set(before) and 0 not in items
         recent = model.item_latent[before[-model.recency_window:]].mean(axis=0) if before else np.zeros(cfg.latent_dim)
         for i, p in zip(items, prob[idx], strict=True):
-            a = max(float(v @ model.item_latent[i]) for v in q[u])
+            a = max(float(v @ model.item_latent[i]) for v in q[u, r])
             z = (model.click_bias + model.preference_weight * a + model.popularity_weight * model.item_log_pop[i]
                  + model.recency_weight * float(recent @ model.item_latent[i]))
             assert p == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-9)
@@ -111,3 +130,5 @@ def test_multi_variant_truth_is_each_test_row_probability(tmp_path: Path) -> Non
     assert 0.5 < counts["history_oracle_auc"] < counts["oracle_auc"]
     with pytest.raises(ValueError, match="one to one"):
         exposure_probs(drawn.impressions.head(10), test)
+    with pytest.raises(ValueError, match="at most one is set"):
+        Variant("both", "test", SMALL_MULTI, interests=2, drift=0.5)
