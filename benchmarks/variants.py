@@ -22,9 +22,9 @@ default profile is params.yaml as it is.
 
 The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
 (recency weight and window), popularity, click rate, how informative the item embedding is, history length and
-split, and, in `multi`, the click model itself (several tastes per user, not make_synthetic's one; its history
-oracle is a plug-in, see taste_history_oracle). Sizes follow the held-out sets: about 3,000 items and
-110-120K train rows (one variant at about 1M).
+split, and, in `multi` and `drift`, the click model itself (several tastes per user, or one that drifts, not
+make_synthetic's one fixed taste; their history oracle is a plug-in, see taste_history_oracle). Sizes follow
+the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Variant:
     split: str = "time"  # time (global cut) or leave_last (per user, by request)
     valid_frac: float = 0.1
     test_frac: float = 0.1
-    # > 0: not make_synthetic's click model but the multi-interest one (taste_log): each user has 1 to
+    # > 0: not make_synthetic's click model but the taste model (taste_log): each user has 1 to
     # this many separate tastes and likes an item as much as the closest of them.
     interests: int = 0
     # > 0 (with interests 0): the drifting-taste click model, a random step of about this norm every request.
@@ -259,7 +259,7 @@ def taste(interests: np.ndarray, latent: np.ndarray) -> np.ndarray:
 
 
 def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray
-                               ) -> np.ndarray:
+                      ) -> np.ndarray:
     """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click)."""
     logits = (model.click_bias + model.preference_weight * affinity
               + model.popularity_weight * model.item_log_pop[items]
@@ -288,8 +288,7 @@ def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, c
             shown = np.argsort(-(keys + rng.gumbel(size=keys.shape)), axis=1)[:, :k]  # (B, K) in draw order
             offs = n_done[users, None] - w + np.arange(w)
             window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)  # (B, w)
-            prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1),
-                                              recent_latent(model, window), shown)
+            prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1), recent_latent(model, window), shown)
             click = rng.random(shown.shape) < prob
             # Each user's clicks go after their earlier ones, in slate order.
             slot = n_done[users, None] + np.cumsum(click, axis=1) - 1
@@ -326,7 +325,7 @@ def taste_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.nd
     affinity = np.einsum("nd,nd->n", history_preference(model, seq), model.item_latent[items])
     windows = seq[:, -model.recency_window:]  # left-padded histories end with their latest clicks
     return taste_click_probs(model, affinity[:, None], recent_latent(model, windows),
-                                      np.asarray(items, np.int64)[:, None])[:, 0]
+                             np.asarray(items, np.int64)[:, None])[:, 0]
 
 
 @dataclass(frozen=True)
