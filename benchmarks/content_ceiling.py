@@ -94,7 +94,7 @@ def main(data: Path, only: tuple[str, ...]) -> None:
         folder = data / variant.name
         if (only and variant.name not in only) or not (folder / "truth.parquet").is_file():
             continue
-        if variant.interests or variant.drift:  # its oracles are not oracle_scores of one preference vector
+        if variant.taste_model:  # its oracles are not oracle_scores of one preference vector
             click.echo(f"| {variant.name} | skipped: a taste click model (variants.py) | | | | | |")
             continue
         for rec in ceiling(variant, folder):

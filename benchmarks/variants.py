@@ -96,6 +96,11 @@ class Variant:
         if self.interests < 0 or self.drift < 0 or (self.interests and self.drift):
             raise ValueError(f"variant {self.name}: interests and drift are >= 0 and at most one is set")
 
+    @property
+    def taste_model(self) -> bool:
+        """Whether clicks come from taste_log (interests or drift), not make_synthetic's click model."""
+        return bool(self.interests or self.drift)
+
 
 BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
 VARIANTS: tuple[Variant, ...] = (
@@ -400,7 +405,7 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
                             text_emb=text, image_emb=image)
     test = splits["test"]
     seq = test["item_seq"].list.to_array(MAX_LEN).to_numpy()
-    if variant.interests or variant.drift:  # the exposures' own P(click), and the plug-in from the history
+    if variant.taste_model:  # the exposures' own P(click), and the plug-in from the history
         truth = {"oracle": exposure_probs(drawn.impressions, test),
                  "history_oracle": taste_history_oracle(model, seq, test["item_id"].to_numpy())}
     else:

@@ -132,3 +132,6 @@ def test_multi_variant_truth_is_each_test_row_probability(tmp_path: Path) -> Non
         exposure_probs(drawn.impressions.head(10), test)
     with pytest.raises(ValueError, match="at most one is set"):
         Variant("both", "test", SMALL_MULTI, interests=2, drift=0.5)
+    assert Variant("m", "test", SMALL_MULTI, interests=2).taste_model
+    assert Variant("d", "test", SMALL_MULTI, drift=0.5).taste_model
+    assert not Variant("s", "test", SMALL_MULTI).taste_model
