@@ -6,6 +6,12 @@
     python benchmarks/fuxictr_din.py --recipe challenge --sequences /tmp/variants/runs/stream-default/sequences \
         --item-info /tmp/variants/runs/stream-default/item_info.parquet --threads 2   # a variant, challenge recipe
 
+FuxiCTR's side on a GPU machine: export here, run the worker there (FuxiCTR's python, the export folder copied
+over), bring back its result.json and test_probs.npy, and score them here beside our DIN trained on the CPU:
+    python benchmarks/fuxictr_din.py --recipe challenge ... --work-dir /tmp/fx --fuxictr-gpu 0 --export-only
+    python benchmarks/fuxictr_din.py --fuxictr-worker /tmp/fx                      # there
+    python benchmarks/fuxictr_din.py --recipe challenge ... --work-dir /tmp/fx --fuxictr-result /tmp/fx_back
+
 FuxiCTR lives in its own virtual environment, outside the repository; this one reuses the project's torch:
     python3 -m venv /work/fuxictr-venv
     echo /work/main/.venv/lib/python3.11/site-packages \
@@ -171,11 +177,12 @@ def challenge_overrides() -> dict[str, Any]:
             "batch_size": CHALLENGE_TRAIN["batch_size"], "lr_decay": FUXICTR_LR_DECAY, "min_lr": FUXICTR_MIN_LR}
 
 
-def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int, recipe: str = "params") -> dict[str, Any]:
+def fuxictr_settings(cfg: TrainConfig, max_len: int, threads: int, recipe: str = "params",
+                     gpu: int = -1) -> dict[str, Any]:
     """What the worker needs: FuxiCTR DIN's constructor arguments matched to `cfg` (recipe "params") or the
-    challenge's (recipe "challenge"), and the loop's settings."""
+    challenge's (recipe "challenge"), and the loop's settings; `gpu` is FuxiCTR's device index (-1: CPU)."""
     activation = "Dice" if cfg.arch.dice else "ReLU"
-    din = {"model_id": "DIN", "gpu": -1, "task": "binary_classification", "embedding_dim": cfg.arch.embedding_dim,
+    din = {"model_id": "DIN", "gpu": gpu, "task": "binary_classification", "embedding_dim": cfg.arch.embedding_dim,
            "attention_hidden_units": list(cfg.arch.din_attention_units), "attention_hidden_activations": activation,
            "attention_output_activation": None, "attention_dropout": 0, "din_use_softmax": False,
            "dnn_hidden_units": list(cfg.arch.dnn_hidden_units), "dnn_activations": activation,
@@ -245,13 +252,29 @@ def run_fuxictr_worker(work_dir: Path) -> None:
     result = {"train_rows": train_gen.num_samples, "train_seconds": train_seconds(fit_start, model.valid_spans),
               "valid_seconds": [end - start for start, end in model.valid_spans], "valid_auc": model.valid_auc,
               "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "threads": torch.get_num_threads(), "version": fuxictr.__version__}
+              "threads": torch.get_num_threads(), "version": fuxictr.__version__, "device": str(model.device)}
     (work_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def read_fuxictr_result(result_dir: Path, test_rows: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The worker's `result.json` and test probabilities (float, [test_rows]) from `result_dir`; a missing file or a
+    row count that is not the test split's fails naming the file."""
+    files = (result_dir / "result.json", result_dir / "test_probs.npy")
+    for path in files:
+        if not path.is_file():
+            raise click.ClickException(f"{path}: missing (run the FuxiCTR worker on this export first)")
+    probs = np.load(files[1])
+    if probs.shape != (test_rows,):
+        raise click.ClickException(f"{files[1]}: {probs.shape[0]} probabilities for {test_rows} test rows "
+                                   "(a run on another export?)")
+    return json.loads(files[0].read_text()), probs
+
+
 def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
-            fuxictr_python: str, work_dir: Path) -> None:
-    """Export, run FuxiCTR's DIN in its venv, train ours, print the table (module docstring)."""
+            fuxictr_python: str, work_dir: Path, fuxictr_gpu: int = -1, export_only: bool = False,
+            fuxictr_result: Path | None = None) -> None:
+    """Export, run FuxiCTR's DIN in its venv (or read a run made elsewhere from `fuxictr_result`), train ours,
+    print the table (module docstring). `export_only` stops after the export and the worker's run.json."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
     from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict, load_section, params_dict
@@ -278,13 +301,16 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     splits = {s: load_split(str(sequences / f"{s}.parquet"), fmap) for s in SPLITS}
     test_labels = splits["test"].label.numpy()
     export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
-    settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe)
+    settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe, fuxictr_gpu)
     (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")
-
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    subprocess.run([fuxictr_python, __file__, "--fuxictr-worker", str(work_dir)], env=env, check=True)
-    fux = json.loads((work_dir / "result.json").read_text())
-    fux_probs = np.load(work_dir / "test_probs.npy")
+    if export_only:
+        print(f"exported to {work_dir}; run FuxiCTR there with: python {Path(__file__).name} --fuxictr-worker "
+              f"{work_dir}, then score with --fuxictr-result {work_dir}")
+        return
+    if fuxictr_result is None:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        subprocess.run([fuxictr_python, __file__, "--fuxictr-worker", str(work_dir)], env=env, check=True)
+    fux, fux_probs = read_fuxictr_result(fuxictr_result or work_dir, len(test_labels))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, fmap, tags, mm)
@@ -311,7 +337,8 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     arch = cfg.arch
     if recipe == "challenge":
         print(f"\nrecipe: the challenge's DIN; FuxiCTR {json.dumps(CHALLENGE_DIN)} {json.dumps(CHALLENGE_TRAIN)}")
-    print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, CPU, "
+    print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, ours on "
+          f"the CPU, FuxiCTR on {fux.get('device', 'cpu')}, "
           f"epochs <= {cfg.epochs} (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.learning_rate}, "
           f"embedding {arch.embedding_dim}, mm {'off' if not arch.use_mm_emb else arch.mm_dim or mm_dim}, attention "
           f"{list(arch.din_attention_units)}, DNN {list(arch.dnn_hidden_units)}, dropout {arch.net_dropout}")
@@ -354,20 +381,29 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
               help="python of the virtual environment holding fuxictr")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the export and FuxiCTR's checkpoint go (kept); default: a temporary folder")
+@click.option("--fuxictr-gpu", default=-1, show_default=True,
+              help="GPU index for FuxiCTR's worker (its run.json's gpu); -1: the CPU")
+@click.option("--export-only", is_flag=True,
+              help="write the export and run.json to --work-dir and stop (to run the worker on another machine)")
+@click.option("--fuxictr-result", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="a folder with a worker run's result.json and test_probs.npy: score it instead of running one")
 @click.option("--fuxictr-worker", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 def main(data: str, sequences: Path | None, item_info: Path | None, params_path: str, recipe: str,
-         epochs: int | None, threads: int, fuxictr_python: str, work_dir: Path | None,
-         fuxictr_worker: Path | None) -> None:
+         epochs: int | None, threads: int, fuxictr_python: str, work_dir: Path | None, fuxictr_gpu: int,
+         export_only: bool, fuxictr_result: Path | None, fuxictr_worker: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     if fuxictr_worker is not None:
         run_fuxictr_worker(fuxictr_worker)
         return
     paths = (sequences or Path(data) / "sequences", item_info or Path(data) / "features" / "item_info.parquet")
+    if export_only and work_dir is None:
+        raise click.UsageError("--export-only needs --work-dir (the export would go to a deleted temporary folder)")
+    options = (params_path, recipe, epochs, threads, fuxictr_python)
     if work_dir is not None:
-        compare(*paths, params_path, recipe, epochs, threads, fuxictr_python, work_dir)
+        compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result)
     else:
         with tempfile.TemporaryDirectory(prefix="fuxictr_din.") as tmp:
-            compare(*paths, params_path, recipe, epochs, threads, fuxictr_python, Path(tmp))
+            compare(*paths, *options, Path(tmp), fuxictr_gpu, export_only, fuxictr_result)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import click
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from click.testing import CliRunner
 
 from benchmarks.fuxictr_din import (
     CHALLENGE_DIN,
@@ -16,12 +19,16 @@ from benchmarks.fuxictr_din import (
     challenge_overrides,
     export_fuxictr,
     fuxictr_settings,
+    main,
+    read_fuxictr_result,
 )
 from model.factory import build_model
 from pipeline.core.config import TrainConfig, from_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError
 from pipeline.training.data import load_item_tables, load_split
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 MAX_LEN, N_ITEMS, N_TAGS, MM = 4, 6, 4, 3
 HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 1, 2, 3], [0, 0, 0, 2]],
@@ -149,3 +156,40 @@ def test_challenge_recipe_sets_both_sides_alike():
     # the params recipe keeps cfg's own settings on FuxiCTR's side
     plain = fuxictr_settings(din_cfg(embedding_dim=4), MAX_LEN, threads=1)["din"]
     assert plain["embedding_dim"] == 4 and plain["batch_norm"] is False and plain["embedding_regularizer"] is None
+
+
+@pytest.mark.parametrize("recipe", ["params", "challenge"])
+def test_gpu_index_reaches_fuxictr_under_either_recipe(recipe):
+    cfg = din_cfg(**challenge_overrides()) if recipe == "challenge" else din_cfg(embedding_dim=4)
+    assert fuxictr_settings(cfg, MAX_LEN, threads=1, recipe=recipe)["din"]["gpu"] == -1
+    assert fuxictr_settings(cfg, MAX_LEN, threads=1, recipe=recipe, gpu=0)["din"]["gpu"] == 0
+
+
+def test_a_run_made_elsewhere_is_read_back_or_refused_by_name(tmp_path):
+    """--fuxictr-result: the worker's two files, with exactly one probability per test row."""
+    with pytest.raises(click.ClickException, match="result.json: missing"):
+        read_fuxictr_result(tmp_path, 3)
+    (tmp_path / "result.json").write_text(json.dumps({"valid_auc": [0.7]}))
+    with pytest.raises(click.ClickException, match="test_probs.npy: missing"):
+        read_fuxictr_result(tmp_path, 3)
+    np.save(tmp_path / "test_probs.npy", np.array([0.1, 0.9]))
+    with pytest.raises(click.ClickException, match="test_probs.npy: 2 probabilities for 3 test rows"):
+        read_fuxictr_result(tmp_path, 3)
+    result, probs = read_fuxictr_result(tmp_path, 2)
+    assert result == {"valid_auc": [0.7]} and probs.tolist() == [0.1, 0.9]
+
+
+def test_export_only_writes_the_worker_inputs_and_trains_nothing(tmp_path):
+    """--export-only --fuxictr-gpu 0: the export and a run.json for a GPU worker elsewhere, no result, no training."""
+    write_inputs(tmp_path, HISTORIES)
+    feature_map().save(tmp_path / "feature_map.json")
+    out = tmp_path / "out"
+    args = ["--sequences", str(tmp_path), "--item-info", str(tmp_path / "item_info.parquet"), "--params", str(PARAMS),
+            "--recipe", "challenge", "--export-only"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "--export-only needs --work-dir" in refused.output
+    done = CliRunner().invoke(main, [*args, "--work-dir", str(out), "--fuxictr-gpu", "0"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((out / "run.json").read_text())["din"]["gpu"] == 0
+    assert {p.name for p in out.iterdir()} == {"run.json", "feature_map.json", "item_info.parquet",
+                                               "user_info.parquet", *(f"{s}.parquet" for s in SPLITS)}
