@@ -263,11 +263,14 @@ def read_fuxictr_result(result_dir: Path, test_rows: int) -> tuple[dict[str, Any
     for path in files:
         if not path.is_file():
             raise click.ClickException(f"{path}: missing (run the FuxiCTR worker on this export first)")
-    probs = np.load(files[1])
+    try:
+        result, probs = json.loads(files[0].read_text()), np.load(files[1])
+    except ValueError as err:  # json's decode error and np.load's "not a .npy file" are both ValueErrors
+        raise click.ClickException(f"{result_dir}: unreadable worker output ({err})") from err
     if probs.shape != (test_rows,):
-        raise click.ClickException(f"{files[1]}: {probs.shape[0]} probabilities for {test_rows} test rows "
+        raise click.ClickException(f"{files[1]}: probabilities of shape {probs.shape} for {test_rows} test rows "
                                    "(a run on another export?)")
-    return json.loads(files[0].read_text()), probs
+    return result, probs
 
 
 def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
@@ -398,6 +401,8 @@ def main(data: str, sequences: Path | None, item_info: Path | None, params_path:
     paths = (sequences or Path(data) / "sequences", item_info or Path(data) / "features" / "item_info.parquet")
     if export_only and work_dir is None:
         raise click.UsageError("--export-only needs --work-dir (the export would go to a deleted temporary folder)")
+    if export_only and fuxictr_result is not None:
+        raise click.UsageError("--export-only and --fuxictr-result exclude each other (export, or score a run)")
     options = (params_path, recipe, epochs, threads, fuxictr_python)
     if work_dir is not None:
         compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result)

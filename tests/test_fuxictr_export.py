@@ -172,8 +172,11 @@ def test_a_run_made_elsewhere_is_read_back_or_refused_by_name(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"valid_auc": [0.7]}))
     with pytest.raises(click.ClickException, match="test_probs.npy: missing"):
         read_fuxictr_result(tmp_path, 3)
+    (tmp_path / "test_probs.npy").write_text("not numpy")
+    with pytest.raises(click.ClickException, match="unreadable worker output"):
+        read_fuxictr_result(tmp_path, 3)
     np.save(tmp_path / "test_probs.npy", np.array([0.1, 0.9]))
-    with pytest.raises(click.ClickException, match="test_probs.npy: 2 probabilities for 3 test rows"):
+    with pytest.raises(click.ClickException, match=r"test_probs.npy: probabilities of shape \(2,\) for 3 test rows"):
         read_fuxictr_result(tmp_path, 3)
     result, probs = read_fuxictr_result(tmp_path, 2)
     assert result == {"valid_auc": [0.7]} and probs.tolist() == [0.1, 0.9]
@@ -188,6 +191,8 @@ def test_export_only_writes_the_worker_inputs_and_trains_nothing(tmp_path):
             "--recipe", "challenge", "--export-only"]
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "--export-only needs --work-dir" in refused.output
+    both = CliRunner().invoke(main, [*args, "--work-dir", str(out), "--fuxictr-result", str(tmp_path)])
+    assert both.exit_code == 2 and "exclude each other" in both.output and not out.exists()
     done = CliRunner().invoke(main, [*args, "--work-dir", str(out), "--fuxictr-gpu", "0"])
     assert done.exit_code == 0, done.output
     assert json.loads((out / "run.json").read_text())["din"]["gpu"] == 0
