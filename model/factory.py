@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import Tensor, nn
 
 from model.din import DIN
+from model.ensemble import SeedEnsemble
 from model.layers import CTRBase
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
@@ -20,5 +23,11 @@ def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, it
     (N+1, L) int64 semantic ids or None, item_exposure (N+1,) int64 train-exposure levels or None, row i = item
     i). Every model returns logits (B,) from the same batch dict, keeps `cfg` as `.cfg` and holds the tables as
     buffers `item_tags`, `item_mm` (and `item_codes`, `item_exposure` when cfg uses them). `cfg.model` is one of
-    MODELS (ModelConfig checks it)."""
+    MODELS (ModelConfig checks it). With cfg.ensemble > 1 it is a SeedEnsemble of that many such models (each
+    holding the tables), freshly initialised one after another: fit_ensemble trains members, load_checkpoint
+    fills one."""
+    if cfg.ensemble > 1:
+        member = replace(cfg, ensemble=1)
+        return SeedEnsemble(cfg, [build_model(member, feature_map, item_tags, item_mm, item_codes, item_exposure)
+                                  for _ in range(cfg.ensemble)])
     return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)

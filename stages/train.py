@@ -4,9 +4,13 @@ In:  --train, --valid   split parquets (pipeline/sequences/build.py contract)
      --item-info        item_info.parquet from fit_pca (row i = item i)
      --feature-map      feature_map.json from build_sequences
      --semantic-ids     semantic_ids.parquet from quantize (row i = item i), read when train.item_repr uses codes
-Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}
-     --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves)
-     `.<model name>.resume.pt` beside --model while it runs: the last finished epoch's state (train.resume)
+Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "feature_map": completed map}; with
+                 train.ensemble > 1 the state of a SeedEnsemble (members.<k>.*)
+     --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves; member 0's
+                 under an ensemble, whose valid_auc/valid_logloss are then the ensemble's and epochs_run/steps_run
+                 the members' sums)
+     `.<model name>.resume[.<k>].pt` beside --model while it runs: the last finished epoch's state of the model
+     (of each ensemble member k) (train.resume)
      `.<model name>.<split>-arrays.<rank>/` beside --model while it runs with train.data_loading: stream: the
      splits as memory-mapped .npy files (pipeline/training/stream.py), removed when the run ends
 Params: train.* (TrainConfig)
@@ -18,7 +22,6 @@ from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import click
-import torch
 from dvclive import Live
 
 from model.factory import build_model
@@ -34,7 +37,8 @@ from pipeline.training.data import (
     load_semantic_ids,
     load_split,
 )
-from pipeline.training.loop import fit
+from pipeline.training.loop import fit_ensemble
+from pipeline.training.predict import evaluate_split
 from pipeline.training.stream import streamed_split
 
 log = logging.getLogger("train")
@@ -64,22 +68,28 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
         exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
             if cfg.arch.exposure_levels else None
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, fmap, tags, mm, codes, exposure)
-        log.info("%d train / %d valid rows, %d parameters, device %s, rank %d of %d", len(train), len(valid),
-                 sum(p.numel() for p in model.parameters()), device, dist.rank, dist.world)
+        log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
+                 dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
-            history = fit(model, train, valid, cfg, device, live, dist, resume_path(model_path))
+            model, histories = fit_ensemble(lambda arch: build_model(arch, fmap, tags, mm, codes, exposure), train,
+                                            valid, cfg, device, live, dist, Path(model_path))
+            best = max(histories[0], key=lambda r: r["valid_auc"])
+            scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]} if len(histories) == 1 else \
+                evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)  # every rank scores
             if dist.is_main:
-                best = max(history, key=lambda r: r["valid_auc"])
-                live.summary = {"best_epoch": best["epoch"], "valid_auc": best["valid_auc"],
-                                "valid_logloss": best["valid_logloss"], "epochs_run": history[-1]["epoch"] + 1,
-                                "steps_run": history[-1]["step"]}
+                live.summary = {"best_epoch": best["epoch"], "valid_auc": scores["auc"],
+                                "valid_logloss": scores["logloss"],
+                                "epochs_run": sum(h[-1]["epoch"] + 1 for h in histories),
+                                "steps_run": sum(h[-1]["step"] for h in histories)}
+                if len(histories) > 1:
+                    log.info("seed ensemble of %d: valid AUC %.5f (members %s)", len(histories), scores["auc"],
+                             ", ".join(f"{max(r['valid_auc'] for r in h):.5f}" for h in histories))
         if dist.is_main:
             save_checkpoint(model_path, model, fmap)
-            resume_path(model_path).unlink(missing_ok=True)  # the run finished: nothing left to resume
-            log.info("wrote %s: the weights of pass %d (valid AUC %.4f), after %d steps", model_path,
-                     best["epoch"], best["valid_auc"], history[-1]["step"])
+            for k in range(cfg.arch.ensemble):  # the run finished: nothing left to resume
+                resume_path(model_path, k).unlink(missing_ok=True)
+            log.info("wrote %s: %d parameters, valid AUC %.4f, %d steps in all", model_path,
+                     sum(p.numel() for p in model.parameters()), scores["auc"], sum(h[-1]["step"] for h in histories))
 
 
 if __name__ == "__main__":

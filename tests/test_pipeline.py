@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
+from model.ensemble import SeedEnsemble
 from pipeline.cli.main import main as mmctr
 from pipeline.core.feature_map import FeatureMap
 from pipeline.sources.microlens import read_titles
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.data import load_split
+from pipeline.training.predict import evaluate_split
 from tests.conftest import STAGES, ran_stages, reproduced_copy, run, stage_env
 
 pytestmark = pytest.mark.slow
@@ -222,6 +227,25 @@ def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_th
     assert _artifact_bytes(project) == reference
     if stage == "train":
         assert not (target.parent / f".{target.name}.resume.pt").exists()
+
+
+def test_train_with_a_seed_ensemble_writes_the_ensemble_and_its_valid_auc(project, tmp_path):
+    """train.ensemble: 2 through the stage: a checkpoint of two members, the ensemble's own valid AUC in the
+    dvclive summary (not a member's), and no resume state left behind."""
+    params = tmp_path / "params.yaml"
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["train"]["ensemble"] = 2
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
+    model, live = tmp_path / "model.pt", tmp_path / "live"
+    cmd = stage_command(project, "train", params)
+    cmd[cmd.index("--model") + 1], cmd[cmd.index("--live-dir") + 1] = str(model), str(live)
+    run(cmd, project)
+    loaded, fmap = load_checkpoint(model, torch.device("cpu"))
+    assert isinstance(loaded, SeedEnsemble) and len(loaded.members) == 2
+    valid = load_split(project / "data/sequences/valid.parquet", fmap)
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["valid_auc"] == pytest.approx(evaluate_split(loaded, valid, 4096, torch.device("cpu"))["auc"])
+    assert not list(tmp_path.glob(".model.pt.resume*"))
 
 
 def test_a_failing_evaluate_leaves_no_submission_behind(project):

@@ -11,18 +11,22 @@ import numpy as np
 import pytest
 import torch
 
+from model.ensemble import SeedEnsemble
 from model.transformer_dcn import TransformerDCN
+from pipeline.core.config import ModelConfig, ParamsError
 from pipeline.core.io import DataError
 from pipeline.training import loop
 from pipeline.training.checkpoint import (
     load_checkpoint,
     resume_fingerprint,
+    resume_path,
     save_checkpoint,
 )
 from pipeline.training.data import make_batch, trim_history
 from pipeline.training.loop import (
     batch_loss,
     fit,
+    fit_ensemble,
     lr_at,
     make_optimizer,
     optimizer_step,
@@ -346,3 +350,66 @@ def test_a_checkpoint_config_is_validated_like_params(tmp_path, field, value, ke
     torch.save(ckpt, path)
     with pytest.raises(DataError, match=rf"model\.pt: not a valid mmctr checkpoint \({re.escape(key)}: "):
         load_checkpoint(path, CPU)
+
+
+def build_small(arch: ModelConfig) -> TransformerDCN:
+    """fit_ensemble's builder: one member over the toy tables (it seeds torch before each call)."""
+    return TransformerDCN(arch, feature_map(), *item_tables())
+
+
+def test_a_seed_ensemble_is_its_members_trained_apart_with_seed_plus_k():
+    """Member 0 is exactly the single model (ensemble 1 returns that model itself), member k the single run at
+    seed + k, and the ensemble scores the mean of its members' logits."""
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    single, [single_history] = fit_ensemble(build_small, train, valid, train_cfg(epochs=2), CPU)
+    assert isinstance(single, TransformerDCN)
+    shifted, [shifted_history] = fit_ensemble(build_small, train, valid, train_cfg(epochs=2, seed=2), CPU)
+    ensemble, histories = fit_ensemble(build_small, train, valid, train_cfg(epochs=2, ensemble=2), CPU)
+    assert isinstance(ensemble, SeedEnsemble) and ensemble.cfg.ensemble == 2
+    assert histories == [single_history, shifted_history] and single_history != shifted_history
+    for member, alone in zip(ensemble.members, (single, shifted)):
+        assert member.cfg.ensemble == 1
+        for k, v in alone.state_dict().items():
+            torch.testing.assert_close(member.state_dict()[k], v, rtol=0, atol=0)
+    split = toy_split(60, seed=5)
+    members = [predict_logits(m, split, 16, CPU) for m in (single, shifted)]
+    np.testing.assert_allclose(predict_logits(ensemble, split, 16, CPU), (members[0] + members[1]) / 2, rtol=1e-6)
+
+
+def test_a_seed_ensemble_checkpoint_round_trips(tmp_path):
+    """The checkpoint records ensemble: 2 and every member's weights; load_checkpoint rebuilds the same scores."""
+    torch.manual_seed(0)
+    ensemble = SeedEnsemble(dataclasses.replace(SMALL, ensemble=2), [build_small(SMALL), build_small(SMALL)])
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, ensemble, feature_map())
+    assert torch.load(path, weights_only=True)["config"]["ensemble"] == 2
+    loaded, _ = load_checkpoint(path, CPU)
+    assert isinstance(loaded, SeedEnsemble) and len(loaded.members) == 2
+    split = toy_split(40, seed=5)
+    np.testing.assert_array_equal(predict_logits(loaded, split, 16, CPU), predict_logits(ensemble, split, 16, CPU))
+
+
+def test_each_ensemble_member_resumes_from_its_own_state(tmp_path):
+    """Member k keeps its state in resume_path(model, k); a rerun with train.resume finds both members finished
+    and restores their best weights without a step, to the same scores."""
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    model_path = tmp_path / "model.pt"
+    cfg = train_cfg(epochs=2, ensemble=2, resume=True)
+    first, histories = fit_ensemble(build_small, train, valid, cfg, CPU, model_path=model_path)
+    assert [p.name for p in (resume_path(model_path, 0), resume_path(model_path, 1))] == [
+        ".model.pt.resume.pt", ".model.pt.resume.1.pt"]
+    assert all(resume_path(model_path, k).is_file() for k in range(2))
+    steps = []
+    original = loop.optimizer_step
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "optimizer_step", lambda *a, **kw: steps.append(1) or original(*a, **kw))
+        again, histories_again = fit_ensemble(build_small, train, valid, cfg, CPU, model_path=model_path)
+    split = toy_split(40, seed=5)
+    assert histories_again == histories and not steps
+    np.testing.assert_array_equal(predict_logits(again, split, 16, CPU), predict_logits(first, split, 16, CPU))
+
+
+@pytest.mark.parametrize("value", [0, 17])
+def test_an_ensemble_size_out_of_range_names_the_key(value):
+    with pytest.raises(ParamsError, match=rf"train\.ensemble: must be in \[1, 16\], got {value}"):
+        train_cfg(ensemble=value)

@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 
 INT64_LIMIT = 1 << 63
+MAX_ENSEMBLE = 16  # members of a seed ensemble: each is a whole training run, so more is a typo, not a plan
 MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: beyond it, a typo, not a model
 MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long before this
 MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
@@ -433,7 +434,7 @@ ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/fa
 # benchmarks/fuxictr_din.py) sets all of them, so it is the published model whatever params.yaml's defaults add
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "cross_rank": 0,
-                                  "exposure_levels": 0, "item_bias": False, "item_repr": "id"}
+                                  "exposure_levels": 0, "item_bias": False, "item_repr": "id", "ensemble": 1}
 
 
 @dataclass(frozen=True)
@@ -480,6 +481,9 @@ class ModelConfig:
     net_dropout: float = 0.1
     din_attention_units: tuple[int, ...] = (64,)  # din: hidden units of the target-attention MLP
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
+    # > 1: a seed ensemble, this many copies of the model trained one after another, each alone (seed, seed + 1,
+    # ...; each early-stopped on its own valid AUC), their logits averaged (model/ensemble.py); 1 = one model
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.
@@ -505,6 +509,8 @@ class ModelConfig:
             require(getattr(self, name) <= 64, f"{s}.{name}", f"must be <= 64, got {getattr(self, name)}")
         require(self.cross_layers >= 0, f"{s}.cross_layers", "must be >= 0")
         require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
+        require(1 <= self.ensemble <= MAX_ENSEMBLE, f"{s}.ensemble",
+                f"must be in [1, {MAX_ENSEMBLE}], got {self.ensemble}")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
         require(0 <= self.exposure_levels <= 1000, f"{s}.exposure_levels",
                 f"must be in [0, 1000], got {self.exposure_levels}")

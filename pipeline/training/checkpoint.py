@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "eval_batch_size", "data_loading")
 
 
-def resume_path(model_path: str | Path) -> Path:
+def resume_path(model_path: str | Path, member: int = 0) -> Path:
     """Where `fit` keeps the state of the last finished pass: `.<model name>.resume.pt` beside the checkpoint
-    (outside what DVC caches, so it survives a failed or killed run)."""
+    (outside what DVC caches, so it survives a failed or killed run); a seed ensemble's member k > 0 uses
+    `.<model name>.resume.<k>.pt`, so member 0 and a single model share one state."""
     model_path = Path(model_path)
-    return model_path.parent / f".{model_path.name}.resume.pt"
+    return model_path.parent / f".{model_path.name}.resume{f'.{member}' if member else ''}.pt"
 
 
 def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensors) -> str:
@@ -104,7 +105,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 
 # ModelConfig switches added after checkpoints were first written, at the value that builds the model such a
 # checkpoint holds (ModelConfig's default, taken for a missing key, may differ).
-SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0}
+SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, feature_map: FeatureMap) -> None:
@@ -124,8 +125,11 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
                     **{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}}
         fmap = FeatureMap.from_dict(ckpt["feature_map"], where=str(path))
         state = ckpt["model"]
-        model = build_model(ModelConfig(**cfg_dict), fmap, state["item_tags"], state["item_mm"],
-                            state.get("item_codes"), state.get("item_exposure"))
+        cfg = ModelConfig(**cfg_dict)
+        # the tables to build with (load_state_dict then sets every member's): a seed ensemble's are its members'
+        prefix = "members.0." if cfg.ensemble > 1 else ""
+        model = build_model(cfg, fmap, state[f"{prefix}item_tags"], state[f"{prefix}item_mm"],
+                            state.get(f"{prefix}item_codes"), state.get(f"{prefix}item_exposure"))
         model.load_state_dict(state)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None

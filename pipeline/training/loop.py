@@ -10,7 +10,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from model.ensemble import SeedEnsemble
 from model.layers import CTRBase
-from pipeline.core.config import TrainConfig
+from pipeline.core.config import ModelConfig, TrainConfig
 from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.io import DataError
 from pipeline.training.average import WeightAverage
-from pipeline.training.checkpoint import FitState, resume_fingerprint
+from pipeline.training.checkpoint import FitState, resume_fingerprint, resume_path
 from pipeline.training.data import RELEASE_BATCHES, SplitTensors, make_batch
 from pipeline.training.predict import evaluate_split
 
@@ -348,3 +350,26 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
         raise DataError("train: no validation gave a valid AUC to keep (is the valid split all one label?)")
     model.load_state_dict(state.best_state)
     return state.history
+
+
+def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, valid: SplitTensors,
+                 cfg: TrainConfig, device: torch.device, live: Any = None, dist: Dist = SINGLE,
+                 model_path: Path | None = None) -> tuple[nn.Module, list[list[dict[str, float]]]]:
+    """Train `cfg.arch.ensemble` models one after another and return (the model, each member's `fit` records).
+
+    Member k is `build(cfg.arch with ensemble 1)` made right after torch.manual_seed(seed_k) and trained by `fit`
+    with seed_k = cfg.seed + k, on its own: its own pass order, dropout draws, early stop and best weights, and its
+    own resume state (resume_path(model_path, k); none without model_path). Member 0 is therefore exactly the
+    model that ensemble 1 trains, and ensemble 1 returns that model itself; otherwise a SeedEnsemble of the
+    members (model/ensemble.py). Only member 0 logs to `live`: a dvclive curve cannot start over."""
+    members, histories = [], []
+    for k in range(cfg.arch.ensemble):
+        member_cfg = cfg if k == 0 else replace(cfg, seed=cfg.seed + k)
+        if cfg.arch.ensemble > 1 and dist.is_main:
+            log.info("seed ensemble: member %d of %d, seed %d", k + 1, cfg.arch.ensemble, member_cfg.seed)
+        torch.manual_seed(member_cfg.seed)
+        member = build(replace(cfg.arch, ensemble=1))
+        histories.append(fit(member, train, valid, member_cfg, device, live if k == 0 else None, dist,
+                             None if model_path is None else resume_path(model_path, k)))
+        members.append(member)
+    return (members[0] if len(members) == 1 else SeedEnsemble(cfg.arch, members)), histories
