@@ -192,7 +192,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
         if cfg.arch.exposure_levels else None
     # one model's steps: a seed ensemble (train.ensemble) repeats them per member, at the same speed
-    initial = build_model(dataclasses.replace(cfg.arch, ensemble=1), fmap, tags, mm, None, exposure).to(device)
+    initial = build_model(cfg.arch.member, fmap, tags, mm, None, exposure).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "

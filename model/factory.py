@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from torch import Tensor, nn
 
 from model.din import DIN
@@ -27,7 +25,6 @@ def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, it
     holding the tables), freshly initialised one after another: fit_ensemble trains members, load_checkpoint
     fills one."""
     if cfg.ensemble > 1:
-        member = replace(cfg, ensemble=1)
-        return SeedEnsemble(cfg, [build_model(member, feature_map, item_tags, item_mm, item_codes, item_exposure)
+        return SeedEnsemble(cfg, [build_model(cfg.member, feature_map, item_tags, item_mm, item_codes, item_exposure)
                                   for _ in range(cfg.ensemble)])
     return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)

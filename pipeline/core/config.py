@@ -485,6 +485,11 @@ class ModelConfig:
     # ...; each early-stopped on its own valid AUC), their logits averaged (model/ensemble.py); 1 = one model
     ensemble: int = 1
 
+    @property
+    def member(self) -> ModelConfig:
+        """The config of one model of the ensemble (of the model itself when ensemble is 1)."""
+        return dataclasses.replace(self, ensemble=1)
+
     def __post_init__(self) -> None:
         """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.
         Errors name the train params key the field comes from."""

@@ -368,7 +368,7 @@ def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, v
         if cfg.arch.ensemble > 1 and dist.is_main:
             log.info("seed ensemble: member %d of %d, seed %d", k + 1, cfg.arch.ensemble, member_cfg.seed)
         torch.manual_seed(member_cfg.seed)
-        member = build(replace(cfg.arch, ensemble=1))
+        member = build(cfg.arch.member)
         histories.append(fit(member, train, valid, member_cfg, device, live if k == 0 else None, dist,
                              None if model_path is None else resume_path(model_path, k)))
         members.append(member)
