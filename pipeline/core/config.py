@@ -483,7 +483,7 @@ class ModelConfig:
     dice: bool = False  # din: Dice activations (DIN paper) instead of ReLU in the attention and deep MLPs
     # > 1: a seed ensemble, this many copies of the model trained one after another, each alone (seed, seed + 1,
     # ...; each early-stopped on its own valid AUC), their logits averaged (model/ensemble.py); 1 = one model
-    ensemble: int = 1
+    ensemble: int = 2
 
     @property
     def member(self) -> ModelConfig:
