@@ -29,6 +29,7 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
     assert len(cmds) == 18 and len(set(names)) == 18
     for cmd in cmds:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["train"]["ensemble"] = 3  # no row's value: every row must set its own
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
         for s in sets:
             key, value = s.split("=", 1)
@@ -43,6 +44,7 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         mmctr = name.startswith("cmp-mmctr-")
         assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == mmctr
         assert (cfg.arch.recent_interest, cfg.arch.exposure_levels) == ((3, 20) if mmctr else (0, 0))
+        assert cfg.arch.ensemble == (2 if mmctr else 1)
         assert cfg.arch.item_repr == {"sem": "semantic", "idsem": "id+semantic"}.get(name.split("-")[2], "id")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]

@@ -21,10 +21,11 @@ from pipeline.core.config import PLAIN_SWITCHES
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
 # Transformer + DCNv2 rows are the winner's (PLAIN_SWITCHES: full-rank cross, no mean or recent interest, no
-# exposure levels), and the mmctr default rows add this project's four additions at params.yaml's default values.
+# exposure levels, one model), and the mmctr default rows add this project's additions at params.yaml's default
+# values, its seed ensemble of two included.
 _PLAIN = {f"train.{k}": v for k, v in PLAIN_SWITCHES.items()}
 _MMCTR = {**_PLAIN, "train.mean_interest": True, "train.recent_interest": 3, "train.cross_rank": 8,
-          "train.exposure_levels": 20}
+          "train.exposure_levels": 20, "train.ensemble": 2}
 
 
 def _row(model: str, dice: bool, transformer: bool, dcn: bool, switches: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +40,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("w/o Transformer", "tdcn-no-transformer", _row("transformer_dcn", False, False, True, _PLAIN)),
     ("w/o DCNv2", "tdcn-no-dcn", _row("transformer_dcn", False, True, False, _PLAIN)),
     ("Mean-pool MLP", "meanpool", _row("meanpool", False, True, True, _PLAIN)),
-    ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels)", "mmctr",
+    ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels, a seed ensemble of two)", "mmctr",
      _row("transformer_dcn", False, True, True, _MMCTR)),
     ("mmctr default, semantic ids", "mmctr-sem",
      _row("transformer_dcn", False, True, True, {**_MMCTR, "train.item_repr": "semantic"})),
