@@ -23,7 +23,7 @@ from benchmarks.fuxictr_din import (
     read_fuxictr_result,
 )
 from model.factory import build_model
-from pipeline.core.config import TrainConfig, from_dict
+from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError
 from pipeline.training.data import load_item_tables, load_split
@@ -36,9 +36,8 @@ HISTORIES = {"train": [[0, 0, 3, 1], [2, 5, 4, 1], [0, 0, 0, 6]], "valid": [[0, 
 
 
 def din_cfg(**kw) -> TrainConfig:
-    """A DIN train section (the default's additions off: its transformer_dcn-only parts and the exposure levels)."""
-    return from_dict(TrainConfig, dict(model="din", mean_interest=False, recent_interest=0, cross_rank=0,
-                                       exposure_levels=0, **kw), "train")
+    """A DIN train section, one model with every addition of the default off (PLAIN_SWITCHES)."""
+    return from_dict(TrainConfig, {"model": "din", **PLAIN_SWITCHES, **kw}, "train")
 
 
 def feature_map() -> FeatureMap:
