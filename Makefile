@@ -6,6 +6,9 @@ EXTRAS ?= cpu,dev
 comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# The recipes take these from the environment ("$$BIN"), so no shell ever parses a path: a checkout under a folder
+# whose name has spaces, quotes or a $ builds like any other.
+export VENV PYTHON EXTRAS BIN STAMP
 
 # No model hub is needed by the default params; set HF_HUB_OFFLINE=0 to download hub checkpoints.
 export HF_HUB_OFFLINE ?= 1
@@ -16,13 +19,13 @@ export PATH := $(BIN):$(PATH)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
-	touch $@
+	test -x "$$BIN/python" || "$$PYTHON" -m venv "$$VENV"
+	"$$BIN/python" -m pip install --quiet --upgrade pip
+	"$$BIN/python" -m pip install --quiet -e ".[$$EXTRAS]"
+	touch "$$STAMP"
 
 repro: install
-	$(BIN)/dvc repro
+	"$$BIN/dvc" repro
 
 # The plots page test drives a headless Chromium: Debian's packages, installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -34,4 +37,4 @@ browser:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; }; }
 
 test: install browser
-	$(BIN)/python -m pytest -q
+	"$$BIN/python" -m pytest -q
