@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch "$$STAMP"
 
 repro: install
-	"$$BIN/dvc" repro
+	"$$BIN/python" -m dvc repro
 
 # The plots page test drives a headless Chromium: Debian's packages, installed when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
