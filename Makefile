@@ -6,8 +6,9 @@ EXTRAS ?= cpu,dev
 comma := ,
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-# The recipes take these from the environment ("$$BIN"), so no shell ever parses a path: a checkout under a folder
-# whose name has spaces, quotes or a $ builds like any other.
+# The recipes take these from the environment ("$$BIN"), so no shell ever parses a path: the name of a checkout's
+# folder, spaces, quotes or $ in it, reaches every command intact (tests/test_makefile.py). DVC runs as
+# `python -m dvc`, not through pip's launcher script, whose exec line breaks on a " or $ in the path.
 export VENV PYTHON EXTRAS BIN STAMP
 
 # No model hub is needed by the default params; set HF_HUB_OFFLINE=0 to download hub checkpoints.

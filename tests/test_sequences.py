@@ -4,6 +4,7 @@ methods, both negative samplers and exclusion modes, the chunked/streamed row pa
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
@@ -329,6 +330,33 @@ def test_ordered_map_keeps_order_and_stops_early(threads: int) -> None:
     assert [next(it) for _ in range(5)] == list(range(5))
     it.close()
     assert len(started) <= 5 + 2 * threads  # at most 2 * threads results were pending
+
+
+def test_ordered_map_closed_on_one_of_its_own_threads_does_not_join_that_thread() -> None:
+    """Garbage collection can close an abandoned ordered_map on any thread, one of its pool's included (polars
+    drops a lazy source it has read enough of): closing must then not wait for its own thread ("cannot join current
+    thread")."""
+    import threading
+
+    it: Iterator[int] | None = None
+    first_taken, closed = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def close_from_a_worker(x: int) -> int:
+        if x == 3:  # submitted before the first result is yielded, so it runs on a pool thread while it is paused
+            first_taken.wait(60)
+            try:
+                it.close()
+            except BaseException as e:  # noqa: BLE001 - recorded for the assertion below
+                errors.append(e)
+            closed.set()
+        return x
+
+    it = ordered_map(close_from_a_worker, range(8), 2)
+    assert next(it) == 0
+    first_taken.set()
+    assert closed.wait(60)
+    assert errors == []
 
 
 def _chi2(counts: np.ndarray, expected: np.ndarray) -> float:

@@ -333,17 +333,18 @@ def ordered_map(fn: Callable[[T], U], items: Iterable[T], threads: int) -> Itera
         yield from map(fn, items)
         return
     pending: deque[Future[U]] = deque()
-    with ThreadPoolExecutor(threads) as pool:
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= 2 * threads:
-                    yield pending.popleft().result()
-            while pending:
+    pool = ThreadPoolExecutor(threads)
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * threads:
                 yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        # Not `with pool` (shutdown(wait=True)): garbage collection may close an abandoned iterator on one of the
+        # pool's own threads, which cannot join itself. A task already running finishes on its own.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RowSource:
