@@ -116,6 +116,15 @@ def masked_mean(emb: Tensor, ids: Tensor) -> Tensor:
     return (emb * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)  # (..., E)
 
 
+def target_attention(query: Tensor, keys: Tensor, pad: Tensor) -> Tensor:
+    """query (B, I), keys (B, L, I), pad (B, L) bool -> (B, I): sum_i a_i keys_i with a = softmax over the real
+    positions of query . keys_i / sqrt(I); all-padding rows give zeros."""
+    scores = torch.einsum("bi,bli->bl", query, keys) / keys.shape[-1] ** 0.5  # (B, L)
+    # The dtype's lowest value, not -inf: an all-padding row would be NaN (and its gradient too); zeroed instead.
+    weights = torch.softmax(scores.masked_fill(pad, torch.finfo(scores.dtype).min), dim=1) * ~pad  # (B, L)
+    return torch.einsum("bl,bli->bi", weights, keys)
+
+
 def mm_prior(mm: Tensor, dim: int) -> Tensor:
     """(N, M) float frozen item embeddings -> (N, dim) float32: the rows, centred, projected on their top `dim`
     principal directions (zero columns past min(N, M)), each direction's sign fixed so its largest-magnitude

@@ -15,7 +15,10 @@ and a product of target and history features is what a click model of "user tast
 MLP can only approximate and the cross network must learn from data. `recent_interest: r` (also ours) adds the
 same product for each of the r most recent items, t * h_i: where the last clicks say what the user wants now
 (a session), the score is a bilinear form of the target and those items, which a low-rank cross network can
-express only in part.
+express only in part. `target_interest` (also ours) adds the history pooled by attention to the target,
+v = sum_i softmax_i((W t) . h_i / sqrt(I)) h_i over the real positions (model.layers.target_attention, DIN's idea
+with a bilinear score), and t * v: a user with several tastes is as interested in an item as in the closest of
+them, which a mean over the whole history blurs and the k most recent items may not hold.
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -29,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.layers import MLP, CrossNetV2, CTRBase, masked_mean, mlp_head
+from model.layers import MLP, CrossNetV2, CTRBase, masked_mean, mlp_head, target_attention
 from pipeline.core.config import ModelConfig
 from pipeline.core.feature_map import FeatureMap
 
@@ -49,7 +52,8 @@ class TransformerDCN(CTRBase):
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None
         seq_out = (cfg.first_k + int(cfg.concat_max_pool)) * d_model
         dcn_in = (self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
-                  + cfg.recent_interest * self.item_dim)
+                  + cfg.recent_interest * self.item_dim + 2 * self.item_dim * int(cfg.target_interest))
+        self.interest_query = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.target_interest else None
         self.cross = CrossNetV2(dcn_in, cfg.cross_layers, cfg.cross_rank) if cfg.use_dcn else None
         self.dnn = MLP(dcn_in, cfg.dnn_hidden_units, cfg.net_dropout)
         self.head = mlp_head(dcn_in * int(cfg.use_dcn) + self.dnn.out_dim, cfg.mlp_hidden_units, 0.0)
@@ -89,6 +93,9 @@ class TransformerDCN(CTRBase):
             parts += [interest, target * interest]
         if self.cfg.recent_interest:  # (B, r * I): target * each of the r most recent items, 0 at padding
             parts.append((target.unsqueeze(1) * history[:, -self.cfg.recent_interest:]).flatten(1))
+        if self.interest_query is not None:
+            pooled = target_attention(self.interest_query(target), history, seq == 0)  # (B, I)
+            parts += [pooled, target * pooled]
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

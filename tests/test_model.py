@@ -12,7 +12,7 @@ import torch
 
 from model.din import DIN
 from model.factory import MODELS, build_model
-from model.layers import CrossNetV2, Dice, Dropout, masked_mean
+from model.layers import CrossNetV2, Dice, Dropout, masked_mean, target_attention
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
@@ -463,6 +463,44 @@ def test_recent_interest_appends_t_times_each_recent_item_to_the_dcn_input():
         dataclasses.replace(SMALL, model="din", mean_interest=False, recent_interest=1)
 
 
+def test_target_attention_is_a_softmax_weighted_sum_over_real_positions():
+    """target_attention against a per-row loop: weights softmax(q . k_i / sqrt(I)) over the unpadded positions
+    only; an all-padding row gives zeros, with finite gradients."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, generator=g, requires_grad=True)
+    k = torch.randn(3, 5, 4, generator=g, requires_grad=True)
+    pad = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0]], dtype=torch.bool)
+    out = target_attention(q, k, pad)
+    with torch.no_grad():
+        for row in range(3):
+            real = [i for i in range(5) if not pad[row, i]]
+            if not real:
+                assert not out[row].any()
+                continue
+            w = torch.softmax(torch.stack([q[row] @ k[row, i] / 2.0 for i in real]), 0)
+            torch.testing.assert_close(out[row], sum(w[j] * k[row, i] for j, i in enumerate(real)))
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all() and not k.grad[1].any()
+
+
+def test_target_interest_appends_the_attended_history_and_its_product_with_the_target():
+    """With target_interest the DCN input ends with [v || t * v], v = target_attention(W t, h, pad) (zeros for an
+    empty history); the columns before are the model without it; other models reject the switch."""
+    seq = random_histories(5, 9)
+    seq[1] = 0
+    model, b, x0, plain_x0 = dcn_inputs(dataclasses.replace(SMALL, target_interest=True), seq)
+    with torch.no_grad():
+        t = model.embed_items(b["item_id"])
+        v = target_attention(model.interest_query(t), model.embed_items(seq), seq == 0)
+    i = model.item_dim
+    assert x0.shape[1] == plain_x0.shape[1] + 2 * i and not v[1].any() and v[0].abs().sum() > 0
+    torch.testing.assert_close(x0[:, -2 * i:-i], v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0[:, -i:], t * v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x0[:, :-2 * i], plain_x0)
+    with pytest.raises(ParamsError, match="train.target_interest"):
+        dataclasses.replace(SMALL, model="meanpool", target_interest=True)
+
+
 def test_dropout_is_nn_dropouts_function():
     """model.layers.Dropout: in training ~p of the entries zeroed, survivors (and their gradients) scaled by
     1 / (1 - p); in eval or at p = 0 the input itself, with no random draw."""
@@ -640,17 +678,17 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
         build_model(cfg, feature_map(), tags, mm, None, torch.ones(3, dtype=torch.long))
 
 
-def test_a_checkpoint_written_before_the_exposure_and_bias_switches_loads_as_it_was(tmp_path):
-    """A checkpoint whose config lacks exposure_levels and item_bias (written before they existed) rebuilds the
-    model it holds, with both off, whatever ModelConfig's defaults are now."""
+def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
+    """A checkpoint whose config lacks exposure_levels, item_bias and target_interest (written before they existed)
+    rebuilds the model it holds, with each off, whatever ModelConfig's defaults are now."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
-    for key in ("exposure_levels", "item_bias"):
+    for key in ("exposure_levels", "item_bias", "target_interest"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
-    assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias
+    assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))
