@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from pipeline.cli.tune import (
     best_trial,
     ranked,
     results_table,
+    run_dvc,
     sample_trials,
     session_number,
     set_value,
@@ -272,6 +275,26 @@ def test_dvc_errors_that_list_their_targets_keep_them_on_the_line() -> None:
     assert _error_line(output) == ("ERROR: Checkout failed for following targets: data/raw "
                                    "data/eval/predictions.parquet Is your cache up to date?")
     assert _error_line("WARNING: x\nERROR: failed to reproduce 'train'\n") == "ERROR: failed to reproduce 'train'"
+
+
+def test_dvc_runs_as_this_pythons_module_without_a_launcher_on_the_path(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_dvc starts DVC as `python -m dvc` (pip's launcher breaks on a " or $ in its environment's path): with
+    no `dvc` on PATH it still runs, and its failures still name the command as the user would type it."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", run_dvc(["dvc", "--version"]).strip())
+    with pytest.raises(TuneError, match=r"^`dvc exp list` failed: ERROR: you are not inside of a DVC repository"):
+        run_dvc(["dvc", "exp", "list", "--name-only"])
+    with pytest.raises(TuneError, match="no-such-tool: command not found"):
+        run_dvc(["no-such-tool", "x"])
+
+
+def test_mmctr_runs_as_a_module_without_its_launcher() -> None:
+    """`python -m pipeline.cli.main` is the mmctr command, for where pip's launcher cannot start."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.main", "tune", "--help"], cwd=ROOT,
+                          env={"PATH": ""}, capture_output=True, text=True)
+    assert proc.returncode == 0 and "Usage: python -m pipeline.cli.main tune" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------ the command

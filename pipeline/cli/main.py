@@ -198,3 +198,7 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) ->
             apply_trial(best, params_path)
             click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, the trained model); "
                        "run `dvc repro` to evaluate it on the test split, then commit")
+
+
+if __name__ == "__main__":  # python -m pipeline.cli.main, where pip's mmctr launcher cannot start
+    main()

@@ -20,12 +20,14 @@ date: DVC finds nothing to rerun).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import math
 import random
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -284,9 +286,12 @@ def _error_line(output: str) -> str:
 
 
 def run_dvc(cmd: list[str]) -> str:
-    """Run a DVC command and return its stdout; TuneError with one line when it cannot start or fails."""
+    """Run a DVC command (`["dvc", ...]`, as shown to the user) and return its stdout; TuneError with one line when
+    it cannot start or fails. DVC runs as `<this python> -m dvc` when this interpreter has it: pip's `dvc` launcher
+    cannot start from an environment whose path holds a `"` or `$`, and it may be another environment's."""
+    argv = [sys.executable, "-m", "dvc", *cmd[1:]] if cmd[0] == "dvc" and importlib.util.find_spec("dvc") else cmd
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True)
     except FileNotFoundError:
         raise TuneError(f"{cmd[0]}: command not found (activate the project's environment)") from None
     if proc.returncode != 0:
