@@ -474,7 +474,7 @@ class ModelConfig:
     concat_max_pool: bool = True
     mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
     recent_interest: int = 3  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
-    # transformer_dcn: add the history pooled by attention to the target, a = softmax_i((W t) . h_i), and t * that
+    # transformer_dcn: add v, the history pooled by attention to the target (softmax_i((W t) . h_i / sqrt(I))), t * v
     target_interest: bool = False
     use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
     cross_layers: int = 3
