@@ -22,8 +22,9 @@ default profile is params.yaml as it is.
 
 The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
 (recency weight and window), popularity, click rate, how informative the item embedding is, history length and
-split, and, in `multi` and `drift`, the click model itself (several tastes per user, or one that drifts, not
-make_synthetic's one fixed taste; their history oracle is a plug-in, see taste_history_oracle). Sizes follow
+split, and, in `multi`, `drift` and `successor`, the click model itself (several tastes per user, one that drifts,
+or an order that is not similarity, not make_synthetic's; their history oracle is a plug-in, see
+taste_history_oracle). Sizes follow
 the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
 """
 
@@ -91,15 +92,19 @@ class Variant:
     interests: int = 0
     # > 0 (with interests 0): the drifting-taste click model, a random step of about this norm every request.
     drift: float = 0.0
+    # True: the successor click model, one fixed taste per user and a recency term read through a fixed random
+    # rotation of the latent space, so what a click makes likely next is not what resembles it.
+    successor: bool = False
 
     def __post_init__(self) -> None:
-        if self.interests < 0 or self.drift < 0 or (self.interests and self.drift):
-            raise ValueError(f"variant {self.name}: interests and drift are >= 0 and at most one is set")
+        if self.interests < 0 or self.drift < 0 or sum(map(bool, (self.interests, self.drift, self.successor))) > 1:
+            raise ValueError(f"variant {self.name}: interests and drift are >= 0 and at most one of interests, "
+                             "drift and successor is set")
 
     @property
     def taste_model(self) -> bool:
-        """Whether clicks come from taste_log (interests or drift), not make_synthetic's click model."""
-        return bool(self.interests or self.drift)
+        """Whether clicks come from taste_log (interests, drift or successor), not make_synthetic's click model."""
+        return bool(self.interests or self.drift or self.successor)
 
 
 BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
@@ -140,6 +145,11 @@ VARIANTS: tuple[Variant, ...] = (
             {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "preference_weight": 4.0, "recency_weight": 0.5, "click_bias": -3.0, "policy_preference_weight": 1.5,
              "seed": 110}, drift=0.6),
+    Variant("successor", "a click model that is not make_synthetic's: a click makes likely next what a fixed "
+            "rotation of its latent points to, not what resembles it (made after the default was chosen)",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 4.0, "recency_weight": 4.0, "recency_window": 1, "click_bias": -3.0,
+             "seed": 111}, successor=True),
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
@@ -218,7 +228,8 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# Click models that are not make_synthetic's: several tastes per user, or a taste that drifts
+# Click models that are not make_synthetic's: several tastes per user, a taste that drifts, or an order that is
+# not similarity
 #
 # make_synthetic's user is one fixed preference vector p_u, so <p_u, v_i> is linear in the item latent and a mean of
 # the history's items estimates it. Here user u at request r has M unit taste vectors q_urm and likes item i as much
@@ -227,7 +238,10 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
 # less about today's taste. Policy and click are otherwise make_synthetic's exposure model with a(u, r, i) in place
 # of <p_u, v_i>:
 #     policy softmax_i(a_p * a(u, r, i) + a_pop * pop_i), Gumbel top-k of the items not clicked yet;
-#     P(click) = sigmoid(bias + alpha * a(u, r, i) + beta * pop_i + gamma * <mean v of the last w clicks, v_i>).
+#     P(click) = sigmoid(bias + alpha * a(u, r, i) + beta * pop_i + gamma * <T m, v_i>),
+# with m the mean v of the last w clicks and T the identity, except in `successor` (one fixed taste, M = 1), where T
+# is a fixed random rotation: a click on an item makes likely next the items along T v, not those near v, an order
+# that is asymmetric (i -> j does not make j -> i likely) and that no similarity of item embeddings shows.
 
 
 def sample_interests(centroids: np.ndarray, n_users: int, max_interests: int, rng: np.random.Generator
@@ -263,9 +277,20 @@ def taste(interests: np.ndarray, latent: np.ndarray) -> np.ndarray:
     return np.einsum("bmd,nd->bmn", interests, latent).max(axis=1)
 
 
-def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray
-                      ) -> np.ndarray:
-    """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click)."""
+def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
+    """(d, d) float64 orthogonal matrix with determinant +1, drawn uniformly (QR of a Gaussian, signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray,
+                      turn: np.ndarray | None = None) -> np.ndarray:
+    """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click); `turn`
+    (d, d), when given, is T of the section comment (the recency term reads T m)."""
+    recent = recent if turn is None else recent @ turn.T
     logits = (model.click_bias + model.preference_weight * affinity
               + model.popularity_weight * model.item_log_pop[items]
               + model.recency_weight * np.einsum("bkd,bd->bk", model.item_latent[items], recent))
@@ -273,11 +298,13 @@ def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndar
 
 
 def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
-              rng: np.random.Generator, block: int = 1024) -> tuple[ExposureLog, np.ndarray]:
+              rng: np.random.Generator, block: int = 1024, turn: np.ndarray | None = None
+              ) -> tuple[ExposureLog, np.ndarray]:
     """The taste model's exposure log (section comment) for n_requests[u] requests of user u, with tastes
-    (U+1, R >= max requests, M, d) (request r of user u: tastes[u, r]), in blocks of `block` users per round, and
-    the (X,) float64 P(click) of each of its exposures (the Bayes oracle), in the log's order. `model` gives the
-    items, weights and click bias; its user_pref is not used."""
+    (U+1, R >= max requests, M, d) (request r of user u: tastes[u, r]) and the recency term's rotation `turn`
+    (None: the identity), in blocks of `block` users per round, and the (X,) float64 P(click) of each of its
+    exposures (the Bayes oracle), in the log's order. `model` gives the items, weights and click bias; its
+    user_pref is not used."""
     n_items, k, w = model.n_items, cfg.slate_size, model.recency_window
     hist = np.zeros((len(n_requests), int(n_requests.max()) * k), dtype=np.int64)  # clicks in order, 0-padded
     n_done = np.zeros(len(n_requests), dtype=np.int64)
@@ -293,7 +320,8 @@ def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, c
             shown = np.argsort(-(keys + rng.gumbel(size=keys.shape)), axis=1)[:, :k]  # (B, K) in draw order
             offs = n_done[users, None] - w + np.arange(w)
             window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)  # (B, w)
-            prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1), recent_latent(model, window), shown)
+            prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1), recent_latent(model, window), shown,
+                                     turn)
             click = rng.random(shown.shape) < prob
             # Each user's clicks go after their earlier ones, in slate order.
             slot = n_done[users, None] + np.cumsum(click, axis=1) - 1
@@ -320,17 +348,18 @@ def exposure_probs(impressions: pl.DataFrame, rows: pl.DataFrame) -> np.ndarray:
     return found["prob"].to_numpy()
 
 
-def taste_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.ndarray) -> np.ndarray:
+def taste_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.ndarray,
+                         turn: np.ndarray | None = None) -> np.ndarray:
     """(n, L) histories (0 = padding, latest last), (n,) target items -> (n,) float64 plug-in P(click): the click
     sigmoid with a(u, i) read as <unit mean latent of the history, v_i> (`history_preference`, as the other
-    variants' history oracle) and the recency term from the history's last w items. One taste per topic of the
-    history, max over them, scored lower (test AUC 0.777 against 0.800 on `multi`): clicks that popularity drew
-    make spurious tastes. A plug-in, not the Bayes posterior, so a model may beat it."""
+    variants' history oracle) and the recency term from the history's last w items (through `turn`, as drawn).
+    One taste per topic of the history, max over them, scored lower (test AUC 0.777 against 0.800 on `multi`):
+    clicks that popularity drew make spurious tastes. A plug-in, not the Bayes posterior, so a model may beat it."""
     seq = np.asarray(item_seq, dtype=np.int64)
     affinity = np.einsum("nd,nd->n", history_preference(model, seq), model.item_latent[items])
     windows = seq[:, -model.recency_window:]  # left-padded histories end with their latest clicks
     return taste_click_probs(model, affinity[:, None], recent_latent(model, windows),
-                             np.asarray(items, np.int64)[:, None])[:, 0]
+                             np.asarray(items, np.int64)[:, None], turn)[:, 0]
 
 
 @dataclass(frozen=True)
@@ -340,7 +369,8 @@ class PlantedLog:
     centroids: the topic centroids of the item views; new_items (N+1,) bool, the held-out items; impressions
     (user, item Int32, timestamp, click; with a taste model also prob, each exposure's P(click)) and
     pairs (its clicks); item_table (item_id, likes_level, views_level); rows, the labelled rows
-    (build_exposure_rows); side, the side stream after the levels (tags, views next)."""
+    (build_exposure_rows); side, the side stream after the levels (tags, views next); turn, the successor
+    model's rotation (None for the others)."""
 
     model: PlantedModel
     centroids: np.ndarray
@@ -350,6 +380,7 @@ class PlantedLog:
     item_table: pl.DataFrame
     rows: Any
     side: np.random.Generator
+    turn: np.ndarray | None = None
 
 
 def draw_variant(variant: Variant) -> PlantedLog:
@@ -361,6 +392,7 @@ def draw_variant(variant: Variant) -> PlantedLog:
     n_requests = sample_click_counts(cfg, rng["model"])
     new_items = held_out_items(cfg, rng["new_items"])
     rounds = int(n_requests.max())
+    turn = None
     if variant.interests:
         interests = sample_interests(centroids, cfg.n_users, variant.interests, rng["model"])
         fixed = np.broadcast_to(interests[:, None], (len(interests), rounds, *interests.shape[1:]))
@@ -368,6 +400,10 @@ def draw_variant(variant: Variant) -> PlantedLog:
     elif variant.drift:
         log, prob = taste_log(model, drifting_tastes(model.user_pref, rounds, variant.drift, rng["model"]),
                               n_requests, cfg, rng["clicks"])
+    elif variant.successor:
+        turn = random_rotation(cfg.latent_dim, rng["model"])
+        fixed = np.broadcast_to(model.user_pref[:, None, None], (len(model.user_pref), rounds, 1, cfg.latent_dim))
+        log, prob = taste_log(model, fixed, n_requests, cfg, rng["clicks"], turn=turn)
     else:
         log, prob = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items), None
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
@@ -385,7 +421,7 @@ def draw_variant(variant: Variant) -> PlantedLog:
                                "views_level": views})
     rows = build_exposure_rows(pairs, impressions, item_table, max_len=MAX_LEN, min_history=1, split=variant.split,
                                valid_frac=variant.valid_frac, test_frac=variant.test_frac)
-    return PlantedLog(model, centroids, new_items, impressions, pairs, item_table, rows, side)
+    return PlantedLog(model, centroids, new_items, impressions, pairs, item_table, rows, side, turn)
 
 
 def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
@@ -407,7 +443,7 @@ def make_variant(variant: Variant, out: Path) -> dict[str, Any]:
     seq = test["item_seq"].list.to_array(MAX_LEN).to_numpy()
     if variant.taste_model:  # the exposures' own P(click), and the plug-in from the history
         truth = {"oracle": exposure_probs(drawn.impressions, test),
-                 "history_oracle": taste_history_oracle(model, seq, test["item_id"].to_numpy())}
+                 "history_oracle": taste_history_oracle(model, seq, test["item_id"].to_numpy(), drawn.turn)}
     else:
         truth = {"oracle": oracle_scores(model, pairs, test, 0),
                  "history_oracle": oracle_scores(model, pairs, test, 0, pref=history_preference(model, seq))}

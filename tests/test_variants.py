@@ -1,11 +1,12 @@
 """benchmarks/variants.py: every train profile is a valid train section over the repository's params.yaml (a
-baseline that kept the default's transformer_dcn-only switches would stop at load time), and the multi-interest
-click model draws what it claims and writes its exact oracle."""
+baseline that kept the default's transformer_dcn-only switches would stop at load time), and the taste click
+models (multi-interest, drifting, successor) draw what they claim and write their exact oracle."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -14,6 +15,7 @@ import yaml
 
 from benchmarks.variants import (
     BASE,
+    MAX_LEN,
     PROFILES,
     Variant,
     draw_variant,
@@ -21,12 +23,15 @@ from benchmarks.variants import (
     exposure_probs,
     make_variant,
     params_for,
+    random_rotation,
     sample_interests,
     taste,
+    taste_history_oracle,
     taste_log,
 )
 from pipeline.core.config import MakeSyntheticConfig, TrainConfig, load_section
 from pipeline.core.items import unit_rows
+from pipeline.core.metrics import auc
 from pipeline.sources.planted import sample_planted_model
 
 
@@ -77,20 +82,34 @@ def test_drifting_tastes_walk_in_unit_steps_of_the_given_size() -> None:
     assert (walk[1:, 5, 0] * pref[1:]).sum(axis=1).mean() < (walk[1:, 1, 0] * pref[1:]).sum(axis=1).mean()
 
 
-@pytest.mark.parametrize("kind", ["interests", "drift"])
+def test_random_rotation_is_a_proper_rotation_that_moves_every_direction() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        t = random_rotation(16, rng)
+        np.testing.assert_allclose(t @ t.T, np.eye(16), atol=1e-12)
+        assert np.linalg.det(t) == pytest.approx(1.0)
+    v = unit_rows(rng.standard_normal((1000, 16)), np.float64)
+    # Uniform over rotations: a direction's image is nearly orthogonal to it, on average (|cos| ~ 1/sqrt(d)).
+    assert abs(np.einsum("nd,nd->n", v @ t.T, v).mean()) < 0.3
+
+
+@pytest.mark.parametrize("kind", ["interests", "drift", "successor"])
 def test_taste_log_replays_from_its_own_probabilities(kind: str) -> None:
     """Every slate shows distinct items the user has not clicked before, and each exposure's P(click) is the
-    sigmoid recomputed one exposure at a time from that request's tastes and the user's clicks of earlier
-    requests (plain Python)."""
+    sigmoid recomputed one exposure at a time from that request's tastes, the user's clicks of earlier requests
+    and (successor) the rotation of their recent mean (plain Python)."""
     cfg = MakeSyntheticConfig(**SMALL_MULTI)
     rng = np.random.default_rng(3)
     model, centroids = sample_planted_model(cfg, rng)
     n_requests = np.concatenate([[0], rng.integers(1, 6, size=cfg.n_users)])
+    turn = random_rotation(cfg.latent_dim, rng) if kind == "successor" else None
     if kind == "interests":
         q = np.repeat(sample_interests(centroids, cfg.n_users, 3, rng)[:, None], 5, axis=1)
-    else:
+    elif kind == "drift":
         q = drifting_tastes(model.user_pref, 5, 0.6, rng)
-    log, prob = taste_log(model, q, n_requests, cfg, rng, block=64)
+    else:
+        q = np.repeat(model.user_pref[:, None, None], 5, axis=1)
+    log, prob = taste_log(model, q, n_requests, cfg, rng, block=64, turn=turn)
     assert len(log.item) == n_requests.sum() * cfg.slate_size
     clicks: dict[int, list[int]] = {}
     for (u, r), idx in _groups(log.user, log.request).items():
@@ -98,6 +117,8 @@ def test_taste_log_replays_from_its_own_probabilities(kind: str) -> None:
         items = log.item[idx]
         assert len(set(items)) == len(items) and not set(items) & set(before) and 0 not in items
         recent = model.item_latent[before[-model.recency_window:]].mean(axis=0) if before else np.zeros(cfg.latent_dim)
+        if turn is not None:
+            recent = turn @ recent
         for i, p in zip(items, prob[idx], strict=True):
             a = max(float(v @ model.item_latent[i]) for v in q[u, r])
             z = (model.click_bias + model.preference_weight * a + model.popularity_weight * model.item_log_pop[i]
@@ -115,8 +136,10 @@ def _groups(user: np.ndarray, request: np.ndarray) -> dict[tuple[int, int], np.n
     return {key: np.array(v) for key, v in out.items()}
 
 
-def test_multi_variant_truth_is_each_test_row_probability(tmp_path: Path) -> None:
-    variant = Variant("small-multi", "test", SMALL_MULTI, interests=3)
+@pytest.mark.parametrize("kind", ["interests", "successor"])
+def test_taste_variant_truth_is_each_test_row_probability(tmp_path: Path, kind: str) -> None:
+    kwargs: dict[str, Any] = {"interests": 3} if kind == "interests" else {"successor": True}
+    variant = Variant(f"small-{kind}", "test", SMALL_MULTI, **kwargs)
     counts = make_variant(variant, tmp_path)
     drawn = draw_variant(variant)
     test = drawn.rows.collect("test")
@@ -130,8 +153,20 @@ def test_multi_variant_truth_is_each_test_row_probability(tmp_path: Path) -> Non
     assert 0.5 < counts["history_oracle_auc"] < counts["oracle_auc"]
     with pytest.raises(ValueError, match="one to one"):
         exposure_probs(drawn.impressions.head(10), test)
-    with pytest.raises(ValueError, match="at most one is set"):
-        Variant("both", "test", SMALL_MULTI, interests=2, drift=0.5)
+    if kind == "successor":  # the plug-in reads the recency term through the drawn rotation
+        assert drawn.turn is not None and counts["history_oracle_auc"] > auc(
+            test["label"].to_numpy(), taste_history_oracle(drawn.model, test["item_seq"].list.to_array(
+                MAX_LEN).to_numpy(), test["item_id"].to_numpy()))
+    else:
+        assert drawn.turn is None
+
+
+def test_variant_sets_at_most_one_click_model() -> None:
+    for both in ({"interests": 2, "drift": 0.5}, {"interests": 2, "successor": True},
+                 {"drift": 0.5, "successor": True}):
+        with pytest.raises(ValueError, match="at most one of interests, drift and successor"):
+            Variant("both", "test", SMALL_MULTI, **both)
     assert Variant("m", "test", SMALL_MULTI, interests=2).taste_model
     assert Variant("d", "test", SMALL_MULTI, drift=0.5).taste_model
+    assert Variant("t", "test", SMALL_MULTI, successor=True).taste_model
     assert not Variant("s", "test", SMALL_MULTI).taste_model
