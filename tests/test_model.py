@@ -463,6 +463,34 @@ def test_recent_interest_appends_t_times_each_recent_item_to_the_dcn_input():
         dataclasses.replace(SMALL, model="din", mean_interest=False, recent_interest=1)
 
 
+def test_recent_map_starts_as_the_identity_and_feeds_t_times_m_h_to_the_dcn_input():
+    """With recent_map the recent columns of the DCN input are t * (M h_i) (zeros at padding), M the learnt map;
+    freshly built, M is the identity, so the model scores as the one without it; invalid settings name the key."""
+    seq = random_histories(5, 9)
+    seq[2, :-2] = 0  # the oldest of the three recent slots is padding
+    cfg = dataclasses.replace(SMALL, recent_interest=3)
+    mapped = dataclasses.replace(cfg, recent_map=True)
+    fresh, plain = built(mapped).eval(), built(cfg).eval()
+    torch.testing.assert_close(fresh.recent_map.weight, torch.eye(fresh.item_dim))
+    plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("recent_map")})
+    b = batch(seq)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(b), plain(b))
+    model, b, x0, _ = dcn_inputs(mapped, seq)  # spread weights: M is no longer the identity
+    i = model.item_dim
+    with torch.no_grad():
+        t = model.embed_items(b["item_id"])
+        m = model.recent_map.weight
+        ref = torch.stack([torch.cat([t[r] * (m @ model.embed_items(torch.tensor(j))) if j else torch.zeros(i)
+                                      for j in seq[r, -3:].tolist()]) for r in range(5)])
+    assert not torch.allclose(m, torch.eye(i)) and ref[2, :i].abs().sum() == 0
+    torch.testing.assert_close(x0[:, -3 * i:], ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ParamsError, match="train.recent_map"):
+        dataclasses.replace(SMALL, recent_interest=0, recent_map=True)
+    with pytest.raises(ParamsError, match="train.recent_map"):
+        dataclasses.replace(SMALL, model="meanpool", mean_interest=False, recent_interest=0, recent_map=True)
+
+
 def test_target_attention_is_a_softmax_weighted_sum_over_real_positions():
     """target_attention against a per-row loop: weights softmax(q . k_i / sqrt(I)) over the unpadded positions
     only; an all-padding row gives zeros, with finite gradients."""
@@ -679,16 +707,17 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
-    """A checkpoint whose config lacks exposure_levels, item_bias and target_interest (written before they existed)
-    rebuilds the model it holds, with each off, whatever ModelConfig's defaults are now."""
+    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest and recent_map (written before
+    they existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are now."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
-    for key in ("exposure_levels", "item_bias", "target_interest"):
+    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
+    assert not loaded.cfg.recent_map
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

@@ -433,9 +433,9 @@ ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/fa
 # Every baseline (DIN, the mean-pool MLP, the winner's Transformer+DCNv2: mmctr compare, benchmarks/variants.py,
 # benchmarks/fuxictr_din.py) sets all of them, so it is the published model whatever params.yaml's defaults add
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
-PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "target_interest": False,
-                                  "cross_rank": 0, "exposure_levels": 0, "item_bias": False, "item_repr": "id",
-                                  "ensemble": 1}
+PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
+                                  "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
+                                  "item_repr": "id", "ensemble": 1}
 
 
 @dataclass(frozen=True)
@@ -474,6 +474,8 @@ class ModelConfig:
     concat_max_pool: bool = True
     mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
     recent_interest: int = 3  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
+    # transformer_dcn with recent_interest: target * (M h_i) instead, M a learnt I x I map that starts as the identity
+    recent_map: bool = False
     # transformer_dcn: add v, the history pooled by attention to the target (softmax_i((W t) . h_i / sqrt(I))), t * v
     target_interest: bool = False
     use_dcn: bool = True  # transformer_dcn: false = no cross network, the head reads the deep MLP alone
@@ -529,7 +531,9 @@ class ModelConfig:
                 f"Dice activations exist only in model 'din', got model {self.model!r}")
         require(0 <= self.recent_interest <= self.first_k, f"{s}.recent_interest",
                 f"must be in [0, first_k = {self.first_k}], got {self.recent_interest}")
-        for name in ("mean_interest", "cross_rank", "recent_interest", "target_interest"):
+        require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
+                "maps the recent items of recent_interest, which is 0")
+        for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):
