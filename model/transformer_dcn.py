@@ -19,9 +19,11 @@ express only in part. `target_interest` (also ours) adds the history pooled by a
 v = sum_i softmax_i((W t) . h_i / sqrt(I)) h_i over the real positions (model.layers.target_attention, DIN's idea
 with a bilinear score), and t * v: a user with several tastes is as interested in an item as in the closest of
 them, which a mean over the whole history blurs and the k most recent items may not hold. `recent_map` (also
-ours) gives recent_interest's products as t * (M h_i), M a learnt I x I map that starts as the identity: t * h_i
+ours) gives recent_interest's products as t * (M h_i), M = I + A a learnt I x I map, A starting at zero: t * h_i
 can only feed the DCN bilinear forms t^T D h_i with D diagonal, symmetric in the two items (both come from one
-embedding table), while what a click makes likely next need not resemble it, nor lead back to it.
+embedding table), while what a click makes likely next need not resemble it, nor lead back to it. A, not M, is
+the parameter, so the L2 of `net_regularizer` and AdamW's decay pull M toward the identity (the model without
+the map), not toward zero (no recent products at all).
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -57,7 +59,7 @@ class TransformerDCN(CTRBase):
         dcn_in = (self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
                   + cfg.recent_interest * self.item_dim + 2 * self.item_dim * int(cfg.target_interest))
         self.interest_query = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.target_interest else None
-        self.recent_map = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.recent_map else None
+        self.recent_delta = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.recent_map else None
         self.cross = CrossNetV2(dcn_in, cfg.cross_layers, cfg.cross_rank) if cfg.use_dcn else None
         self.dnn = MLP(dcn_in, cfg.dnn_hidden_units, cfg.net_dropout)
         self.head = mlp_head(dcn_in * int(cfg.use_dcn) + self.dnn.out_dim, cfg.mlp_hidden_units, 0.0)
@@ -83,10 +85,10 @@ class TransformerDCN(CTRBase):
         return torch.cat(parts, dim=1)
 
     def reset_parameters(self) -> None:
-        """CTRBase's init, then recent_map's M at the identity: the model starts as the one without it."""
+        """CTRBase's init, then recent_map's A at zero (M = I): the model starts as the one without it."""
         super().reset_parameters()
-        if self.recent_map is not None:
-            nn.init.eye_(self.recent_map.weight)
+        if self.recent_delta is not None:
+            nn.init.zeros_(self.recent_delta.weight)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """batch: item_seq (B, L) int64 left-padded with 0 (shorter than first_k is padded here), item_id (B,)
@@ -103,8 +105,8 @@ class TransformerDCN(CTRBase):
             parts += [interest, target * interest]
         if self.cfg.recent_interest:  # (B, r * I): target * each of the r most recent items, 0 at padding
             recent = history[:, -self.cfg.recent_interest:]  # (B, r, I)
-            if self.recent_map is not None:  # bias-free, so padding stays 0
-                recent = self.recent_map(recent)
+            if self.recent_delta is not None:  # M h = h + A h, bias-free, so padding stays 0
+                recent = recent + self.recent_delta(recent)
             parts.append((target.unsqueeze(1) * recent).flatten(1))
         if self.interest_query is not None:
             pooled = target_attention(self.interest_query(target), history, seq == 0)  # (B, I)

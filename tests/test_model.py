@@ -18,6 +18,7 @@ from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.data import exposure_levels
+from pipeline.training.loop import regularization_loss
 from tests.conftest import MM, N_ITEMS, N_TAGS, SMALL, feature_map, item_tables, random_histories, small_model
 
 
@@ -464,15 +465,15 @@ def test_recent_interest_appends_t_times_each_recent_item_to_the_dcn_input():
 
 
 def test_recent_map_starts_as_the_identity_and_feeds_t_times_m_h_to_the_dcn_input():
-    """With recent_map the recent columns of the DCN input are t * (M h_i) (zeros at padding), M the learnt map;
-    freshly built, M is the identity, so the model scores as the one without it; invalid settings name the key."""
+    """With recent_map the recent columns of the DCN input are t * (M h_i) (zeros at padding), M = I + A the learnt
+    map; freshly built, A is zero, so the model scores as the one without it; invalid settings name the key."""
     seq = random_histories(5, 9)
     seq[2, :-2] = 0  # the oldest of the three recent slots is padding
     cfg = dataclasses.replace(SMALL, recent_interest=3)
     mapped = dataclasses.replace(cfg, recent_map=True)
     fresh, plain = built(mapped).eval(), built(cfg).eval()
-    torch.testing.assert_close(fresh.recent_map.weight, torch.eye(fresh.item_dim))
-    plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("recent_map")})
+    torch.testing.assert_close(fresh.recent_delta.weight, torch.zeros(fresh.item_dim, fresh.item_dim))
+    plain.load_state_dict({k: v for k, v in fresh.state_dict().items() if not k.startswith("recent_delta")})
     b = batch(seq)
     with torch.no_grad():
         torch.testing.assert_close(fresh(b), plain(b))
@@ -480,7 +481,7 @@ def test_recent_map_starts_as_the_identity_and_feeds_t_times_m_h_to_the_dcn_inpu
     i = model.item_dim
     with torch.no_grad():
         t = model.embed_items(b["item_id"])
-        m = model.recent_map.weight
+        m = torch.eye(model.item_dim) + model.recent_delta.weight
         ref = torch.stack([torch.cat([t[r] * (m @ model.embed_items(torch.tensor(j))) if j else torch.zeros(i)
                                       for j in seq[r, -3:].tolist()]) for r in range(5)])
     assert not torch.allclose(m, torch.eye(i)) and ref[2, :i].abs().sum() == 0
@@ -489,6 +490,28 @@ def test_recent_map_starts_as_the_identity_and_feeds_t_times_m_h_to_the_dcn_inpu
         dataclasses.replace(SMALL, recent_interest=0, recent_map=True)
     with pytest.raises(ParamsError, match="train.recent_map"):
         dataclasses.replace(SMALL, model="meanpool", mean_interest=False, recent_interest=0, recent_map=True)
+
+
+def test_recent_maps_l2_pulls_it_toward_the_identity_and_its_old_checkpoints_load(tmp_path):
+    """The net L2 adds net_regularizer / 2 * ||M - I||^2 for recent_map (A = M - I is the parameter), so it pulls
+    the map toward the model without it, not toward zero; a checkpoint that stored M itself (`recent_map.weight`,
+    2026-12-05) loads as the same model."""
+    cfg = dataclasses.replace(SMALL, recent_interest=3, recent_map=True)
+    model, _, _, _ = dcn_inputs(cfg, random_histories(5, 9))  # spread weights: M is no longer the identity
+    plain = built(dataclasses.replace(cfg, recent_map=False))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("recent_delta")})
+    m = torch.eye(model.item_dim) + model.recent_delta.weight.detach()
+    extra = regularization_loss(model, 0.0, 0.2) - regularization_loss(plain, 0.0, 0.2)
+    assert extra.item() == pytest.approx(0.1 * (m - torch.eye(model.item_dim)).square().sum().item(), rel=1e-4)
+    path = tmp_path / "old_map.pt"
+    save_checkpoint(path, model, feature_map())
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["recent_map.weight"] = ckpt["model"].pop("recent_delta.weight") + torch.eye(model.item_dim)
+    torch.save(ckpt, path)
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    b = batch(random_histories(6, 9))
+    torch.testing.assert_close(loaded.recent_delta.weight, model.recent_delta.weight)
+    torch.testing.assert_close(loaded(b), model(b))
 
 
 def test_target_attention_is_a_softmax_weighted_sum_over_real_positions():

@@ -474,7 +474,7 @@ class ModelConfig:
     concat_max_pool: bool = True
     mean_interest: bool = True  # transformer_dcn: add the mean history item u and target * u to the DCN input
     recent_interest: int = 3  # transformer_dcn: add target * h_i for the r most recent history items (r <= first_k)
-    # transformer_dcn with recent_interest: target * (M h_i) instead, M a learnt I x I map that starts as the identity
+    # transformer_dcn with recent_interest: target * (M h_i) instead, M = I + A a learnt I x I map, A starting at 0
     recent_map: bool = False
     # transformer_dcn: add v, the history pooled by attention to the target (softmax_i((W t) . h_i / sqrt(I))), t * v
     target_interest: bool = False

@@ -109,6 +109,17 @@ SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recen
                                "target_interest": False, "recent_map": False}
 
 
+def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state_dict in the form of the current code. recent_map's map M was first stored as itself
+    (`recent_map.weight`, written on 2026-12-05 only); the model now holds A = M - I (`recent_delta.weight`)."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith("recent_map.weight"):
+            key, value = key.removesuffix("recent_map.weight") + "recent_delta.weight", value - torch.eye(len(value))
+        out[key] = value
+    return out
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, feature_map: FeatureMap) -> None:
     """Atomically write {"model": state_dict, "config": ModelConfig as dict, "feature_map": dict}; plain types
     only, so it loads with torch.load(weights_only=True)."""
@@ -125,7 +136,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         cfg_dict = {**SWITCHES_BEFORE_THEY_EXISTED,
                     **{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}}
         fmap = FeatureMap.from_dict(ckpt["feature_map"], where=str(path))
-        state = ckpt["model"]
+        state = renamed_weights(ckpt["model"])
         cfg = ModelConfig(**cfg_dict)
         # the tables to build with (load_state_dict then sets every member's): a seed ensemble's are its members'
         prefix = "members.0." if cfg.ensemble > 1 else ""
