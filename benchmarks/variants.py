@@ -22,9 +22,9 @@ default profile is params.yaml as it is.
 
 The variants differ in what shapes the data, not only its size: the showing policy, how much history order matters
 (recency weight and window), popularity, click rate, how informative the item embedding is, history length and
-split, and, in `multi`, `drift` and `successor`, the click model itself (several tastes per user, one that drifts,
-or an order that is not similarity, not make_synthetic's; their history oracle is a plug-in, see
-taste_history_oracle). Sizes follow
+split, and, in `multi`, `drift`, `successor` and `activity`, the click model itself (several tastes per user, one
+that drifts, an order that is not similarity, or users who click at very different rates, not make_synthetic's;
+their history oracle is a plug-in, see taste_history_oracle). Sizes follow
 the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
 """
 
@@ -95,16 +95,22 @@ class Variant:
     # True: the successor click model, one fixed taste per user and a recency term read through a fixed random
     # rotation of the latent space, so what a click makes likely next is not what resembles it.
     successor: bool = False
+    # > 0: the activity click model, one fixed taste per user and each user's own click bias b_u ~ N(0, activity^2)
+    # added to the click logit, so some users click far more than others.
+    activity: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.interests < 0 or self.drift < 0 or sum(map(bool, (self.interests, self.drift, self.successor))) > 1:
-            raise ValueError(f"variant {self.name}: interests and drift are >= 0 and at most one of interests, "
-                             "drift and successor is set")
+        models = (self.interests, self.drift, self.successor, self.activity)
+        if not (self.interests >= 0 and 0 <= self.drift < math.inf and 0 <= self.activity < math.inf):
+            raise ValueError(f"variant {self.name}: interests, drift and activity must be finite and >= 0")
+        if sum(map(bool, models)) > 1:
+            raise ValueError(f"variant {self.name}: at most one of interests, drift, successor and activity is set")
 
     @property
     def taste_model(self) -> bool:
-        """Whether clicks come from taste_log (interests, drift or successor), not make_synthetic's click model."""
-        return bool(self.interests or self.drift or self.successor)
+        """Whether clicks come from taste_log (interests, drift, successor or activity), not make_synthetic's click
+        model."""
+        return bool(self.interests or self.drift or self.successor or self.activity)
 
 
 BASE = {"negatives": "exposures", "n_items": 3000, "n_topics": 20, "latent_dim": 16, "cover_size": 32}
@@ -150,6 +156,10 @@ VARIANTS: tuple[Variant, ...] = (
             {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "preference_weight": 4.0, "recency_weight": 4.0, "recency_window": 1, "click_bias": -3.0,
              "seed": 111}, successor=True),
+    Variant("activity", "a click model that is not make_synthetic's: users click at very different rates, each with "
+            "its own click bias (made after the default was chosen)",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "click_bias": -3.0, "seed": 112}, activity=1.0),
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
@@ -238,10 +248,12 @@ def levels(values: np.ndarray, n_levels: int = 11) -> np.ndarray:
 # less about today's taste. Policy and click are otherwise make_synthetic's exposure model with a(u, r, i) in place
 # of <p_u, v_i>:
 #     policy softmax_i(a_p * a(u, r, i) + a_pop * pop_i), Gumbel top-k of the items not clicked yet;
-#     P(click) = sigmoid(bias + alpha * a(u, r, i) + beta * pop_i + gamma * <T m, v_i>),
+#     P(click) = sigmoid(bias + b_u + alpha * a(u, r, i) + beta * pop_i + gamma * <T m, v_i>),
 # with m the mean v of the last w clicks and T the identity, except in `successor` (one fixed taste, M = 1), where T
 # is a fixed random rotation: a click on an item makes likely next the items along T v, not those near v, an order
-# that is asymmetric (i -> j does not make j -> i likely) and that no similarity of item embeddings shows.
+# that is asymmetric (i -> j does not make j -> i likely) and that no similarity of item embeddings shows. b_u is 0
+# except in `activity` (one fixed taste), where each user has its own click bias b_u ~ N(0, s^2): how often a user
+# clicks at all, which the challenge's rows show only through how many clicks the history holds.
 
 
 def sample_interests(centroids: np.ndarray, n_users: int, max_interests: int, rng: np.random.Generator
@@ -287,24 +299,25 @@ def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def taste_click_probs(model: PlantedModel, affinity: np.ndarray, recent: np.ndarray, items: np.ndarray,
-                      turn: np.ndarray | None = None) -> np.ndarray:
+                      turn: np.ndarray | None = None, user_bias: np.ndarray | float = 0.0) -> np.ndarray:
     """(B, K) a(u, i) of the shown items, (B, d) recent mean latents, (B, K) item ids -> (B, K) P(click); `turn`
-    (d, d), when given, is T of the section comment (the recency term reads T m)."""
+    (d, d), when given, is T of the section comment (the recency term reads T m); `user_bias` (B,) is each row's
+    b_u."""
     recent = recent if turn is None else recent @ turn.T
-    logits = (model.click_bias + model.preference_weight * affinity
+    logits = (model.click_bias + np.reshape(user_bias, (-1, 1)) + model.preference_weight * affinity
               + model.popularity_weight * model.item_log_pop[items]
               + model.recency_weight * np.einsum("bkd,bd->bk", model.item_latent[items], recent))
     return 1.0 / (1.0 + np.exp(-logits))
 
 
 def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, cfg: MakeSyntheticConfig,
-              rng: np.random.Generator, block: int = 1024, turn: np.ndarray | None = None
-              ) -> tuple[ExposureLog, np.ndarray]:
+              rng: np.random.Generator, block: int = 1024, turn: np.ndarray | None = None,
+              user_bias: np.ndarray | None = None) -> tuple[ExposureLog, np.ndarray]:
     """The taste model's exposure log (section comment) for n_requests[u] requests of user u, with tastes
-    (U+1, R >= max requests, M, d) (request r of user u: tastes[u, r]) and the recency term's rotation `turn`
-    (None: the identity), in blocks of `block` users per round, and the (X,) float64 P(click) of each of its
-    exposures (the Bayes oracle), in the log's order. `model` gives the items, weights and click bias; its
-    user_pref is not used."""
+    (U+1, R >= max requests, M, d) (request r of user u: tastes[u, r]), the recency term's rotation `turn`
+    (None: the identity) and the users' click biases `user_bias` (U+1,) (None: 0), in blocks of `block` users
+    per round, and the (X,) float64 P(click) of each of its exposures (the Bayes oracle), in the log's order.
+    `model` gives the items, weights and click bias; its user_pref is not used."""
     n_items, k, w = model.n_items, cfg.slate_size, model.recency_window
     hist = np.zeros((len(n_requests), int(n_requests.max()) * k), dtype=np.int64)  # clicks in order, 0-padded
     n_done = np.zeros(len(n_requests), dtype=np.int64)
@@ -321,7 +334,7 @@ def taste_log(model: PlantedModel, tastes: np.ndarray, n_requests: np.ndarray, c
             offs = n_done[users, None] - w + np.arange(w)
             window = np.where(offs >= 0, hist[users[:, None], np.clip(offs, 0, None)], 0)  # (B, w)
             prob = taste_click_probs(model, np.take_along_axis(aff, shown, 1), recent_latent(model, window), shown,
-                                     turn)
+                                     turn, 0.0 if user_bias is None else user_bias[users])
             click = rng.random(shown.shape) < prob
             # Each user's clicks go after their earlier ones, in slate order.
             slot = n_done[users, None] + np.cumsum(click, axis=1) - 1
@@ -352,7 +365,9 @@ def taste_history_oracle(model: PlantedModel, item_seq: np.ndarray, items: np.nd
                          turn: np.ndarray | None = None) -> np.ndarray:
     """(n, L) histories (0 = padding, latest last), (n,) target items -> (n,) float64 plug-in P(click): the click
     sigmoid with a(u, i) read as <unit mean latent of the history, v_i> (`history_preference`, as the other
-    variants' history oracle) and the recency term from the history's last w items (through `turn`, as drawn).
+    variants' history oracle) and the recency term from the history's last w items (through `turn`, as drawn);
+    b_u = 0, since a history does not hold the user's click bias (in `activity` a model that reads it from how
+    many clicks the history holds may beat this plug-in).
     One taste per topic of the history, max over them, scored lower (test AUC 0.777 against 0.800 on `multi`):
     clicks that popularity drew make spurious tastes. A plug-in, not the Bayes posterior, so a model may beat it."""
     seq = np.asarray(item_seq, dtype=np.int64)
@@ -370,7 +385,7 @@ class PlantedLog:
     (user, item Int32, timestamp, click; with a taste model also prob, each exposure's P(click)) and
     pairs (its clicks); item_table (item_id, likes_level, views_level); rows, the labelled rows
     (build_exposure_rows); side, the side stream after the levels (tags, views next); turn, the successor
-    model's rotation (None for the others)."""
+    model's rotation, and user_bias (U+1,), the activity model's b_u (None for the others)."""
 
     model: PlantedModel
     centroids: np.ndarray
@@ -381,6 +396,7 @@ class PlantedLog:
     rows: Any
     side: np.random.Generator
     turn: np.ndarray | None = None
+    user_bias: np.ndarray | None = None
 
 
 def draw_variant(variant: Variant) -> PlantedLog:
@@ -392,7 +408,7 @@ def draw_variant(variant: Variant) -> PlantedLog:
     n_requests = sample_click_counts(cfg, rng["model"])
     new_items = held_out_items(cfg, rng["new_items"])
     rounds = int(n_requests.max())
-    turn = None
+    turn = user_bias = None
     if variant.interests:
         interests = sample_interests(centroids, cfg.n_users, variant.interests, rng["model"])
         fixed = np.broadcast_to(interests[:, None], (len(interests), rounds, *interests.shape[1:]))
@@ -400,10 +416,13 @@ def draw_variant(variant: Variant) -> PlantedLog:
     elif variant.drift:
         log, prob = taste_log(model, drifting_tastes(model.user_pref, rounds, variant.drift, rng["model"]),
                               n_requests, cfg, rng["clicks"])
-    elif variant.successor:
-        turn = random_rotation(cfg.latent_dim, rng["model"])
+    elif variant.successor or variant.activity:
+        if variant.successor:
+            turn = random_rotation(cfg.latent_dim, rng["model"])
+        else:
+            user_bias = np.concatenate([[0.0], rng["model"].normal(0.0, variant.activity, cfg.n_users)])
         fixed = np.broadcast_to(model.user_pref[:, None, None], (len(model.user_pref), rounds, 1, cfg.latent_dim))
-        log, prob = taste_log(model, fixed, n_requests, cfg, rng["clicks"], turn=turn)
+        log, prob = taste_log(model, fixed, n_requests, cfg, rng["clicks"], turn=turn, user_bias=user_bias)
     else:
         log, prob = simulate_exposures(model, n_requests, cfg, rng["clicks"], new_items), None
     impressions = exposure_frame(log, sample_timestamps(n_requests, rng["timestamps"])).with_columns(
@@ -421,7 +440,7 @@ def draw_variant(variant: Variant) -> PlantedLog:
                                "views_level": views})
     rows = build_exposure_rows(pairs, impressions, item_table, max_len=MAX_LEN, min_history=1, split=variant.split,
                                valid_frac=variant.valid_frac, test_frac=variant.test_frac)
-    return PlantedLog(model, centroids, new_items, impressions, pairs, item_table, rows, side, turn)
+    return PlantedLog(model, centroids, new_items, impressions, pairs, item_table, rows, side, turn, user_bias)
 
 
 def make_variant(variant: Variant, out: Path) -> dict[str, Any]:

@@ -93,23 +93,24 @@ def test_random_rotation_is_a_proper_rotation_that_moves_every_direction() -> No
     assert abs(np.einsum("nd,nd->n", v @ t.T, v).mean()) < 0.3
 
 
-@pytest.mark.parametrize("kind", ["interests", "drift", "successor"])
+@pytest.mark.parametrize("kind", ["interests", "drift", "successor", "activity"])
 def test_taste_log_replays_from_its_own_probabilities(kind: str) -> None:
     """Every slate shows distinct items the user has not clicked before, and each exposure's P(click) is the
-    sigmoid recomputed one exposure at a time from that request's tastes, the user's clicks of earlier requests
-    and (successor) the rotation of their recent mean (plain Python)."""
+    sigmoid recomputed one exposure at a time from that request's tastes, the user's clicks of earlier requests,
+    (successor) the rotation of their recent mean and (activity) the user's own click bias (plain Python)."""
     cfg = MakeSyntheticConfig(**SMALL_MULTI)
     rng = np.random.default_rng(3)
     model, centroids = sample_planted_model(cfg, rng)
     n_requests = np.concatenate([[0], rng.integers(1, 6, size=cfg.n_users)])
     turn = random_rotation(cfg.latent_dim, rng) if kind == "successor" else None
+    bias = np.concatenate([[0.0], rng.normal(0.0, 1.0, cfg.n_users)]) if kind == "activity" else None
     if kind == "interests":
         q = np.repeat(sample_interests(centroids, cfg.n_users, 3, rng)[:, None], 5, axis=1)
     elif kind == "drift":
         q = drifting_tastes(model.user_pref, 5, 0.6, rng)
     else:
         q = np.repeat(model.user_pref[:, None, None], 5, axis=1)
-    log, prob = taste_log(model, q, n_requests, cfg, rng, block=64, turn=turn)
+    log, prob = taste_log(model, q, n_requests, cfg, rng, block=64, turn=turn, user_bias=bias)
     assert len(log.item) == n_requests.sum() * cfg.slate_size
     clicks: dict[int, list[int]] = {}
     for (u, r), idx in _groups(log.user, log.request).items():
@@ -121,7 +122,8 @@ def test_taste_log_replays_from_its_own_probabilities(kind: str) -> None:
             recent = turn @ recent
         for i, p in zip(items, prob[idx], strict=True):
             a = max(float(v @ model.item_latent[i]) for v in q[u, r])
-            z = (model.click_bias + model.preference_weight * a + model.popularity_weight * model.item_log_pop[i]
+            z = (model.click_bias + (0.0 if bias is None else bias[u]) + model.preference_weight * a
+                 + model.popularity_weight * model.item_log_pop[i]
                  + model.recency_weight * float(recent @ model.item_latent[i]))
             assert p == pytest.approx(1 / (1 + math.exp(-z)), rel=1e-9)
         clicks[u] = before + [int(i) for i in items[log.click[idx] == 1]]
@@ -136,9 +138,10 @@ def _groups(user: np.ndarray, request: np.ndarray) -> dict[tuple[int, int], np.n
     return {key: np.array(v) for key, v in out.items()}
 
 
-@pytest.mark.parametrize("kind", ["interests", "successor"])
+@pytest.mark.parametrize("kind", ["interests", "successor", "activity"])
 def test_taste_variant_truth_is_each_test_row_probability(tmp_path: Path, kind: str) -> None:
-    kwargs: dict[str, Any] = {"interests": 3} if kind == "interests" else {"successor": True}
+    kwargs: dict[str, Any] = {"interests": {"interests": 3}, "successor": {"successor": True},
+                              "activity": {"activity": 1.0}}[kind]
     variant = Variant(f"small-{kind}", "test", SMALL_MULTI, **kwargs)
     counts = make_variant(variant, tmp_path)
     drawn = draw_variant(variant)
@@ -159,13 +162,21 @@ def test_taste_variant_truth_is_each_test_row_probability(tmp_path: Path, kind: 
                 MAX_LEN).to_numpy(), test["item_id"].to_numpy()))
     else:
         assert drawn.turn is None
+    if kind == "activity":  # each user's own click bias, drawn N(0, 1); none for the padding user
+        assert drawn.user_bias is not None and drawn.user_bias[0] == 0 and 0.8 < drawn.user_bias[1:].std() < 1.2
+    else:
+        assert drawn.user_bias is None
 
 
 def test_variant_sets_at_most_one_click_model() -> None:
     for both in ({"interests": 2, "drift": 0.5}, {"interests": 2, "successor": True},
-                 {"drift": 0.5, "successor": True}):
-        with pytest.raises(ValueError, match="at most one of interests, drift and successor"):
+                 {"drift": 0.5, "successor": True}, {"successor": True, "activity": 1.0}):
+        with pytest.raises(ValueError, match="at most one of interests, drift, successor and activity"):
             Variant("both", "test", SMALL_MULTI, **both)
+    for bad in ({"activity": -1.0}, {"activity": math.inf}, {"drift": -0.5}):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            Variant("bad", "test", SMALL_MULTI, **bad)
+    assert Variant("a", "test", SMALL_MULTI, activity=1.0).taste_model
     assert Variant("m", "test", SMALL_MULTI, interests=2).taste_model
     assert Variant("d", "test", SMALL_MULTI, drift=0.5).taste_model
     assert Variant("t", "test", SMALL_MULTI, successor=True).taste_model
