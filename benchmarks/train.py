@@ -39,7 +39,14 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, from_dict, load_section, params_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import pick_device
-from pipeline.training.data import SplitTensors, exposure_levels, load_item_tables, load_split, make_batch
+from pipeline.training.data import (
+    SplitTensors,
+    exposure_levels,
+    load_item_tables,
+    load_split,
+    make_batch,
+    user_keys,
+)
 from pipeline.training.loop import make_optimizer, optimizer_step
 from pipeline.training.predict import autocast, predict_logits
 
@@ -49,7 +56,7 @@ class RowDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: str, context: list[str], pad_to: int):
         df = pl.read_parquet(path)
-        self.cols = {c: df[c].to_list() for c in ["item_seq", "item_id", "label", *context]}
+        self.cols = {c: df[c].to_list() for c in ["item_seq", "item_id", "user_id", "label", *context]}
         self.cols["item_seq"] = [[0] * (pad_to - len(s)) + s for s in self.cols["item_seq"]]
         self.context = context
 
@@ -59,6 +66,7 @@ class RowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = {"item_seq": torch.tensor(self.cols["item_seq"][i], dtype=torch.long),
                "item_id": torch.tensor(self.cols["item_id"][i], dtype=torch.long),
+               "user_id": torch.tensor(self.cols["user_id"][i], dtype=torch.long),
                "label": torch.tensor(self.cols["label"][i], dtype=torch.float32)}
         return row | {c: torch.tensor(self.cols[c][i], dtype=torch.long) for c in self.context}
 
@@ -192,7 +200,8 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
         if cfg.arch.exposure_levels else None
     # one model's steps: a seed ensemble (train.ensemble) repeats them per member, at the same speed
-    initial = build_model(cfg.arch.member, fmap, tags, mm, None, exposure).to(device)
+    users = user_keys(train.user_id) if cfg.arch.user_bias else None
+    initial = build_model(cfg.arch.member, fmap, tags, mm, None, exposure, users).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "

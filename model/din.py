@@ -35,9 +35,11 @@ class DIN(CTRBase):
     """See the module docstring. Built from a ModelConfig, the feature map and the item tables."""
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
-                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None):
-        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings."""
-        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)
+                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
+                 user_keys: Tensor | None = None):
+        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
+        rest as CTRBase's."""
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
         self.attention = mlp_head(4 * self.item_dim, cfg.din_attention_units, 0.0, cfg.dice)
         self.dnn = mlp_head(self.context_dim + 2 * self.item_dim, cfg.dnn_hidden_units, cfg.net_dropout, cfg.dice)
         self.reset_parameters()
@@ -78,4 +80,4 @@ class DIN(CTRBase):
         target = items[:target_id.shape[0]]  # (B, I)
         pooled = self.attend(items[target_id.shape[0]:], row, target)  # (B, I)
         x = torch.cat([*self.embed_context(batch), target, pooled], dim=1)  # (B, C*E + 2I)
-        return self.dnn(x).squeeze(-1) + self.target_bias(batch["item_id"])  # (B,)
+        return self.dnn(x).squeeze(-1) + self.logit_bias(batch)  # (B,)

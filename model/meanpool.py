@@ -24,9 +24,11 @@ class MeanPool(CTRBase):
     """See the module docstring. Built from a ModelConfig, the feature map and the item tables."""
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
-                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None):
-        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings."""
-        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)
+                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
+                 user_keys: Tensor | None = None):
+        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
+        rest as CTRBase's."""
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
         self.dnn = mlp_head(self.context_dim + 3 * self.item_dim, cfg.dnn_hidden_units, cfg.net_dropout)
         self.reset_parameters()
 
@@ -37,4 +39,4 @@ class MeanPool(CTRBase):
         target = self.embed_items(batch["item_id"])  # (B, I)
         user = masked_mean(self.embed_items(seq), seq)  # (B, I), 0 for an empty history
         x = torch.cat([*self.embed_context(batch), target, user, target * user], dim=1)  # (B, C*E + 3I)
-        return self.dnn(x).squeeze(-1) + self.target_bias(batch["item_id"])  # (B,)
+        return self.dnn(x).squeeze(-1) + self.logit_bias(batch)  # (B,)

@@ -46,9 +46,11 @@ class TransformerDCN(CTRBase):
     """See the module docstring. Built from a ModelConfig, the feature map and the item tables."""
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
-                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None):
-        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings."""
-        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure)
+                 item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
+                 user_keys: Tensor | None = None):
+        """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
+        rest as CTRBase's."""
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
         d_model = 2 * self.item_dim
         self.encoder = nn.TransformerEncoder(
             nn.TransformerEncoderLayer(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
@@ -115,4 +117,4 @@ class TransformerDCN(CTRBase):
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:
             x = torch.cat([self.cross(x0), x], dim=1)  # (B, D + deep_out)
-        return self.head(x).squeeze(-1) + self.target_bias(target_id)  # (B,)
+        return self.head(x).squeeze(-1) + self.logit_bias(batch)  # (B,)

@@ -36,6 +36,7 @@ from pipeline.training.data import (
     load_item_tables,
     load_semantic_ids,
     load_split,
+    user_keys,
 )
 from pipeline.training.loop import fit_ensemble
 from pipeline.training.predict import evaluate_split
@@ -68,11 +69,12 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
         exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
             if cfg.arch.exposure_levels else None
+        users = user_keys(train.user_id) if cfg.arch.user_bias else None
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
-            model, histories = fit_ensemble(lambda arch: build_model(arch, fmap, tags, mm, codes, exposure), train,
-                                            valid, cfg, device, live, dist, Path(model_path))
+            model, histories = fit_ensemble(lambda arch: build_model(arch, fmap, tags, mm, codes, exposure, users),
+                                            train, valid, cfg, device, live, dist, Path(model_path))
             best = max(histories[0], key=lambda r: r["valid_auc"])
             scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]} if len(histories) == 1 else \
                 evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)  # every rank scores

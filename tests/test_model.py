@@ -17,7 +17,7 @@ from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.data import exposure_levels
+from pipeline.training.data import exposure_levels, user_keys
 from pipeline.training.loop import regularization_loss
 from tests.conftest import MM, N_ITEMS, N_TAGS, SMALL, feature_map, item_tables, random_histories, small_model
 
@@ -27,7 +27,8 @@ def batch(seq: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
     b = seq.shape[0]
     return {"item_seq": seq, "item_id": torch.randint(1, N_ITEMS + 1, (b,), generator=g),
             "likes_level": torch.randint(0, 11, (b,), generator=g),
-            "views_level": torch.randint(0, 11, (b,), generator=g)}
+            "views_level": torch.randint(0, 11, (b,), generator=g),
+            "user_id": torch.randint(0, 60, (b,), generator=g)}
 
 
 def test_output_is_one_logit_per_row_and_dcn_width_follows_feature_map():
@@ -676,6 +677,50 @@ def test_item_bias_adds_the_target_items_scalar_to_the_logit(name: str):
     assert without.item_bias is None and not any(n.startswith("item_bias") for n, _ in without.named_parameters())
 
 
+USER_KEYS = torch.tensor([3, 17, 40, 41, 2**31 - 1])  # sparse train user ids, the largest int32 among them
+
+
+def test_user_rows_follow_the_index_of_train_user_ids_and_unseen_users_get_row_0():
+    """user id -> 1 + its position among the sorted train user ids (a dict, by hand); an id not among them (below,
+    between, above) -> 0; the table has one row per train user plus row 0, whatever the largest id."""
+    cfg = dataclasses.replace(SMALL, user_bias=True)
+    model = build_model(cfg, feature_map(), *item_tables(), None, None, USER_KEYS)
+    ids = torch.tensor([0, 3, 4, 17, 39, 40, 41, 42, 2**31 - 2, 2**31 - 1])
+    index = {k: r for r, k in enumerate(USER_KEYS.tolist(), 1)}
+    assert model.user_rows(ids).tolist() == [index.get(k, 0) for k in ids.tolist()]
+    assert model.user_bias.weight.shape == (len(USER_KEYS) + 1, 1)
+    assert user_keys(np.array([41, 3, 3, 2**31 - 1, 17, 40, 41], dtype=np.int32)).tolist() == USER_KEYS.tolist()
+
+
+@pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
+def test_user_bias_adds_the_users_scalar_to_the_logit(name: str, tmp_path):
+    """With user_bias every model's logit is the same network's logit plus its user's learnt scalar, 0 for a
+    user the train split never had (row 0 stays 0); the table counts as an embedding; a checkpoint keeps the
+    index; without the train user ids, or with them unsorted, the model is not built."""
+    extra = {"model": name, "item_repr": "id"} | (
+        {"mean_interest": False, "recent_interest": 0} if name != "transformer_dcn" else {})
+    cfg = dataclasses.replace(SMALL, **extra, user_bias=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_map(), *item_tables(), None, None, USER_KEYS).eval()
+    b = batch(random_histories(6, 20))
+    b["user_id"] = torch.tensor([3, 5, 40, 2**31 - 1, 0, 17])
+    with torch.no_grad():
+        model.user_bias.weight.zero_()
+        plain = model(b)
+        model.user_bias.weight[1:, 0] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+        torch.testing.assert_close(model(b), plain + torch.tensor([0.1, 0.0, 0.3, 0.5, 0.0, 0.2]))
+    assert model.user_bias.weight[0].item() == 0.0
+    assert any(p is model.user_bias.weight for p in model.embedding_parameters())
+    path = tmp_path / "user.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded.user_keys, USER_KEYS)
+    torch.testing.assert_close(loaded(b), model(b))
+    for keys in (None, torch.tensor([3, 17, 17]), torch.tensor([17, 3]), torch.zeros(0, dtype=torch.long)):
+        with pytest.raises(ValueError, match="train.user_bias needs"):
+            build_model(cfg, feature_map(), *item_tables(), None, None, keys)
+
+
 def test_exposure_levels_are_quantile_levels_of_train_counts_against_a_plain_reference():
     """Level of item i = 1 + #(distinct k/L count quantiles over items 1..N that are <= c_i), by hand; equal counts
     share a level, levels run 1..L, row 0 is 0, and an id past the table is an error."""
@@ -730,17 +775,17 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
-    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest and recent_map (written before
-    they existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are now."""
+    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map and user_bias
+    (written before they existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
-    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map"):
+    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
-    assert not loaded.cfg.recent_map
+    assert not loaded.cfg.recent_map and not loaded.cfg.user_bias
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

@@ -248,6 +248,26 @@ def test_train_with_a_seed_ensemble_writes_the_ensemble_and_its_valid_auc(projec
     assert not list(tmp_path.glob(".model.pt.resume*"))
 
 
+def test_train_with_user_bias_keeps_the_train_users_index_in_the_checkpoint(project, tmp_path):
+    """train.user_bias through the stage: every member's checkpointed user_keys are the train split's distinct user
+    ids, sorted, and the loaded model scores the valid split (its users found through that index)."""
+    params = tmp_path / "params.yaml"
+    values = yaml.safe_load((project / "params.yaml").read_text())
+    values["train"].update(user_bias=True, ensemble=2)
+    params.write_text(yaml.safe_dump(values, sort_keys=False))
+    model, live = tmp_path / "model.pt", tmp_path / "live"
+    cmd = stage_command(project, "train", params)
+    cmd[cmd.index("--model") + 1], cmd[cmd.index("--live-dir") + 1] = str(model), str(live)
+    run(cmd, project)
+    loaded, fmap = load_checkpoint(model, torch.device("cpu"))
+    train = load_split(project / "data/sequences/train.parquet", fmap)
+    for member in loaded.members:
+        assert member.user_keys.tolist() == sorted(set(train.user_id.tolist()))
+    valid = load_split(project / "data/sequences/valid.parquet", fmap)
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["valid_auc"] == pytest.approx(evaluate_split(loaded, valid, 4096, torch.device("cpu"))["auc"])
+
+
 def test_a_failing_evaluate_leaves_no_submission_behind(project):
     """evaluate writes its outputs only once everything is computed: a planted model it cannot read (a one-line
     error) leaves no submission, roc or metrics; restored, the rerun writes the bytes the DVC run did."""

@@ -435,7 +435,7 @@ ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/fa
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                                  "item_repr": "id", "ensemble": 1}
+                                  "user_bias": False, "item_repr": "id", "ensemble": 1}
 
 
 @dataclass(frozen=True)
@@ -460,6 +460,9 @@ class ModelConfig:
     # true: a learnt scalar per target item id added to the logit (FM's first-order term): how clickable the item
     # is whoever sees it, on a direct path rather than through the id embedding and the network
     item_bias: bool = False
+    # true: a learnt scalar per user of the train split added to the logit (0 for a user it never saw): how much
+    # this user clicks at all, which rows of the same user share (model/layers.py `logit_bias`)
+    user_bias: bool = False
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off

@@ -106,7 +106,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 # ModelConfig switches added after checkpoints were first written, at the value that builds the model such a
 # checkpoint holds (ModelConfig's default, taken for a missing key, may differ).
 SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1,
-                               "target_interest": False, "recent_map": False}
+                               "target_interest": False, "recent_map": False, "user_bias": False}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -141,7 +141,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         # the tables to build with (load_state_dict then sets every member's): a seed ensemble's are its members'
         prefix = "members.0." if cfg.ensemble > 1 else ""
         model = build_model(cfg, fmap, state[f"{prefix}item_tags"], state[f"{prefix}item_mm"],
-                            state.get(f"{prefix}item_codes"), state.get(f"{prefix}item_exposure"))
+                            state.get(f"{prefix}item_codes"), state.get(f"{prefix}item_exposure"),
+                            state.get(f"{prefix}user_keys"))
         model.load_state_dict(state)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None

@@ -143,6 +143,12 @@ def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> T
     return torch.from_numpy(out.astype(np.int64))
 
 
+def user_keys(user_id: np.ndarray | Tensor) -> Tensor:
+    """(R,) user ids of the train rows -> (U,) int64 their distinct values, increasing: the index of the user-bias
+    table (ModelConfig user_bias; model/layers.py `user_rows`)."""
+    return torch.from_numpy(np.unique(np.asarray(user_id, dtype=np.int64)))
+
+
 def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
     """semantic_ids.parquet -> (N+1, L) int64 codes as a tensor, checked by `read_semantic_ids`."""
     return torch.from_numpy(read_semantic_ids(path, n_rows))
@@ -167,7 +173,9 @@ def trim_history(seq: Tensor, first_k: int) -> Tensor:
 
 
 def make_batch(split: SplitTensors, idx: Tensor, first_k: int, device: torch.device) -> dict[str, Tensor]:
-    """Rows `idx` of a split as the model's input dict on `device`, every tensor int64 (item_seq widened here)."""
+    """Rows `idx` of a split as the model's input dict on `device`, every tensor int64 (item_seq widened here):
+    item_seq, item_id, user_id and each context feature."""
     batch = {"item_seq": trim_history(split.item_seq[idx], first_k).long(), "item_id": split.item_id[idx].long(),
+             "user_id": split.user_id[idx].long(),
              **{n: t[idx].long() for n, t in split.context.items()}}
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
