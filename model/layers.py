@@ -237,8 +237,8 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, code, tag, item-bias and context tables and the projection of the
-        frozen embedding.
+        train.embedding_regularizer): the id, code, tag, item-bias, user-bias and context tables and the projection
+        of the frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
         tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.exposure_emb,
                   self.context_emb, self.mm_proj]

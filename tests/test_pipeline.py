@@ -229,17 +229,24 @@ def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_th
         assert not (target.parent / f".{target.name}.resume.pt").exists()
 
 
-def test_train_with_a_seed_ensemble_writes_the_ensemble_and_its_valid_auc(project, tmp_path):
-    """train.ensemble: 2 through the stage: a checkpoint of two members, the ensemble's own valid AUC in the
-    dvclive summary (not a member's), and no resume state left behind."""
+def train_with(project: Path, tmp_path: Path, **train) -> tuple[Path, Path]:
+    """Run the train stage with these train params over the project's, its checkpoint and dvclive folder in
+    tmp_path; return (checkpoint, dvclive folder)."""
     params = tmp_path / "params.yaml"
     values = yaml.safe_load((project / "params.yaml").read_text())
-    values["train"]["ensemble"] = 2
+    values["train"].update(train)
     params.write_text(yaml.safe_dump(values, sort_keys=False))
     model, live = tmp_path / "model.pt", tmp_path / "live"
     cmd = stage_command(project, "train", params)
     cmd[cmd.index("--model") + 1], cmd[cmd.index("--live-dir") + 1] = str(model), str(live)
     run(cmd, project)
+    return model, live
+
+
+def test_train_with_a_seed_ensemble_writes_the_ensemble_and_its_valid_auc(project, tmp_path):
+    """train.ensemble: 2 through the stage: a checkpoint of two members, the ensemble's own valid AUC in the
+    dvclive summary (not a member's), and no resume state left behind."""
+    model, live = train_with(project, tmp_path, ensemble=2)
     loaded, fmap = load_checkpoint(model, torch.device("cpu"))
     assert isinstance(loaded, SeedEnsemble) and len(loaded.members) == 2
     valid = load_split(project / "data/sequences/valid.parquet", fmap)
@@ -251,14 +258,7 @@ def test_train_with_a_seed_ensemble_writes_the_ensemble_and_its_valid_auc(projec
 def test_train_with_user_bias_keeps_the_train_users_index_in_the_checkpoint(project, tmp_path):
     """train.user_bias through the stage: every member's checkpointed user_keys are the train split's distinct user
     ids, sorted, and the loaded model scores the valid split (its users found through that index)."""
-    params = tmp_path / "params.yaml"
-    values = yaml.safe_load((project / "params.yaml").read_text())
-    values["train"].update(user_bias=True, ensemble=2)
-    params.write_text(yaml.safe_dump(values, sort_keys=False))
-    model, live = tmp_path / "model.pt", tmp_path / "live"
-    cmd = stage_command(project, "train", params)
-    cmd[cmd.index("--model") + 1], cmd[cmd.index("--live-dir") + 1] = str(model), str(live)
-    run(cmd, project)
+    model, live = train_with(project, tmp_path, user_bias=True, ensemble=2)
     loaded, fmap = load_checkpoint(model, torch.device("cpu"))
     train = load_split(project / "data/sequences/train.parquet", fmap)
     for member in loaded.members:
