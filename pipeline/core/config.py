@@ -461,8 +461,9 @@ class ModelConfig:
     # is whoever sees it, on a direct path rather than through the id embedding and the network
     item_bias: bool = False
     # true: a learnt scalar per user of the train split added to the logit (0 for a user it never saw): how much
-    # this user clicks at all, which rows of the same user share (model/layers.py `logit_bias`)
-    user_bias: bool = False
+    # this user clicks at all, which rows of the same user share (model/layers.py `logit_bias`); on by default
+    # since 2026-12-05 (README "User bias": it gains where users return, and is neutral where they do not)
+    user_bias: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
