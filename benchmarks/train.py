@@ -41,11 +41,10 @@ from pipeline.core.feature_map import FeatureMap
 from pipeline.core.stage import pick_device
 from pipeline.training.data import (
     SplitTensors,
-    exposure_levels,
     load_item_tables,
     load_split,
     make_batch,
-    user_keys,
+    split_tables,
 )
 from pipeline.training.loop import make_optimizer, optimizer_step
 from pipeline.training.predict import autocast, predict_logits
@@ -197,10 +196,8 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     pad_to = train.item_seq.shape[1]
     context = [f.name for f in fmap.context_features]
     torch.manual_seed(cfg.seed)
-    exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
-        if cfg.arch.exposure_levels else None
+    exposure, users = split_tables(train, tags.shape[0], cfg.arch)
     # one model's steps: a seed ensemble (train.ensemble) repeats them per member, at the same speed
-    users = user_keys(train.user_id) if cfg.arch.user_bias else None
     initial = build_model(cfg.arch.member, fmap, tags, mm, None, exposure, users).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "

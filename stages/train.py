@@ -32,11 +32,10 @@ from pipeline.core.stage import file_options, params_option, set_threads, stage_
 from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import (
     check_item_tables,
-    exposure_levels,
     load_item_tables,
     load_semantic_ids,
     load_split,
-    user_keys,
+    split_tables,
 )
 from pipeline.training.loop import fit_ensemble
 from pipeline.training.predict import evaluate_split
@@ -67,9 +66,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                 for name, path in (("train", train_path), ("valid", valid_path)))
         else:
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
-        exposure = exposure_levels(train.item_id, tags.shape[0], cfg.arch.exposure_levels) \
-            if cfg.arch.exposure_levels else None
-        users = user_keys(train.user_id) if cfg.arch.user_bias else None
+        exposure, users = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)
         with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:

@@ -17,7 +17,7 @@ from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.data import exposure_levels, user_keys
+from pipeline.training.data import SplitTensors, exposure_levels, split_tables, user_keys
 from pipeline.training.loop import regularization_loss
 from tests.conftest import MM, N_ITEMS, N_TAGS, SMALL, feature_map, item_tables, random_histories, small_model
 
@@ -720,6 +720,25 @@ def test_user_bias_adds_the_users_scalar_to_the_logit(name: str, tmp_path):
     for keys in (None, torch.tensor([3, 17, 17]), torch.tensor([17, 3]), torch.zeros(0, dtype=torch.long)):
         with pytest.raises(ValueError, match="train.user_bias needs"):
             build_model(cfg, feature_map(), *item_tables(), None, None, keys)
+
+
+def test_split_tables_are_the_train_splits_exposure_levels_and_user_keys_each_only_when_its_switch_is_on():
+    """split_tables gives build_model what the config asks of the train split: the exposure levels of its target
+    items over the item table, and its sorted distinct user ids, each None when its switch is off."""
+    ids = torch.tensor([1, 1, 2, 5, 5, 5])
+    train = SplitTensors(torch.zeros(6, 3, dtype=torch.long), ids, {}, torch.zeros(6),
+                         torch.tensor([41, 3, 3, 17, 2**31 - 1, 40]))
+    for levels, bias in ((0, False), (3, False), (0, True), (4, True)):
+        exposure, users = split_tables(train, N_ITEMS + 1, dataclasses.replace(SMALL, exposure_levels=levels,
+                                                                              user_bias=bias))
+        if levels:
+            torch.testing.assert_close(exposure, exposure_levels(ids, N_ITEMS + 1, levels))
+        else:
+            assert exposure is None
+        if bias:
+            assert users.tolist() == USER_KEYS.tolist()
+        else:
+            assert users is None
 
 
 def test_exposure_levels_are_quantile_levels_of_train_counts_against_a_plain_reference():
