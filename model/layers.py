@@ -25,6 +25,8 @@ a vector on the scale and in the neighbourhood of items like it, where a random 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -90,6 +92,69 @@ class MLP(nn.Sequential):
             in_dim = out_dim
         super().__init__(*layers)
         self.out_dim = in_dim
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameters, names and init (in_proj_weight (3D, D)
+    xavier-uniform, in_proj_bias (3D,) zero, out_proj a Linear whose bias is zeroed, drawn in that module's order),
+    so a state dict of either loads into the other; the attention weights go through `Dropout`."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = Dropout(dropout)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """x (B, L, D), pad (B, L) bool, True = a key no query attends to (each row needs one False) -> (B, L, D)."""
+        b, length, d = x.shape
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
+        q, k, v = qkv.view(b, length, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, H, L, d/H)
+        scores = q @ k.transpose(-1, -2) / (d // self.num_heads) ** 0.5  # (B, H, L, L)
+        weights = self.dropout(scores.masked_fill(pad[:, None, None, :], float("-inf")).softmax(-1))
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(b, length, d))  # (B, L, D)
+
+
+class EncoderLayer(nn.Module):
+    """nn.TransformerEncoderLayer's function as the models use it (post-norm, ReLU, batch first, LayerNorm eps
+    1e-5), with its parameter names and init order, and every dropout a `Dropout`: torch's layer draws its four
+    dropout masks (attention weights, residuals, feed-forward) with CPU bernoulli_, a fifth of a CPU training
+    step of the default model (`python benchmarks/encoder.py` measures both layers side by side)."""
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, num_heads, dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """x (B, L, D), pad (B, L) bool as SelfAttention's -> (B, L, D)."""
+        x = self.norm1(x + self.dropout(self.self_attn(x, pad)))
+        return self.norm2(x + self.dropout(self.linear2(self.dropout(torch.relu(self.linear1(x))))))
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` EncoderLayers, each starting as a copy of the first (nn.TransformerEncoder's
+    clones, so the state dict, its keys `layers.<i>.*`, and the initial weights match torch's encoder's)."""
+
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int, dropout: float, num_layers: int):
+        super().__init__()
+        first = EncoderLayer(d_model, num_heads, dim_feedforward, dropout)
+        self.layers = nn.ModuleList([first, *(copy.deepcopy(first) for _ in range(num_layers - 1))])
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """x (B, L, D), pad (B, L) bool as SelfAttention's -> (B, L, D)."""
+        for layer in self.layers:
+            x = layer(x, pad)
+        return x
 
 
 def mlp_head(in_dim: int, units: tuple[int, ...], dropout: float, dice: bool = False) -> nn.Sequential:

@@ -2,7 +2,8 @@
 
 Items are embedded by model.layers.CTRBase: e_item = [id (E) || mean tag (E) || W_mm * frozen PCA embedding],
 item_dim = 2E + mm_dim (2E without `use_mm_emb`). Each history position i becomes the token
-[e_item_i || e_target] (no positional encoding), fed to a Transformer encoder whose key padding mask is
+[e_item_i || e_target] (no positional encoding), fed to a Transformer encoder (model.layers.Encoder: torch's
+nn.TransformerEncoder, post-norm, with a cheaper dropout draw) whose key padding mask is
 `item_seq == 0`: padded positions are never attended to and their outputs are zeroed. (The published code passes
 the inverted mask and so attends only to padding; this file does what the paper describes.) The sequence output
 is the flattened outputs of the `first_k` most recent positions plus a max-pool over real positions (through a
@@ -37,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.layers import MLP, CrossNetV2, CTRBase, masked_mean, mlp_head, target_attention
+from model.layers import MLP, CrossNetV2, CTRBase, Encoder, masked_mean, mlp_head, target_attention
 from pipeline.core.config import ModelConfig
 from pipeline.core.feature_map import FeatureMap
 
@@ -52,10 +53,8 @@ class TransformerDCN(CTRBase):
         rest as CTRBase's."""
         super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
         d_model = 2 * self.item_dim
-        self.encoder = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
-                                       batch_first=True),
-            cfg.transformer_layers, enable_nested_tensor=False) if cfg.use_transformer else None
+        self.encoder = Encoder(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
+                               cfg.transformer_layers) if cfg.use_transformer else None
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None
         seq_out = (cfg.first_k + int(cfg.concat_max_pool)) * d_model
         dcn_in = (self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
@@ -76,7 +75,7 @@ class TransformerDCN(CTRBase):
             # its last (padding) token, whose input is [0 || target]; its output is zeroed below like every pad.
             attn_pad = pad.clone()
             attn_pad[pad.all(dim=1), -1] = False
-            out = self.encoder(out, src_key_padding_mask=attn_pad)  # (B, L, 2I)
+            out = self.encoder(out, attn_pad)  # (B, L, 2I)
         # Zeroed even without the encoder: a padding token still carries e_target.
         out = out.masked_fill(pad.unsqueeze(-1), 0.0)
         parts = [out[:, -self.cfg.first_k:].flatten(1)]  # (B, k * 2I): the k most recent positions

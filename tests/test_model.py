@@ -12,7 +12,7 @@ import torch
 
 from model.din import DIN
 from model.factory import MODELS, build_model
-from model.layers import CrossNetV2, Dice, Dropout, masked_mean, target_attention
+from model.layers import CrossNetV2, Dice, Dropout, Encoder, masked_mean, target_attention
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
@@ -569,6 +569,69 @@ def test_dropout_is_nn_dropouts_function():
     assert drop.eval()(x) is x
     state = torch.get_rng_state()
     assert Dropout(0.0).train()(x) is x and torch.equal(torch.get_rng_state(), state)
+
+
+def torch_encoder(d: int, heads: int, ff: int, p: float, layers: int) -> torch.nn.TransformerEncoder:
+    """The reference: torch's encoder as transformer_dcn built it before model.layers.Encoder."""
+    return torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(d, heads, ff, p, batch_first=True), layers,
+                                       enable_nested_tensor=False)
+
+
+@pytest.mark.parametrize("heads,layers", [(1, 1), (2, 2), (4, 3)])
+def test_encoder_is_torchs_transformer_encoder(heads: int, layers: int):
+    """model.layers.Encoder against nn.TransformerEncoder(nn.TransformerEncoderLayer(batch_first=True)): built
+    from the same seed, the same state dict (keys and values, so old checkpoints load); with a key padding mask,
+    the same outputs in eval, and in training at dropout 0 the same outputs and gradients (input and weights)."""
+    d, ff, b, length = 24, 40, 16, 12
+    torch.manual_seed(5)
+    ref = torch_encoder(d, heads, ff, 0.0, layers)
+    torch.manual_seed(5)
+    ours = Encoder(d, heads, ff, 0.0, layers)
+    theirs, mine = ref.state_dict(), ours.state_dict()
+    assert list(mine) == list(theirs)
+    for key in theirs:
+        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=0)
+    x = torch.randn(b, length, d)
+    lengths = torch.randint(1, length + 1, (b,))
+    pad = torch.arange(length) < length - lengths[:, None]  # left padding, at least one real key per row
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x, pad), ref.eval()(x, src_key_padding_mask=pad), rtol=1e-5,
+                                   atol=1e-5)
+    outs, grads = [], []
+    for model, call in ((ref, lambda xi: ref(xi, src_key_padding_mask=pad)), (ours, lambda xi: ours(xi, pad))):
+        model.train()
+        xi = x.clone().requires_grad_()
+        out = call(xi)
+        (out * torch.linspace(-1, 1, d)).sum().backward()  # unequal weights: a plain sum's gradient is ~0 (LayerNorm)
+        outs.append(out.detach())
+        grads.append([xi.grad, *(p.grad for p in model.parameters())])
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    for mine_grad, ref_grad in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(mine_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_dropout_draws_model_layers_dropout_only_in_training():
+    """Every dropout of the encoder (attention weights, both residual branches, feed-forward) is model.layers.Dropout
+    at transformer_dropout, none torch's (whose CPU bernoulli_ it replaces): training output is random and seeded,
+    eval output is the dropout-free one."""
+    model = built(VARIANTS["transformer_dcn"])
+    drops = [m for m in model.encoder.modules() if isinstance(m, (Dropout, torch.nn.Dropout))]
+    assert drops and all(type(m) is Dropout and m.p == SMALL.transformer_dropout for m in drops)
+    assert not any(type(m) is torch.nn.Dropout for m in model.modules())
+    x = torch.randn(8, 6, model.encoder.layers[0].linear1.in_features)
+    pad = torch.zeros(8, 6, dtype=torch.bool)
+    model.encoder.train()
+    draws = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        draws.append(model.encoder(x, pad))
+    torch.testing.assert_close(draws[0], draws[1], rtol=0, atol=0)
+    assert not torch.allclose(draws[0], draws[2])
+    with torch.no_grad():
+        clean = model.encoder.eval()(x, pad)
+        for m in drops:
+            m.p = 0.0
+        torch.testing.assert_close(model.encoder.train()(x, pad), clean, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["transformer_dcn", "din", "meanpool"])
