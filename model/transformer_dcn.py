@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from model.layers import MLP, CrossNetV2, CTRBase, Encoder, masked_mean, mlp_head, target_attention
-from pipeline.core.config import ModelConfig
+from pipeline.core.config import ModelConfig, ParamsError
 from pipeline.core.feature_map import FeatureMap
 
 
@@ -53,6 +53,10 @@ class TransformerDCN(CTRBase):
         rest as CTRBase's."""
         super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
         d_model = 2 * self.item_dim
+        if cfg.use_transformer and d_model % cfg.num_heads:
+            raise ParamsError(f"train.num_heads: {cfg.num_heads} heads do not divide the encoder's token width "
+                              f"{d_model} (2 x item_dim, item_dim = 2 x embedding_dim + the frozen embedding's "
+                              f"{self.item_dim - 2 * cfg.embedding_dim}); pick a divisor of {d_model}")
         self.encoder = Encoder(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
                                cfg.transformer_layers) if cfg.use_transformer else None
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None

@@ -610,6 +610,16 @@ def test_encoder_is_torchs_transformer_encoder(heads: int, layers: int):
         torch.testing.assert_close(mine_grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
+def test_heads_that_do_not_divide_the_token_width_are_a_params_error_naming_the_key():
+    """The encoder's token width is 2 x item_dim, known only once the frozen embedding's width is (mm_dim 0 keeps
+    the data's): heads that do not divide it stop the build with one line naming train.num_heads."""
+    width = 2 * (2 * SMALL.embedding_dim + MM)
+    assert width % 5
+    with pytest.raises(ParamsError, match=rf"train.num_heads: 5 heads do not divide .* width {width}"):
+        built(dataclasses.replace(SMALL, num_heads=5))
+    built(dataclasses.replace(SMALL, num_heads=5, use_transformer=False))  # no encoder, no constraint
+
+
 def test_encoder_dropout_draws_model_layers_dropout_only_in_training():
     """Every dropout of the encoder (attention weights, both residual branches, feed-forward) is model.layers.Dropout
     at transformer_dropout, none torch's (whose CPU bernoulli_ it replaces): training output is random and seeded,
