@@ -97,12 +97,11 @@ class MLP(nn.Sequential):
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameters, names and init (in_proj_weight (3D, D)
     xavier-uniform, in_proj_bias (3D,) zero, out_proj a Linear whose bias is zeroed, drawn in that module's order),
-    so a state dict of either loads into the other; the attention weights go through `Dropout`."""
+    so a state dict of either loads into the other; the attention weights go through `Dropout`. num_heads must
+    divide d_model (TransformerDCN checks it against train.num_heads before building one)."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
