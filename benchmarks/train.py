@@ -198,7 +198,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     torch.manual_seed(cfg.seed)
     exposure, users = split_tables(train, tags.shape[0], cfg.arch)
     # one model's steps: a seed ensemble (train.ensemble) repeats them per member, at the same speed
-    initial = build_model(cfg.arch.member, fmap, tags, mm, None, exposure, users).to(device)
+    initial = build_model(cfg.arch.member(0), fmap, tags, mm, None, exposure, users).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "

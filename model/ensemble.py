@@ -19,8 +19,8 @@ from pipeline.core.config import ModelConfig
 
 
 class SeedEnsemble(nn.Module):
-    """`cfg` (ensemble = len(members)) is what the checkpoint records; `members` are models built from the same
-    config with ensemble = 1."""
+    """`cfg` (ensemble = len(members)) is what the checkpoint records; member k is the model built from
+    `cfg.member(k)`: the same config with ensemble = 1, and under `ensemble_mix: recent_map` recent_map on odd k."""
 
     def __init__(self, cfg: ModelConfig, members: list[nn.Module]):
         super().__init__()

@@ -27,6 +27,6 @@ def build_model(cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, it
     holding the tables), freshly initialised one after another: fit_ensemble trains members, load_checkpoint
     fills one."""
     if cfg.ensemble > 1:
-        return SeedEnsemble(cfg, [build_model(cfg.member, feature_map, item_tags, item_mm, item_codes, item_exposure,
-                                              user_keys) for _ in range(cfg.ensemble)])
+        return SeedEnsemble(cfg, [build_model(cfg.member(k), feature_map, item_tags, item_mm, item_codes, item_exposure,
+                                              user_keys) for k in range(cfg.ensemble)])
     return MODELS[cfg.model](cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)

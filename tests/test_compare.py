@@ -18,7 +18,7 @@ from pipeline.cli.compare import (
     headline_table,
     queue_commands,
 )
-from pipeline.core.config import TrainConfig, load_section
+from pipeline.core.config import PLAIN_SWITCHES, ModelConfig, TrainConfig, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +46,9 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         assert (cfg.arch.recent_interest, cfg.arch.exposure_levels) == ((3, 20) if mmctr else (0, 0))
         assert cfg.arch.ensemble == (2 if mmctr else 1)
         assert cfg.arch.item_repr == {"sem": "semantic", "idsem": "id+semantic"}.get(name.split("-")[2], "id")
+        if mmctr:  # the default's every addition, at its default (user_bias and ensemble_mix included)
+            default = ModelConfig()
+            assert all(getattr(cfg.arch, k) == getattr(default, k) for k in PLAIN_SWITCHES if k != "item_repr")
     ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 

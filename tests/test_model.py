@@ -868,17 +868,18 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
-    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map and user_bias
-    (written before they existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are."""
+    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias and
+    ensemble_mix (written before they existed) rebuilds the model it holds, with each off, whatever ModelConfig's
+    defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
-    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias"):
+    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
-    assert not loaded.cfg.recent_map and not loaded.cfg.user_bias
+    assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

@@ -409,6 +409,39 @@ def test_each_ensemble_member_resumes_from_its_own_state(tmp_path):
     np.testing.assert_array_equal(predict_logits(again, split, 16, CPU), predict_logits(first, split, 16, CPU))
 
 
+def test_a_mixed_ensemble_gives_recent_map_to_every_second_member(tmp_path):
+    """ensemble_mix: recent_map -> member k has recent_map exactly when k is odd and is otherwise the seed
+    ensemble's member k (seed + k, trained alone); the checkpoint rebuilds each member's own architecture."""
+    cfg = train_cfg(epochs=2, ensemble=2, recent_interest=2, ensemble_mix="recent_map")
+    assert [cfg.arch.member(k).recent_map for k in range(4)] == [False, True, False, True]
+    assert {(m.ensemble, m.ensemble_mix) for m in map(cfg.arch.member, range(4))} == {(1, "none")}
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    mixed, histories = fit_ensemble(build_small, train, valid, cfg, CPU)
+    plain, mapped = mixed.members
+    assert plain.recent_delta is None and mapped.recent_delta is not None
+    assert mapped.recent_delta.weight.abs().sum() > 0  # A left zero: the map did not train
+    alone, [alone_history] = fit_ensemble(build_small, train, valid, train_cfg(
+        epochs=2, seed=2, recent_interest=2, recent_map=True), CPU)
+    assert histories[1] == alone_history
+    for k, v in alone.state_dict().items():
+        torch.testing.assert_close(mapped.state_dict()[k], v, rtol=0, atol=0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, mixed, feature_map())
+    loaded, _ = load_checkpoint(path, CPU)
+    assert loaded.cfg.ensemble_mix == "recent_map" and [m.cfg.recent_map for m in loaded.members] == [False, True]
+    split = toy_split(40, seed=5)
+    np.testing.assert_array_equal(predict_logits(loaded, split, 16, CPU), predict_logits(mixed, split, 16, CPU))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"ensemble_mix": "mystery"}, "got 'mystery'"),
+    ({"ensemble_mix": "recent_map", "recent_interest": 0}, "recent_interest, which is 0"),
+    ({"ensemble_mix": "recent_map", "recent_interest": 2, "recent_map": True}, "already gives it to all")])
+def test_a_mixed_ensemble_that_cannot_be_built_names_the_key(kw, message):
+    with pytest.raises(ParamsError, match=rf"train\.ensemble_mix: .*{re.escape(message)}"):
+        train_cfg(**kw)
+
+
 @pytest.mark.parametrize("value", [0, 17])
 def test_an_ensemble_size_out_of_range_names_the_key(value):
     with pytest.raises(ParamsError, match=rf"train\.ensemble: must be in \[1, 16\], got {value}"):

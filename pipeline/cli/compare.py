@@ -16,16 +16,15 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.core.config import PLAIN_SWITCHES
+from pipeline.core.config import PLAIN_SWITCHES, ModelConfig
 
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
 # Transformer + DCNv2 rows are the winner's (PLAIN_SWITCHES: full-rank cross, no mean or recent interest, no
-# exposure levels, one model), and the mmctr default rows add this project's additions at params.yaml's default
-# values, its seed ensemble of two included.
+# exposure levels, one model), and the mmctr default rows set each of those switches at its default (ModelConfig's,
+# which are params.yaml's: tests/test_config.py), its ensemble included.
 _PLAIN = {f"train.{k}": v for k, v in PLAIN_SWITCHES.items()}
-_MMCTR = {**_PLAIN, "train.mean_interest": True, "train.recent_interest": 3, "train.cross_rank": 8,
-          "train.exposure_levels": 20, "train.ensemble": 2}
+_MMCTR = {f"train.{k}": getattr(ModelConfig(), k) for k in PLAIN_SWITCHES}
 
 
 def _row(model: str, dice: bool, transformer: bool, dcn: bool, switches: dict[str, Any]) -> dict[str, Any]:

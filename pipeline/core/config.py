@@ -429,13 +429,14 @@ class BuildSequencesConfig:
 
 ItemRepr = Literal["id", "semantic", "id+semantic"]  # the learnt part of an item's embedding (model/layers.py)
 ModelName = Literal["transformer_dcn", "din", "meanpool"]  # the models model/factory.py builds
+EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 # This project's additions to the published models (ModelConfig fields), each at the value that switches it off.
 # Every baseline (DIN, the mean-pool MLP, the winner's Transformer+DCNv2: mmctr compare, benchmarks/variants.py,
 # benchmarks/fuxictr_din.py) sets all of them, so it is the published model whatever params.yaml's defaults add
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                                  "user_bias": False, "item_repr": "id", "ensemble": 1}
+                                  "user_bias": False, "item_repr": "id", "ensemble": 1, "ensemble_mix": "none"}
 
 
 @dataclass(frozen=True)
@@ -493,11 +494,15 @@ class ModelConfig:
     # > 1: a seed ensemble, this many copies of the model trained one after another, each alone (seed, seed + 1,
     # ...; each early-stopped on its own valid AUC), their logits averaged (model/ensemble.py); 1 = one model
     ensemble: int = 2
+    # what else differs between the members: none (a seed ensemble of one model) | recent_map (transformer_dcn
+    # with recent_interest: every second member, 1, 3, ..., also has recent_map; README "Mixed ensemble")
+    ensemble_mix: EnsembleMix = "none"
 
-    @property
-    def member(self) -> ModelConfig:
-        """The config of one model of the ensemble (of the model itself when ensemble is 1)."""
-        return dataclasses.replace(self, ensemble=1)
+    def member(self, k: int) -> ModelConfig:
+        """The config of member k of the ensemble (member 0 of ensemble 1 is the model itself): ensemble 1, and
+        recent_map on where ensemble_mix gives it to member k."""
+        mapped = self.recent_map or (self.ensemble_mix == "recent_map" and k % 2 == 1)
+        return dataclasses.replace(self, ensemble=1, ensemble_mix="none", recent_map=mapped)
 
     def __post_init__(self) -> None:
         """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.
@@ -525,6 +530,13 @@ class ModelConfig:
         require(self.cross_rank >= 0, f"{s}.cross_rank", "must be >= 0 (0 = full rank)")
         require(1 <= self.ensemble <= MAX_ENSEMBLE, f"{s}.ensemble",
                 f"must be in [1, {MAX_ENSEMBLE}], got {self.ensemble}")
+        mixes = typing.get_args(EnsembleMix)
+        require(self.ensemble_mix in mixes, f"{s}.ensemble_mix",
+                f"must be one of {', '.join(mixes)}, got {self.ensemble_mix!r}")
+        require(self.ensemble_mix != "recent_map" or not self.recent_map, f"{s}.ensemble_mix",
+                "recent_map gives the map to every second member, but train.recent_map already gives it to all")
+        require(self.ensemble_mix != "recent_map" or self.recent_interest > 0, f"{s}.ensemble_mix",
+                "recent_map maps the recent items of recent_interest, which is 0")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
         require(0 <= self.exposure_levels <= 1000, f"{s}.exposure_levels",
                 f"must be in [0, 1000], got {self.exposure_levels}")

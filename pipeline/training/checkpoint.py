@@ -106,7 +106,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 # ModelConfig switches added after checkpoints were first written, at the value that builds the model such a
 # checkpoint holds (ModelConfig's default, taken for a missing key, may differ).
 SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1,
-                               "target_interest": False, "recent_map": False, "user_bias": False}
+                               "target_interest": False, "recent_map": False, "user_bias": False,
+                               "ensemble_mix": "none"}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:

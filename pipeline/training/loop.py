@@ -357,18 +357,19 @@ def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, v
                  model_path: Path | None = None) -> tuple[nn.Module, list[list[dict[str, float]]]]:
     """Train `cfg.arch.ensemble` models one after another and return (the model, each member's `fit` records).
 
-    Member k is `build(cfg.arch with ensemble 1)` made right after torch.manual_seed(seed_k) and trained by `fit`
-    with seed_k = cfg.seed + k, on its own: its own pass order, dropout draws, early stop and best weights, and its
-    own resume state (resume_path(model_path, k); none without model_path). Member 0 is therefore exactly the
-    model that ensemble 1 trains, and ensemble 1 returns that model itself; otherwise a SeedEnsemble of the
-    members (model/ensemble.py). Only member 0 logs to `live`: a dvclive curve cannot start over."""
+    Member k is `build(cfg.arch.member(k))` (ensemble 1; recent_map on odd k under ensemble_mix) made right after
+    torch.manual_seed(seed_k) and trained by `fit` with seed_k = cfg.seed + k, on its own: its own pass order,
+    dropout draws, early stop and best weights, and its own resume state (resume_path(model_path, k); none without
+    model_path). Member 0 is therefore exactly the model that ensemble 1 trains, and ensemble 1 returns that model
+    itself; otherwise a SeedEnsemble of the members (model/ensemble.py). Only member 0 logs to `live`: a dvclive
+    curve cannot start over."""
     members, histories = [], []
     for k in range(cfg.arch.ensemble):
         member_cfg = cfg if k == 0 else replace(cfg, seed=cfg.seed + k)
         if cfg.arch.ensemble > 1 and dist.is_main:
             log.info("seed ensemble: member %d of %d, seed %d", k + 1, cfg.arch.ensemble, member_cfg.seed)
         torch.manual_seed(member_cfg.seed)
-        member = build(cfg.arch.member)
+        member = build(cfg.arch.member(k))
         histories.append(fit(member, train, valid, member_cfg, device, live if k == 0 else None, dist,
                              None if model_path is None else resume_path(model_path, k)))
         members.append(member)
