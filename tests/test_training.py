@@ -436,10 +436,15 @@ def test_a_mixed_ensemble_gives_recent_map_to_every_second_member(tmp_path):
 @pytest.mark.parametrize("kw, message", [
     ({"ensemble_mix": "mystery"}, "got 'mystery'"),
     ({"ensemble_mix": "recent_map", "recent_interest": 0}, "recent_interest, which is 0"),
-    ({"ensemble_mix": "recent_map", "recent_interest": 2, "recent_map": True}, "already gives it to all")])
+    ({"ensemble_mix": "recent_map", "recent_interest": 2, "recent_map": True}, "already gives it to all"),
+    ({"ensemble_mix": "recent_map", "model": "din"}, "model 'din' has none")])
 def test_a_mixed_ensemble_that_cannot_be_built_names_the_key(kw, message):
+    """...and only an ensemble has a second member: with ensemble 1 the mix leaves member 0, the model alone."""
     with pytest.raises(ParamsError, match=rf"train\.ensemble_mix: .*{re.escape(message)}"):
-        train_cfg(**kw)
+        train_cfg(ensemble=2, **kw)
+    if kw["ensemble_mix"] == "recent_map":
+        alone = train_cfg(ensemble=1, **{**kw, "ensemble_mix": "none"}).arch
+        assert train_cfg(ensemble=1, **kw).arch.member(0) == alone
 
 
 @pytest.mark.parametrize("value", [0, 17])

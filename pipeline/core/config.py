@@ -495,8 +495,9 @@ class ModelConfig:
     # ...; each early-stopped on its own valid AUC), their logits averaged (model/ensemble.py); 1 = one model
     ensemble: int = 2
     # what else differs between the members: none (a seed ensemble of one model) | recent_map (transformer_dcn
-    # with recent_interest: every second member, 1, 3, ..., also has recent_map; README "Mixed ensemble")
-    ensemble_mix: EnsembleMix = "none"
+    # with recent_interest: every second member, 1, 3, ..., also has recent_map; README "Mixed ensemble"); with
+    # ensemble 1 there is no second member, so either value trains member 0, which has no map
+    ensemble_mix: EnsembleMix = "recent_map"
 
     def member(self, k: int) -> ModelConfig:
         """The config of member k of the ensemble (member 0 of ensemble 1 is the model itself): ensemble 1, and
@@ -533,10 +534,6 @@ class ModelConfig:
         mixes = typing.get_args(EnsembleMix)
         require(self.ensemble_mix in mixes, f"{s}.ensemble_mix",
                 f"must be one of {', '.join(mixes)}, got {self.ensemble_mix!r}")
-        require(self.ensemble_mix != "recent_map" or not self.recent_map, f"{s}.ensemble_mix",
-                "recent_map gives the map to every second member, but train.recent_map already gives it to all")
-        require(self.ensemble_mix != "recent_map" or self.recent_interest > 0, f"{s}.ensemble_mix",
-                "recent_map maps the recent items of recent_interest, which is 0")
         require(self.mm_dim >= 0, f"{s}.mm_dim", "must be >= 0 (0 = the frozen embedding's width)")
         require(0 <= self.exposure_levels <= 1000, f"{s}.exposure_levels",
                 f"must be in [0, 1000], got {self.exposure_levels}")
@@ -555,6 +552,13 @@ class ModelConfig:
         for name in ("use_transformer", "use_dcn"):
             require(getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"false ablates a part of model 'transformer_dcn'; model {self.model!r} has no such part")
+        if self.ensemble > 1 and self.ensemble_mix == "recent_map":  # ensemble 1 has no second member to mix
+            require(self.model == "transformer_dcn", f"{s}.ensemble_mix", "recent_map gives every second member a "
+                    f"part of model 'transformer_dcn'; model {self.model!r} has none (none: a seed ensemble)")
+            require(not self.recent_map, f"{s}.ensemble_mix",
+                    "recent_map gives the map to every second member, but train.recent_map already gives it to all")
+            require(self.recent_interest > 0, f"{s}.ensemble_mix",
+                    "recent_map maps the recent items of recent_interest, which is 0 (none: a seed ensemble)")
 
 
 @dataclass(frozen=True)
