@@ -1,9 +1,10 @@
 """Seed ensemble: copies of one model, trained apart with different seeds, scored as the mean of their logits.
 
-Each member is a whole model (model/factory.py) with its own weights and item tables; the members differ only in
-their initial weights, pass order and dropout draws (train.seed + k for member k). Averaging their logits cancels
-part of what each run learnt by chance, which no single run can do: on the held-out style variants two members
-score 0.001-0.002 test AUC above either alone (README, "Seed ensembles"). Training is
+Each member is a whole model (model/factory.py) with its own weights and item tables; the members differ in
+their initial weights, pass order and dropout draws (train.seed + k for member k), and under `train.ensemble_mix:
+recent_map` (the default) every second member also has recent_map (README "Mixed ensemble"). Averaging their
+logits cancels part of what each run learnt by chance, which no single run can do: on the held-out style variants
+two members score 0.001-0.002 test AUC above either alone (README, "Seed ensembles"). Training is
 `pipeline.training.loop.fit_ensemble`, not a joint fit: trained together through the averaged logit the copies
 would be one wider model, not independent estimates.
 
