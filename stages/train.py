@@ -81,7 +81,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                                 "epochs_run": sum(h[-1]["epoch"] + 1 for h in histories),
                                 "steps_run": sum(h[-1]["step"] for h in histories)}
                 if len(histories) > 1:
-                    log.info("seed ensemble of %d: valid AUC %.5f (members %s)", len(histories), scores["auc"],
+                    log.info("ensemble of %d: valid AUC %.5f (members %s)", len(histories), scores["auc"],
                              ", ".join(f"{max(r['valid_auc'] for r in h):.5f}" for h in histories))
         if dist.is_main:
             save_checkpoint(model_path, model, fmap)

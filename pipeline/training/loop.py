@@ -366,10 +366,12 @@ def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, v
     members, histories = [], []
     for k in range(cfg.arch.ensemble):
         member_cfg = cfg if k == 0 else replace(cfg, seed=cfg.seed + k)
+        arch = cfg.arch.member(k)
         if cfg.arch.ensemble > 1 and dist.is_main:
-            log.info("seed ensemble: member %d of %d, seed %d", k + 1, cfg.arch.ensemble, member_cfg.seed)
+            log.info("ensemble: member %d of %d, seed %d%s", k + 1, cfg.arch.ensemble, member_cfg.seed,
+                     ", with recent_map" if arch.recent_map else "")
         torch.manual_seed(member_cfg.seed)
-        member = build(cfg.arch.member(k))
+        member = build(arch)
         histories.append(fit(member, train, valid, member_cfg, device, live if k == 0 else None, dist,
                              None if model_path is None else resume_path(model_path, k)))
         members.append(member)
