@@ -25,7 +25,8 @@ The variants differ in what shapes the data, not only its size: the showing poli
 split, and, in `multi`, `drift`, `successor` and `activity`, the click model itself (several tastes per user, one
 that drifts, an order that is not similarity, or users who click at very different rates, not make_synthetic's;
 their history oracle is a plug-in, see taste_history_oracle). Sizes follow
-the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M).
+the held-out sets: about 3,000 items and 110-120K train rows (one variant at about 1M). The `h-` variants are
+held out from every choice: written after the default was fixed, with shapes no other variant has, and only run.
 """
 
 from __future__ import annotations
@@ -166,6 +167,27 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("stream-1m", "the stream variant at about 1M train rows",
             {**BASE, "n_users": 30000, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
              "click_bias": -2.5, "seed": 105}),
+    # Held out: written on 2026-12-05 after the default was fixed, with seeds and shapes (topics, latent width,
+    # slate size, recency window) no earlier variant has, and run once per profile. Nothing is chosen on them.
+    Variant("h-stream", "held out: the stream model with 40 topics, a 24-d latent, slates of 12 and recency over "
+            "the last 5 clicks",
+            {**BASE, "n_topics": 40, "latent_dim": 24, "slate_size": 12, "n_users": 3000,
+             "mean_requests_per_user": 5.0, "max_requests_per_user": 40, "preference_weight": 4.0,
+             "recency_weight": 2.0, "recency_window": 5, "click_bias": -2.8, "seed": 201}),
+    Variant("h-sessions", "held out: the last two clicks dominate, 30 topics, slates of 8, leave-last split",
+            {**BASE, "n_topics": 30, "slate_size": 8, "n_users": 5600, "mean_requests_per_user": 5.0,
+             "max_requests_per_user": 40, "preference_weight": 2.0, "recency_weight": 3.5, "recency_window": 2,
+             "click_bias": -2.2, "seed": 202},
+            split="leave_last"),
+    Variant("h-multi", "held out: the multi-taste click model with up to 2 tastes, a 12-d latent and noisier "
+            "image views",
+            {**BASE, "latent_dim": 12, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 3.0, "recency_weight": 1.5, "click_bias": -3.0, "seed": 203},
+            image_noise=1.5, interests=2),
+    Variant("h-drift", "held out: a sharp taste that drifts slowly (a step of 0.3 every request)",
+            {**BASE, "n_users": 3300, "mean_requests_per_user": 5.0, "max_requests_per_user": 40,
+             "preference_weight": 5.0, "recency_weight": 1.0, "click_bias": -3.2, "seed": 204},
+            drift=0.3),
 )
 
 # Named train overrides; "default" is params.yaml unchanged. The baselines switch off the default's additions
