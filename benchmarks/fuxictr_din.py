@@ -33,6 +33,11 @@ samples/s and seconds per epoch (the wall time between validation passes, so val
 settings that cannot be made equal. Ours runs without the weight average and the step budget (ema_decay 0,
 max_steps 0), which FuxiCTR has not: the same algorithm on both sides.
 
+--versus PREDICTIONS (evaluate's predictions.parquet, made on the same test split: e.g. the mmctr default's) adds
+that model's test AUC and its lead over each of the two, with a 95% interval from a bootstrap over test users
+(`pipeline.core.metrics.paired_auc_lead`) and the share of resamples where the lead reaches --margin (issue 13's
+line: 0.03 over FuxiCTR's challenge recipe). --fuxictr-result and --versus together score a run made before.
+
 --recipe params (the default) trains both with params.yaml's train section; --recipe challenge trains both as the
 MicroLens MM-CTR challenge trains its DIN baseline (CHALLENGE_DIN, CHALLENGE_TRAIN): issue 13's "FuxiCTR DIN,
 challenge recipe", to set beside benchmarks/variants.py's table of the same data.
@@ -273,16 +278,40 @@ def read_fuxictr_result(result_dir: Path, test_rows: int) -> tuple[dict[str, Any
     return result, probs
 
 
+def read_versus(path: Path, test: pl.DataFrame) -> np.ndarray:
+    """--versus: the scores (float64, [n]) of an evaluate stage's predictions.parquet (user_id, item_id, label,
+    score) made on this test split, whose rows (user_id, item_id, label; the split's file as read) it must repeat
+    in order; anything else fails naming the file (and the first row that differs)."""
+    try:
+        preds = pl.read_parquet(path, columns=["user_id", "item_id", "label", "score"])
+    except (pl.exceptions.PolarsError, OSError) as err:
+        raise click.ClickException(f"{path}: not an evaluate predictions file ({str(err).splitlines()[0]})") from err
+    if preds.height != test.height:
+        raise click.ClickException(f"{path}: {preds.height} rows for {test.height} test rows (another test split?)")
+    keys = ["user_id", "item_id", "label"]
+    same = (preds.select(pl.col(keys).cast(pl.Float64)) == test.select(pl.col(keys).cast(pl.Float64))).select(
+        pl.all_horizontal(keys)).to_series()
+    if not same.all():
+        row = int(same.arg_min())
+        raise click.ClickException(f"{path}: row {row} is {preds.row(row)[:3]} where the test split has "
+                                   f"{test.select(keys).row(row)} (another test split?)")
+    scores = preds["score"].cast(pl.Float64).to_numpy()
+    if not np.isfinite(scores).all():
+        raise click.ClickException(f"{path}: score of row {int(np.argmin(np.isfinite(scores)))} is not finite")
+    return scores
+
+
 def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
             fuxictr_python: str, work_dir: Path, fuxictr_gpu: int = -1, export_only: bool = False,
-            fuxictr_result: Path | None = None) -> None:
+            fuxictr_result: Path | None = None, versus: Path | None = None, margin: float = 0.03) -> None:
     """Export, run FuxiCTR's DIN in its venv (or read a run made elsewhere from `fuxictr_result`), train ours,
-    print the table (module docstring). `export_only` stops after the export and the worker's run.json."""
+    print the table (module docstring), and with `versus` that model's lead over both. `export_only` stops after
+    the export and the worker's run.json."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
     from model.factory import build_model
     from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict, load_section, params_dict
     from pipeline.core.feature_map import FeatureMap
-    from pipeline.core.metrics import auc, logloss, sigmoid
+    from pipeline.core.metrics import auc, logloss, paired_auc_lead, sigmoid
     from pipeline.core.stage import set_threads
     from pipeline.training import loop
     from pipeline.training.data import load_item_tables, load_split
@@ -303,6 +332,8 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     fmap = FeatureMap.load(str(sequences / "feature_map.json")).with_mm_embedding(mm_dim)
     splits = {s: load_split(str(sequences / f"{s}.parquet"), fmap) for s in SPLITS}
     test_labels = splits["test"].label.numpy()
+    # read before any training, so a wrong file fails in seconds, not after both models have trained
+    versus_scores = None if versus is None else read_versus(versus, pl.read_parquet(sequences / "test.parquet"))
     export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
     settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe, fuxictr_gpu)
     (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -366,6 +397,14 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
                      "ones only")
     for note in notes:
         print(f"  - {note}")
+    if versus_scores is not None:
+        users = splits["test"].user_id.numpy()
+        print(f"\n{versus}: test AUC {auc(test_labels, versus_scores):.5f}; its lead, with a bootstrap over the "
+              f"{np.unique(users).size} test users (95% interval; share of resamples with a lead >= {margin}):")
+        for name, probs in ((f"FuxiCTR {fux['version']}", fux_probs), ("mmctr", ours_probs)):
+            lead = paired_auc_lead(users, test_labels, versus_scores, probs, margin=margin)
+            print(f"  over {name:16s} {lead['lead']:+.4f} (sd {lead['sd']:.4f}, [{lead['low']:+.4f}, "
+                  f"{lead['high']:+.4f}]; {lead['at_least_margin']:.0%} of {lead['reps']})")
 
 
 @click.command()
@@ -390,10 +429,15 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
               help="write the export and run.json to --work-dir and stop (to run the worker on another machine)")
 @click.option("--fuxictr-result", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="a folder with a worker run's result.json and test_probs.npy: score it instead of running one")
+@click.option("--versus", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="an evaluate stage's predictions.parquet on the same test split: print its lead over both models")
+@click.option("--margin", default=0.03, show_default=True,
+              help="with --versus: report the share of bootstrap resamples where the lead reaches this")
 @click.option("--fuxictr-worker", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 def main(data: str, sequences: Path | None, item_info: Path | None, params_path: str, recipe: str,
          epochs: int | None, threads: int, fuxictr_python: str, work_dir: Path | None, fuxictr_gpu: int,
-         export_only: bool, fuxictr_result: Path | None, fuxictr_worker: Path | None) -> None:
+         export_only: bool, fuxictr_result: Path | None, versus: Path | None, margin: float,
+         fuxictr_worker: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     if fuxictr_worker is not None:
         run_fuxictr_worker(fuxictr_worker)
@@ -401,14 +445,14 @@ def main(data: str, sequences: Path | None, item_info: Path | None, params_path:
     paths = (sequences or Path(data) / "sequences", item_info or Path(data) / "features" / "item_info.parquet")
     if export_only and work_dir is None:
         raise click.UsageError("--export-only needs --work-dir (the export would go to a deleted temporary folder)")
-    if export_only and fuxictr_result is not None:
-        raise click.UsageError("--export-only and --fuxictr-result exclude each other (export, or score a run)")
+    if export_only and (fuxictr_result is not None or versus is not None):
+        raise click.UsageError("--export-only excludes --fuxictr-result and --versus (export, or score a run)")
     options = (params_path, recipe, epochs, threads, fuxictr_python)
     if work_dir is not None:
-        compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result)
+        compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result, versus, margin)
     else:
         with tempfile.TemporaryDirectory(prefix="fuxictr_din.") as tmp:
-            compare(*paths, *options, Path(tmp), fuxictr_gpu, export_only, fuxictr_result)
+            compare(*paths, *options, Path(tmp), fuxictr_gpu, export_only, fuxictr_result, versus, margin)
 
 
 if __name__ == "__main__":

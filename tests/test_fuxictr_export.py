@@ -21,11 +21,13 @@ from benchmarks.fuxictr_din import (
     fuxictr_settings,
     main,
     read_fuxictr_result,
+    read_versus,
 )
 from model.factory import build_model
 from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError
+from pipeline.core.metrics import auc
 from pipeline.training.data import load_item_tables, load_split
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -191,9 +193,65 @@ def test_export_only_writes_the_worker_inputs_and_trains_nothing(tmp_path):
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "--export-only needs --work-dir" in refused.output
     both = CliRunner().invoke(main, [*args, "--work-dir", str(out), "--fuxictr-result", str(tmp_path)])
-    assert both.exit_code == 2 and "exclude each other" in both.output and not out.exists()
+    assert both.exit_code == 2 and "--export-only excludes" in both.output and not out.exists()
     done = CliRunner().invoke(main, [*args, "--work-dir", str(out), "--fuxictr-gpu", "0"])
     assert done.exit_code == 0, done.output
     assert json.loads((out / "run.json").read_text())["din"]["gpu"] == 0
     assert {p.name for p in out.iterdir()} == {"run.json", "feature_map.json", "item_info.parquet",
                                                "user_info.parquet", *(f"{s}.parquet" for s in SPLITS)}
+
+
+def write_predictions(path: Path, test: pl.DataFrame, scores: np.ndarray) -> None:
+    """An evaluate predictions.parquet over `test`, as the evaluate stage writes it."""
+    test.select("user_id", "item_id", "event_ts", "label").with_columns(score=pl.Series(scores)).write_parquet(path)
+
+
+def test_versus_reads_scores_made_on_the_same_test_split_or_names_what_differs(tmp_path):
+    write_inputs(tmp_path, {"test": [[0, 0, 6, 5], [0, 1, 2, 3], [0, 0, 0, 2]]})
+    test = pl.read_parquet(tmp_path / "test.parquet")
+    good = tmp_path / "predictions.parquet"
+    write_predictions(good, test, np.array([0.2, 0.7, 0.4]))
+    assert read_versus(good, test).tolist() == [0.2, 0.7, 0.4]
+    bad = tmp_path / "bad.parquet"
+    write_predictions(bad, test.head(2), np.array([0.2, 0.7]))
+    with pytest.raises(click.ClickException, match="bad.parquet: 2 rows for 3 test rows"):
+        read_versus(bad, test)
+    write_predictions(bad, test.with_columns(pl.when(pl.int_range(3) == 1).then(0).otherwise(pl.col("item_id"))
+                                             .cast(pl.Int32).alias("item_id")), np.array([0.2, 0.7, 0.4]))
+    with pytest.raises(click.ClickException, match=r"bad.parquet: row 1 is \(1, 0, 1.0\) where the test split has"):
+        read_versus(bad, test)
+    write_predictions(bad, test, np.array([0.2, np.nan, 0.4]))
+    with pytest.raises(click.ClickException, match="bad.parquet: score of row 1 is not finite"):
+        read_versus(bad, test)
+    test.write_parquet(bad)  # no score column
+    with pytest.raises(click.ClickException, match="bad.parquet: not an evaluate predictions file"):
+        read_versus(bad, test)
+
+
+def test_versus_prints_the_lead_over_a_run_made_before(tmp_path):
+    """--fuxictr-result with --versus: the table, then the given model's AUC and its leads, each with an interval
+    from the user bootstrap."""
+    test_rows = [[0, 0, 6, 5], [0, 1, 2, 3], [0, 0, 0, 2], [0, 0, 4, 1], [0, 0, 0, 3], [0, 5, 6, 1]]
+    write_inputs(tmp_path, {**HISTORIES, "test": test_rows})
+    feature_map().save(tmp_path / "feature_map.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    fux_probs = np.array([0.3, 0.2, 0.6, 0.5, 0.4, 0.1])
+    np.save(run / "test_probs.npy", fux_probs)
+    (run / "result.json").write_text(json.dumps({
+        "train_rows": 3, "train_seconds": [1.0], "valid_seconds": [0.1], "valid_auc": [0.5], "parameters": 1,
+        "threads": 1, "version": "2.3.10", "device": "cpu"}))
+    test = pl.read_parquet(tmp_path / "test.parquet")
+    scores = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.7])  # labels 0, 1, 0, 1, 0, 1: a perfect ranking
+    write_predictions(tmp_path / "predictions.parquet", test, scores)
+    result = CliRunner().invoke(main, [
+        "--sequences", str(tmp_path), "--item-info", str(tmp_path / "item_info.parquet"), "--params", str(PARAMS),
+        "--recipe", "challenge", "--epochs", "1", "--work-dir", str(tmp_path / "out"), "--fuxictr-result", str(run),
+        "--versus", str(tmp_path / "predictions.parquet"), "--margin", "0.5"])
+    assert result.exit_code == 0, result.output
+    labels = test["label"].to_numpy()
+    lead = auc(labels, scores) - auc(labels, fux_probs)
+    assert f"predictions.parquet: test AUC {auc(labels, scores):.5f}" in result.output
+    assert "bootstrap over the 6 test users" in result.output and "lead >= 0.5" in result.output
+    assert f"over FuxiCTR 2.3.10 {lead:+.4f} (sd " in " ".join(result.output.split())
+    assert "over mmctr" in result.output

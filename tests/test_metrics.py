@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.io import DataError
-from pipeline.core.metrics import EPS, auc, exposure_counts, gauc, logloss, sliced_metrics
+from pipeline.core.metrics import EPS, auc, exposure_counts, gauc, logloss, paired_auc_lead, sliced_metrics
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -159,3 +159,48 @@ def test_calibration_points_bin_means_and_counts() -> None:
     assert bins == [{"prob_pred": pytest.approx(0.1), "prob_true": 0.5, "count": 2, "perfect": pytest.approx(0.1)},
                     {"prob_pred": pytest.approx((0.55 + 0.6 + 0.95 + 0.99) / 4), "prob_true": 0.75, "count": 4,
                      "perfect": pytest.approx((0.55 + 0.6 + 0.95 + 0.99) / 4)}]
+
+
+def plain_paired_lead(users, labels, a, b, reps, seed, margin):
+    """paired_auc_lead's reference: each resample's rows gathered user by user in a Python loop."""
+    ids = sorted(set(users.tolist()))
+    rows_of = {u: [i for i in range(len(users)) if users[i] == u] for u in ids}
+    rng = np.random.default_rng(seed)
+    leads = []
+    for _ in range(reps):
+        rows = [i for k in rng.integers(0, len(ids), len(ids)) for i in rows_of[ids[k]]]
+        if len(set(labels[rows].tolist())) == 2:
+            leads.append(auc(labels[rows], a[rows]) - auc(labels[rows], b[rows]))
+    leads = np.array(leads)
+    return {"lead": auc(labels, a) - auc(labels, b), "sd": leads.std(), "low": np.quantile(leads, 0.025),
+            "high": np.quantile(leads, 0.975), "at_least_margin": np.mean(leads >= margin), "reps": len(leads)}
+
+
+@pytest.mark.parametrize("n_users", [3, 40])
+def test_paired_auc_lead_matches_a_plain_user_bootstrap(n_users: int) -> None:
+    """The vectorised resampling takes the same users' rows as a loop over users; with 3 users some resamples
+    hold one class only and are skipped by both."""
+    rng = np.random.default_rng(n_users)
+    users = rng.permutation(np.repeat(np.arange(n_users) * 7 + 100, rng.integers(1, 9, n_users)))
+    labels = np.where(users == 100, 1.0, rng.integers(0, 2, len(users)).astype(float))  # user 100: clicks only
+    labels[users == 107] = 0.0
+    a, b = rng.random(len(users)) + labels * 0.3, rng.random(len(users))
+    got = paired_auc_lead(users, labels, a, b, reps=200, seed=5, margin=0.1)
+    want = plain_paired_lead(users, labels, a, b, 200, 5, 0.1)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert want["reps"] < 200 if n_users == 3 else want["reps"] == 200
+    assert got["low"] <= got["lead"] <= got["high"] and got["lead"] > 0
+
+
+def test_paired_auc_lead_of_a_model_over_itself_is_exactly_zero() -> None:
+    rng = np.random.default_rng(1)
+    users, labels, s = rng.integers(0, 30, 300), rng.integers(0, 2, 300).astype(float), rng.random(300)
+    got = paired_auc_lead(users, labels, s, s.copy(), reps=50, margin=0.0)
+    assert got == {"lead": 0.0, "sd": 0.0, "low": 0.0, "high": 0.0, "at_least_margin": 1.0, "reps": 50}
+
+
+def test_paired_auc_lead_refuses_unpaired_rows_and_one_class() -> None:
+    with pytest.raises(ValueError, match="rows differ: 3, 3, 3, 2"):
+        paired_auc_lead(np.arange(3), np.array([0.0, 1.0, 1.0]), np.zeros(3), np.zeros(2))
+    with pytest.raises(DataError, match="one class only"):
+        paired_auc_lead(np.arange(3), np.ones(3), np.zeros(3), np.zeros(3))

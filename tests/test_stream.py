@@ -133,7 +133,9 @@ def test_pass_windows_are_whole_blocks_and_default_is_one_uniform_order() -> Non
 
 @pytest.mark.parametrize(("n", "batch", "bucket", "block", "buffer"), [
     (103, 8, 0, 0, 1), (103, 8, 2, 0, 1), (103, 8, 0, 10, 3), (103, 8, 2, 10, 3), (1000, 7, 3, 64, 4),
-    (1000, 32, 0, 64, 4), (96, 8, 2, 8, 2), (5, 8, 2, 10, 3), (1000, 16, 1, 1, 1)])
+    (1000, 32, 0, 64, 4), (96, 8, 2, 8, 2), (5, 8, 2, 10, 3), (1000, 16, 1, 1, 1),
+    # fewer rows than a batch, in the whole split or in each window (a window then ends in no whole batch)
+    (5, 8, 0, 0, 1), (5, 8, 0, 2, 1), (103, 32, 0, 10, 1)])
 def test_batches_made_a_window_at_a_time_are_the_reference_ones(n: int, batch: int, bucket: int, block: int,
                                                                  buffer: int) -> None:
     lengths = torch.randint(0, 20, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int32)
@@ -142,7 +144,7 @@ def test_batches_made_a_window_at_a_time_are_the_reference_ones(n: int, batch: i
     count = len(lazy)
     got = list(lazy)
     want = pass_batches_reference(lengths, batch, bucket, ref_gen, block, buffer)
-    assert count == len(got) == len(want)
+    assert count == len(got) == len(want) and all(len(b) for b in got)
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     # the generator ends the pass in the same state: the next pass (and a resumed run) draws the same order
     assert torch.equal(lazy_gen.get_state(), ref_gen.get_state())

@@ -1,4 +1,5 @@
-"""CTR metrics over (labels, probabilities): AUC, logloss, per-user gAUC, and ROC/calibration curves."""
+"""CTR metrics over (labels, probabilities): AUC, logloss, per-user gAUC, ROC/calibration curves, and the AUC lead
+of one model over another with a bootstrap over users."""
 
 from __future__ import annotations
 
@@ -45,6 +46,43 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     return float((per_user["auc"] * per_user["n"]).sum() / per_user["n"].sum())
 
+
+
+def paired_auc_lead(users: np.ndarray, labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
+                    reps: int = 1000, seed: int = 0, margin: float = 0.0) -> dict[str, float]:
+    """AUC(a) - AUC(b) over the same rows (n,), with its spread under a bootstrap over users.
+
+    Each resample draws len(unique users) users with replacement and takes all their rows, so rows of one user
+    stay together (a user's rows share the user's taste: a row bootstrap would understate the spread), and both
+    models are scored on the very same resample (paired: the spread is the lead's, not each AUC's). Resamples
+    that hold one class only are skipped. Returns {lead, sd, low, high (the 2.5% and 97.5% quantiles),
+    at_least_margin (the share of resamples whose lead is >= margin), reps (resamples used)}; the same
+    `seed` gives the same figures."""
+    if not len(users) == len(labels) == len(scores_a) == len(scores_b):
+        raise ValueError(f"paired_auc_lead: rows differ: {len(users)}, {len(labels)}, {len(scores_a)}, "
+                         f"{len(scores_b)}")
+    lead = auc(labels, scores_a) - auc(labels, scores_b)
+    _, user_of_row = np.unique(users, return_inverse=True)
+    order = np.argsort(user_of_row, kind="stable")  # rows grouped by user: user u's rows are order[start[u]:...]
+    counts = np.bincount(user_of_row)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng(seed)
+    leads = []
+    for _ in range(reps):
+        picked = rng.integers(0, counts.size, counts.size)
+        sizes = counts[picked]
+        # position within the resample -> row: each picked user's start, plus 0..size-1
+        first = np.repeat(starts[picked] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        rows = order[first + np.arange(sizes.sum())]
+        y = labels[rows]
+        if np.unique(y).size == 2:
+            leads.append(roc_auc_score(y, scores_a[rows]) - roc_auc_score(y, scores_b[rows]))
+    if not leads:
+        raise DataError("paired_auc_lead: every resample held one class only")
+    spread = np.asarray(leads)
+    return {"lead": lead, "sd": float(spread.std()), "low": float(np.quantile(spread, 0.025)),
+            "high": float(np.quantile(spread, 0.975)), "at_least_margin": float(np.mean(spread >= margin)),
+            "reps": len(leads)}
 
 # Slices of test rows by how often the target item was a train row's target: new items, rare ones, the rest.
 EXPOSURE_SLICES: tuple[tuple[str, int, float], ...] = (("0", 0, 0), ("1-9", 1, 9), ("10+", 10, math.inf))

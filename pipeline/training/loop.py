@@ -186,7 +186,8 @@ def _cut(windows: PassWindows, batch_size: int) -> Iterator[Tensor]:
     for order in windows:
         order = torch.cat([carry, order])
         whole = len(order) // batch_size * batch_size
-        yield from order[:whole].split(batch_size)
+        if whole:  # an empty tensor's split is one empty batch: a split or a window shorter than a batch
+            yield from order[:whole].split(batch_size)
         carry = order[whole:]
     if len(carry):
         yield carry
