@@ -47,7 +47,6 @@ def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
     return float((per_user["auc"] * per_user["n"]).sum() / per_user["n"].sum())
 
 
-
 def paired_auc_lead(users: np.ndarray, labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray,
                     reps: int = 1000, seed: int = 0, margin: float = 0.0) -> dict[str, float]:
     """AUC(a) - AUC(b) over the same rows (n,), with its spread under a bootstrap over users.
