@@ -72,11 +72,10 @@ def test_fit_learns_history_dependent_labels_and_restores_best_epoch():
     assert evaluate_split(model, valid, 256, CPU)["auc"] == pytest.approx(best, abs=1e-9)
 
 
-
 @pytest.mark.parametrize("rows", [5, 256 + 5])
 def test_fit_takes_one_step_per_batch_when_the_split_does_not_fill_a_batch(rows):
-    """A train split smaller than a batch (or a pass's tail) is one short batch, not an empty one (which divided
-    the loss by 0 rows)."""
+    """A train split smaller than a batch is one short batch, not an empty one before it (which divided the loss
+    by 0 rows); 261 rows, one whole batch and a short one, is the control."""
     train, valid = toy_split(rows, seed=1), toy_split(60, seed=2)
     history = fit(new_model(), train, valid, train_cfg(epochs=1, batch_size=256, max_steps=0), CPU)
     assert [r["step"] for r in history] == [-(-rows // 256)]
