@@ -278,23 +278,24 @@ def read_fuxictr_result(result_dir: Path, test_rows: int) -> tuple[dict[str, Any
     return result, probs
 
 
-def read_versus(path: Path, test: pl.DataFrame) -> np.ndarray:
+def read_versus(path: Path, test: SplitTensors) -> np.ndarray:
     """--versus: the scores (float64, [n]) of an evaluate stage's predictions.parquet (user_id, item_id, label,
-    score) made on this test split, whose rows (user_id, item_id, label; the split's file as read) it must repeat
-    in order; anything else fails naming the file (and the first row that differs)."""
+    score) made on the `test` split, whose rows (user_id, item_id, label) it must repeat in order; anything else
+    fails naming the file (and the first row that differs)."""
+    keys = ["user_id", "item_id", "label"]
     try:
-        preds = pl.read_parquet(path, columns=["user_id", "item_id", "label", "score"])
+        preds = pl.read_parquet(path, columns=[*keys, "score"])
     except (pl.exceptions.PolarsError, OSError) as err:
         raise click.ClickException(f"{path}: not an evaluate predictions file ({str(err).splitlines()[0]})") from err
-    if preds.height != test.height:
-        raise click.ClickException(f"{path}: {preds.height} rows for {test.height} test rows (another test split?)")
-    keys = ["user_id", "item_id", "label"]
-    same = (preds.select(pl.col(keys).cast(pl.Float64)) == test.select(pl.col(keys).cast(pl.Float64))).select(
-        pl.all_horizontal(keys)).to_series()
-    if not same.all():
-        row = int(same.arg_min())
+    if preds.height != len(test):
+        raise click.ClickException(f"{path}: {preds.height} rows for {len(test)} test rows (another test split?)")
+    want = np.stack([test.user_id.numpy(), test.item_id.numpy(), test.label.numpy()], axis=1).astype(np.float64)
+    got = preds.select(pl.col(keys).cast(pl.Float64)).to_numpy()
+    differ = np.flatnonzero((got != want).any(axis=1))
+    if differ.size:
+        row = int(differ[0])
         raise click.ClickException(f"{path}: row {row} is {preds.row(row)[:3]} where the test split has "
-                                   f"{test.select(keys).row(row)} (another test split?)")
+                                   f"{tuple(want[row].tolist())} (another test split?)")
     scores = preds["score"].cast(pl.Float64).to_numpy()
     if not np.isfinite(scores).all():
         raise click.ClickException(f"{path}: score of row {int(np.argmin(np.isfinite(scores)))} is not finite")
@@ -333,7 +334,7 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     splits = {s: load_split(str(sequences / f"{s}.parquet"), fmap) for s in SPLITS}
     test_labels = splits["test"].label.numpy()
     # read before any training, so a wrong file fails in seconds, not after both models have trained
-    versus_scores = None if versus is None else read_versus(versus, pl.read_parquet(sequences / "test.parquet"))
+    versus_scores = None if versus is None else read_versus(versus, splits["test"])
     export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
     settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe, fuxictr_gpu)
     (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -209,23 +209,24 @@ def write_predictions(path: Path, test: pl.DataFrame, scores: np.ndarray) -> Non
 def test_versus_reads_scores_made_on_the_same_test_split_or_names_what_differs(tmp_path):
     write_inputs(tmp_path, {"test": [[0, 0, 6, 5], [0, 1, 2, 3], [0, 0, 0, 2]]})
     test = pl.read_parquet(tmp_path / "test.parquet")
+    split = load_split(tmp_path / "test.parquet", feature_map())
     good = tmp_path / "predictions.parquet"
     write_predictions(good, test, np.array([0.2, 0.7, 0.4]))
-    assert read_versus(good, test).tolist() == [0.2, 0.7, 0.4]
+    assert read_versus(good, split).tolist() == [0.2, 0.7, 0.4]
     bad = tmp_path / "bad.parquet"
     write_predictions(bad, test.head(2), np.array([0.2, 0.7]))
     with pytest.raises(click.ClickException, match="bad.parquet: 2 rows for 3 test rows"):
-        read_versus(bad, test)
+        read_versus(bad, split)
     write_predictions(bad, test.with_columns(pl.when(pl.int_range(3) == 1).then(0).otherwise(pl.col("item_id"))
                                              .cast(pl.Int32).alias("item_id")), np.array([0.2, 0.7, 0.4]))
     with pytest.raises(click.ClickException, match=r"bad.parquet: row 1 is \(1, 0, 1.0\) where the test split has"):
-        read_versus(bad, test)
+        read_versus(bad, split)
     write_predictions(bad, test, np.array([0.2, np.nan, 0.4]))
     with pytest.raises(click.ClickException, match="bad.parquet: score of row 1 is not finite"):
-        read_versus(bad, test)
+        read_versus(bad, split)
     test.write_parquet(bad)  # no score column
     with pytest.raises(click.ClickException, match="bad.parquet: not an evaluate predictions file"):
-        read_versus(bad, test)
+        read_versus(bad, split)
 
 
 def test_versus_prints_the_lead_over_a_run_made_before(tmp_path):

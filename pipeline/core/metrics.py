@@ -64,14 +64,14 @@ def paired_auc_lead(users: np.ndarray, labels: np.ndarray, scores_a: np.ndarray,
     _, user_of_row = np.unique(users, return_inverse=True)
     order = np.argsort(user_of_row, kind="stable")  # rows grouped by user: user u's rows are order[start[u]:...]
     counts = np.bincount(user_of_row)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.cumsum(counts) - counts
     rng = np.random.default_rng(seed)
     leads = []
     for _ in range(reps):
         picked = rng.integers(0, counts.size, counts.size)
         sizes = counts[picked]
         # position within the resample -> row: each picked user's start, plus 0..size-1
-        first = np.repeat(starts[picked] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
+        first = np.repeat(starts[picked] - (np.cumsum(sizes) - sizes), sizes)
         rows = order[first + np.arange(sizes.sum())]
         y = labels[rows]
         if np.unique(y).size == 2:
@@ -82,6 +82,7 @@ def paired_auc_lead(users: np.ndarray, labels: np.ndarray, scores_a: np.ndarray,
     return {"lead": lead, "sd": float(spread.std()), "low": float(np.quantile(spread, 0.025)),
             "high": float(np.quantile(spread, 0.975)), "at_least_margin": float(np.mean(spread >= margin)),
             "reps": len(leads)}
+
 
 # Slices of test rows by how often the target item was a train row's target: new items, rare ones, the rest.
 EXPOSURE_SLICES: tuple[tuple[str, int, float], ...] = (("0", 0, 0), ("1-9", 1, 9), ("10+", 10, math.inf))
