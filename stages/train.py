@@ -35,6 +35,7 @@ from pipeline.training.data import (
     load_item_tables,
     load_semantic_ids,
     load_split,
+    require_both_classes,
     split_tables,
 )
 from pipeline.training.loop import fit_ensemble
@@ -66,6 +67,8 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                 for name, path in (("train", train_path), ("valid", valid_path)))
         else:
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
+        require_both_classes(train_path, train, "training a click model")
+        require_both_classes(valid_path, valid, "early stopping on valid AUC")
         exposure, users = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)

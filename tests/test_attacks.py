@@ -412,6 +412,11 @@ SPLIT_ATTACKS = {
     "ragged history": _split_error(lambda df: df.with_columns(pl.col("item_seq").list.slice(1)),
                                    r"row 0: item_seq has length"),
     "null user": _split_error(_at(0, "user_id", None), r"row 0: user_id is null"),
+    "valid split without a click": _train_input_error(
+        "seq/valid.parquet", lambda df: df.with_columns(label=pl.lit(0.0)),
+        r"every label is 0; early stopping on valid AUC needs clicks and non-clicks", same_dtypes=True),
+    "train split of clicks only": _split_error(lambda df: df.with_columns(label=pl.lit(1.0)),
+                                               r"every label is 1; training a click model needs"),
     "item table with a 1-D embedding": _table_error(
         lambda df: df.with_columns(item_emb_d8=pl.lit(1.0, dtype=pl.Float32)),
         r"column 'item_emb_d8' has dtype Float32"),
@@ -432,6 +437,17 @@ SPLIT_ATTACKS = {
 @pytest.mark.parametrize("name", SPLIT_ATTACKS)
 def test_split_and_table_attack(lab: Lab, name: str) -> None:
     SPLIT_ATTACKS[name](lab)
+
+
+def test_test_split_of_one_class_is_named_before_anything_is_written(lab: Lab) -> None:
+    """A labelled (non-challenge) test split whose labels are all 0: AUC is undefined, so evaluate names the file
+    in one line and writes no metrics or submission."""
+    assert lab.train().exit_code == 0
+    test = lab.root / "seq/test.parquet"
+    pl.read_parquet(test).with_columns(pl.lit(0.0, dtype=pl.Float32).alias("label")).write_parquet(test)
+    one_line_error(lab.evaluate(lab.root / "out/model.pt"),
+                   r"test\.parquet: every label is 0; scoring the test split \(AUC\) needs clicks and non-clicks")
+    assert not (lab.root / "out/m.json").exists() and not (lab.root / "out/s.zip").exists()
 
 
 def test_feature_map_that_is_not_json(lab: Lab) -> None:

@@ -245,6 +245,64 @@ def test_read_item_feature_bad(tmp_path: Path, df: pl.DataFrame, n_items: int | 
     assert _error(read_item_feature, path, n_items) == f"{path}: {problem}"
 
 
+@pytest.mark.parametrize("change", ["dropped", "other widths"])
+def test_item_feature_without_embeddings_gives_titles_and_levels(tmp_path: Path, change: str) -> None:
+    """embeddings=False reads only ids, titles and levels: an item_feature whose embedding columns are absent or of
+    other widths gives what the full read gives, and only the full read refuses it; ids and levels are still
+    checked."""
+    df = challenge_item_feature()
+    full = read_item_feature(write_frame(df, tmp_path / "full.parquet"))
+    if change == "dropped":
+        other = df.drop("txt_emb_BERT", "img_emb_CLIPRN50")
+        refusal = "missing column 'txt_emb_BERT'"
+    else:
+        other = df.with_columns(txt_emb_BERT=pl.col("txt_emb_BERT").list.head(384))
+        refusal = "row 0: txt_emb_BERT has length 384, expected length 768"
+    path = write_frame(other[[4, 0, 3, 1, 5, 2]], tmp_path / "item_feature.parquet")
+    lean = read_item_feature(path, CHALLENGE_ITEMS, embeddings=False)
+    assert lean.titles.equals(full.titles) and lean.levels.equals(full.levels)
+    assert lean.item_ids.tolist() == full.item_ids.tolist() and lean.text_emb is None and lean.image_emb is None
+    assert refusal in _error(read_item_feature, path)
+    write_frame(other.with_columns(likes_level=pl.lit(12)), path)
+    assert _error(read_item_feature, path, embeddings=False) == f"{path}: row 0: likes_level 12 is outside 0..10"
+
+
+def test_challenge_sequences_and_titles_need_no_item_feature_embeddings(tmp_path: Path) -> None:
+    """build_sequences and the text extraction's titles read a challenge folder whose item_feature.parquet has no
+    embedding columns, the same as one that has them (only challenge_bert_clip's PCA needs the vectors)."""
+    from pipeline.core.config import BuildSequencesConfig
+    from pipeline.sequences.inputs import challenge_sequences
+    from pipeline.sources.items import item_titles
+
+    challenge_layout(tmp_path, tmp_path / "MicroLens_1M_x1")
+    cfg = BuildSequencesConfig(max_len=SEQ_LEN)
+    before, titles = challenge_sequences(tmp_path, cfg), item_titles("mmctr", tmp_path)
+    feature = tmp_path / "item_feature.parquet"
+    pl.read_parquet(feature).drop("txt_emb_BERT", "img_emb_CLIPRN50").write_parquet(feature)
+    after = challenge_sequences(tmp_path, cfg)
+    assert after.items.equals(before.items) and after.summary == before.summary
+    for name in ("train", "valid", "test"):
+        assert after.splits[name].collect().equals(before.splits[name].collect())
+    assert item_titles("mmctr", tmp_path).equals(titles)
+
+
+@pytest.mark.parametrize(("split", "label"), [("train", 1.0), ("valid", 0.0)])
+def test_challenge_train_or_valid_split_of_one_class_names_the_file(tmp_path: Path, split: str, label: float
+                                                                    ) -> None:
+    """A train or valid split whose labels are all one value cannot train or early-stop: build_sequences names the
+    challenge file itself, not our copy that train would read later. A one-class test split is hidden labels."""
+    from pipeline.core.config import BuildSequencesConfig
+    from pipeline.sequences.inputs import challenge_sequences
+
+    challenge_layout(tmp_path, tmp_path)
+    path = tmp_path / f"{split}.parquet"
+    write_frame(challenge_split().with_columns(label=pl.lit(label)), path)
+    write_frame(challenge_split().with_columns(label=pl.lit(0)), tmp_path / "test.parquet")
+    assert _error(challenge_sequences, tmp_path, BuildSequencesConfig(max_len=SEQ_LEN)) == (
+        f"{path}: every label is {int(label)}; training a click model and early stopping on valid AUC need clicks "
+        "and non-clicks")
+
+
 # ---------------------------------------------------------------------------------------------- submission
 
 

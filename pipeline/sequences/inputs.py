@@ -103,7 +103,7 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     challenge's data loader does; the other build_sequences keys do not apply."""
     files = find_challenge_files(raw_dir)
     info = read_item_info(files.item_info)
-    levels = read_item_feature(files.item_feature, info.n_items).levels
+    levels = read_item_feature(files.item_feature, info.n_items, embeddings=False).levels
     n_rows = info.n_items + 1
     items = info.tags.with_columns(**{
         col: pl.Series(scatter_by_id(levels["item_id"].to_numpy(), levels[col].to_numpy(), n_rows), dtype=pl.Int8)
@@ -120,6 +120,10 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
         splits[name] = rows.lazy()
         summary[name] = {"rows": rows.height, "clicks": int(rows["label"].sum()), "mean_history": float(
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
+        if name != "test" and summary[name]["clicks"] in (0, rows.height):
+            # train would stop on it after the extraction stages, naming our copy: name the user's file now
+            raise DataError(f"{path}: every label is {int(rows['label'][0])}; training a click model and early "
+                            "stopping on valid AUC need clicks and non-clicks")
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)

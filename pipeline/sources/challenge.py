@@ -251,29 +251,32 @@ class ItemFeature:
     titles: item_id Int32, title Utf8 (a null title becomes ""), the contract of pipeline.sources.microlens.read_titles;
     levels: item_id Int32, likes_level Int8, views_level Int8 (0..10);
     item_ids: (N,) int64, the id of each embedding row; text_emb: (N, 768) float32 txt_emb_BERT;
-    image_emb: (N, 1024) float32 img_emb_CLIPRN50.
+    image_emb: (N, 1024) float32 img_emb_CLIPRN50 (both None when read with embeddings=False).
     """
 
     titles: pl.DataFrame
     levels: pl.DataFrame
     item_ids: np.ndarray
-    text_emb: np.ndarray
-    image_emb: np.ndarray
+    text_emb: np.ndarray | None
+    image_emb: np.ndarray | None
 
 
-def read_item_feature(path: str | Path, n_items: int | None = None) -> ItemFeature:
+def read_item_feature(path: str | Path, n_items: int | None = None, *, embeddings: bool = True) -> ItemFeature:
     """Read and validate item_feature.parquet, whose rows may come in any order.
 
     item_id must hold each of 1..N exactly once (N = n_items when given, e.g. from item_info), levels lie in
     0..10, embeddings have 768 and 1024 finite values; each problem names the first bad row of the file.
+    embeddings=False (build_sequences and the titles need no more) neither reads nor requires the two embedding
+    columns: a file without them, or with vectors of other widths, still gives its titles and levels, and the
+    1,792 floats an item are not held in memory.
     """
     path = Path(path)
     schema = _schema(path)
-    _require_columns(path, schema, {"item_id": INTEGER, "item_title": TEXT, "likes_level": INTEGER,
-                                    "views_level": INTEGER, "txt_emb_BERT": NUMBER_LIST,
-                                    "img_emb_CLIPRN50": NUMBER_LIST})
-    df = pl.read_parquet(path, columns=["item_id", "item_title", "likes_level", "views_level", "txt_emb_BERT",
-                                        "img_emb_CLIPRN50"])
+    vectors = {"txt_emb_BERT": TEXT_EMB_DIM, "img_emb_CLIPRN50": IMAGE_EMB_DIM} if embeddings else {}
+    columns = {"item_id": INTEGER, "item_title": TEXT, "likes_level": INTEGER, "views_level": INTEGER,
+               **dict.fromkeys(vectors, NUMBER_LIST)}
+    _require_columns(path, schema, columns)
+    df = pl.read_parquet(path, columns=list(columns))
     n = df.height if n_items is None else n_items
     check_range(path, df, "item_id", 1, n)
     ids = df["item_id"].to_numpy().astype(np.int64)
@@ -287,21 +290,20 @@ def read_item_feature(path: str | Path, n_items: int | None = None) -> ItemFeatu
         raise DataError(f"{path}: {ids.size} items, expected each of 1..{n} once; item_id {missing[0]} is missing")
     for column in ("likes_level", "views_level"):
         check_range(path, df, column, 0, N_LEVELS - 1)
-    text = list_matrix(path, df, "txt_emb_BERT", TEXT_EMB_DIM, pl.Float32)
-    check_finite(path, "txt_emb_BERT", text)
-    image = list_matrix(path, df, "img_emb_CLIPRN50", IMAGE_EMB_DIM, pl.Float32)
-    check_finite(path, "img_emb_CLIPRN50", image)
+    matrices = {}
+    for name, dim in vectors.items():
+        matrices[name] = list_matrix(path, df, name, dim, pl.Float32)
+        check_finite(path, name, matrices[name])
 
     df = df[order]
     item_id = df["item_id"].cast(pl.Int32)
+    text, image = (matrices[name][order].astype(np.float32, copy=False) if name in matrices else None
+                   for name in ("txt_emb_BERT", "img_emb_CLIPRN50"))
     return ItemFeature(
         titles=pl.DataFrame({"item_id": item_id, "title": df["item_title"].cast(pl.Utf8).fill_null("")}),
         levels=pl.DataFrame({"item_id": item_id, "likes_level": df["likes_level"].cast(pl.Int8),
                              "views_level": df["views_level"].cast(pl.Int8)}),
-        item_ids=ids[order],
-        text_emb=text[order].astype(np.float32, copy=False),
-        image_emb=image[order].astype(np.float32, copy=False),
-    )
+        item_ids=ids[order], text_emb=text, image_emb=image)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
     """The item universe with titles: item_id Int32 (unique), title Utf8."""
     if source == "mmctr":
-        return read_item_feature(find_challenge_files(raw_dir).item_feature).titles
+        return read_item_feature(find_challenge_files(raw_dir).item_feature, embeddings=False).titles
     return read_item_universe(find_microlens_files(raw_dir).titles)
 
 
