@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from pipeline.core.io import DataError
+from pipeline.itememb.inputs import pca_inputs
 from pipeline.sources.challenge import (
     ChallengeFiles,
     find_challenge_files,
@@ -284,6 +285,20 @@ def test_challenge_sequences_and_titles_need_no_item_feature_embeddings(tmp_path
     for name in ("train", "valid", "test"):
         assert after.splits[name].collect().equals(before.splits[name].collect())
     assert item_titles("mmctr", tmp_path).equals(titles)
+    with pytest.raises(DataError, match="missing column 'txt_emb_BERT'"):  # the one reader that needs them
+        pca_inputs("challenge_bert_clip", tmp_path, "-", "-")
+
+
+def test_challenge_bert_clip_inputs_are_the_file_vectors_by_item_id(tmp_path: Path) -> None:
+    """fit_pca's challenge_bert_clip inputs: ids 1..N and each item's own txt_emb_BERT / img_emb_CLIPRN50 row,
+    whatever the file's row order."""
+    challenge_layout(tmp_path, tmp_path)
+    df = challenge_item_feature()
+    write_frame(df[[2, 5, 0, 4, 1, 3]], tmp_path / "item_feature.parquet")
+    ids, text, image = pca_inputs("challenge_bert_clip", tmp_path, "-", "-")
+    assert ids.tolist() == df["item_id"].to_list()
+    np.testing.assert_array_equal(text, np.array(df["txt_emb_BERT"].to_list(), dtype=np.float32))
+    np.testing.assert_array_equal(image, np.array(df["img_emb_CLIPRN50"].to_list(), dtype=np.float32))
 
 
 @pytest.mark.parametrize(("split", "label"), [("train", 1.0), ("valid", 0.0)])

@@ -295,7 +295,7 @@ def read_item_feature(path: str | Path, n_items: int | None = None, *, embedding
         matrices[name] = list_matrix(path, df, name, dim, pl.Float32)
         check_finite(path, name, matrices[name])
 
-    df = df[order]
+    df = df.drop(*vectors)[order]  # the vectors are in `matrices` already
     item_id = df["item_id"].cast(pl.Int32)
     text, image = (matrices[name][order].astype(np.float32, copy=False) if name in matrices else None
                    for name in ("txt_emb_BERT", "img_emb_CLIPRN50"))
