@@ -31,6 +31,7 @@ from pipeline.core.metrics import (
     exposure_counts,
     gauc,
     logloss,
+    require_both_classes,
     roc_points,
     sigmoid,
     sliced_metrics,
@@ -49,7 +50,7 @@ from pipeline.sources.challenge import write_submission
 from pipeline.sources.microlens import drop_repeated_events, find_microlens_files, read_pairs
 from pipeline.sources.planted import PlantedModel, history_preference, oracle_mismatch, oracle_scores
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.data import load_split, require_both_classes
+from pipeline.training.data import load_split
 from pipeline.training.predict import predict_logits
 
 log = logging.getLogger("evaluate")
@@ -70,7 +71,7 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
     model, fmap = load_checkpoint(model_path, device)
     test = load_split(test_path, fmap)
     if data.source != "mmctr":  # the challenge hides its test labels (below); other sources have them
-        require_both_classes(test_path, test, "scoring the test split (AUC)")
+        require_both_classes(test_path, test.label.numpy(), "test")
     probs = sigmoid(predict_logits(model, test, cfg.batch_size, device))
     labels = test.label.numpy()
     rows = pl.read_parquet(test_path, columns=["user_id", "item_id", "event_ts", "label"])

@@ -28,6 +28,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
+from pipeline.core.metrics import require_both_classes
 from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import (
@@ -35,7 +36,6 @@ from pipeline.training.data import (
     load_item_tables,
     load_semantic_ids,
     load_split,
-    require_both_classes,
     split_tables,
 )
 from pipeline.training.loop import fit_ensemble
@@ -67,8 +67,8 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                 for name, path in (("train", train_path), ("valid", valid_path)))
         else:
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
-        require_both_classes(train_path, train, "training a click model")
-        require_both_classes(valid_path, valid, "early stopping on valid AUC")
+        require_both_classes(train_path, train.label.numpy(), "train")
+        require_both_classes(valid_path, valid.label.numpy(), "valid")
         exposure, users = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)

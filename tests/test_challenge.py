@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from pipeline.core.io import DataError
+from pipeline.core.metrics import NEEDS_BOTH_CLASSES
 from pipeline.itememb.inputs import pca_inputs
 from pipeline.sources.challenge import (
     ChallengeFiles,
@@ -314,8 +315,7 @@ def test_challenge_train_or_valid_split_of_one_class_names_the_file(tmp_path: Pa
     write_frame(challenge_split().with_columns(label=pl.lit(label)), path)
     write_frame(challenge_split().with_columns(label=pl.lit(0)), tmp_path / "test.parquet")
     assert _error(challenge_sequences, tmp_path, BuildSequencesConfig(max_len=SEQ_LEN)) == (
-        f"{path}: every label is {int(label)}; training a click model and early stopping on valid AUC need clicks "
-        "and non-clicks")
+        f"{path}: every label is {int(label)}; {NEEDS_BOTH_CLASSES[split]} needs clicks and non-clicks")
 
 
 # ---------------------------------------------------------------------------------------------- submission

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from pipeline.core.io import DataError
-from pipeline.core.metrics import EPS, auc, exposure_counts, gauc, logloss, paired_auc_lead, sliced_metrics
+from pipeline.core.metrics import (
+    EPS,
+    auc,
+    exposure_counts,
+    gauc,
+    logloss,
+    paired_auc_lead,
+    require_both_classes,
+    sliced_metrics,
+)
 
 
 def brute_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -38,6 +47,24 @@ def test_auc_extremes() -> None:
 def test_auc_with_one_class_is_a_data_error(labels: np.ndarray) -> None:
     with pytest.raises(DataError, match="one class"):
         auc(labels, np.linspace(0, 1, labels.size))
+
+
+@pytest.mark.parametrize(("labels", "split", "message"), [
+    (np.zeros(4, np.float32), "valid", "v.parquet: every label is 0; early stopping on valid AUC needs clicks and "
+     "non-clicks"),
+    (np.ones(3, np.int64), "train", "v.parquet: every label is 1; training a click model needs clicks and non-clicks"),
+    (np.array([1.0]), "test", "v.parquet: every label is 1; scoring the test split (AUC) needs clicks and "
+     "non-clicks"),
+])
+def test_require_both_classes_names_the_file_and_the_use(labels: np.ndarray, split: str, message: str) -> None:
+    with pytest.raises(DataError) as err:
+        require_both_classes("v.parquet", labels, split)
+    assert str(err.value) == message
+
+
+def test_require_both_classes_passes_two_classes_and_no_rows() -> None:
+    require_both_classes("v.parquet", np.array([0.0, 1.0, 0.0]), "train")
+    require_both_classes("v.parquet", np.zeros(0, np.float32), "valid")
 
 
 @pytest.mark.parametrize("seed", range(3))

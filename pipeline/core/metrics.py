@@ -4,6 +4,7 @@ of one model over another with a bootstrap over users."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,6 +13,20 @@ from sklearn.metrics import log_loss, roc_auc_score, roc_curve
 from pipeline.core.io import DataError
 
 EPS = 1e-7
+
+
+# What each split's clicks and non-clicks are needed for, in the error that names a one-class split.
+NEEDS_BOTH_CLASSES = {"train": "training a click model", "valid": "early stopping on valid AUC",
+                      "test": "scoring the test split (AUC)"}
+
+
+def require_both_classes(path: str | Path, labels: np.ndarray, split: str) -> None:
+    """A DataError naming `path` when `labels` (n,) of split `split` (a NEEDS_BOTH_CLASSES key) are all 0 or all 1
+    (nothing when n = 0). Every split a model trains, early-stops or is scored on goes through this, in whichever
+    stage reads it first."""
+    if labels.size and labels.min() == labels.max():
+        raise DataError(f"{path}: every label is {labels.flat[0]:g}; {NEEDS_BOTH_CLASSES[split]} needs clicks and "
+                        "non-clicks")
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

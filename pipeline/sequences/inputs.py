@@ -17,6 +17,7 @@ from pipeline.core.config import BuildSequencesConfig
 from pipeline.core.feature_map import Feature, FeatureMap
 from pipeline.core.io import DataError
 from pipeline.core.items import scatter_by_id
+from pipeline.core.metrics import require_both_classes
 from pipeline.sequences.build import SPLITS, RowSource, build_exposure_rows, build_split_rows
 from pipeline.sequences.item_features import build_item_features
 from pipeline.sources.challenge import N_LEVELS, find_challenge_files, read_item_feature, read_item_info, read_split
@@ -120,10 +121,8 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
         splits[name] = rows.lazy()
         summary[name] = {"rows": rows.height, "clicks": int(rows["label"].sum()), "mean_history": float(
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
-        if name != "test" and summary[name]["clicks"] in (0, rows.height):
-            # train would stop on it after the extraction stages, naming our copy: name the user's file now
-            raise DataError(f"{path}: every label is {int(rows['label'][0])}; training a click model and early "
-                            "stopping on valid AUC need clicks and non-clicks")
+        if name != "test":  # train would stop on it after the extraction stages, naming our copy, not this file
+            require_both_classes(path, rows["label"].to_numpy(), name)
     n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)

@@ -106,13 +106,6 @@ def load_split(path: str | Path, feature_map: FeatureMap) -> SplitTensors:
     return tensors_of(split_arrays(path, df, feature_map), feature_map)
 
 
-def require_both_classes(path: str | Path, split: SplitTensors, why: str) -> None:
-    """A DataError naming `path` when the split's labels are all 0 or all 1; `why` says what needs both classes."""
-    label = split.label
-    if len(split) and bool(label.min() == label.max()):
-        raise DataError(f"{path}: every label is {label[0].item():g}; {why} needs clicks and non-clicks")
-
-
 def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
     """item_info.parquet -> (tags (N+1, T) int64, frozen embeddings (N+1, M) float32, M), after checking that
     row i holds item i, that item_tags are lists of one length with ids >= 0, and that the one item_emb_d<M>
