@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
-from pipeline.core.io import write_json, write_parquet
+from pipeline.core.io import DataError, first_true, write_json, write_parquet
 from pipeline.core.metrics import (
     auc,
     calibration_points,
@@ -73,6 +73,8 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
     if data.source != "mmctr":  # the challenge hides its test labels (below); other sources have them
         require_both_classes(test_path, test.label.numpy(), "test")
     probs = sigmoid(predict_logits(model, test, cfg.batch_size, device))
+    if (bad := first_true(np.isnan(probs))) is not None:
+        raise DataError(f"{model_path}: the model scores row {bad} of {test_path} as NaN")
     labels = test.label.numpy()
     rows = pl.read_parquet(test_path, columns=["user_id", "item_id", "event_ts", "label"])
     preds = rows.with_columns(score=pl.Series(probs))

@@ -478,6 +478,24 @@ def test_checkpoint_attacks(lab: Lab) -> None:
         assert not (lab.root / "out/s.zip").exists()
 
 
+def test_checkpoint_with_damaged_weights(lab: Lab) -> None:
+    """A trained checkpoint with one NaN weight is refused at load, naming the weight; one whose weights are finite
+    but so large that the scores overflow to NaN is refused naming the model and the test row. Neither writes
+    metrics or a submission (write_submission would refuse NaN with a traceback)."""
+    assert lab.train().exit_code == 0
+    good = torch.load(lab.root / "out/model.pt", weights_only=True)
+    floats = [name for name, t in good["model"].items() if t.is_floating_point()]
+    bad = lab.root / "bad.pt"
+    nan = {**good, "model": {**good["model"], floats[0]: good["model"][floats[0]].clone().fill_(float("nan"))}}
+    huge = {**good, "model": {k: t.clone().fill_(3e38) if k in floats else t for k, t in good["model"].items()}}
+    for ckpt, pattern in ((nan, rf"bad\.pt: not a valid mmctr checkpoint \(weight {re.escape(floats[0])} holds a "
+                                r"non-finite value\)"),
+                          (huge, r"bad\.pt: the model scores row \d+ of .*test\.parquet as NaN")):
+        torch.save(ckpt, bad)
+        one_line_error(lab.evaluate(bad), pattern)
+        assert not (lab.root / "out/m.json").exists() and not (lab.root / "out/s.zip").exists()
+
+
 def test_text_model_folder_with_a_crafted_weights_file(lab: Lab, tiny_bert_dir: Path) -> None:
     """A local text-model folder whose pytorch_model.bin is a pickle that runs a command: refused by
     torch.load(weights_only=True), reported in one line, and the command never runs."""

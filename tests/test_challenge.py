@@ -100,8 +100,11 @@ def test_read_split_accepts_narrow_and_array_types(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("labels", "hidden"), [(None, True), ([0.0] * 4, True), ([-1.0] * 4, True),
-                                                ([1.0, None, 0.0, 1.0], True), ([1.0, 0.0, 0.0, 1.0], False)])
+                                                ([1.0, None, 0.0, 1.0], True), ([None] * 4, True), (["?"] * 4, True),
+                                                ([1.0, 0.0, 0.0, 1.0], False)])
 def test_read_test_split_hidden_labels(tmp_path: Path, labels: list | None, hidden: bool) -> None:
+    """A test split's labels are hidden when absent, not 0/1, constant, or not numbers at all (a column of nulls,
+    written with the Null type, or of text): each is read, as 0.0 with labels_hidden."""
     df = challenge_split().drop("label") if labels is None else challenge_split(label=labels)
     split = read_split(write_frame(df, tmp_path / "test.parquet"), CHALLENGE_ITEMS, require_labels=False)
     assert split.labels_hidden is hidden
@@ -163,6 +166,50 @@ def test_read_split_missing_or_corrupt_file(tmp_path: Path) -> None:
     assert _error(read_split, path, CHALLENGE_ITEMS).startswith(f"{path}: not a readable parquet file (")
 
 
+def _corrupt_pages(df: pl.DataFrame, path: Path) -> Path:
+    """Write `df` uncompressed and overwrite 1,000 bytes of its data pages: the footer, and so the schema, still
+    reads, the pages do not (bit rot, a bad copy)."""
+    df.write_parquet(path, compression="uncompressed", statistics=False)
+    data = bytearray(path.read_bytes())
+    data[200:1200] = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_corrupt_data_pages_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Each reader, on a file whose schema reads but whose pages are corrupt: the file named, polars' reason."""
+    rng = np.random.default_rng(1)
+    n = 5000
+    split = challenge_split(user_id=rng.integers(0, 99, n).tolist(),
+                            item_seq=[[0, 0, 0, int(i)] for i in rng.integers(1, 7, n)],
+                            item_id=rng.integers(1, 7, n).tolist(), likes_level=[1] * n, views_level=[1] * n,
+                            label=rng.integers(0, 2, n).astype(float).tolist())
+    for name, df, read in (("train", split, lambda p: read_split(p, CHALLENGE_ITEMS)),
+                           ("item_info", challenge_item_info(), read_item_info),
+                           ("item_feature", challenge_item_feature(), lambda p: read_item_feature(p, CHALLENGE_ITEMS))):
+        path = _corrupt_pages(df, tmp_path / f"{name}.parquet")
+        pl.read_parquet_schema(path)  # the footer is intact: only reading the pages fails
+        with pytest.raises(DataError) as err:
+            read(path)
+        assert str(err.value).startswith(f"{path}: not a readable parquet file (ComputeError: "), str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_unsigned_64_bit_ids_past_int64_name_the_row(tmp_path: Path) -> None:
+    """UInt64 histories and tag ids are range-checked as they are, not cast to Int64 first (which refuses 2^63 and
+    up with a traceback); in-range UInt64 values read as any other integer type."""
+    huge = 2**64 - 1
+    seq = pl.Series("item_seq", [[0, 0, 0, 1], [0, 0, 1, 2], [3, 4, 5, huge], [0, 0, 0, 0]], dtype=pl.List(pl.UInt64))
+    path = write_frame(challenge_split().with_columns(seq), tmp_path / "train.parquet")
+    assert _error(read_split, path, CHALLENGE_ITEMS) == f"{path}: row 2: item_seq holds item id {huge} outside 0..6"
+    small = challenge_split().with_columns(pl.col("item_seq").cast(pl.List(pl.UInt64)))
+    assert read_split(write_frame(small, path), CHALLENGE_ITEMS).rows.equals(
+        read_split(write_frame(challenge_split(), path), CHALLENGE_ITEMS).rows)
+    tags = pl.Series("item_tags", [[0] * 5] + [[0, 0, 0, 1, huge]] * CHALLENGE_ITEMS, dtype=pl.List(pl.UInt64))
+    info = write_frame(challenge_item_info().with_columns(tags), tmp_path / "item_info.parquet")
+    assert _error(read_item_info, info) == f"{info}: row 1: item_tags holds a tag id outside 0..2147483647"
+
+
 # ---------------------------------------------------------------------------------------------- item_info
 
 
@@ -219,6 +266,14 @@ def test_read_item_feature_sorts_by_id(tmp_path: Path) -> None:
     for arr, column, dim in ((feature.text_emb, "txt_emb_BERT", 768), (feature.image_emb, "img_emb_CLIPRN50", 1024)):
         assert arr.dtype == np.float32 and arr.shape == (CHALLENGE_ITEMS, dim)
         np.testing.assert_array_equal(arr, np.array(df[column].to_list(), dtype=np.float32))
+
+
+def test_read_item_feature_takes_categorical_titles(tmp_path: Path) -> None:
+    """Titles stored as a dictionary-encoded (Categorical) column, as pandas' category dtype writes them."""
+    df = challenge_item_feature()
+    path = write_frame(df.with_columns(pl.col("item_title").cast(pl.Categorical)), tmp_path / "item_feature.parquet")
+    titles = read_item_feature(path, CHALLENGE_ITEMS).titles
+    assert titles.schema["title"] == pl.Utf8 and titles["title"].to_list() == df["item_title"].to_list()
 
 
 def _vectors(n: int, dim: int, row: int, value: list) -> list:
@@ -288,6 +343,21 @@ def test_challenge_sequences_and_titles_need_no_item_feature_embeddings(tmp_path
     assert item_titles("mmctr", tmp_path).equals(titles)
     with pytest.raises(DataError, match="missing column 'txt_emb_BERT'"):  # the one reader that needs them
         pca_inputs("challenge_bert_clip", tmp_path, "-", "-")
+
+
+def test_challenge_sequences_size_the_tag_table_by_distinct_tags(tmp_path: Path) -> None:
+    """item_info's tag ids index the model's tag table: one id of 2^31-1 among 3 distinct tags gives a vocabulary
+    of 4 rows (padding + 3) in the feature map, not 2^31, and each item keeps its own tags (by rank)."""
+    from pipeline.core.config import BuildSequencesConfig
+    from pipeline.sequences.inputs import challenge_sequences
+
+    challenge_layout(tmp_path, tmp_path)
+    raw = [[0] * 5, [0, 0, 0, 0, 9], [0, 0, 0, 9, 2**31 - 1], [0] * 5, [0, 0, 0, 0, 40], [0] * 5, [0, 0, 0, 9, 40]]
+    write_frame(challenge_item_info(item_tags=raw), tmp_path / "item_info.parquet")
+    data = challenge_sequences(tmp_path, BuildSequencesConfig(max_len=SEQ_LEN))
+    assert data.feature_map()["item_tags"].vocab_size == 4
+    rank = {0: 0, 9: 1, 40: 2, 2**31 - 1: 3}
+    assert data.items["item_tags"].to_list() == [[rank[t] for t in row] for row in raw]
 
 
 def test_challenge_bert_clip_inputs_are_the_file_vectors_by_item_id(tmp_path: Path) -> None:

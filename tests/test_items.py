@@ -10,6 +10,7 @@ from pipeline.core.io import DataError
 from pipeline.core.items import check_item_table, scatter_by_id
 from pipeline.sequences.item_features import (
     build_item_features,
+    dense_tag_ids,
     quantile_levels,
     tag_vocabulary,
 )
@@ -103,6 +104,23 @@ def test_quantile_levels_range_and_monotone(n_levels: int) -> None:
     for v in np.unique(values)[:50]:
         assert np.unique(levels[values == v]).size == 1  # equal values share a level
     assert levels[np.argmin(values)] == 0 and levels[np.argmax(values)] == n_levels - 1
+
+
+# ---------------------------------------------------------------------------------------------- dense_tag_ids
+
+
+def test_dense_tag_ids_rank_the_distinct_ids_and_keep_the_padding() -> None:
+    tags = pl.Series("item_tags", [[0, 0], [0, 2**31 - 1], [5, 7], [0, 5]], dtype=pl.List(pl.Int64))
+    dense, k = dense_tag_ids(tags)
+    assert k == 3 and dense.name == "item_tags" and dense.dtype == pl.List(pl.Int32)
+    assert dense.to_list() == [[0, 0], [0, 3], [1, 2], [0, 1]]
+
+
+@pytest.mark.parametrize("rows", [[[0, 0], [0, 1], [2, 3]], [[0, 0], [3, 1], [2, 2]], [[], []]])
+def test_dense_tag_ids_leave_ids_that_are_already_one_to_k(rows: list) -> None:
+    tags = pl.Series("item_tags", rows, dtype=pl.List(pl.Int32))
+    dense, k = dense_tag_ids(tags)
+    assert dense.equals(tags) and k == max((max(r) for r in rows if r), default=0)
 
 
 # ---------------------------------------------------------------------------------------------- build_item_features

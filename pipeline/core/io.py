@@ -7,6 +7,7 @@ half-written file where DVC would cache it; the temp of a killed writer is remov
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import json
 import os
@@ -14,10 +15,10 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -148,6 +149,31 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def unreadable_parquet(path: str | Path, e: BaseException) -> DataError:
+    """The one-line DataError for a file that parquet readers cannot read: `path`, the error's type and the first
+    line of its text (polars and pyarrow raise several types for corrupt files)."""
+    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return DataError(f"{path}: not a readable parquet file ({type(e).__name__}{': ' + detail if detail else ''})")
+
+
+_Reader = TypeVar("_Reader", bound=Callable[..., Any])
+
+
+def reads_parquet(reader: _Reader) -> _Reader:
+    """Decorate a reader whose first argument is a parquet path: an error that polars raises while it reads the
+    file's pages (a file whose footer, and so its schema, reads but whose data is corrupt) becomes the one-line
+    DataError of `unreadable_parquet` instead of a traceback. The reader's own DataErrors pass through."""
+
+    @functools.wraps(reader)
+    def checked(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return reader(path, *args, **kwargs)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise unreadable_parquet(path, e) from None
+
+    return checked  # type: ignore[return-value]
+
+
 def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.DataType]) -> pl.DataFrame:
     """Read `path`, checking that each named column exists with the given dtype (one-line DataError if not)."""
     path = Path(path)
@@ -156,7 +182,7 @@ def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.Dat
     try:
         df = pl.read_parquet(path)
     except Exception as e:  # polars raises several types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+        raise unreadable_parquet(path, e) from None
     check_schema(path, df.schema, columns)
     return df
 

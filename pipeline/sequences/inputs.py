@@ -19,7 +19,7 @@ from pipeline.core.io import DataError
 from pipeline.core.items import scatter_by_id
 from pipeline.core.metrics import require_both_classes
 from pipeline.sequences.build import SPLITS, RowSource, build_exposure_rows, build_split_rows
-from pipeline.sequences.item_features import build_item_features
+from pipeline.sequences.item_features import build_item_features, dense_tag_ids
 from pipeline.sources.challenge import N_LEVELS, find_challenge_files, read_item_feature, read_item_info, read_split
 from pipeline.sources.microlens import (
     check_known_items,
@@ -106,7 +106,8 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     info = read_item_info(files.item_info)
     levels = read_item_feature(files.item_feature, info.n_items, embeddings=False).levels
     n_rows = info.n_items + 1
-    items = info.tags.with_columns(**{
+    item_tags, n_tags = dense_tag_ids(info.tags["item_tags"])  # the file's tag ids may be any in 0..2^31-1
+    items = info.tags.with_columns(item_tags, **{
         col: pl.Series(scatter_by_id(levels["item_id"].to_numpy(), levels[col].to_numpy(), n_rows), dtype=pl.Int8)
         for col in ("likes_level", "views_level")})
     splits, summary, lengths = {}, {}, {}
@@ -123,6 +124,5 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
         if name != "test":  # train would stop on it after the extraction stages, naming our copy, not this file
             require_both_classes(path, rows["label"].to_numpy(), name)
-    n_tags = int(items["item_tags"].list.max().max() or 0)
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)

@@ -29,6 +29,18 @@ def tag_vocabulary(tags: pl.DataFrame) -> dict[str, int]:
     return vocab
 
 
+def dense_tag_ids(item_tags: pl.Series) -> tuple[pl.Series, int]:
+    """A List(Int) column of tag ids (one width T, 0 = padding, ids >= 0, e.g. the challenge's item_info) ->
+    (List(Int32) of the same shape with each id replaced by its rank among the distinct ids, K), so that the ids
+    are 1..K for K distinct tags and 0 stays 0. The tag ids index an embedding table of K+1 rows: one tag id of
+    2^31-1 is then one row, not a table of 2^31. Ids that are already 1..K with none missing are unchanged."""
+    width = int(item_tags.list.len().max() or 0)
+    raw = item_tags.list.to_array(width).to_numpy() if width else np.zeros((len(item_tags), 0), np.int64)
+    vocab = np.union1d([0], raw)  # (K+1,) sorted, vocab[0] = 0
+    dense = np.searchsorted(vocab, raw).astype(np.int32)  # (rows, T)
+    return pl.Series(item_tags.name, dense, dtype=pl.Array(pl.Int32, width)).cast(pl.List(pl.Int32)), vocab.size - 1
+
+
 def build_item_features(
     ids: np.ndarray, likes_views: pl.DataFrame, tags: pl.DataFrame, *, max_tags: int, n_levels: int,
 ) -> tuple[pl.DataFrame, dict[str, int]]:

@@ -28,7 +28,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.io import DataError, atomic_path, check_finite, check_range, first_true, list_matrix
+from pipeline.core.io import (
+    DataError,
+    atomic_path,
+    check_finite,
+    check_range,
+    first_true,
+    list_matrix,
+    reads_parquet,
+    unreadable_parquet,
+)
 from pipeline.core.items import check_item_table
 from pipeline.sources.microlens import INT32_MAX, detect_cover_naming
 
@@ -95,7 +104,7 @@ def _schema(path: Path) -> dict[str, pl.DataType]:
     try:
         return dict(pl.read_parquet_schema(path))
     except Exception as e:  # polars raises several types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+        raise unreadable_parquet(path, e) from None
 
 
 # A column kind: (does a dtype qualify, how an error message names the kind).
@@ -104,7 +113,14 @@ INTEGER: _Kind = (lambda t: t.is_integer(), "an integer type")
 INT_LIST: _Kind = (lambda t: isinstance(t, pl.List | pl.Array) and t.inner.is_integer(), "a list of integers")
 NUMBER_LIST: _Kind = (lambda t: isinstance(t, pl.List | pl.Array) and t.inner.is_numeric(), "a list of numbers")
 NUMBER: _Kind = (lambda t: t.is_numeric() or t == pl.Boolean, "a number type")
-TEXT: _Kind = (lambda t: t in (pl.Utf8, pl.Null), "a string type")
+TEXT: _Kind = (lambda t: t in (pl.Utf8, pl.Null, pl.Categorical) or isinstance(t, pl.Enum), "a string type")
+
+
+def _wide_int(dtype: pl.DataType) -> type[pl.DataType]:
+    """The integer type that holds every value of a list column of integers `dtype` exactly: UInt64 for UInt64
+    (whose values past 2^63 a cast to Int64 would refuse with a traceback), else Int64. Range checks then run on
+    the file's own values."""
+    return pl.UInt64 if dtype.inner == pl.UInt64 else pl.Int64
 
 
 def _require_columns(path: Path, schema: dict[str, pl.DataType], columns: dict[str, _Kind]) -> None:
@@ -128,14 +144,16 @@ class ChallengeSplit:
     labels_hidden: bool
 
 
+@reads_parquet
 def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -> ChallengeSplit:
     """Read and validate one of train/valid/test.parquet against an item table of items 1..n_items.
 
     Checks, each naming the first bad row: user_id in 0..2^31-1; item_id in 1..n_items; likes_level and
     views_level in 0..10; item_seq of one length (row 0's) with ids in 0..n_items, left-padded (no 0 after an
     item id); no nulls. With require_labels, `label` must exist and be 0 or 1. Without it (test), the labels
-    count as hidden when the column is absent, holds anything but 0 and 1, or is constant (a real test split has
-    both classes); hidden labels come back as 0.0 with labels_hidden=True. Other columns are dropped.
+    count as hidden when the column is absent, is not numeric (all nulls, text), holds anything but 0 and 1, or is
+    constant (a real test split has both classes); hidden labels come back as 0.0 with labels_hidden=True. Other
+    columns are dropped.
 
     The checks are one streaming pass over the file, so only the returned frame is held whole in memory (about
     1 GB peak per million rows of 100-long histories).
@@ -144,12 +162,12 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
     schema = _schema(path)
     _require_columns(path, schema, {"user_id": INTEGER, "item_seq": INT_LIST, "item_id": INTEGER,
                                     "likes_level": INTEGER, "views_level": INTEGER})
-    if require_labels or "label" in schema:
+    if require_labels:
         _require_columns(path, schema, {"label": NUMBER})
-    has_label = "label" in schema
+    has_label = "label" in schema and NUMBER[0](schema["label"])  # a test label of nulls or text is hidden
 
     lf = pl.scan_parquet(path).with_row_index("_row")
-    seq = pl.col("item_seq").cast(pl.List(pl.Int64))
+    seq = pl.col("item_seq").cast(pl.List(_wide_int(schema["item_seq"])))
     n_rows, seq_len = lf.select(pl.len(), seq.first().list.len()).collect().row(0)
     if n_rows == 0:
         raise DataError(f"{path}: no rows")
@@ -221,6 +239,7 @@ class ItemInfo:
         return self.tags.height - 1
 
 
+@reads_parquet
 def read_item_info(path: str | Path) -> ItemInfo:
     """Read and validate item_info.parquet: item_id = row index from 0, item_tags of one length with ids >= 0,
     item_emb_d128 of 128 finite values, row 0 all zero; each problem names the first bad row."""
@@ -231,7 +250,7 @@ def read_item_info(path: str | Path) -> ItemInfo:
     if df.height < 2:
         raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
     check_item_table(df, str(path))
-    tags = list_matrix(path, df, "item_tags", None, pl.Int64)
+    tags = list_matrix(path, df, "item_tags", None, _wide_int(schema["item_tags"]))
     bad = first_true(((tags < 0) | (tags > INT32_MAX)).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: item_tags holds a tag id outside 0..{INT32_MAX}")
@@ -261,6 +280,7 @@ class ItemFeature:
     image_emb: np.ndarray | None
 
 
+@reads_parquet
 def read_item_feature(path: str | Path, n_items: int | None = None, *, embeddings: bool = True) -> ItemFeature:
     """Read and validate item_feature.parquet, whose rows may come in any order.
 

@@ -149,4 +149,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         raise DataError(f"{path}: checkpoint not found") from None
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
         raise DataError(f"{path}: not a valid mmctr checkpoint ({str(e).splitlines()[0][:200]})") from None
+    # training stops at a non-finite loss, so such a weight means a damaged or crafted file: it would score NaN
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise DataError(f"{path}: not a valid mmctr checkpoint (weight {name} holds a non-finite value)")
     return model.to(device).eval(), fmap

@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.io import DataError, check_schema
+from pipeline.core.io import DataError, check_schema, unreadable_parquet
 from pipeline.training.data import SplitTensors, split_arrays, split_schema, tensors_of
 
 STREAM_CHUNK = 1 << 16  # rows per parquet read: 26 MB of int32 history at max_len 100
@@ -50,7 +50,7 @@ def write_split_arrays(path: str | Path, feature_map: FeatureMap, out_dir: str |
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__})") from None
+        raise unreadable_parquet(path, e) from None
     check_schema(path, schema, split_schema(feature_map))
     n = reader.metadata.num_rows
     if n == 0:
