@@ -31,7 +31,6 @@ from tests.conftest import OUT_OF_RANGE
 PARAMS = Path(__file__).parents[1] / "params.yaml"
 
 
-
 def _raw() -> dict[str, Any]:
     return yaml.safe_load(PARAMS.read_text())
 
@@ -142,8 +141,6 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
     assert cfg.learning_rate == 0.001 and cfg.net_regularizer == 20.0
     assert parse_yaml("a: 1e-05\nb: 1_000\nc: '1e-3'\nd: 1.5e-2\ne: e5") == {
         "a": 1e-05, "b": 1000, "c": "1e-3", "d": 0.015, "e": "e5"}
-
-
 
 
 @pytest.mark.parametrize(("section", "values", "key"), OUT_OF_RANGE)

@@ -23,6 +23,8 @@ from pipeline.extract.batching import BatchSize, default_num_workers, run_batche
 from pipeline.extract.image import extract_image_embeddings, load_image_encoder, to_rgb
 from pipeline.extract.store import ShardStore, file_stamp, status_counts
 from pipeline.extract.text import (
+    CHARS_PER_TOKEN,
+    encode_texts,
     extract_text_embeddings,
     load_text_encoder,
     resolve_text_model,
@@ -158,6 +160,23 @@ def test_text_bad_titles_each_get_a_row(tiny_bert_dir):
     np.testing.assert_allclose(emb[4], ref, atol=1e-5)
 
 
+def test_a_huge_title_reaches_the_tokenizer_cut(tiny_bert_dir):
+    """A 4 MB title is cut to max_length * CHARS_PER_TOKEN characters before the tokenizer sees it (which splits
+    the whole text before truncating: seconds and gigabytes), and embeds the same as its first 2,000 characters."""
+    tok, model = load_text_encoder(str(tiny_bert_dir))
+    seen: list[int] = []
+
+    def recording(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return tok(texts, **kwargs)
+
+    huge = "cat dog " * 500_000
+    emb = encode_texts(recording, model, [huge, huge[:2000]], pooling="mean", max_length=16, batch_size=2,
+                       device=CPU, amp=False)
+    assert max(seen) == 16 * CHARS_PER_TOKEN
+    np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
+
+
 def test_duplicate_ids_are_a_one_line_error_naming_the_id(tiny_bert_dir, tmp_path):
     tok, model = load_text_encoder(str(tiny_bert_dir))
     with pytest.raises(DataError, match=r"^titles: duplicate item_id 7 "):
@@ -217,6 +236,18 @@ def test_image_bad_files_each_get_a_row_status_and_defined_vector(tmp_path):
                                               if s == "ok"]))
     np.testing.assert_allclose(emb[ok], ref.numpy(), atol=1e-5)
     assert status_counts(frame) == {"ok": 7, "empty": 1, "missing": 1, "corrupt": 2, "too_large": 1}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_greys_are_scaled_not_clipped(tmp_path: Path, fmt: str) -> None:
+    """A mid-grey 16-bit cover (PIL opens it as I;16 or I) is mid-grey in RGB, not white; 8-bit grey as before."""
+    path = tmp_path / f"grey.{fmt.lower()}"
+    Image.fromarray(np.full((4, 4), 32896, dtype=np.uint16)).save(path, format=fmt)  # 128 * 257
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I") and to_rgb(img).getpixel((0, 0)) == (128, 128, 128)
+    with Image.fromarray(np.full((4, 4), 128 * 257, dtype=np.int32)) as wide:
+        assert wide.mode == "I" and to_rgb(wide).getpixel((0, 0)) == (128, 128, 128)
+    assert to_rgb(Image.new("L", (2, 2), 128)).getpixel((0, 0)) == (128, 128, 128)
 
 
 def test_alpha_is_composited_on_white_and_max_pixels_applies(tmp_path):

@@ -256,6 +256,21 @@ def _cli_files(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     return _write_item_info(tmp_path, table), titles, table
 
 
+def test_cli_neighbours_prints_hostile_titles_on_one_line(tmp_path: Path) -> None:
+    """A (quoted, multi-line) title holding a fake result row, an ESC colour sequence and a bidi override: printed
+    as escapes on its own line, so the listing keeps its k + 1 lines; emoji and other text are kept."""
+    info, titles, table = _cli_files(tmp_path)
+    hostile = 'x\n  9  99  1.000  fake row\x1b[31m red \u202eevil 猫 👍'
+    text = titles.read_text().replace("5,title 5, part two\n", '5,"' + hostile + '"\n')
+    titles.write_text(text)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "3", "--item-info", str(info),
+                                       "--titles", str(titles)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 4 and "\x1b" not in result.output and "\u202e" not in result.output
+    assert lines[0] == "query 5: x\\n  9  99  1.000  fake row\\x1b[31m red \\u202eevil 猫 👍"
+
+
 def test_cli_neighbours_lists_k_nearest_with_titles(tmp_path: Path) -> None:
     info, titles, table = _cli_files(tmp_path)
     result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "4", "--item-info", str(info),
@@ -454,15 +469,35 @@ def test_cli_neighbours_gallery_without_raw_folder_is_one_line(tmp_path: Path) -
     assert not out.exists()
 
 
-@pytest.mark.parametrize("side", [8_000, 20_000])  # 64 Mpx: over GALLERY_MAX_PIXELS; 400 Mpx: PIL's bomb error
-def test_cli_neighbours_gallery_draws_a_decompression_bomb_cover_grey(tmp_path: Path, side: int) -> None:
+def _broken_png(path: Path) -> None:
+    """A 64x48 PNG with 6 bytes inserted in its image data: it opens, and decoding it raises SyntaxError ("broken
+    PNG file"), which is not an OSError."""
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(png, format="PNG")
+    data = png.getvalue()
+    path.write_bytes(data[:107] + b"\xd6@99_\xf6" + data[107:])
+
+
+@pytest.mark.parametrize("cover", ["bomb 64 Mpx", "bomb 400 Mpx", "broken PNG"])
+def test_cli_neighbours_gallery_draws_a_bad_cover_grey(tmp_path: Path, cover: str) -> None:
+    """64 Mpx is over GALLERY_MAX_PIXELS, 400 Mpx raises PIL's bomb error, and a broken PNG PIL's SyntaxError: each
+    is a grey tile, and the gallery is written."""
     from PIL import Image
 
     info, titles, table = _cli_files(tmp_path)
     found = [i for i, _ in item_neighbours(table, 5, 3)]
     raw = _raw_dir(tmp_path, missing=0)
     (raw / "title_en.csv").write_text(titles.read_text())
-    Image.new("1", (side, side)).save(raw / "covers" / f"{found[0]}.jpg", format="PNG")  # tiny file, huge image
+    path = raw / "covers" / f"{found[0]}.jpg"
+    if cover == "broken PNG":
+        _broken_png(path)
+    else:  # a tiny file, a huge image
+        side = 8_000 if cover == "bomb 64 Mpx" else 20_000
+        Image.new("1", (side, side)).save(path, format="PNG")
     out = tmp_path / "gallery.png"
     result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", "3", "--item-info", str(info),
                                        "--titles", str(titles), "--raw-dir", str(raw), "--gallery", str(out)])

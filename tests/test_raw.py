@@ -252,6 +252,8 @@ def test_pairs_tsv_positions_are_timestamps(tmp_path: Path) -> None:
     ("x\t5 6", "user 'x' is not an integer"),
     ("0\t5 6", "user 0 is outside 1..2147483647"),
     ("4\t5 six", "item 'six' is not an integer"),
+    ("4\t5 3_0", "item '3_0' is not an integer"),  # int() would read 30
+    ("4\t5 \u0663", "item '\u0663' is not an integer"),  # an Arabic-Indic 3, which int() would read as 3
     ("4\t5 0", "item 0 is outside 1..2147483647"),
     ("1\t8", "user 1 already has line 1"),
 ])
@@ -309,6 +311,13 @@ def test_titles_quoted_field_must_end_its_line(tmp_path: Path) -> None:
     # The quoted reading of line 1 would close at the quote on line 2, which text follows: so line 1 is literal.
     df = read_titles(_file(tmp_path, "title_en.csv", '1,"Best of\n2,the "year" show\n'))
     assert df.rows() == [(1, '"Best of'), (2, 'the "year" show')]
+
+
+def test_titles_open_quote_does_not_swallow_the_rows_after_it(tmp_path: Path) -> None:
+    # Read as one quoted field, line 2 would close at the end of line 4 and take items 3 and 4 with it (the item
+    # universe silently one to three items short); a line that begins like a row ends that reading: all literal.
+    df = read_titles(_file(tmp_path, "title_en.csv", '1,a\n2,"open quote title\n3,c\n4,ends with a quote"\n'))
+    assert df.rows() == [(1, "a"), (2, '"open quote title'), (3, "c"), (4, 'ends with a quote"')]
 
 
 def test_titles_50k_header_form(tmp_path: Path) -> None:
@@ -397,6 +406,18 @@ def test_tags_to_summary_variants(tmp_path: Path) -> None:
     df = read_tags(_file(tmp_path, "tags_to_summary.csv", text))
     assert df.rows() == [(1, ["Food & Drink"]), (2, ["Pets", "Animals"]), (3, ["a", "b", "c"]), (4, ["x", "y"]),
                          (5, ["multi\nline", "tag"]), (6, [])]
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    # a quote opened on line 3 and closed at the end of line 5: rows 3 and 4 would be item 2's tags
+    ("item_id,tags\n1,a\n2,\"b|c\n3,d\n4,e\"\n5,f\n",
+     "line 3: a quoted field runs on over a line that begins like a row ('3,d'); is a quote left open?"),
+    # a quote opened on line 3 and never closed: every later row would be item 2's tags (csv names the last line)
+    ("item_id,tags\n1,a\n2,\"b|c\n3,d\n", "line 4: unexpected end of data"),
+])
+def test_tags_quote_left_open_is_named(tmp_path: Path, text: str, problem: str) -> None:
+    path = _file(tmp_path, "tags.csv", text)
+    assert _error(read_tags, path) == f"{path}: {problem}"
 
 
 def test_tags_duplicate_id_names_both_lines(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import click
@@ -87,14 +88,26 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
             shown = [(item_id, None), *found]
             covers = item_cover_paths(data.source, raw_dir, np.array([i for i, _ in shown]))
             draw_gallery([(i, names.get(i, ""), score, cover) for (i, score), cover in zip(shown, covers)], gallery)
-    click.echo(f"query {item_id}: {names.get(item_id, '')}")
+    click.echo(f"query {item_id}: {printable(names.get(item_id, ''))}")
     if len(found) < k:
         where = f"share a code with it in {semantic_ids}" if by == "codes" else f"in {item_info}"
         click.echo(f"(only {len(found)} other items {where}: showing all of them, not {k})")
     for rank, (other, score) in enumerate(found, start=1):
-        click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}{prefix.get(other, '')}  {names.get(other, '')}")
+        click.echo(f"{rank:>3}  {other:>8}  {score:6.3f}{prefix.get(other, '')}  {printable(names.get(other, ''))}")
     if gallery is not None:
         click.echo(f"gallery: {gallery}")
+
+
+# Bidirectional embeddings, overrides and isolates: they reorder the text that follows them on the line.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """`text` for one line of a terminal: control characters (a newline, ESC, ...), line and paragraph separators
+    and bidi controls are written as Python escapes (\\n, \\x1b, \\u202e), so a title read from a data file can
+    neither add lines to the listing nor send the terminal escape sequences; other text, emoji included, is kept."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS else c for c in text)
 
 
 def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> tuple[int, list[tuple[int, int, float]]]:

@@ -59,7 +59,12 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. Alpha (RGBA, LA, PA, palette with transparency) is composited on white, so what
-    hides under transparent pixels does not leak into the embedding; CMYK, L, P, I;16 ... convert directly."""
+    hides under transparent pixels does not leak into the embedding. 16-bit greys (I;16, and I, as which PIL opens
+    16-bit PNGs) are scaled to 8 bits: PIL's own conversion clips them at 255, so any grey above 1/256 of full
+    scale would come out white. CMYK, L, P, 1 ... convert directly."""
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        grey = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

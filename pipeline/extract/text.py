@@ -56,18 +56,26 @@ def load_text_encoder(spec: str, trust_remote_code: bool = False):
     return tokenizer, model.eval()
 
 
+CHARS_PER_TOKEN = 128  # characters kept per token of max_length before tokenizing (encode_texts)
+
+
 def encode_texts(
     tokenizer, model, texts: Sequence[str], *, pooling: str, max_length: int, batch_size: int | BatchSize,
     device: torch.device, amp: bool, amp_dtype: str = "bf16",
 ) -> np.ndarray:
     """Embed `texts` -> (N, H) float32, in input order.
 
-    Batches are formed over texts sorted by length so each batch pads to a similar length; `mean` pooling
+    Each text is cut to max_length * CHARS_PER_TOKEN characters before it is tokenized (then to max_length
+    tokens). Batches are formed over texts sorted by length so each batch pads to a similar length; `mean` pooling
     averages the last hidden state over real tokens, `cls` takes the first token. Pass a BatchSize to observe
     (or share across calls) the size after any out-of-memory halving.
     """
     batch = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     model = model.to(device)
+    # A tokenizer splits the whole text before truncating it: a 10 MB title would take seconds and gigabytes for
+    # 32 tokens. Cut first, to far more characters than max_length tokens span (unless words average over
+    # CHARS_PER_TOKEN characters, the kept tokens are the same).
+    texts = [t[:max_length * CHARS_PER_TOKEN] for t in texts]
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
 

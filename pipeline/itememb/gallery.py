@@ -25,7 +25,7 @@ def gallery_size(n_tiles: int) -> tuple[int, int]:
 def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
     """The cover at `path` centre-cropped to a GALLERY_COVER square; a missing or unreadable one, or one of more
     than `max_pixels` (a decompression bomb: its header is read, its pixels never are), is grey."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     if path is not None and Path(path).is_file():
         try:
@@ -33,7 +33,7 @@ def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
                 if img.width * img.height <= max_pixels:
                     img.draft("RGB", (GALLERY_COVER, GALLERY_COVER))  # JPEG: decode at a reduced scale
                     return ImageOps.fit(img.convert("RGB"), (GALLERY_COVER, GALLERY_COVER))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        except Exception:  # any decoder failure is grey (PIL raises SyntaxError for a broken PNG)
             pass
     return Image.new("RGB", (GALLERY_COVER, GALLERY_COVER), PLACEHOLDER_GREY)
 

@@ -70,8 +70,10 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
     ids = item_ids(read_item_universe(files.titles))
     tags = read_tags(files.tags) if files.tags else pl.DataFrame(
         {"item_id": pl.Series([], dtype=pl.Int32), "tags": pl.Series([], dtype=pl.List(pl.Utf8))})
-    items, vocab = build_item_features(ids, read_likes_views(files.likes_views), tags, max_tags=cfg.max_tags,
-                                       n_levels=cfg.n_levels)
+    likes_views = read_likes_views(files.likes_views)
+    if not likes_views["item_id"].is_in(ids.tolist()).any():  # items without counts get level 0, but not all
+        raise DataError(f"{files.likes_views}: no counts for any of the {ids.size} items of {files.titles.name}")
+    items, vocab = build_item_features(ids, likes_views, tags, max_tags=cfg.max_tags, n_levels=cfg.n_levels)
     pairs, repeated = drop_repeated_events(read_pairs(files.pairs), files.pairs)
     pairs, dropped = check_known_items(pairs, ids, unknown_items, files.pairs)
     split = dict(max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split, valid_frac=cfg.valid_frac,

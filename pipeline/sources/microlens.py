@@ -57,6 +57,7 @@ COVER_NAMINGS = ("<id>.jpg", "image<id>.jpg")
 _COVER_NAME_RE = {"<id>.jpg": re.compile(r"[0-9]+\.jpg"), "image<id>.jpg": re.compile(r"image[0-9]+\.jpg")}
 _INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*")
 _ID_RE = re.compile(r"\s*[0-9]+\s*")
+_ROW_START = re.compile(r"\s*[0-9]+\s*,")  # how a title row begins: `<id>,`
 _TAG_SEPARATORS = re.compile(r"[|;,]")
 _RELEASE = r"(?:MicroLens-[A-Za-z0-9]+_)?"
 
@@ -322,11 +323,11 @@ def read_pairs_tsv(path: str | Path) -> pl.DataFrame:
             raise DataError(f"{path}: line {line_no}: user {user} already has line {first_line[user]}")
         first_line[user] = line_no
         tokens = rest.split()
-        try:
-            line_items = [int(t) for t in tokens]
-        except ValueError:
-            bad = next(t for t in tokens if not _INT_RE.fullmatch(t))
-            raise DataError(f"{path}: line {line_no}: item {bad!r} is not an integer") from None
+        # int() alone would also take `3_0` (30) and non-ASCII digits, which the CSV readers refuse
+        bad = next((t for t in tokens if not _INT_RE.fullmatch(t)), None)
+        if bad is not None:
+            raise DataError(f"{path}: line {line_no}: item {bad!r} is not an integer")
+        line_items = [int(t) for t in tokens]
         if line_items and not 1 <= min(line_items) <= max(line_items) <= INT32_MAX:
             bad_item = next(i for i in line_items if not 1 <= i <= INT32_MAX)
             raise DataError(f"{path}: line {line_no}: item {bad_item} is outside 1..{INT32_MAX}")
@@ -389,7 +390,9 @@ def drop_repeated_events(events: pl.DataFrame, path: str | Path) -> tuple[pl.Dat
 def _quoted_title(rest: str, lines: list[str], index: int) -> tuple[str, int] | None:
     """rest (after `item_id,`, starting with a quote) as a CSV-quoted field that may run on over lines[index+1:]:
     (the unquoted title, the number of physical lines it used), or None if it is not such a field (no closing
-    quote before the end of the file, or text after the closing quote)."""
+    quote before the end of the file, text after the closing quote, or a next line that reads as an item row
+    `<id>,...`: a title that opens with a lone quote must not swallow the rows after it up to some later title
+    that ends in one)."""
     parts: list[str] = []
     text, pos, j = rest, 1, index
     while True:
@@ -397,7 +400,7 @@ def _quoted_title(rest: str, lines: list[str], index: int) -> tuple[str, int] | 
         if q == -1:  # the field goes on over the next line; the line break belongs to the title
             parts.append(text[pos:])
             j += 1
-            if j >= len(lines):
+            if j >= len(lines) or _ROW_START.match(lines[j]):
                 return None
             parts.append("\n")
             text, pos = lines[j], 0
@@ -417,8 +420,9 @@ def read_titles(path: str | Path) -> pl.DataFrame:
     The first line may be the header `item,title` (the 50k release) or `item_id,title`; otherwise every line is
     data. A data line is split at its first comma into the id and the title, so titles may hold commas, quotes
     or nothing at all. A title that starts with a double quote and is a complete CSV-quoted field (closing quote
-    at the end of a line, inner quotes doubled) is unquoted and may span lines (the line breaks kept as "\\n");
-    any other title, quotes included, is taken literally from its one line. Ids must be unique integers >= 1.
+    at the end of a line, inner quotes doubled) is unquoted and may span lines (the line breaks kept as "\\n")
+    unless one of the lines it would run on over begins like a row (`<id>,`); any other title, quotes included, is
+    taken literally from its one line. Ids must be unique integers >= 1.
     """
     path = Path(path)
     lines = _read_lines(path)
@@ -495,11 +499,13 @@ def read_likes_views(path: str | Path) -> pl.DataFrame:
 def read_tags(path: str | Path) -> pl.DataFrame:
     """Tags per item, in file order, from `tags.csv` or the release's `tags_to_summary.csv`.
 
-    The file is CSV (quoted fields may hold commas and line breaks). The first line is the header `item_id,tags`
-    (or `item,tags`) unless its first field is an integer, in which case every line is data (third-party readers
-    of tags_to_summary.csv treat it as headerless `item_id,category`). A data row is the item id and one or more
-    fields; all fields after the id are split at `|`, `;` and `,`, stripped, and empty pieces dropped, so
-    `1,a|b`, `1,"a; b"`, `1,a,b` and `1,"a, b"` all give [a, b], and `1,` gives []. Ids are unique integers >= 1.
+    The file is CSV (quoted fields may hold commas and line breaks, but no line they run on over may begin like a
+    row, `<id>,`: that is a quote left open, which would swallow those rows). The first line is the header
+    `item_id,tags` (or `item,tags`) unless its first field is an integer, in which case every line is data
+    (third-party readers of tags_to_summary.csv treat it as headerless `item_id,category`). A data row is the item
+    id and one or more fields; all fields after the id are split at `|`, `;` and `,`, stripped, and empty pieces
+    dropped, so `1,a|b`, `1,"a; b"`, `1,a,b` and `1,"a, b"` all give [a, b], and `1,` gives []. Ids are unique
+    integers >= 1.
     """
     path = Path(path)
     _require_file(path)
@@ -508,10 +514,16 @@ def read_tags(path: str | Path) -> pl.DataFrame:
     seen: dict[int, int] = {}
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, strict=True)  # strict: a quote left open to the end of the file is an error
             end_of_previous = 0
             for row in reader:
                 line_no, end_of_previous = end_of_previous + 1, reader.line_num
+                # a field that opens a quote and closes it lines later, over what reads as rows, swallowed them
+                swallowed = next((part for field in row for part in field.split("\n")[1:]
+                                  if _ROW_START.match(part)), None)
+                if swallowed is not None:
+                    raise DataError(f"{path}: line {line_no}: a quoted field runs on over a line that begins like a "
+                                    f"row ({swallowed[:40]!r}); is a quote left open?")
                 if not any(field.strip() for field in row):
                     continue
                 if line_no == 1 and not _ID_RE.fullmatch(row[0]):
