@@ -281,4 +281,18 @@ OUT_OF_RANGE = [
     ("extract_text", {"model": "  "}, "extract_text.model"),
     ("extract_image", {"batch_size": 0}, "extract_image.batch_size"),
     ("evaluate", {"calibration_bins": 1}, "evaluate.calibration_bins"),
+    # values that each stage's library refuses with a traceback, or that run for hours, caught at load instead
+    ("evaluate", {"calibration_bins": 10**9}, "evaluate.calibration_bins"),
+    ("make_synthetic", {"seed": -1}, "make_synthetic.seed"),
+    ("fit_pca", {"seed": 1 << 32}, "fit_pca.seed"),
+    ("quantize", {"seed": (1 << 31) - 1}, "quantize.seed"),  # level 1 would seed faiss with 2^31
+    ("quantize", {"iterations": 1 << 40}, "quantize.iterations"),
+    ("embedding_report", {"hnsw_m": (1 << 31) - 1}, "embedding_report.hnsw_m"),
+    ("embedding_report", {"hnsw_ef_search": 1 << 40}, "embedding_report.hnsw_ef_search"),
+    ("train", {"num_threads": 1 << 40}, "train.num_threads"),
+    ("extract_image", {"pretrained": "seed:99999999999999999999999"}, "extract_image.pretrained"),
+    ("build_sequences", {"max_tags": 10**12}, "build_sequences.max_tags"),
+    ("make_synthetic", {"mean_clicks_per_user": 1e19}, "make_synthetic.mean_clicks_per_user"),
+    ("make_synthetic", {"mean_requests_per_user": 1e300}, "make_synthetic.mean_requests_per_user"),
+    ("extract_text", {"max_length": 2}, "extract_text.max_length"),  # [CLS] [SEP] only: every title alike
 ]

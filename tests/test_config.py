@@ -246,6 +246,22 @@ def test_check_params_loads_every_section_and_names_the_first_bad_key(tmp_path: 
         check_params(_write(tmp_path, data))
 
 
+def test_check_params_needs_an_exposure_log_for_exposure_rows(tmp_path: Path) -> None:
+    """build_sequences.negatives: exposures on the synthetic source needs make_synthetic to write the exposure log;
+    checked across the two sections before any stage runs (build_sequences would stop later, its outputs gone)."""
+    data = _raw()
+    data["build_sequences"]["negatives"] = "exposures"
+    with pytest.raises(ParamsError, match=r"^build_sequences\.negatives: exposures reads an exposure log: with "
+                                          r"data\.source synthetic, set make_synthetic\.negatives: exposures too"):
+        check_params(_write(tmp_path, data))
+    data["make_synthetic"]["negatives"] = "exposures"
+    assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
+    data = _raw()
+    data["build_sequences"]["negatives"] = "exposures"
+    data["data"].update(source="microlens", raw_dir="data/microlens")  # a real exposure log: impressions.csv
+    assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
+
+
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 def test_field_defaults_are_the_params_yaml_values(section: str) -> None:
     """params.yaml owns every value: a section built in code without params is the run params.yaml describes."""

@@ -37,6 +37,10 @@ MAX_ENSEMBLE = 16  # members of a seed ensemble: each is a whole training run, s
 MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: beyond it, a typo, not a model
 MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long before this
 MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
+MAX_SEED = (1 << 31) - 1  # every `seed` key: numpy, scikit-learn and faiss all take a 31-bit non-negative seed
+MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
+MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
+MAX_ITERATIONS = 10_000  # quantize's k-means iterations per level
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -146,6 +150,9 @@ def from_dict(cls: type[T], data: dict[str, Any], section: str) -> T:
             kwargs[name] = from_dict(nested[name], {k: v for k, v in data.items() if k in keys}, section)
         elif name in data:
             kwargs[name] = _check_type(f"{section}.{name}", data[name], hints[name])
+            if name == "seed":
+                require(0 <= kwargs[name] <= MAX_SEED, f"{section}.seed", f"must be in [0, {MAX_SEED}], got "
+                        f"{kwargs[name]}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{section}.{name}: missing key")
     return cls(**kwargs)
@@ -301,15 +308,16 @@ class MakeSyntheticConfig:
             f"{s}.max_clicks_per_user",
             "must be >= min_clicks_per_user and < n_items",
         )
-        require(self.mean_clicks_per_user >= self.min_clicks_per_user, f"{s}.mean_clicks_per_user",
-                "must be >= min_clicks_per_user")
+        require(self.min_clicks_per_user <= self.mean_clicks_per_user <= self.max_clicks_per_user,
+                f"{s}.mean_clicks_per_user", "must be in [min_clicks_per_user, max_clicks_per_user]")
         require(2 <= self.n_topics <= self.n_items, f"{s}.n_topics", "must be in [2, n_items]")
         require(self.latent_dim >= 2, f"{s}.latent_dim", "must be >= 2")
         require(self.recency_window >= 1, f"{s}.recency_window", "must be >= 1")
         require(32 <= self.cover_size <= 1024, f"{s}.cover_size", "must be in [32, 1024]")
         require(self.slate_size >= 1, f"{s}.slate_size", f"must be >= 1, got {self.slate_size}")
-        require(self.mean_requests_per_user >= 1, f"{s}.mean_requests_per_user", "must be >= 1")
         require(self.max_requests_per_user >= 1, f"{s}.max_requests_per_user", "must be >= 1")
+        require(1 <= self.mean_requests_per_user <= self.max_requests_per_user, f"{s}.mean_requests_per_user",
+                "must be in [1, max_requests_per_user]")
         require(0.0 <= self.new_item_share <= 0.5, f"{s}.new_item_share",
                 f"must be in [0, 0.5], got {self.new_item_share}")
         require(self.new_item_share == 0.0 or self.negatives == "exposures", f"{s}.new_item_share",
@@ -345,9 +353,10 @@ class ExtractTextConfig:
     def __post_init__(self) -> None:
         s = "extract_text"
         require(bool(self.model.strip()), f"{s}.model", "must not be empty")
-        require(1 <= self.max_length <= 512, f"{s}.max_length", "must be in [1, 512]")
+        # 2 would leave only [CLS] and [SEP] (every title the same vector); 1 turns the tokenizer's truncation off
+        require(3 <= self.max_length <= 512, f"{s}.max_length", "must be in [3, 512]")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
-        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+        require(0 <= self.num_threads <= MAX_THREADS, f"{s}.num_threads", f"must be in [0, {MAX_THREADS}]")
         require(self.shard_size >= 1, f"{s}.shard_size", "must be >= 1")
 
 
@@ -372,9 +381,13 @@ class ExtractImageConfig:
         s = "extract_image"
         require(bool(self.model.strip()), f"{s}.model", "must not be empty")
         require(bool(self.pretrained.strip()), f"{s}.pretrained", "must not be empty")
+        if self.pretrained.startswith("seed:"):
+            n = self.pretrained.removeprefix("seed:")
+            require(n.isdigit() and int(n) <= MAX_SEED, f"{s}.pretrained",
+                    f"seed:<n> needs n in [0, {MAX_SEED}], got {self.pretrained!r}")
         require(self.batch_size >= 1, f"{s}.batch_size", "must be >= 1")
         require(self.num_workers >= -1, f"{s}.num_workers", "must be >= 0, or -1 for the device's default")
-        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+        require(0 <= self.num_threads <= MAX_THREADS, f"{s}.num_threads", f"must be in [0, {MAX_THREADS}]")
         require(self.shard_size >= 1, f"{s}.shard_size", "must be >= 1")
         require(self.max_pixels >= 1, f"{s}.max_pixels", "must be >= 1")
 
@@ -423,7 +436,7 @@ class BuildSequencesConfig:
             allowed = typing.get_args(_hints(BuildSequencesConfig)[name])
             require(getattr(self, name) in allowed, f"{s}.{name}",
                     f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
-        require(self.max_tags >= 1, f"{s}.max_tags", "must be >= 1")
+        require(1 <= self.max_tags <= 1024, f"{s}.max_tags", "must be in [1, 1024]")
         require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
 
 
@@ -627,7 +640,7 @@ class TrainConfig:
         require(0 < self.lr_decay <= 1, f"{s}.lr_decay", "must be in (0, 1]")
         require(0 <= self.min_lr <= self.learning_rate, f"{s}.min_lr", "must be in [0, learning_rate]")
         require(self.max_grad_norm > 0, f"{s}.max_grad_norm", "must be > 0")
-        require(self.num_threads >= 0, f"{s}.num_threads", "must be >= 0")
+        require(0 <= self.num_threads <= MAX_THREADS, f"{s}.num_threads", f"must be in [0, {MAX_THREADS}]")
 
 
 @dataclass(frozen=True)
@@ -640,7 +653,8 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
-        require(self.calibration_bins >= 2, "evaluate.calibration_bins", "must be >= 2")
+        require(2 <= self.calibration_bins <= MAX_CALIBRATION_BINS, "evaluate.calibration_bins",
+                f"must be in [2, {MAX_CALIBRATION_BINS}]")
 
 
 @dataclass(frozen=True)
@@ -661,7 +675,8 @@ class EmbeddingReportConfig:
         s = "embedding_report"
         for name in ("k", "sample_items", "ivf_nlist", "ivf_nprobe", "hnsw_m", "hnsw_ef_search"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.hnsw_m >= 2, f"{s}.hnsw_m", f"must be >= 2, got {self.hnsw_m}")
+        require(2 <= self.hnsw_m <= 1024, f"{s}.hnsw_m", f"must be in [2, 1024], got {self.hnsw_m}")
+        require(self.hnsw_ef_search <= MAX_SEED, f"{s}.hnsw_ef_search", f"must be <= {MAX_SEED}")  # faiss: an int
 
 
 @dataclass(frozen=True)
@@ -689,6 +704,9 @@ class QuantizeConfig:
         for name in ("levels", "iterations", "sample_items"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(self.levels <= MAX_LEVELS, f"{s}.levels", f"must be <= {MAX_LEVELS}, got {self.levels}")
+        require(self.iterations <= MAX_ITERATIONS, f"{s}.iterations", f"must be <= {MAX_ITERATIONS}")
+        require(self.seed + self.levels - 1 <= MAX_SEED, f"{s}.seed",  # level l's k-means uses seed + l
+                f"must be <= {MAX_SEED} - (levels - 1)")
         for name in ("rqvae_hidden", "rqvae_latent_dim", "rqvae_epochs", "rqvae_batch_size"):
             value = getattr(self, name)
             require(1 <= value <= MAX_WIDTH, f"{s}.{name}", f"must be in [1, {MAX_WIDTH}], got {value}")
@@ -751,6 +769,9 @@ def check_params(path: str | Path) -> list[str]:
     for name in data:
         if name not in SECTIONS:
             raise ParamsError(f"{name}: unknown section in {path} (known: {', '.join(SECTIONS)})")
-    for name, cls in SECTIONS.items():
-        load_section(path, name, cls)
+    cfg = {name: load_section(path, name, cls) for name, cls in SECTIONS.items()}
+    # across sections: build_sequences would stop on the missing impressions file, after DVC deleted its outputs
+    require(not (cfg["data"].source == "synthetic" and cfg["build_sequences"].negatives == "exposures"
+                 and cfg["make_synthetic"].negatives != "exposures"), "build_sequences.negatives",
+            "exposures reads an exposure log: with data.source synthetic, set make_synthetic.negatives: exposures too")
     return sorted(data)
