@@ -262,6 +262,19 @@ def test_check_params_needs_an_exposure_log_for_exposure_rows(tmp_path: Path) ->
     assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
 
 
+def test_check_params_new_items_need_the_leave_last_split(tmp_path: Path) -> None:
+    """Held-out new items appear in each user's last two requests: under split: time the test split would have none
+    (0 cold rows, not an error), so check_params refuses the combination."""
+    data = _raw()
+    data["make_synthetic"].update(negatives="exposures", new_item_share=0.2)
+    data["build_sequences"].update(negatives="exposures", split="time")
+    with pytest.raises(ParamsError, match=r"^make_synthetic\.new_item_share: new items are shown in each user's "
+                                          r"last two requests"):
+        check_params(_write(tmp_path, data))
+    data["build_sequences"]["split"] = "leave_last"
+    assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
+
+
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 def test_field_defaults_are_the_params_yaml_values(section: str) -> None:
     """params.yaml owns every value: a section built in code without params is the run params.yaml describes."""

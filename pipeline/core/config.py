@@ -774,4 +774,9 @@ def check_params(path: str | Path) -> list[str]:
     require(not (cfg["data"].source == "synthetic" and cfg["build_sequences"].negatives == "exposures"
                  and cfg["make_synthetic"].negatives != "exposures"), "build_sequences.negatives",
             "exposures reads an exposure log: with data.source synthetic, set make_synthetic.negatives: exposures too")
+    # new items are shown only in each user's last two requests, which are valid and test only under leave_last
+    require(not (cfg["data"].source == "synthetic" and cfg["make_synthetic"].new_item_share > 0
+                 and cfg["build_sequences"].split != "leave_last"), "make_synthetic.new_item_share",
+            "new items are shown in each user's last two requests, the valid and test rows of build_sequences.split: "
+            "leave_last; with split: time the test split would hold none")
     return sorted(data)
