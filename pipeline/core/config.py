@@ -37,7 +37,8 @@ MAX_ENSEMBLE = 16  # members of a seed ensemble: each is a whole training run, s
 MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: beyond it, a typo, not a model
 MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long before this
 MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
-MAX_SEED = (1 << 31) - 1  # every `seed` key: numpy, scikit-learn and faiss all take a 31-bit non-negative seed
+INT32_MAX = (1 << 31) - 1  # the largest id, count or size a C int holds (polars Int32 columns, faiss)
+MAX_SEED = INT32_MAX  # every `seed` key: numpy, scikit-learn and faiss all take a 31-bit non-negative seed
 MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
 MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
 MAX_ITERATIONS = 10_000  # quantize's k-means iterations per level
@@ -676,7 +677,7 @@ class EmbeddingReportConfig:
         for name in ("k", "sample_items", "ivf_nlist", "ivf_nprobe", "hnsw_m", "hnsw_ef_search"):
             require(getattr(self, name) >= 1, f"{s}.{name}", f"must be >= 1, got {getattr(self, name)}")
         require(2 <= self.hnsw_m <= 1024, f"{s}.hnsw_m", f"must be in [2, 1024], got {self.hnsw_m}")
-        require(self.hnsw_ef_search <= MAX_SEED, f"{s}.hnsw_ef_search", f"must be <= {MAX_SEED}")  # faiss: an int
+        require(self.hnsw_ef_search <= INT32_MAX, f"{s}.hnsw_ef_search", f"must be <= {INT32_MAX}")  # faiss: an int
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.core.config import INT32_MAX
 from pipeline.core.io import (
     DataError,
     atomic_path,
@@ -39,7 +40,7 @@ from pipeline.core.io import (
     unreadable_parquet,
 )
 from pipeline.core.items import check_item_table
-from pipeline.sources.microlens import INT32_MAX, detect_cover_naming
+from pipeline.sources.microlens import detect_cover_naming
 
 N_LEVELS = 11  # likes_level and views_level are 0..10
 ITEM_EMB_DIM = 128  # item_info.item_emb_d128

@@ -40,11 +40,11 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from pipeline.core.config import INT32_MAX
 from pipeline.core.io import DataError
 
 log = logging.getLogger(__name__)
 
-INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 # Integer csv files: (column, kind) in header order; kinds in `read_int_csv`.
 PAIRS_COLUMNS = (("user", "id"), ("item", "id"), ("timestamp", "int64"))
