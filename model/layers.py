@@ -228,6 +228,8 @@ class CTRBase(nn.Module):
         (needed, and kept as a buffer, only when exposure_levels > 0); user_keys: (U,) int64 strictly increasing
         user ids, those of the train split (needed, and kept as a buffer, only with user_bias)."""
         super().__init__()
+        # a width the data makes wrong (heads that do not divide it, GiBs of weights) stops here, before any layer
+        cfg.check_widths(item_mm.shape[1], len(feature_map.context_features))
         self.cfg = cfg
         e = cfg.embedding_dim
         n_items = feature_map["item_id"].vocab_size
@@ -267,11 +269,11 @@ class CTRBase(nn.Module):
                 raise ValueError(f"train.exposure_levels needs exposure levels for {n_items} item rows, got {got}")
             self.register_buffer("item_exposure", item_exposure.long())  # (N+1,)
             self.exposure_emb = nn.Embedding(cfg.exposure_levels + 1, e, padding_idx=0)
-        mm_dim = (cfg.mm_dim or item_mm.shape[1]) if cfg.use_mm_emb else 0
+        self.item_dim = cfg.item_dim(item_mm.shape[1])
+        mm_dim = self.item_dim - 2 * e
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
-        self.item_dim = 2 * e + mm_dim
         self.context_dim = len(self.context_names) * e
         # Dropout on every item and context embedding, in training only. Its rate is a training option
         # (train.embedding_dropout, set by pipeline.training.fit), not part of the architecture or the checkpoint;

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from model.layers import MLP, CrossNetV2, CTRBase, Encoder, masked_mean, mlp_head, target_attention
-from pipeline.core.config import ModelConfig, ParamsError
+from pipeline.core.config import ModelConfig
 from pipeline.core.feature_map import FeatureMap
 
 
@@ -52,17 +52,11 @@ class TransformerDCN(CTRBase):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
         rest as CTRBase's."""
         super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
-        d_model = 2 * self.item_dim
-        if cfg.use_transformer and d_model % cfg.num_heads:
-            raise ParamsError(f"train.num_heads: {cfg.num_heads} heads do not divide the encoder's token width "
-                              f"{d_model} (2 x item_dim, item_dim = 2 x embedding_dim + the frozen embedding's "
-                              f"{self.item_dim - 2 * cfg.embedding_dim}); pick a divisor of {d_model}")
+        d_model = 2 * self.item_dim  # num_heads divides it: CTRBase checked cfg.check_widths
         self.encoder = Encoder(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
                                cfg.transformer_layers) if cfg.use_transformer else None
         self.pool_proj = nn.Linear(d_model, d_model) if cfg.concat_max_pool else None
-        seq_out = (cfg.first_k + int(cfg.concat_max_pool)) * d_model
-        dcn_in = (self.context_dim + self.item_dim + seq_out + 2 * self.item_dim * int(cfg.mean_interest)
-                  + cfg.recent_interest * self.item_dim + 2 * self.item_dim * int(cfg.target_interest))
+        dcn_in = cfg.dcn_input_dim(self.item_dim, self.context_dim)
         self.interest_query = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.target_interest else None
         self.recent_delta = nn.Linear(self.item_dim, self.item_dim, bias=False) if cfg.recent_map else None
         self.cross = CrossNetV2(dcn_in, cfg.cross_layers, cfg.cross_rank) if cfg.use_dcn else None

@@ -275,6 +275,29 @@ def test_check_params_new_items_need_the_leave_last_split(tmp_path: Path) -> Non
     assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
 
 
+def test_check_params_checks_the_widths_the_frozen_embedding_decides(tmp_path: Path) -> None:
+    """Heads that do not divide the encoder's token width, and a model of many GiB, depend on the frozen embedding's
+    width (fit_pca.dim, or 128 for challenge_d128, with mm_dim 0): train would find them after DVC deleted its
+    outputs, so check_params refuses them first, naming the key."""
+    data = _raw()
+    data["train"].update(mm_dim=0, embedding_dim=16, num_heads=3)  # token width 2 x (32 + fit_pca.dim)
+    data["fit_pca"]["dim"] = 30
+    with pytest.raises(ParamsError, match=r"^train\.num_heads: 3 heads do not divide the encoder's token width 124"):
+        check_params(_write(tmp_path, data))
+    data["fit_pca"]["dim"] = 31
+    assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
+    data["data"].update(source="mmctr", raw_dir="data/mmctr", item_embeddings="challenge_d128")  # width 2 x 160
+    with pytest.raises(ParamsError, match=r"^train\.num_heads: .* width 320 "):
+        check_params(_write(tmp_path, data))
+    data = _raw()
+    data["train"].update(embedding_dim=4096, cross_rank=0)
+    with pytest.raises(ParamsError, match=r"^train\.cross_rank: the model's layers would hold [\d,]+ weights "
+                                          r"\([\d,.]+ GiB in float32\)"):
+        check_params(_write(tmp_path, data))
+    data["train"]["embedding_dim"] = 64
+    assert check_params(_write(tmp_path, data)) == sorted(SECTIONS)
+
+
 @pytest.mark.parametrize("section", sorted(SECTIONS))
 def test_field_defaults_are_the_params_yaml_values(section: str) -> None:
     """params.yaml owns every value: a section built in code without params is the run params.yaml describes."""

@@ -620,6 +620,40 @@ def test_heads_that_do_not_divide_the_token_width_are_a_params_error_naming_the_
     built(dataclasses.replace(SMALL, num_heads=5, use_transformer=False))  # no encoder, no constraint
 
 
+WIDTH_CASES = {**VARIANTS,
+               "every_interest": dataclasses.replace(SMALL, mean_interest=True, recent_interest=2, recent_map=True,
+                                                     target_interest=True, concat_max_pool=False, mm_dim=5),
+               "item_repr_both": dataclasses.replace(SMALL, item_repr="id+semantic", exposure_levels=3, item_bias=True)}
+
+
+@pytest.mark.parametrize("name", WIDTH_CASES)
+def test_matrix_weights_counts_the_layer_matrices_each_model_builds(name):
+    """ModelConfig.matrix_weights, which check_params uses to refuse a model of many GiB before train runs, is the
+    count of the weights in the built model's layer matrices (Linear weights and the attention's in_proj_weight),
+    part by part summed: the arithmetic follows the layers, for every model and switch."""
+    cfg = WIDTH_CASES[name]
+    model = built(cfg) if cfg.item_repr == "id" else MODELS[cfg.model](
+        cfg, feature_map(), *item_tables(), item_codes=torch.randint(0, 4, (N_ITEMS + 1, 2)).index_fill(0,
+        torch.tensor([0]), -1), item_exposure=torch.randint(1, 4, (N_ITEMS + 1,)).index_fill(0, torch.tensor([0]), 0))
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    counted = sum(p.numel() for p in model.parameters() if p.ndim == 2 and id(p) not in embeddings)
+    assert sum(cfg.matrix_weights(MM, len(feature_map().context_features)).values()) == counted
+
+
+def test_a_model_of_many_gib_is_a_params_error_before_any_layer_is_built():
+    """embedding_dim 4096 with a full-rank cross network asks for 8 x 10^10 weights (300 GiB): the build
+    stops with one line naming the part's key and the count, before allocating anything; the same model with a
+    low-rank cross network and a narrow encoder fits."""
+    big = dataclasses.replace(SMALL, embedding_dim=4096, first_k=8, cross_layers=3, cross_rank=0)
+    with pytest.raises(ParamsError, match=r"^train.cross_rank: the model's layers would hold [\d,]+ weights"):
+        built(big)
+    parts = big.matrix_weights(MM, 2)
+    assert sum(parts.values()) > 8 * 10 ** 10 and max(parts, key=parts.__getitem__) == "cross_rank"
+    fits = dataclasses.replace(big, embedding_dim=64, cross_rank=8)
+    assert sum(fits.matrix_weights(MM, 2).values()) < 1 << 30
+    built(fits)
+
+
 def test_encoder_dropout_draws_model_layers_dropout_only_in_training():
     """Every dropout of the encoder (attention weights, both residual branches, feed-forward) is model.layers.Dropout
     at transformer_dropout, none torch's (whose CPU bernoulli_ it replaces): training output is random and seeded,

@@ -146,6 +146,23 @@ def test_cover_naming_mixed_or_absent(tmp_path: Path) -> None:
     assert detect_cover_naming(empty) == "<id>.jpg"  # no cover of either naming: every item counts as missing
 
 
+def test_cover_names_with_leading_zeros_are_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Item 7's cover is 7.jpg (or image7.jpg): 007.jpg is never looked up, so a folder of zero-padded names
+    would count every such cover missing without a word; a warning counts them and shows one."""
+    for naming, names, count, example in (("<id>.jpg", ["010.jpg", "007.jpg", "12.jpg", "0.jpg"], 2, "007.jpg"),
+                                          ("image<id>.jpg", ["image007.jpg", "image12.jpg"], 1, "image007.jpg")):
+        covers = _release(tmp_path / naming, [], {"covers": names}) / "covers"
+        caplog.clear()
+        assert detect_cover_naming(covers) == naming
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{covers}: {count} cover names have ids with leading zeros (e.g. {example}); a cover is looked "
+            "up by its id without them (item 7: 7.jpg), so these count as missing unless renamed"]
+    plain = _release(tmp_path / "plain", [], {"covers": ["7.jpg", "10.jpg", "0.jpg"]}) / "covers"
+    caplog.clear()
+    detect_cover_naming(plain)
+    assert not caplog.records
+
+
 # ---------------------------------------------------------------------------------------------- pairs.csv
 
 

@@ -42,6 +42,10 @@ MAX_SEED = INT32_MAX  # every `seed` key: numpy, scikit-learn and faiss all take
 MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
 MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
 MAX_ITERATIONS = 10_000  # quantize's k-means iterations per level
+# The weights in a model's layer matrices (ModelConfig.matrix_weights), all ensemble members together: 2^30 float32
+# weights are 4 GiB, and training holds about four times that (gradients, Adam's two moments, the EMA copy).
+MAX_MATRIX_WEIGHTS = 1 << 30
+CHALLENGE_EMB_DIM = 128  # the challenge's item_info.item_emb_d128 (data.item_embeddings: challenge_d128)
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -519,6 +523,76 @@ class ModelConfig:
         mapped = self.recent_map or (self.ensemble_mix == "recent_map" and k % 2 == 1)
         return dataclasses.replace(self, ensemble=1, ensemble_mix="none", recent_map=mapped)
 
+    def item_dim(self, frozen_dim: int) -> int:
+        """Width I of an item embedding over a frozen embedding `frozen_dim` wide (model/layers.py CTRBase): learnt
+        part (E) || tag mean (E) || projected frozen embedding (mm_dim, or frozen_dim with mm_dim 0; none without
+        use_mm_emb)."""
+        return 2 * self.embedding_dim + ((self.mm_dim or frozen_dim) if self.use_mm_emb else 0)
+
+    def dcn_input_dim(self, item_dim: int, context_dim: int) -> int:
+        """transformer_dcn: width D of the DCN input x0 (model/transformer_dcn.py) for items `item_dim` wide and
+        context embeddings `context_dim` wide side by side: context || target || sequence output ((first_k + max
+        pool) tokens of 2I) || the interest parts that are on."""
+        i = item_dim
+        return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
+                + self.recent_interest * i + 2 * i * int(self.target_interest))
+
+    def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
+        """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
+        embedding tables, which the data sizes, nor biases and norms) of one model of this config (ensemble 1)
+        over a frozen embedding `frozen_dim` wide and `n_context` context features -> {train key: weights} per
+        part, each part under the key that sizes it most. The model's own layers must hold exactly this many
+        (tests/test_model.py counts them)."""
+        i = self.item_dim(frozen_dim)
+        context = n_context * self.embedding_dim
+
+        def mlp(in_dim: int, units: tuple[int, ...], head: bool) -> tuple[int, int]:
+            """MLP(in_dim, units) (+ mlp_head's Linear to one output) -> (its weights, its output width)."""
+            total = 0
+            for out_dim in units:
+                total, in_dim = total + in_dim * out_dim, out_dim
+            return total + in_dim * int(head), in_dim
+
+        parts = {"mm_dim": frozen_dim * (self.mm_dim or frozen_dim) * int(self.use_mm_emb)}
+        if self.model == "meanpool":
+            parts["dnn_hidden_units"] = mlp(context + 3 * i, self.dnn_hidden_units, True)[0]
+        elif self.model == "din":
+            parts["din_attention_units"] = mlp(4 * i, self.din_attention_units, True)[0]
+            parts["dnn_hidden_units"] = mlp(context + 2 * i, self.dnn_hidden_units, True)[0]
+        else:
+            d, dcn = 2 * i, self.dcn_input_dim(i, context)
+            parts["transformer_layers"] = self.transformer_layers * (4 * d * d + 2 * d * self.dim_feedforward) * int(
+                self.use_transformer)
+            parts["concat_max_pool"] = d * d * int(self.concat_max_pool)
+            parts["target_interest"] = i * i * int(self.target_interest)
+            parts["recent_map"] = i * i * int(self.recent_map)
+            parts["cross_rank"] = self.cross_layers * (2 * dcn * self.cross_rank or dcn * dcn) * int(self.use_dcn)
+            parts["dnn_hidden_units"], deep_out = mlp(dcn, self.dnn_hidden_units, False)
+            parts["mlp_hidden_units"] = mlp(dcn * int(self.use_dcn) + deep_out, self.mlp_hidden_units, True)[0]
+        return parts
+
+    def check_widths(self, frozen_dim: int, n_context: int) -> None:
+        """What the widths of the data decide (a frozen embedding `frozen_dim` wide, `n_context` context features),
+        checked before a layer is built: num_heads divides the encoder's token width, and all ensemble members'
+        layer matrices hold at most MAX_MATRIX_WEIGHTS weights (past that, an allocation of many GiB fails with a
+        traceback, or the machine swaps). ParamsError naming the train key."""
+        i = self.item_dim(frozen_dim)
+        if self.model == "transformer_dcn" and self.use_transformer and (2 * i) % self.num_heads:
+            raise ParamsError(f"train.num_heads: {self.num_heads} heads do not divide the encoder's token width "
+                              f"{2 * i} (2 x item_dim, item_dim = 2 x embedding_dim + the frozen embedding's "
+                              f"{i - 2 * self.embedding_dim}); pick a divisor of {2 * i}")
+        members = [self.member(k).matrix_weights(frozen_dim, n_context) for k in range(self.ensemble)]
+        total = sum(sum(m.values()) for m in members)
+        if total > MAX_MATRIX_WEIGHTS:
+            parts = {key: sum(m[key] for m in members) for key in members[0]}
+            key = max(parts, key=parts.__getitem__)
+            width = f", DCN input {self.dcn_input_dim(i, n_context * self.embedding_dim)}" \
+                if self.model == "transformer_dcn" else ""
+            gib = total * 4 / 2 ** 30
+            raise ParamsError(f"train.{key}: the model's layers would hold {total:,} weights ({gib:,.1f} GiB in "
+                              f"float32), {parts[key]:,} of them in the layers {key} sizes (item width {i}{width}); "
+                              f"at most {MAX_MATRIX_WEIGHTS:,} are built: lower embedding_dim or that key")
+
     def __post_init__(self) -> None:
         """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.
         Errors name the train params key the field comes from."""
@@ -771,6 +845,10 @@ def check_params(path: str | Path) -> list[str]:
         if name not in SECTIONS:
             raise ParamsError(f"{name}: unknown section in {path} (known: {', '.join(SECTIONS)})")
     cfg = {name: load_section(path, name, cls) for name, cls in SECTIONS.items()}
+    # the model's widths: train would find a bad one only after DVC deleted its outputs (the context features,
+    # two embeddings of embedding_dim, are left out: the size check is then a lower bound)
+    given = cfg["data"].item_embeddings == "challenge_d128"
+    cfg["train"].arch.check_widths(CHALLENGE_EMB_DIM if given else cfg["fit_pca"].dim, n_context=0)
     # across sections: build_sequences would stop on the missing impressions file, after DVC deleted its outputs
     require(not (cfg["data"].source == "synthetic" and cfg["build_sequences"].negatives == "exposures"
                  and cfg["make_synthetic"].negatives != "exposures"), "build_sequences.negatives",

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.config import INT32_MAX
+from pipeline.core.config import CHALLENGE_EMB_DIM, INT32_MAX
 from pipeline.core.io import (
     DataError,
     atomic_path,
@@ -43,7 +43,6 @@ from pipeline.core.items import check_item_table
 from pipeline.sources.microlens import detect_cover_naming
 
 N_LEVELS = 11  # likes_level and views_level are 0..10
-ITEM_EMB_DIM = 128  # item_info.item_emb_d128
 TEXT_EMB_DIM = 768  # item_feature.txt_emb_BERT
 IMAGE_EMB_DIM = 1024  # item_feature.img_emb_CLIPRN50
 CHALLENGE_SUBDIR = "MicroLens_1M_x1"
@@ -255,7 +254,7 @@ def read_item_info(path: str | Path) -> ItemInfo:
     bad = first_true(((tags < 0) | (tags > INT32_MAX)).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: item_tags holds a tag id outside 0..{INT32_MAX}")
-    emb = list_matrix(path, df, "item_emb_d128", ITEM_EMB_DIM, pl.Float32)
+    emb = list_matrix(path, df, "item_emb_d128", CHALLENGE_EMB_DIM, pl.Float32)
     check_finite(path, "item_emb_d128", emb)
     if tags[0].any() or emb[0].any():
         raise DataError(f"{path}: row 0 (the padding item) must have all-zero item_tags and item_emb_d128")
@@ -343,7 +342,7 @@ def write_challenge_dataset(out_dir: str | Path, splits: dict[str, pl.DataFrame]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = item_emb.shape[0] - 1
-    if item_tags.shape[0] != n + 1 or item_emb.shape[1] != ITEM_EMB_DIM or len(titles) != n:
+    if item_tags.shape[0] != n + 1 or item_emb.shape[1] != CHALLENGE_EMB_DIM or len(titles) != n:
         raise ValueError(f"item tables disagree: tags {item_tags.shape}, emb {item_emb.shape}, {len(titles)} titles")
     if text_emb.shape != (n, TEXT_EMB_DIM) or image_emb.shape != (n, IMAGE_EMB_DIM):
         raise ValueError(f"text/image embeddings must be ({n}, {TEXT_EMB_DIM}) / ({n}, {IMAGE_EMB_DIM})")

@@ -54,7 +54,8 @@ TITLE_HEADERS = ("item,title", "item_id,title")  # the 50k release's `MicroLens-
 TAG_HEADERS = ("item_id,tags", "item,tags")
 # The accepted cover file names; "<id>" stands for the decimal item id.
 COVER_NAMINGS = ("<id>.jpg", "image<id>.jpg")
-_COVER_NAME_RE = {"<id>.jpg": re.compile(r"[0-9]+\.jpg"), "image<id>.jpg": re.compile(r"image[0-9]+\.jpg")}
+_COVER_NAME_RE = {"<id>.jpg": re.compile(r"(?P<id>[0-9]+)\.jpg"),
+                  "image<id>.jpg": re.compile(r"image(?P<id>[0-9]+)\.jpg")}
 _INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*")
 _ID_RE = re.compile(r"\s*[0-9]+\s*")
 _ROW_START = re.compile(r"\s*[0-9]+\s*,")  # how a title row begins: `<id>,`
@@ -145,20 +146,29 @@ def detect_cover_naming(covers_dir: str | Path) -> str:
     """The one naming of COVER_NAMINGS that the .jpg files in covers_dir use (other files are ignored).
 
     A folder with covers of both namings is a DataError naming the folder. One with neither (empty, say: the
-    images are a separate download) gets '<id>.jpg', so every cover is counted `missing` by extraction.
+    images are a separate download) gets '<id>.jpg', so every cover is counted `missing` by extraction. Covers whose
+    id has leading zeros (`007.jpg`) are never looked up (item 7's cover is `7.jpg`): a warning counts them.
     """
     covers_dir = Path(covers_dir)
     if not covers_dir.is_dir():
         raise DataError(f"{covers_dir}: covers folder not found")
     example: dict[str, str] = {}
+    padded: list[str] = []
     with os.scandir(covers_dir) as it:
         for entry in it:
             for naming, pattern in _COVER_NAME_RE.items():
-                if naming not in example and pattern.fullmatch(entry.name):
+                match = pattern.fullmatch(entry.name)
+                if match and naming not in example:
                     example[naming] = entry.name
+                if match and len(match["id"]) > 1 and match["id"].startswith("0"):
+                    padded.append(entry.name)
             if len(example) == len(COVER_NAMINGS):
                 raise DataError(f"{covers_dir}: covers use both namings '<id>.jpg' and 'image<id>.jpg' "
                                 f"(e.g. {example['<id>.jpg']} and {example['image<id>.jpg']}); keep one")
+    if padded:
+        log.warning("%s: %d cover names have ids with leading zeros (e.g. %s); a cover is looked up by its id "
+                    "without them (item 7: 7.jpg), so these count as missing unless renamed", covers_dir, len(padded),
+                    min(padded))
     if not example:
         log.warning("%s: no cover named '<id>.jpg' or 'image<id>.jpg'; every cover counts as missing", covers_dir)
         return COVER_NAMINGS[0]
