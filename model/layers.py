@@ -98,7 +98,7 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameters, names and init (in_proj_weight (3D, D)
     xavier-uniform, in_proj_bias (3D,) zero, out_proj a Linear whose bias is zeroed, drawn in that module's order),
     so a state dict of either loads into the other; the attention weights go through `Dropout`. num_heads must
-    divide d_model (TransformerDCN checks it against train.num_heads before building one)."""
+    divide d_model (ModelConfig.check_widths checks train.num_heads before a model is built)."""
 
     def __init__(self, d_model: int, num_heads: int, dropout: float):
         super().__init__()
