@@ -17,8 +17,9 @@ import polars as pl
 
 from pipeline.core.config import EmbeddingReportConfig, load_section
 from pipeline.core.io import read_parquet, write_json
+from pipeline.core.items import item_info_table
 from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
-from pipeline.itememb.report import embedding_report, frame_table, item_info_table, item_tag_sets
+from pipeline.itememb.report import embedding_report, frame_table, item_tag_sets
 from pipeline.sources.planted import PlantedModel
 
 log = logging.getLogger("embedding_report")

@@ -17,9 +17,9 @@ import polars as pl
 
 from pipeline.core.config import QuantizeConfig, load_section
 from pipeline.core.io import list_matrix, read_parquet, write_json, write_parquet
+from pipeline.core.items import item_info_table
 from pipeline.core.stage import file_options, params_option, readable, stage_main, summary
 from pipeline.itememb.quantize import quantize_report, residual_kmeans
-from pipeline.itememb.report import item_info_table
 from pipeline.itememb.rqvae import train_rqvae
 
 log = logging.getLogger("quantize")

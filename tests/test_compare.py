@@ -12,7 +12,9 @@ from pipeline.cli.compare import (
     EVAL_METRICS,
     TRAIN_METRICS,
     comparison_table,
+    dig,
     experiment_name,
+    experiment_names,
     experiment_records,
     headline_rows,
     headline_table,
@@ -110,6 +112,61 @@ def test_headline_table_shows_the_params_that_differ_and_the_oracle_gap() -> Non
         "| workspace | 64 | 0.8500 | 0.8540 | 0.4500 | 0.8440 | 0.0060 |",
         "| main | 64 | 0.8500 | 0.8540 | 0.4500 | 0.8440 | 0.0060 |",
         "| exp-dim32 | 32 | 0.8400 | 0.8490 | 0.4500 | 0.8390 | - |"]
+
+
+def test_headline_table_keeps_hostile_names_and_values_in_their_cell() -> None:
+    """Experiment names and params values come from files anyone may write: a newline, an escape sequence or a `|`
+    in one is printed escaped, so it can neither add a row or a column nor reach the terminal."""
+    hostile = "x\n| fake-exp | 0.9999 |\x1b]0;title\x07"
+    base, other = {"data": {"raw_dir": hostile}}, {"data": {"raw_dir": "data/mmctr"}}
+    rows = headline_rows([_revision(None, "workspace", base, 0.8, 0.81),
+                          _revision("exp|1\u202e", "b" * 40, other, 0.8, 0.81)])
+    lines = headline_table(rows).splitlines()
+    assert len(lines) == 4 and "\x1b" not in "".join(lines) and "\u202e" not in "".join(lines)
+    assert lines[2].startswith("| workspace | x\\n\\| fake-exp \\| 0.9999 \\|\\x1b]0;title\\x07 | 0.8000 |")
+    assert lines[3].startswith("| exp\\|1\\u202e | data/mmctr | 0.8000 |")
+
+
+def test_metrics_and_params_of_another_shape_read_as_missing() -> None:
+    """A metrics file holding a number, a slice holding a string, a params file holding a list: '-' in the tables,
+    not a traceback (`dig` goes through dicts only)."""
+    rev = _revision("cmp-din-id", "b" * 40, {"train": {}}, 0.8, 0.81)
+    rev["data"]["metrics"][EVAL_METRICS]["data"] = 0.5
+    rev["data"]["metrics"][TRAIN_METRICS]["data"]["valid_auc"] = "high"
+    rev["data"]["params"]["params.yaml"]["data"] = ["not", "a", "mapping"]
+    assert dig({"a": {"b": 5}}, "a", "b") == {} and dig({"a": [1]}, "a", "b") == {} and dig(3, "a") == {}
+    records = experiment_records([rev])
+    assert records["cmp-din-id"]["auc"] is None and "| DIN | - | - | - | - | - |" in comparison_table(records)
+    rows = headline_rows([rev])
+    assert rows[0]["params"] == {} and headline_table(rows).splitlines()[2].startswith("| cmp-din-id | - | - |")
+    shaped = _revision("cmp-din-mm", "c" * 40, {"train": {}}, 0.8, 0.81)
+    shaped["data"]["metrics"][EVAL_METRICS]["data"]["by_train_exposures"] = 5
+    assert experiment_records([shaped])["cmp-din-mm"]["cold_auc"] is None
+
+
+def test_compare_queue_skips_what_the_commit_already_has(monkeypatch) -> None:
+    """`mmctr compare --queue` run twice would queue every experiment again under the same name: the names `dvc exp
+    show` already lists (run or queued; a queued one has no metrics yet) are skipped, saying how to redo one."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main as cli
+
+    queued = {"rev": "e" * 40, "name": "cmp-din-id", "data": {"rev": "e" * 40, "metrics": {}, "params": {}}}
+    calls = []
+
+    def fake_dvc(cmd: list[str]) -> str:
+        calls.append(cmd)
+        return json.dumps([_revision("cmp-mmctr-mm", "b" * 40, {"train": {}}, 0.8, 0.81), queued])
+
+    monkeypatch.setattr(cli, "run_dvc", fake_dvc)
+    result = CliRunner().invoke(cli.main, ["compare", "--queue"])
+    assert result.exit_code == 0, result.output
+    assert experiment_names(json.loads(fake_dvc([]))) == {"cmp-mmctr-mm", "cmp-din-id"}
+    ran = [c[c.index("-n") + 1] for c in calls if "--queue" in c]
+    assert len(ran) == 16 and "cmp-din-id" not in ran and "cmp-mmctr-mm" not in ran
+    assert ("cmp-din-id: already run or queued on this commit, skipped (`dvc exp remove cmp-din-id` to run it "
+            "again)") in result.output.splitlines()
+    assert "add the 18 experiments" in CliRunner().invoke(cli.main, ["compare", "-h"]).output
 
 
 def test_results_command_prints_the_table(monkeypatch) -> None:

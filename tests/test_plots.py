@@ -54,6 +54,10 @@ def test_dvc_reads_the_command_as_meant(tmp_path: Path) -> None:
 
 
 def test_no_plots_is_an_error_naming_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # outside a DVC project: that is the error, not "no plots" (DVC shows none, exit 0)
+    result = CliRunner().invoke(main, ["plots", "--out", "page"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("Error: `dvc root` failed: ERROR: you are not inside of a DVC repository")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(cmd, cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
@@ -71,6 +75,8 @@ def test_an_empty_run_leaves_the_earlier_page(tmp_path: Path) -> None:
     assert (tmp_path / "out/index.html").read_text() == "earlier"
 
     def fake_dvc(cmd: list[str]) -> str:
+        if cmd == ["dvc", "root"]:
+            return "."
         staged = Path(next(a for a in cmd if a.startswith("--out=")).removeprefix("--out="))
         staged.mkdir()
         (staged / "index.html").write_text("new page")

@@ -307,15 +307,24 @@ def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(mmctr, ["tune", "--dry-run"])
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
-    assert result.output.startswith("Error: `dvc exp list` failed: ERROR: you are not inside of a DVC repository")
+    assert result.output.startswith("Error: `dvc root` failed: ERROR: you are not inside of a DVC repository")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["tune"]["learning_rate"] = [0.002, -0.1]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(mmctr, ["tune"])
     assert result.exit_code == 1 and result.output.startswith("Error: tune.learning_rate: candidate -0.1 ")
     assert len(result.output.strip().splitlines()) == 1
-    result = CliRunner().invoke(mmctr, ["tune", "--params", str(tmp_path / "missing.yaml")])
+    # the search space is the project's params.yaml, the file `dvc exp run -S` reads and writes, found from a
+    # subfolder too; there is no option to name another file, whose values DVC would never run
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    result = CliRunner().invoke(mmctr, ["tune"])
+    assert result.exit_code == 1 and result.output.startswith("Error: tune.learning_rate: candidate -0.1 ")
+    (tmp_path / "params.yaml").unlink()
+    result = CliRunner().invoke(mmctr, ["tune"])
     assert result.exit_code == 1 and "params file not found" in result.output
+    assert CliRunner().invoke(mmctr, ["tune", "--params", "other.yaml"]).exit_code == 2  # no such option
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

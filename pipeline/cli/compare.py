@@ -16,7 +16,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.core.config import PLAIN_SWITCHES, ModelConfig
+from pipeline.cli.terminal import printable
+from pipeline.core.config import PARAMS_FILE, PLAIN_SWITCHES, ModelConfig
 
 # Row label, experiment name stem and the train params that make the variant (on top of params.yaml). Every row
 # sets each model switch, so a row means the same model whatever params.yaml's train section holds: the paper's
@@ -85,9 +86,24 @@ def _walk(node: Any) -> Iterator[dict]:
             yield from _walk(value)
 
 
+def dig(node: Any, *keys: str) -> dict[str, Any]:
+    """node[keys[0]][keys[1]]... of a `dvc exp show --json` tree, through dicts only -> the dict found there, or {}
+    where a level is missing or is not a dict (a metrics or params file of another shape reads as missing, never as
+    a traceback)."""
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
 def _metric(data: dict, path: str) -> dict[str, Any]:
-    entry = (data.get("metrics") or {}).get(path) or {}
-    return entry.get("data") or {}
+    return dig(data, "metrics", path, "data")
+
+
+def experiment_names(exp_show: Any) -> set[str]:
+    """`dvc exp show --json` -> the names of its experiments, finished or queued (a queued one is listed too,
+    with no metrics yet)."""
+    names = (node.get("name") or node["data"].get("name") for node in _walk(exp_show))
+    return {name for name in names if isinstance(name, str)}
 
 
 def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
@@ -106,7 +122,7 @@ def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
             continue
         train, test = _metric(node["data"], TRAIN_METRICS), _metric(node["data"], EVAL_METRICS)
         stamps[name] = stamp
-        cold = (test.get("by_train_exposures") or {}).get("0") or {}
+        cold = dig(test, "by_train_exposures", "0")
         records[name] = {"valid_auc": train.get("valid_auc"), "valid_logloss": train.get("valid_logloss"),
                          "auc": test.get("auc"), "logloss": test.get("logloss"), "cold_auc": cold.get("auc"),
                          "oracle_auc": test.get("oracle_auc"), "history_oracle_auc": test.get("history_oracle_auc")}
@@ -148,7 +164,7 @@ HEADLINE = (("valid AUC", TRAIN_METRICS, "valid_auc"), ("test AUC", EVAL_METRICS
 
 def _flat_params(data: dict) -> dict[str, Any]:
     """params.yaml of one revision as {"section.key": value}."""
-    params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+    params = dig(data, "params", PARAMS_FILE, "data")
     return {f"{section}.{key}": value for section, values in params.items() if isinstance(values, dict)
             for key, value in values.items()}
 
@@ -169,6 +185,12 @@ def headline_rows(exp_show: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _text_cell(value: Any) -> str:
+    """A name or params value as one Markdown table cell on one terminal line: it comes from a file anyone may have
+    written, so it may hold a newline, an escape sequence or a `|` that would add rows or columns of its own."""
+    return printable(str(value)).replace("|", "\\|")
+
+
 def headline_table(rows: list[dict[str, Any]], max_params: int = 4) -> str:
     """The rows as a Markdown table narrow enough for a terminal: the experiment, the params whose values differ
     between the rows (at most `max_params`, the rest counted), the headline metrics and the test AUC's gap to the
@@ -176,14 +198,15 @@ def headline_table(rows: list[dict[str, Any]], max_params: int = 4) -> str:
     keys = sorted({k for r in rows for k in r["params"]})
     differ = [k for k in keys if len({repr(r["params"].get(k)) for r in rows}) > 1]
     shown = differ[:max_params]
-    head = ["experiment", *shown, *(label for label, _, _ in HEADLINE), "gap to history oracle"]
+    head = ["experiment", *map(_text_cell, shown), *(label for label, _, _ in HEADLINE), "gap to history oracle"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         gap = (r["history_oracle_auc"] - r["test AUC"]
                if isinstance(r["history_oracle_auc"], float) and isinstance(r["test AUC"], float) else None)
-        cells = [r["name"], *(str(r["params"].get(k, "-")) for k in shown),
+        cells = [_text_cell(r["name"]), *(_text_cell(r["params"].get(k, "-")) for k in shown),
                  *(_fmt(r[label]) for label, _, _ in HEADLINE), _fmt(gap)]
         lines.append("| " + " | ".join(cells) + " |")
     if len(differ) > len(shown):
-        lines.append(f"({len(differ) - len(shown)} more params differ: {', '.join(differ[len(shown):])})")
+        rest = ", ".join(map(_text_cell, differ[len(shown):]))
+        lines.append(f"({len(differ) - len(shown)} more params differ: {rest})")
     return "\n".join(lines)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 
 import click
 import numpy as np
 import polars as pl
 
-from pipeline.cli.compare import comparison_table, experiment_records, headline_rows, headline_table, queue_commands
+from pipeline.cli.compare import (
+    VARIANTS,
+    comparison_table,
+    experiment_names,
+    experiment_records,
+    headline_rows,
+    headline_table,
+    queue_commands,
+)
 from pipeline.cli.plots import write_page
+from pipeline.cli.terminal import printable
 from pipeline.cli.tune import (
     TuneError,
     apply_trial,
@@ -25,10 +33,9 @@ from pipeline.cli.tune import (
     trial_command,
     trial_names,
 )
-from pipeline.core.config import DataConfig, load_section
-from pipeline.core.feature_map import find_mm_column
+from pipeline.core.config import PARAMS_FILE, DataConfig, load_section
 from pipeline.core.io import DataError, read_parquet
-from pipeline.core.items import check_item_table, read_semantic_ids, unit_rows
+from pipeline.core.items import item_info_table, read_semantic_ids, unit_rows
 from pipeline.core.stage import one_line_errors
 from pipeline.itememb.gallery import check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
@@ -51,8 +58,9 @@ def main() -> None:
               type=click.Path(dir_okay=False), help="PCA item table written by fit_pca")
 @click.option("--gallery", default=None, type=click.Path(dir_okay=False),
               help="also draw the query's and the neighbours' covers, ids, titles and scores into this .png")
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="its data section (source, raw_dir) says where titles and covers are; defaults if absent")
+@click.option("--params", "params_path", default=PARAMS_FILE, show_default=True, type=click.Path(dir_okay=False),
+              help="its data section (source, raw_dir) says where titles and covers are; defaults if params.yaml is "
+                   "absent")
 @click.option("--raw-dir", default=None, type=click.Path(file_okay=False), help="overrides data.raw_dir")
 @click.option("--titles", default=None, type=click.Path(dir_okay=False),
               help="a MicroLens titles file, instead of the titles of data.source in the raw folder")
@@ -69,13 +77,13 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
     with one_line_errors(ValueError):
         if gallery is not None:
             check_gallery_path(gallery)
+        if not Path(params_path).is_file() and params_path != PARAMS_FILE:  # only the default may be absent
+            raise DataError(f"{params_path}: params file not found")
         data = load_section(params_path, "data", DataConfig) if Path(params_path).is_file() else DataConfig()
         raw_dir = raw_dir or data.raw_dir
         if not Path(item_info).exists():
             raise DataError(f"{item_info}: file not found (run `dvc repro` first, or pass --item-info)")
-        info = read_parquet(item_info, {"item_id": pl.Int32})
-        check_item_table(info, item_info)
-        table = info[find_mm_column(info.columns, item_info)].to_numpy()
+        table = item_info_table(read_parquet(item_info, {"item_id": pl.Int32}), item_info)  # (N+1, D) checked
         names = dict((read_titles(titles) if titles else item_titles(data.source, raw_dir)).iter_rows())
         prefix: dict[int, str] = {}  # --by codes: the shared prefix of each neighbour, as "n/L"
         if by == "codes":
@@ -98,18 +106,6 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
         click.echo(f"gallery: {gallery}")
 
 
-# Bidirectional embeddings, overrides and isolates: they reorder the text that follows them on the line.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def printable(text: str) -> str:
-    """`text` for one line of a terminal: control characters (a newline, ESC, ...), line and paragraph separators
-    and bidi controls are written as Python escapes (\\n, \\x1b, \\u202e), so a title read from a data file can
-    neither add lines to the listing nor send the terminal escape sequences; other text, emoji included, is kept."""
-    return "".join(c.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS else c for c in text)
-
-
 def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> tuple[int, list[tuple[int, int, float]]]:
     """The quantize stage's codes at `path` (checked: row i = item i, as many items as the PCA `table` (N+1, D))
     -> (levels, code_neighbours of item_id, ties ordered by cosine over `table`)."""
@@ -124,18 +120,25 @@ def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> t
 
 @main.command()
 @click.option("--queue/--show", "queue", default=False,
-              help="--queue: add the 14 experiments to DVC's queue (then `dvc queue start`); "
-                   "--show (default): print the table from `dvc exp show --json`")
+              help=f"--queue: add the {2 * len(VARIANTS)} experiments to DVC's queue (then `dvc queue start`), but "
+                   "those this commit already has, run or queued; --show (default): print the table from "
+                   "`dvc exp show --json`")
 @click.option("--dry-run", is_flag=True, help="with --queue: print the commands instead of running them")
 def compare(queue: bool, dry_run: bool) -> None:
     """The paper's Table 2 on the current data: DIN, DIN+Dice, Transformer+DCNv2 and its two ablations, the mean-pool
-    MLP and the mmctr default, each without and with the frozen multimodal embedding, as DVC experiments named
-    cmp-<variant>-<id|mm>."""
+    MLP and the mmctr default (with id, semantic-id and id + semantic-id item embeddings), each without and with the
+    frozen multimodal embedding, as DVC experiments named cmp-<variant>-<id|mm>."""
     with one_line_errors(TuneError):
         if dry_run and not queue:
             raise click.UsageError("--dry-run goes with --queue (it prints the commands instead of queueing them)")
         if queue:
+            # a second --queue would queue every run again, under the same names: hours of duplicate training
+            have = experiment_names(json.loads(run_dvc(["dvc", "exp", "show", "--json"])))
             for cmd in queue_commands():
+                if (name := cmd[cmd.index("-n") + 1]) in have:
+                    click.echo(f"{name}: already run or queued on this commit, skipped (`dvc exp remove {name}` "
+                               "to run it again)")
+                    continue
                 click.echo(" ".join(cmd))
                 if not dry_run:
                     run_dvc(cmd)
@@ -177,14 +180,14 @@ def plots(revisions: tuple[str, ...], out: str) -> None:
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="overrides tune.trials")
 @click.option("--dry-run", is_flag=True, help="print the plan and the dvc commands without running them")
 @click.option("--no-apply", is_flag=True, help="leave the workspace as it is (`dvc exp apply NAME` applies a trial)")
-@click.option("--params", "params_path", default="params.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="its tune section is the search space, its train section the current values")
-def tune(trials: int | None, dry_run: bool, no_apply: bool, params_path: str) -> None:
+def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
     by valid AUC (the test split is never scored) and applies the best: its values into params.yaml, then
-    `dvc repro train`, which checks the trial's model out of DVC's run cache."""
+    `dvc repro train`, which checks the trial's model out of DVC's run cache. The params file is the project's
+    own (params.yaml at the DVC root), the one `dvc exp run` reads and writes: no other file could be searched."""
     with one_line_errors(TuneError, ValueError):
+        params_path = Path(run_dvc(["dvc", "root"]).strip()) / PARAMS_FILE
         plan = load_trials(params_path, trials)
         names = trial_names(session_number(run_dvc(["dvc", "exp", "list", "--name-only"]).split()), len(plan))
         commands = [(name, trial_command(name, trial, plan[0])) for name, trial in zip(names, plan)]

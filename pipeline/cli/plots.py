@@ -92,6 +92,7 @@ def write_page(out: str, revisions: tuple[str, ...], run: Callable[[list[str]], 
     """Write the self-contained plots page of the workspace (or of `revisions`) as `out`/index.html, running DVC
     with `run(cmd) -> stdout`; -> the page's path. DVC writes into a temp folder and the page is renamed into
     place, so a failed or empty run leaves an earlier page as it was. ValueError when DVC finds no plot data."""
+    run(["dvc", "root"])  # outside a DVC project `dvc plots show` exits 0 with nothing, which would read as "no data"
     with tempfile.TemporaryDirectory() as tmp:
         template = Path(tmp) / "page.html"
         template.write_text(page_template(vega_bundle()), encoding="utf-8")

@@ -35,8 +35,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk
+from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk, dig
 from pipeline.core.config import (
+    PARAMS_FILE,
     ParamsError,
     TrainConfig,
     TuneConfig,
@@ -181,7 +182,7 @@ def trial_records(exp_show: Any, names: list[str]) -> list[dict[str, Any]]:
         stamp = node["data"].get("timestamp") or ""
         if name in stamps and stamp < stamps[name]:
             continue
-        params = (((node["data"].get("params") or {}).get("params.yaml") or {}).get("data") or {}).get("train") or {}
+        params = dig(node["data"], "params", PARAMS_FILE, "data", "train")
         valid = _metric(node["data"], TRAIN_METRICS)
         stamps[name] = stamp
         found[name] = {"name": name, **{key: params.get(key, _TRAIN_DEFAULTS.get(key)) for key in TUNED},

@@ -45,6 +45,7 @@ MAX_ITERATIONS = 10_000  # quantize's k-means iterations per level
 # The weights in a model's layer matrices (ModelConfig.matrix_weights), all ensemble members together: 2^30 float32
 # weights are 4 GiB, and training holds about four times that (gradients, Adam's two moments, the EMA copy).
 MAX_MATRIX_WEIGHTS = 1 << 30
+PARAMS_FILE = "params.yaml"  # DVC's params file, at the root of the project: `dvc exp run -S` writes into it
 CHALLENGE_EMB_DIM = 128  # the challenge's item_info.item_emb_d128 (data.item_embeddings: challenge_d128)
 
 

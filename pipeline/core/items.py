@@ -14,7 +14,8 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import MAX_CODEBOOK, MAX_LEVELS
-from pipeline.core.io import DataError, first_true, list_matrix, read_parquet
+from pipeline.core.feature_map import find_mm_column
+from pipeline.core.io import DataError, check_finite, first_true, list_matrix, read_parquet
 
 
 def scatter_by_id(ids: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
@@ -37,6 +38,22 @@ def check_item_table(frame: pl.DataFrame, where: str) -> None:
         bad = int(np.argmax(ids != expected)) if ids.shape == expected.shape else frame.height
         raise DataError(f"{where}: row {bad} holds item_id {ids[bad] if bad < len(ids) else None}; "
                         "an item table must hold item i at row i, from 0 (padding)")
+
+
+def item_info_table(info: pl.DataFrame, where: str) -> np.ndarray:
+    """An item table with one item_emb_d<M> column (fit_pca's item_info, or the training's) -> its (N+1, M)
+    float32 embeddings, after checking that row i holds item i and that the column is a list of M finite numbers
+    per row, M >= 1 (the first bad row named, with `where`)."""
+    check_item_table(info, where)
+    column = find_mm_column(info.columns, where)
+    dtype = info.schema[column]
+    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
+        raise DataError(f"{where}: column {column!r} has dtype {dtype}, expected a list of numbers")
+    mm = list_matrix(where, info, column, None, pl.Float32)  # (N+1, M)
+    if mm.shape[1] == 0:
+        raise DataError(f"{where}: column {column!r} holds empty lists")
+    check_finite(where, column, mm)
+    return np.require(mm, np.float32, ["C", "W"])
 
 
 def unit_rows(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.core.config import DataConfig, ParamsError, load_section
+from pipeline.core.config import PARAMS_FILE, DataConfig, ParamsError, load_section
 from pipeline.core.io import DataError, error_errno
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 params_option = click.option(
-    "--params", "params_path", default="params.yaml", show_default=True,
+    "--params", "params_path", default=PARAMS_FILE, show_default=True,
     type=click.Path(dir_okay=False), help="params file holding this stage's section",
 )
 

@@ -20,7 +20,6 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import EmbeddingReportConfig
-from pipeline.core.feature_map import find_mm_column
 from pipeline.core.io import DataError
 from pipeline.core.items import check_item_table, scatter_by_id, unit_rows
 from pipeline.itememb.neighbours import approx_index, recall_at_k
@@ -39,12 +38,6 @@ def frame_table(frame: pl.DataFrame, n_rows: int, where: str) -> np.ndarray:
         return scatter_by_id(frame["item_id"].to_numpy(), frame["emb"].to_numpy().astype(np.float32), n_rows)
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
-
-
-def item_info_table(info: pl.DataFrame, where: str) -> np.ndarray:
-    """fit_pca's item_info (row i = item i, checked) -> its (N+1, dim) item_emb_d<dim> table."""
-    check_item_table(info, where)
-    return info[find_mm_column(info.columns, where)].to_numpy().astype(np.float32)
 
 
 def item_tag_sets(items: pl.DataFrame, where: str) -> list[frozenset[int]]:

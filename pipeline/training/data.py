@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from pipeline.core.config import ModelConfig
-from pipeline.core.feature_map import FeatureMap, find_mm_column
-from pipeline.core.io import DataError, check_finite, check_range, first_true, list_matrix, read_parquet
-from pipeline.core.items import check_item_table, read_semantic_ids
+from pipeline.core.feature_map import FeatureMap
+from pipeline.core.io import DataError, check_range, first_true, list_matrix, read_parquet
+from pipeline.core.items import item_info_table, read_semantic_ids
 
 
 @dataclass(frozen=True)
@@ -111,22 +111,13 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
     row i holds item i, that item_tags are lists of one length with ids >= 0, and that the one item_emb_d<M>
     column is a list of M finite numbers per row (first bad row named)."""
     df = read_parquet(path, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
-    check_item_table(df, str(path))
-    column = find_mm_column(df.columns, str(path))
-    dtype = df.schema[column]
-    if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
-        raise DataError(f"{path}: column {column!r} has dtype {dtype}, expected a list of numbers")
-    mm = list_matrix(path, df, column, None, pl.Float32)  # (N+1, M)
-    if mm.shape[1] == 0:
-        raise DataError(f"{path}: column {column!r} holds empty lists")
-    check_finite(path, column, mm)
+    mm = item_info_table(df, str(path))  # (N+1, M)
     tags = list_matrix(path, df, "item_tags", None, pl.Int64)  # (N+1, T)
     bad = first_true((tags < 0).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: item_tags holds a negative tag id")
     # torch wants writable arrays; polars may hand out read-only views (np.require copies only then)
-    return (torch.from_numpy(np.require(tags, requirements="W")),
-            torch.from_numpy(np.require(mm, np.float32, ["C", "W"])), mm.shape[1])
+    return torch.from_numpy(np.require(tags, requirements="W")), torch.from_numpy(mm), mm.shape[1]
 
 
 def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> Tensor:
