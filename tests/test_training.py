@@ -17,6 +17,7 @@ from pipeline.core.config import ModelConfig, ParamsError
 from pipeline.core.io import DataError
 from pipeline.training import loop
 from pipeline.training.checkpoint import (
+    FitState,
     load_checkpoint,
     resume_fingerprint,
     resume_path,
@@ -113,6 +114,59 @@ def test_resumed_run_continues_to_the_uninterrupted_result(tmp_path, ema_decay: 
     assert [r["epoch"] for r in afresh] == [0]
 
 
+def test_a_resume_state_of_other_data_is_not_resumed(tmp_path, caplog):
+    """The fingerprint holds a digest of the data: a state left by a run on other item tables (another fit_pca,
+    same width) or on other splits of the same sizes (another split seed) starts afresh, where resuming would
+    carry the old run's weights, and its item tables (buffers), into the new model without a word."""
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    cfg = train_cfg(epochs=2, patience=5)
+    saved = tmp_path / "saved.pt"
+    fit(new_model(), train, valid, cfg, CPU, resume_file=saved)
+    resumed = dataclasses.replace(cfg, epochs=3, resume=True)
+    tags, mm = item_tables()
+    torch.manual_seed(0)
+    other_tables = TransformerDCN(SMALL, feature_map(), tags, mm * 2)
+    for model, splits, resumes in ((other_tables, (train, valid), False),
+                                   (new_model(), (toy_split(400, seed=3), toy_split(150, seed=4)), False),
+                                   (new_model(), (train, valid), True)):
+        state = tmp_path / "state.pt"
+        state.write_bytes(saved.read_bytes())
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            fit(model, *splits, resumed, CPU, resume_file=state)
+        assert any(m.startswith("resuming after pass 1") for m in caplog.messages) == resumes
+        assert any("written for other train params or data; starting afresh" in m for m in caplog.messages) != resumes
+    assert torch.equal(other_tables.item_mm, mm * 2)  # its own item table, not the one the state was written with
+
+
+def test_a_resume_state_that_does_not_fit_restores_nothing(tmp_path, caplog):
+    """A state with the right fingerprint that cannot be restored (tampered: a weight missing, a generator state of
+    another size, not a mapping) warns and starts afresh, with the model, optimiser and generators as they were:
+    load_state_dict copies what fits before it raises, and that part is put back."""
+    train, valid = toy_split(300, seed=1), toy_split(100, seed=2)
+    cfg = train_cfg(epochs=1, patience=5)
+    state = tmp_path / "state.pt"
+    fit(new_model(), train, valid, cfg, CPU, resume_file=state)
+    good = torch.load(state, weights_only=True)
+    missing = {**good, "model": {k: v for k, v in good["model"].items() if k != "item_tags"}}
+    for tampered in (missing, {**good, "generator": torch.zeros(3, dtype=torch.uint8)},
+                     {k: v for k, v in good.items() if k != "torch_rng"}):
+        torch.save(tampered, state)
+        model, ref = new_model(), new_model()
+        opt = torch.optim.Adam(model.parameters())
+        gen = torch.Generator().manual_seed(5)
+        rng = torch.get_rng_state()
+        caplog.clear()
+        assert FitState.load(state, good["fingerprint"], model, opt, gen) is None
+        assert any("resume state does not fit this run, starting afresh" in m for m in caplog.messages)
+        for k, v in ref.state_dict().items():
+            assert torch.equal(model.state_dict()[k], v), k
+        assert torch.equal(gen.get_state(), torch.Generator().manual_seed(5).get_state())
+        assert torch.equal(torch.get_rng_state(), rng) and not opt.state_dict()["state"]
+    torch.save([1, 2], state)
+    assert FitState.load(state, good["fingerprint"], new_model(), opt, gen) is None
+
+
 def test_resume_with_eval_steps_carries_an_interval_across_passes(tmp_path, monkeypatch):
     """8 steps a pass, 3 passes, validations after steps 5, 10, 15, 20 and 24. A run killed at its 4th validation
     (in the third pass) resumes from the state saved at the end of the second pass, in the middle of the interval
@@ -150,7 +204,9 @@ def test_epochs_is_resume_neutral_only_when_it_shapes_nothing_before_the_end():
     for kw, neutral in [({}, True), ({"lr_schedule": "cosine"}, False), ({"eval_steps": 3}, False),
                         ({"max_steps": 3}, False)]:
         short, long = train_cfg(epochs=2, **kw), train_cfg(epochs=4, **kw)
-        assert (resume_fingerprint(short, train, valid) == resume_fingerprint(long, train, valid)) == neutral, kw
+        model = new_model()
+        assert (resume_fingerprint(short, model, train, valid) == resume_fingerprint(long, model, train, valid)
+                ) == neutral, kw
 
 
 def test_lr_at_matches_hand_values():

@@ -6,6 +6,8 @@ state of an interrupted run (weights, optimiser, RNG, epoch), tied to its params
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import math
@@ -37,16 +39,45 @@ def resume_path(model_path: str | Path, member: int = 0) -> Path:
     return model_path.parent / f".{model_path.name}.resume{f'.{member}' if member else ''}.pt"
 
 
-def resume_fingerprint(cfg: TrainConfig, train: SplitTensors, valid: SplitTensors) -> str:
-    """What a resume state must match: the train params that shape the run and the split sizes. `epochs` counts
-    when the run's planned length shapes its steps: the cosine schedule spans all of it, with eval_steps the
-    last partial interval is validated at its end, and with max_steps it may decide where the run ends."""
+# The model's buffers that hold data (model/layers.py CTRBase), digested whole by `data_digest`.
+DATA_BUFFERS = ("item_tags", "item_mm", "item_codes", "item_exposure", "user_keys")
+DIGEST_ROWS = 4096  # rows of each split digested, spread evenly over it
+
+
+def data_digest(model: nn.Module, *splits: SplitTensors) -> str:
+    """A digest of the data a run learns from: the model's data buffers (DATA_BUFFERS: the item tables, the user
+    keys; shape, dtype and values) in full, and of each split its row count and DIGEST_ROWS rows spread evenly over
+    it, every column. A split or an item table rebuilt from other data (another fit_pca, another split seed)
+    changes it; a split of many GB is not read whole for it."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def add(name: str, t: Tensor) -> None:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+    for name in DATA_BUFFERS:
+        if (buffer := getattr(model, name, None)) is not None:
+            add(name, buffer)
+    for k, split in enumerate(splits):
+        rows = torch.linspace(0, len(split) - 1, min(len(split), DIGEST_ROWS)).long()
+        columns = {"item_seq": split.item_seq, "item_id": split.item_id, "label": split.label,
+                   "user_id": split.user_id, **split.context}
+        for name, column in sorted(columns.items()):
+            add(f"{k}.{name}.{len(split)}", column.index_select(0, rows))
+    return h.hexdigest()
+
+
+def resume_fingerprint(cfg: TrainConfig, model: nn.Module, train: SplitTensors, valid: SplitTensors) -> str:
+    """What a resume state must match: the train params that shape the run, and the data (`data_digest` of the
+    model's item tables and of both splits). `epochs` counts when the run's planned length shapes its steps: the
+    cosine schedule spans all of it, with eval_steps the last partial interval is validated at its end, and with
+    max_steps it may decide where the run ends."""
     neutral = set(RESUME_NEUTRAL)
     if cfg.lr_schedule == "cosine" or cfg.eval_steps > 0 or cfg.max_steps > 0:
         neutral.discard("epochs")
     parts = {k: v for k, v in params_dict(cfg).items() if k not in neutral}
-    return json.dumps({"params": parts, "train_rows": len(train), "valid_rows": len(valid)}, sort_keys=True,
-                      default=list)
+    return json.dumps({"params": parts, "data": data_digest(model, train, valid)}, sort_keys=True, default=list)
 
 
 @dataclass
@@ -77,23 +108,41 @@ class FitState:
     @classmethod
     def load(cls, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
              gen: torch.Generator) -> FitState | None:
-        """The state in `path` restored into model/opt/gen, or None when there is none or it was written for other
-        params or data (then training starts afresh)."""
+        """The state in `path` restored into model/opt/gen (and torch's global RNG), or None when there is none, it
+        was written for other params or data, or it cannot be restored (then training starts afresh, with
+        model/opt/gen and the RNG as they were: nothing is restored in part)."""
         if not path.is_file():
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged state is ignored, never trusted
-            log.warning("%s: unreadable resume state, starting afresh (%s)", path, str(e).splitlines()[0][:200])
+            log.warning("%s: unreadable resume state, starting afresh (%s)", path, _first_line(e))
             return None
-        if blob.get("fingerprint") != fp:
+        if not isinstance(blob, dict) or blob.get("fingerprint") != fp:
             log.info("%s: written for other train params or data; starting afresh", path)
             return None
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        gen.set_state(blob["generator"])
-        torch.set_rng_state(blob["torch_rng"])
-        return cls(**{f.name: blob[f.name] for f in fields(cls)})
+        before = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()),
+                  gen.get_state(), torch.get_rng_state())
+        try:
+            state = cls(**{f.name: blob[f.name] for f in fields(cls)})
+            model.load_state_dict(blob["model"])
+            opt.load_state_dict(blob["optimizer"])
+            gen.set_state(blob["generator"])
+            torch.set_rng_state(blob["torch_rng"])
+            return state
+        except Exception as e:  # tampered, or from other code: load_state_dict may have copied part of it already
+            model.load_state_dict(before[0])
+            opt.load_state_dict(before[1])
+            gen.set_state(before[2])
+            torch.set_rng_state(before[3])
+            log.warning("%s: resume state does not fit this run, starting afresh (%s: %s)", path, type(e).__name__,
+                        _first_line(e))
+            return None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:

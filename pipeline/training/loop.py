@@ -265,7 +265,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
         torch.manual_seed(cfg.seed + dist.rank)  # dropout draws differ per rank; weights came from rank 0
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
-    fp = resume_fingerprint(cfg, train, valid)
+    fp = resume_fingerprint(cfg, model, train, valid)
     state = None
     if resume_file is not None and cfg.resume:
         state = FitState.load(resume_file, fp, model, opt, gen)
