@@ -84,6 +84,75 @@ def test_text_model_errors_name_the_key():
         load_text_encoder("/nonexistent/model/dir")
 
 
+def _text_model_variant(src: Path, dst: Path, kind: str) -> Path:
+    """A copy of the tiny BERT folder made into a model that loads but cannot embed padded titles, or whose files
+    are damaged."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, T5Config, T5Model
+
+    shutil.copytree(src, dst)
+    n_vocab = len(AutoTokenizer.from_pretrained(src))
+    if kind == "no_pad":
+        tok = AutoTokenizer.from_pretrained(src)
+        tok.pad_token = None
+        tok.save_pretrained(dst)
+    elif kind == "encoder_decoder":
+        T5Model(T5Config(vocab_size=n_vocab, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+                ).save_pretrained(dst)
+    elif kind in ("small_vocab", "short_positions"):
+        BertModel(BertConfig(vocab_size=n_vocab - 10 if kind == "small_vocab" else n_vocab, hidden_size=32,
+                             num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             max_position_embeddings=4 if kind == "short_positions" else 64)).save_pretrained(dst)
+    elif kind == "empty_weights":
+        (dst / "model.safetensors").write_bytes(b"")
+    elif kind == "config_list":
+        (dst / "config.json").write_text("[1, 2]")
+    return dst
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("no_pad", r"extract_text\.model: '.*' has a tokenizer without a padding token"),
+    ("encoder_decoder", r"extract_text\.model: '.*' is an encoder-decoder model"),
+    ("small_vocab", r"extract_text\.model: '.*' has a tokenizer of \d+ tokens and an embedding of \d+ rows"),
+    ("short_positions", r"extract_text\.max_length: 32 tokens exceed '.*'s 4 positions"),
+    ("empty_weights", r"extract_text\.model: cannot load '.*' \(\w+"),
+    ("config_list", r"extract_text\.model: cannot load '.*' \(\w+"),
+])
+def test_a_text_model_that_loads_but_cannot_embed_titles_is_one_line(tiny_bert_dir, tmp_path, kind, message):
+    """Each of these failed at the first batch (or while loading) with a traceback: now one line naming the key,
+    before any title is read."""
+    folder = _text_model_variant(tiny_bert_dir, tmp_path / kind, kind)
+    with pytest.raises(ParamsError, match="^" + message) as err:
+        load_text_encoder(str(folder), max_length=32)
+    assert "\n" not in str(err.value)
+
+
+def test_an_encoder_with_nan_weights_writes_nothing_and_fit_pca_names_a_nan_file(tiny_bert_dir, tmp_path):
+    """NaN weights give NaN vectors, which used to be written with status `ok`, for fit_pca to fail on with a
+    scikit-learn traceback: extraction now refuses to write them (one line naming the stage's params), and fit_pca's
+    inputs name the file and item of a non-finite vector."""
+    from pipeline.extract.store import embedding_frame, write_extraction
+    from pipeline.itememb.inputs import pca_inputs
+
+    tok, model = load_text_encoder(str(tiny_bert_dir))
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    titles = pl.DataFrame({"item_id": pl.Series([1, 2, 3], dtype=pl.Int32), "title": ["a b", "c", ""]})
+    frame = extract_text_embeddings(titles, tok, model, pooling="mean", max_length=8, batch_size=2, device=CPU,
+                                    amp=False)
+    out, metrics = tmp_path / "text.parquet", tmp_path / "text.json"
+    store = ShardStore(out, np.array([1, 2, 3]), ["1", "2", "3"], "fp", 2)
+    with pytest.raises(DataError, match=r"^extract_text: the encoder gave non-finite vectors for 2 of 3 items "
+                                        r"\(first: item [12]\)"):
+        write_extraction(frame, out, metrics, store, {}, BatchSize(2), "extract_text")
+    assert not out.exists() and not metrics.exists()
+    good = embedding_frame(np.array([1, 2]), np.ones((2, 3), np.float32), ["ok", "ok"])
+    bad = embedding_frame(np.array([1, 2]), np.array([[1, 1, 1], [1, np.inf, 1]], np.float32), ["ok", "ok"])
+    good.write_parquet(tmp_path / "good.parquet")
+    bad.write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'bad.parquet'}: item 2: emb holds a non-finite value"):
+        pca_inputs("extracted", tmp_path, tmp_path / "good.parquet", tmp_path / "bad.parquet")
+
+
 def _covers(tmp_path, n):
     paths = []
     for i in range(1, n + 1):
@@ -128,6 +197,21 @@ def test_image_encoder_errors_name_the_key():
         load_image_encoder("mmctr-tiny-vit", "seed:x", CPU)
     with pytest.raises(ParamsError, match=r"^extract_image\.pretrained: cannot load"):
         load_image_encoder("mmctr-tiny-vit", "/nonexistent/ckpt.pt", CPU)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", "list", "tensor"])
+def test_a_local_image_checkpoint_that_is_not_a_state_dict_is_one_line(tmp_path, content):
+    """An empty file (click used to print only "Aborted!"), a text file, a saved list or tensor: each is one line
+    naming extract_image.pretrained and the file, not a KeyError or AttributeError traceback."""
+    path = tmp_path / "ckpt.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save([1, 2] if content == "list" else torch.zeros(3), path)
+    with pytest.raises(ParamsError, match=rf"^extract_image\.pretrained: cannot load '{path}' for 'mmctr-tiny-vit' "
+                                          r"\(\w+") as err:
+        load_image_encoder("mmctr-tiny-vit", str(path), CPU)
+    assert "\n" not in str(err.value)
 
 
 def test_device_selection():

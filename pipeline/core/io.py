@@ -149,11 +149,17 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def error_summary(e: BaseException) -> str:
+    """An exception in a few words for a one-line error: its type and the first line of its text (200 characters
+    at most), for errors of libraries that raise many types (polars, transformers, open_clip, torch.load)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
 def unreadable_parquet(path: str | Path, e: BaseException) -> DataError:
-    """The one-line DataError for a file that parquet readers cannot read: `path`, the error's type and the first
-    line of its text (polars and pyarrow raise several types for corrupt files)."""
-    detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-    return DataError(f"{path}: not a readable parquet file ({type(e).__name__}{': ' + detail if detail else ''})")
+    """The one-line DataError for a file that parquet readers cannot read: `path` and `error_summary(e)` (polars
+    and pyarrow raise several types for corrupt files)."""
+    return DataError(f"{path}: not a readable parquet file ({error_summary(e)})")
 
 
 _Reader = TypeVar("_Reader", bound=Callable[..., Any])

@@ -7,7 +7,6 @@ statuses of the embedding frame (store.py): ok | missing (no file) | empty (zero
 from __future__ import annotations
 
 import logging
-import pickle
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import ExtractImageConfig, ParamsError
 from pipeline.core.distributed import SINGLE, Dist, autocast
+from pipeline.core.io import error_summary
 from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
 from pipeline.extract.store import ShardStore, check_unique_ids, embedding_frame, file_stamp, fingerprint, folder_stamp
 from pipeline.sources.items import item_cover_paths, item_titles
@@ -51,9 +51,10 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
         weights = pretrained
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=weights, device=device)
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as e:  # the last: weights_only refused it
+    except Exception as e:  # a local checkpoint is anyone's file: empty, text, a list, another architecture's, a
+        # crafted pickle (UnpicklingError: weights_only refused it, its code never ran)
         raise ParamsError(f"extract_image.pretrained: cannot load {pretrained!r} for {name!r} "
-                          f"({str(e).splitlines()[0]})") from None
+                          f"({error_summary(e)})") from None
     return model.eval(), preprocess
 
 

@@ -44,7 +44,7 @@ def extraction_command(section: str, config_type: type, extract: Extraction, doc
         with distributed(cfg.device, f"{section}.device") as (dist, device):
             frame, store, shards, batch = extract(cfg, data.source, raw_dir, out, device, dist)
             if dist.is_main:
-                write_extraction(frame, out, metrics, store, shards, batch)
+                write_extraction(frame, out, metrics, store, shards, batch, section)
 
     main = stage_main(main, section)
     main = raw_dir_option(file_options("--out", "--metrics")(params_option(main)))

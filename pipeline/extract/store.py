@@ -178,9 +178,16 @@ def status_counts(frame: pl.DataFrame) -> dict[str, int]:
 
 
 def write_extraction(frame: pl.DataFrame, out: str | Path, metrics: str | Path, store: ShardStore,
-                     shards: dict[str, int], batch: BatchSize) -> None:
-    """Write an extraction stage's outputs: the embedding frame (atomically), then drop its shard folder, then the
-    metrics JSON (items, width, counts per status, shards total/reused, the batch size after any halving)."""
+                     shards: dict[str, int], batch: BatchSize, section: str) -> None:
+    """Write extraction stage `section`'s outputs: the embedding frame (atomically), then drop its shard folder,
+    then the metrics JSON (items, width, counts per status, shards total/reused, the batch size after any halving).
+    A non-finite vector (an encoder whose weights hold NaN, or that overflows) is a DataError: nothing is written."""
+    emb = frame["emb"].to_numpy()
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise DataError(f"{section}: the encoder gave non-finite vectors for {int(bad.sum())} of {len(bad)} items "
+                        f"(first: item {frame['item_id'][int(bad.argmax())]}); its weights hold NaN or inf, or it "
+                        "overflows")
     write_parquet(frame, out)
     store.remove()
     counts = status_counts(frame)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import ExtractTextConfig, ParamsError
 from pipeline.core.distributed import SINGLE, Dist, autocast
+from pipeline.core.io import error_summary
 from pipeline.extract.batching import BatchSize, run_batches
 from pipeline.extract.store import ShardStore, check_unique_ids, embedding_frame, fingerprint, folder_stamp
 from pipeline.sources.items import item_titles
@@ -41,19 +41,41 @@ def resolve_text_model(spec: str) -> str:
     return spec
 
 
-def load_text_encoder(spec: str, trust_remote_code: bool = False):
-    """(tokenizer, model in eval mode) for `spec` (see resolve_text_model)."""
+def load_text_encoder(spec: str, trust_remote_code: bool = False, max_length: int | None = None):
+    """(tokenizer, model in eval mode) for `spec` (see resolve_text_model), checked to encode batches of up to
+    `max_length` tokens (`check_text_encoder`). Anything that fails to load is one ParamsError naming the key."""
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve_text_model(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        # UnpicklingError: a crafted pytorch_model.bin refused by torch.load(weights_only=True); its code never ran
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ParamsError(f"extract_text.model: cannot load {spec!r} ({first[:300]})") from None
+    except Exception as e:  # a local folder is anyone's files: damaged weights, a config.json that is a list, ...
+        # (an UnpicklingError is a crafted pytorch_model.bin refused by torch.load(weights_only=True): its code never
+        # ran)
+        raise ParamsError(f"extract_text.model: cannot load {spec!r} ({error_summary(e)})") from None
+    check_text_encoder(tokenizer, model, spec, max_length)
     return tokenizer, model.eval()
+
+
+def check_text_encoder(tokenizer, model, spec: str, max_length: int | None) -> None:
+    """What a model that loads must also be to embed padded batches of titles, else a ParamsError naming the key
+    (each would fail at the first batch, after loading, with a traceback): an encoder (not encoder-decoder), a
+    tokenizer with a padding token whose ids all index the model's embedding, and positions for max_length."""
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise ParamsError(f"extract_text.model: {spec!r} is an encoder-decoder model; titles need an encoder "
+                          "(BERT-like)")
+    if tokenizer.pad_token is None:
+        raise ParamsError(f"extract_text.model: {spec!r} has a tokenizer without a padding token, which batches need")
+    embedding = model.get_input_embeddings()
+    rows = getattr(embedding, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise ParamsError(f"extract_text.model: {spec!r} has a tokenizer of {len(tokenizer)} tokens and an "
+                          f"embedding of {rows} rows")
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if max_length is not None and isinstance(positions, int) and max_length > positions:
+        raise ParamsError(f"extract_text.max_length: {max_length} tokens exceed {spec!r}'s {positions} positions")
 
 
 CHARS_PER_TOKEN = 128  # characters kept per token of max_length before tokenizing (encode_texts)
@@ -150,7 +172,7 @@ def extract_titles(cfg: ExtractTextConfig, source: str, raw_dir: str, out: str, 
     through the shard store beside `out`."""
     items = item_titles(source, raw_dir)
     store = text_shard_store(out, items, cfg, device)
-    tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code)
+    tokenizer, model = load_text_encoder(cfg.model, cfg.trust_remote_code, cfg.max_length)
     log.info("encoding %d titles with %s on %s in %d shards (rank %d of %d)", items.height, cfg.model, device,
              len(store), dist.rank, dist.world)
     batch = BatchSize(cfg.batch_size)

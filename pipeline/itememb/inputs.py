@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.io import read_parquet
+from pipeline.core.io import DataError, first_true, read_parquet
 from pipeline.itememb.pca import aligned_matrices
 from pipeline.sources.challenge import find_challenge_files, read_item_feature, read_item_info
 
@@ -22,7 +22,13 @@ def pca_inputs(item_embeddings: str, raw_dir: str | Path, text: str | Path, imag
     if item_embeddings == "challenge_bert_clip":
         feature = read_item_feature(find_challenge_files(raw_dir).item_feature)
         return feature.item_ids, feature.text_emb, feature.image_emb
-    return aligned_matrices(read_parquet(text, {"item_id": pl.Int32}), read_parquet(image, {"item_id": pl.Int32}))
+    ids, text_emb, image_emb = aligned_matrices(read_parquet(text, {"item_id": pl.Int32}),
+                                                read_parquet(image, {"item_id": pl.Int32}))
+    for path, emb in ((text, text_emb), (image, image_emb)):  # a NaN would reach scikit-learn's PCA as a traceback
+        bad = first_true(~np.isfinite(emb).all(axis=1))
+        if bad is not None:
+            raise DataError(f"{path}: item {ids[bad]}: emb holds a non-finite value")
+    return ids, text_emb, image_emb
 
 
 def challenge_item_embeddings(raw_dir: str | Path) -> np.ndarray:

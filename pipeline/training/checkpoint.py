@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from model.factory import build_model
 from pipeline.core.config import ModelConfig, TrainConfig, params_dict
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.io import DataError, atomic_path
+from pipeline.core.io import DataError, atomic_path, error_summary
 from pipeline.training.data import SplitTensors
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class FitState:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged state is ignored, never trusted
-            log.warning("%s: unreadable resume state, starting afresh (%s)", path, _first_line(e))
+            log.warning("%s: unreadable resume state, starting afresh (%s)", path, error_summary(e))
             return None
         if not isinstance(blob, dict) or blob.get("fingerprint") != fp:
             log.info("%s: written for other train params or data; starting afresh", path)
@@ -135,14 +135,8 @@ class FitState:
             opt.load_state_dict(before[1])
             gen.set_state(before[2])
             torch.set_rng_state(before[3])
-            log.warning("%s: resume state does not fit this run, starting afresh (%s: %s)", path, type(e).__name__,
-                        _first_line(e))
+            log.warning("%s: resume state does not fit this run, starting afresh (%s)", path, error_summary(e))
             return None
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
