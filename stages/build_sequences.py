@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline.core.config import BuildSequencesConfig, load_section
-from pipeline.core.io import atomic_path, write_json, write_parquet
+from pipeline.core.io import atomic_path, prepare_outputs, write_json, write_parquet
 from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.sequences.build import SPLITS
 from pipeline.sequences.inputs import challenge_sequences, microlens_sequences
@@ -32,6 +32,7 @@ log = logging.getLogger("build_sequences")
 def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "build_sequences", BuildSequencesConfig)
     data, raw_dir = data_section(params_path, raw_dir)
+    prepare_outputs(*(Path(out_dir) / f"{name}.parquet" for name in SPLITS), items_out, feature_map, metrics)
     if data.source == "mmctr":
         seqs = challenge_sequences(raw_dir, cfg)
     else:

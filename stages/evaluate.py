@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
-from pipeline.core.io import DataError, first_true, write_json, write_parquet
+from pipeline.core.io import DataError, first_true, prepare_outputs, read_parquet, write_json, write_parquet
 from pipeline.core.metrics import (
     auc,
     calibration_points,
@@ -66,10 +66,12 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
          calibration: str, predictions: str, submission: str, params_path: str) -> None:
     cfg = load_section(params_path, "evaluate", EvaluateConfig)
     data, raw_dir = data_section(params_path, raw_dir)
+    prepare_outputs(metrics, roc, calibration, predictions, submission)
     sequences = load_section(params_path, "build_sequences", BuildSequencesConfig)
     device = pick_device(cfg.device, "evaluate.device")
     model, fmap = load_checkpoint(model_path, device)
     test = load_split(test_path, fmap)
+    train_items = read_parquet(train_path, {"item_id": pl.Int32})["item_id"].to_numpy()  # read before the scoring
     if data.source != "mmctr":  # the challenge hides its test labels (below); other sources have them
         require_both_classes(test_path, test.label.numpy(), "test")
     probs = sigmoid(predict_logits(model, test, cfg.batch_size, device))
@@ -86,8 +88,7 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
     else:
         out |= {"auc": auc(labels, probs), "logloss": logloss(labels, probs),
                 "gauc": gauc(test.user_id.numpy(), labels, probs)}
-        exposures = exposure_counts(pl.read_parquet(train_path, columns=["item_id"])["item_id"].to_numpy(),
-                                    rows["item_id"].to_numpy())
+        exposures = exposure_counts(train_items, rows["item_id"].to_numpy())
         out["by_train_exposures"] = sliced_metrics(exposures, test.user_id.numpy(), labels, probs)
         if data.source == "synthetic":
             planted = PlantedModel.load(Path(raw_dir) / "planted.npz")

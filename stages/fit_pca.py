@@ -21,7 +21,7 @@ import polars as pl
 
 from pipeline.core.config import FitPCAConfig, load_section
 from pipeline.core.feature_map import mm_column
-from pipeline.core.io import DataError, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.core.io import DataError, atomic_path, prepare_outputs, read_parquet, write_json, write_parquet
 from pipeline.core.items import check_item_table, scatter_by_id
 from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
@@ -40,6 +40,7 @@ def main(text: str, image: str, items: str, raw_dir: str | None, out: str, trans
          params_path: str) -> None:
     cfg = load_section(params_path, "fit_pca", FitPCAConfig)
     data, raw_dir = data_section(params_path, raw_dir)
+    prepare_outputs(out, transform, metrics, plot)
     table = read_parquet(items, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     check_item_table(table, items)
     if data.item_embeddings == "challenge_d128":

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import QuantizeConfig, load_section
-from pipeline.core.io import list_matrix, read_parquet, write_json, write_parquet
+from pipeline.core.io import list_matrix, prepare_outputs, read_parquet, write_json, write_parquet
 from pipeline.core.items import item_info_table
 from pipeline.core.stage import file_options, params_option, readable, stage_main, summary
 from pipeline.itememb.quantize import quantize_report, residual_kmeans
@@ -31,6 +31,7 @@ log = logging.getLogger("quantize")
 @stage_main
 def main(item_info: str, out: str, metrics: str, params_path: str) -> None:
     cfg = load_section(params_path, "quantize", QuantizeConfig)
+    prepare_outputs(out, metrics)
     info = read_parquet(item_info, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     table = item_info_table(info, item_info)  # (N+1, D), checked: row i = item i
     tags = list_matrix(item_info, info, "item_tags", None, pl.Int64)  # (N+1, T), 0 = no tag

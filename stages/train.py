@@ -28,6 +28,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
+from pipeline.core.io import prepare_outputs
 from pipeline.core.metrics import require_both_classes
 from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
@@ -54,6 +55,7 @@ log = logging.getLogger("train")
 def main(train_path: str, valid_path: str, item_info: str, feature_map: str, semantic_ids: str, model_path: str,
          live_dir: str, params_path: str) -> None:
     cfg = load_section(params_path, "train", TrainConfig)
+    prepare_outputs(model_path, Path(live_dir) / "metrics.json")  # a training run is long: fail before it
     set_threads(cfg.num_threads)
     tags, mm, mm_dim = load_item_tables(item_info)
     fmap = FeatureMap.load(feature_map).with_mm_embedding(mm_dim)

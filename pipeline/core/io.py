@@ -61,6 +61,30 @@ def _output_errors(path: Path) -> Iterator[None]:
         raise DataError(f"{path}: cannot write the output ({os.strerror(code)})") from None
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folder of output `path`; a file where a folder of its path should be is a DataError naming both
+    (mkdir would say only "File exists" or "Not a directory")."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise DataError(f"{path}: cannot write the output ({folder} is a file, not a folder)")
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_outputs(*paths: str | Path) -> None:
+    """Create the folders of a stage's outputs and check that a file can be written in each (a probe temp file,
+    removed at once), before the stage does any work: an output under a file or in a read-only, full or forbidden
+    folder is a DataError naming it at the start, not after minutes of work with the outputs before it already
+    written."""
+    for path in map(Path, paths):
+        with _output_errors(path):
+            _make_parent(path)
+            fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            os.unlink(probe)
+
+
 def _temp_prefix(path: Path) -> str:
     """Temp siblings are named `.<name>.<pid>.<random>.tmp`, so a later run can tell whose they are."""
     return f".{path.name}.{os.getpid()}."
@@ -103,7 +127,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     full or forbidden output location is a one-line DataError naming `path`."""
     path = Path(path)
     with _output_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         _remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -123,7 +147,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     errors as in atomic_path."""
     path = Path(path)
     with _output_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_parent(path)
         _remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
         try:

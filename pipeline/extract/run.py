@@ -17,6 +17,7 @@ import torch
 
 from pipeline.core.config import load_section
 from pipeline.core.distributed import Dist, distributed
+from pipeline.core.io import prepare_outputs
 from pipeline.core.stage import (
     data_section,
     file_options,
@@ -40,6 +41,7 @@ def extraction_command(section: str, config_type: type, extract: Extraction, doc
     def main(raw_dir: str | None, out: str, metrics: str, params_path: str) -> None:
         cfg = load_section(params_path, section, config_type)
         data, raw_dir = data_section(params_path, raw_dir)
+        prepare_outputs(out, metrics)
         set_threads(cfg.num_threads)
         with distributed(cfg.device, f"{section}.device") as (dist, device):
             frame, store, shards, batch = extract(cfg, data.source, raw_dir, out, device, dist)
