@@ -19,6 +19,7 @@ from pipeline.itememb.gallery import (
     GALLERY_CAPTION,
     GALLERY_COLUMNS,
     GALLERY_COVER,
+    GALLERY_MAX_NEIGHBOURS,
     PLACEHOLDER_GREY,
     gallery_size,
 )
@@ -334,6 +335,17 @@ def test_cli_neighbours_reads_a_list_column_and_refuses_a_nan_row(tmp_path: Path
         result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--item-info", str(broken), "--titles",
                                            str(titles)])
         assert result.exit_code == 1 and result.output.strip() == f"Error: {broken}: {message}"
+
+
+def test_cli_neighbours_gallery_has_a_bounded_canvas(tmp_path: Path) -> None:
+    """-k sizes the gallery's canvas: past GALLERY_MAX_NEIGHBOURS tiles it is a usage error, before any work (the
+    challenge's 91,717 items would ask for an 8 GiB image)."""
+    info, titles, _ = _cli_files(tmp_path)
+    result = CliRunner().invoke(main, ["neighbours", "--item", "5", "-k", str(GALLERY_MAX_NEIGHBOURS + 1),
+                                       "--item-info", str(info), "--titles", str(titles), "--gallery",
+                                       str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and f"--gallery draws at most {GALLERY_MAX_NEIGHBOURS} neighbours" in result.output
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_cli_neighbours_refuses_a_params_file_that_is_not_there(tmp_path: Path) -> None:

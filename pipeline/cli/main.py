@@ -37,7 +37,7 @@ from pipeline.core.config import PARAMS_FILE, DataConfig, load_section
 from pipeline.core.io import DataError, read_parquet
 from pipeline.core.items import item_info_table, read_semantic_ids, unit_rows
 from pipeline.core.stage import one_line_errors
-from pipeline.itememb.gallery import check_gallery_path, draw_gallery
+from pipeline.itememb.gallery import GALLERY_MAX_NEIGHBOURS, check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
 from pipeline.itememb.quantize import code_neighbours
 from pipeline.sources.items import item_cover_paths, item_titles
@@ -77,6 +77,8 @@ def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params
     with one_line_errors(ValueError):
         if gallery is not None:
             check_gallery_path(gallery)
+            if k > GALLERY_MAX_NEIGHBOURS:
+                raise click.UsageError(f"--gallery draws at most {GALLERY_MAX_NEIGHBOURS} neighbours, got -k {k}")
         if not Path(params_path).is_file() and params_path != PARAMS_FILE:  # only the default may be absent
             raise DataError(f"{params_path}: params file not found")
         data = load_section(params_path, "data", DataConfig) if Path(params_path).is_file() else DataConfig()

@@ -12,6 +12,7 @@ GALLERY_COLUMNS = 6  # tiles per row
 GALLERY_COVER = 160  # px, square cover area of a tile
 GALLERY_CAPTION = 40  # px of caption under each cover
 PLACEHOLDER_GREY = (128, 128, 128)
+GALLERY_MAX_NEIGHBOURS = 120  # tiles after the query's: 21 rows, 960 x 4200 px (-k 91717 would ask 8 GiB)
 GALLERY_MAX_PIXELS = 40_000_000  # a cover larger than this is drawn grey, never decoded (decompression bombs)
 
 
