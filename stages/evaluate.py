@@ -71,7 +71,8 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
     device = pick_device(cfg.device, "evaluate.device")
     model, fmap = load_checkpoint(model_path, device)
     test = load_split(test_path, fmap)
-    train_items = read_parquet(train_path, {"item_id": pl.Int32})["item_id"].to_numpy()  # read before the scoring
+    # read before the scoring, and its item ids only (the histories are most of a split's bytes)
+    train_items = read_parquet(train_path, {"item_id": pl.Int32}, select=True)["item_id"].to_numpy()
     if data.source != "mmctr":  # the challenge hides its test labels (below); other sources have them
         require_both_classes(test_path, test.label.numpy(), "test")
     probs = sigmoid(predict_logits(model, test, cfg.batch_size, device))

@@ -520,6 +520,11 @@ def test_outputs_under_a_file_and_a_missing_train_split_fail_before_any_work(lab
     one_line_error(lab.evaluate(model), rf"{re.escape(str(out / 'm.json'))}: cannot write the output "
                                         rf"\({re.escape(str(out))} is a file, not a folder\)")
     out.unlink()
+    out.symlink_to(lab.root / "unmounted")
+    one_line_error(lab.evaluate(model), rf"{re.escape(str(out / 'm.json'))}: cannot write the output "
+                                        rf"\({re.escape(str(out))} is a broken link to "
+                                        rf"{re.escape(str(lab.root / 'unmounted'))}\)")
+    out.unlink()
     (lab.root / "seq/train.parquet").rename(lab.root / "train.parquet")
     one_line_error(lab.evaluate(model), r"seq/train\.parquet: file not found")
     assert not (out / "s.zip").exists() and not (out / "m.json").exists()

@@ -125,6 +125,9 @@ def test_headline_table_keeps_hostile_names_and_values_in_their_cell() -> None:
     assert len(lines) == 4 and "\x1b" not in "".join(lines) and "\u202e" not in "".join(lines)
     assert lines[2].startswith("| workspace | x\\n\\| fake-exp \\| 0.9999 \\|\\x1b]0;title\\x07 | 0.8000 |")
     assert lines[3].startswith("| exp\\|1\\u202e | data/mmctr | 0.8000 |")
+    rows = headline_rows([_revision(None, "workspace", {"x": {"v": "a\\|b"}}, 0.8, 0.81),
+                          _revision("e", "b" * 40, {"x": {"v": "c"}}, 0.8, 0.81)])
+    assert headline_table(rows).splitlines()[2].startswith("| workspace | a\\\\\\|b | 0.8000 |")  # `\|` stays one cell
 
 
 def test_metrics_and_params_of_another_shape_read_as_missing() -> None:

@@ -480,3 +480,27 @@ def test_a_local_text_model_changed_in_place_gets_new_shards(tmp_path: Path, tin
     weights = next(folder.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # the same bytes, rewritten: a retrained model looks like this
     assert text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names != before
+
+
+def test_changed_extraction_code_gets_new_shards(tmp_path: Path, tiny_bert_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interrupted run's shards are reused only by the same code: DVC reruns an extraction after a code fix,
+    and the shards written before it must not come back into the output."""
+    from pipeline.extract import store
+
+    code = tmp_path / "extract"
+    code.mkdir()
+    (code / "text.py").write_text("x = 1\n")
+    monkeypatch.setattr(store, "EXTRACTION_CODE", (code,))
+    store.code_digest.cache_clear()
+    titles = pl.DataFrame({"item_id": pl.Series([1, 2], dtype=pl.Int32), "title": ["cat", "dog"]})
+    cfg = ExtractTextConfig(model=str(tiny_bert_dir))
+    before = text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names
+    (code / "text.py").write_text("x = 2\n")
+    store.code_digest.cache_clear()
+    assert text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names != before
+    (code / "text.py").write_text("x = 1\n")  # the same code again (another mtime): the same shards
+    store.code_digest.cache_clear()
+    assert text_shard_store(tmp_path / "t.parquet", titles, cfg, CPU).names == before
+    monkeypatch.undo()
+    store.code_digest.cache_clear()

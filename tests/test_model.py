@@ -645,13 +645,22 @@ def test_a_model_of_many_gib_is_a_params_error_before_any_layer_is_built():
     stops with one line naming the part's key and the count, before allocating anything; the same model with a
     low-rank cross network and a narrow encoder fits."""
     big = dataclasses.replace(SMALL, embedding_dim=4096, first_k=8, cross_layers=3, cross_rank=0)
-    with pytest.raises(ParamsError, match=r"^train.cross_rank: the model's layers would hold [\d,]+ weights"):
+    with pytest.raises(ParamsError, match=r"^train.cross_rank: the model's layers would hold [\d,]+ weights .*: set a "
+                                          r"low rank \(e\.g\. 8\) instead of 0 \(full rank\)$"):
         built(big)
     parts = big.matrix_weights(MM, 2)
     assert sum(parts.values()) > 8 * 10 ** 10 and max(parts, key=parts.__getitem__) == "cross_rank"
     fits = dataclasses.replace(big, embedding_dim=64, cross_rank=8)
     assert sum(fits.matrix_weights(MM, 2).values()) < 1 << 30
     built(fits)
+    # members train one after another: the cap is per member, so an ensemble of models that fit alone fits too
+    # (the README's winner, 254M weights a member, in an ensemble of 5)
+    winner = dataclasses.replace(SMALL, embedding_dim=64, first_k=16, cross_layers=3, cross_rank=0,
+                                 dnn_hidden_units=(1024, 512, 256), mlp_hidden_units=(64, 32))
+    assert 2e8 < sum(winner.matrix_weights(128, 2).values()) < 1 << 30
+    dataclasses.replace(winner, ensemble=5).check_widths(128, 2)
+    with pytest.raises(ParamsError, match=r"^train\.mm_dim: .* project the frozen embedding to a small width"):
+        dataclasses.replace(SMALL, model="meanpool", mm_dim=0).check_widths(40_000, 2)  # mm_proj: 40000^2 weights
 
 
 def test_encoder_dropout_draws_model_layers_dropout_only_in_training():

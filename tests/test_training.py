@@ -17,7 +17,9 @@ from pipeline.core.config import ModelConfig, ParamsError
 from pipeline.core.io import DataError
 from pipeline.training import loop
 from pipeline.training.checkpoint import (
+    DIGEST_ROWS,
     FitState,
+    digest_rows,
     load_checkpoint,
     resume_fingerprint,
     resume_path,
@@ -137,6 +139,15 @@ def test_a_resume_state_of_other_data_is_not_resumed(tmp_path, caplog):
         assert any(m.startswith("resuming after pass 1") for m in caplog.messages) == resumes
         assert any("written for other train params or data; starting afresh" in m for m in caplog.messages) != resumes
     assert torch.equal(other_tables.item_mm, mm * 2)  # its own item table, not the one the state was written with
+
+
+@pytest.mark.parametrize("n", [1, 2, 4095, 4096, 4097, 16_777_220, 100_000_007, 2**31 + 5])
+def test_digest_rows_are_in_range_and_spread_evenly(n: int) -> None:
+    """The rows of a split the resume digest reads: in 0..n-1 for every size (a float32 linspace gave n past 2^24,
+    and every run on such a split failed before its first step), first and last included, strictly increasing."""
+    rows = digest_rows(n)
+    assert len(rows) == min(n, DIGEST_ROWS) and int(rows[0]) == 0 and int(rows[-1]) == n - 1
+    assert bool((rows[1:] > rows[:-1]).all()) and rows.dtype == torch.int64
 
 
 def test_a_resume_state_that_does_not_fit_restores_nothing(tmp_path, caplog):

@@ -315,12 +315,15 @@ def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(mmctr, ["tune"])
     assert result.exit_code == 1 and result.output.startswith("Error: tune.learning_rate: candidate -0.1 ")
     assert len(result.output.strip().splitlines()) == 1
-    # the search space is the project's params.yaml, the file `dvc exp run -S` reads and writes, found from a
-    # subfolder too; there is no option to name another file, whose values DVC would never run
+    # the search space is the project's params.yaml, the file `dvc exp run -S` reads and writes: there is no option
+    # to name another file, whose values DVC would never run; and it runs at the root, where DVC finds `train`
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")
     result = CliRunner().invoke(mmctr, ["tune"])
-    assert result.exit_code == 1 and result.output.startswith("Error: tune.learning_rate: candidate -0.1 ")
+    assert result.exit_code == 1 and result.output.strip() == (f"Error: run mmctr tune at the project's root "
+                                                               f"({tmp_path.resolve()}), where DVC finds the train "
+                                                               "stage and params.yaml")
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").unlink()
     result = CliRunner().invoke(mmctr, ["tune"])
     assert result.exit_code == 1 and "params file not found" in result.output

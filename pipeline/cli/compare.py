@@ -187,8 +187,9 @@ def headline_rows(exp_show: Any) -> list[dict[str, Any]]:
 
 def _text_cell(value: Any) -> str:
     """A name or params value as one Markdown table cell on one terminal line: it comes from a file anyone may have
-    written, so it may hold a newline, an escape sequence or a `|` that would add rows or columns of its own."""
-    return printable(str(value)).replace("|", "\\|")
+    written, so it may hold a newline, an escape sequence or a `|` (or `\\|`) that would add rows or columns of its
+    own. Its backslashes are doubled first, so the escapes printable writes stay single."""
+    return printable(str(value).replace("\\", "\\\\")).replace("|", "\\|")
 
 
 def headline_table(rows: list[dict[str, Any]], max_params: int = 4) -> str:

@@ -186,10 +186,15 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
     by valid AUC (the test split is never scored) and applies the best: its values into params.yaml, then
-    `dvc repro train`, which checks the trial's model out of DVC's run cache. The params file is the project's
-    own (params.yaml at the DVC root), the one `dvc exp run` reads and writes: no other file could be searched."""
+    `dvc repro train`, which checks the trial's model out of DVC's run cache. Run it at the project's root: the
+    params file is the project's own params.yaml, the one `dvc exp run` reads and writes (no other file could be
+    searched), and its dvc commands name the stage `train` of the root's dvc.yaml."""
     with one_line_errors(TuneError, ValueError):
-        params_path = Path(run_dvc(["dvc", "root"]).strip()) / PARAMS_FILE
+        root = run_dvc(["dvc", "root"]).strip()
+        if Path(root).resolve() != Path.cwd().resolve():
+            raise TuneError(f"run mmctr tune at the project's root ({Path(root).resolve()}), where DVC finds the "
+                            "train stage and params.yaml")
+        params_path = Path(PARAMS_FILE)
         plan = load_trials(params_path, trials)
         names = trial_names(session_number(run_dvc(["dvc", "exp", "list", "--name-only"]).split()), len(plan))
         commands = [(name, trial_command(name, trial, plan[0])) for name, trial in zip(names, plan)]

@@ -42,8 +42,9 @@ MAX_SEED = INT32_MAX  # every `seed` key: numpy, scikit-learn and faiss all take
 MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
 MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
 MAX_ITERATIONS = 10_000  # quantize's k-means iterations per level
-# The weights in a model's layer matrices (ModelConfig.matrix_weights), all ensemble members together: 2^30 float32
-# weights are 4 GiB, and training holds about four times that (gradients, Adam's two moments, the EMA copy).
+# The weights in one model's layer matrices (ModelConfig.matrix_weights; an ensemble's members train one after
+# another): 2^30 float32 weights are 4 GiB, and training holds about four times that (gradients, Adam's two
+# moments, the EMA copy).
 MAX_MATRIX_WEIGHTS = 1 << 30
 PARAMS_FILE = "params.yaml"  # DVC's params file, at the root of the project: `dvc exp run -S` writes into it
 CHALLENGE_EMB_DIM = 128  # the challenge's item_info.item_emb_d128 (data.item_embeddings: challenge_d128)
@@ -574,25 +575,28 @@ class ModelConfig:
 
     def check_widths(self, frozen_dim: int, n_context: int) -> None:
         """What the widths of the data decide (a frozen embedding `frozen_dim` wide, `n_context` context features),
-        checked before a layer is built: num_heads divides the encoder's token width, and all ensemble members'
+        checked before a layer is built: num_heads divides the encoder's token width, and each ensemble member's
         layer matrices hold at most MAX_MATRIX_WEIGHTS weights (past that, an allocation of many GiB fails with a
-        traceback, or the machine swaps). ParamsError naming the train key."""
+        traceback, or the machine swaps). ParamsError naming the train key and what to change."""
         i = self.item_dim(frozen_dim)
         if self.model == "transformer_dcn" and self.use_transformer and (2 * i) % self.num_heads:
             raise ParamsError(f"train.num_heads: {self.num_heads} heads do not divide the encoder's token width "
                               f"{2 * i} (2 x item_dim, item_dim = 2 x embedding_dim + the frozen embedding's "
                               f"{i - 2 * self.embedding_dim}); pick a divisor of {2 * i}")
-        members = [self.member(k).matrix_weights(frozen_dim, n_context) for k in range(self.ensemble)]
-        total = sum(sum(m.values()) for m in members)
+        # the largest member (members differ only by recent_map): they train one after another
+        parts = max((self.member(k).matrix_weights(frozen_dim, n_context) for k in range(self.ensemble)),
+                    key=lambda p: sum(p.values()))
+        total = sum(parts.values())
         if total > MAX_MATRIX_WEIGHTS:
-            parts = {key: sum(m[key] for m in members) for key in members[0]}
             key = max(parts, key=parts.__getitem__)
-            width = f", DCN input {self.dcn_input_dim(i, n_context * self.embedding_dim)}" \
-                if self.model == "transformer_dcn" else ""
+            fix = {"cross_rank": "set a low rank (e.g. 8) instead of 0 (full rank)" if not self.cross_rank else
+                   "lower it or embedding_dim",
+                   "mm_dim": "project the frozen embedding to a small width (e.g. 16) instead of 0 (its own)"
+                   if not self.mm_dim else "lower it"}.get(key, "lower it or embedding_dim")
             gib = total * 4 / 2 ** 30
             raise ParamsError(f"train.{key}: the model's layers would hold {total:,} weights ({gib:,.1f} GiB in "
-                              f"float32), {parts[key]:,} of them in the layers {key} sizes (item width {i}{width}); "
-                              f"at most {MAX_MATRIX_WEIGHTS:,} are built: lower embedding_dim or that key")
+                              f"float32), {parts[key]:,} of them in the layers {key} sizes (item width {i}); at most "
+                              f"{MAX_MATRIX_WEIGHTS:,} are built: {fix}")
 
     def __post_init__(self) -> None:
         """Checked wherever a ModelConfig is made: from params (as TrainConfig.arch) and from a checkpoint.

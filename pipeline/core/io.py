@@ -65,7 +65,9 @@ def _make_parent(path: Path) -> None:
     """Create the folder of output `path`; a file where a folder of its path should be is a DataError naming both
     (mkdir would say only "File exists" or "Not a directory")."""
     for folder in (path.parent, *path.parent.parents):
-        if folder.exists() or folder.is_symlink():
+        if folder.is_symlink() and not folder.exists():
+            raise DataError(f"{path}: cannot write the output ({folder} is a broken link to {os.readlink(folder)})")
+        if folder.exists():
             if not folder.is_dir():
                 raise DataError(f"{path}: cannot write the output ({folder} is a file, not a folder)")
             break
@@ -204,16 +206,24 @@ def reads_parquet(reader: _Reader) -> _Reader:
     return checked  # type: ignore[return-value]
 
 
-def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.DataType]) -> pl.DataFrame:
-    """Read `path`, checking that each named column exists with the given dtype (one-line DataError if not)."""
+def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.DataType], *,
+                 select: bool = False) -> pl.DataFrame:
+    """Read `path` (with `select`, only the named columns: a split's histories are most of its bytes), checking
+    that each named column exists with the given dtype (one-line DataError if not)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        df = pl.read_parquet(path)
-    except Exception as e:  # polars raises several types for corrupt files
+    try:  # polars raises several types for corrupt files
+        schema = pl.read_parquet_schema(path) if select else None
+        df = None if select else pl.read_parquet(path)
+    except Exception as e:
         raise unreadable_parquet(path, e) from None
-    check_schema(path, df.schema, columns)
+    check_schema(path, schema if select else df.schema, columns)
+    if select:
+        try:
+            df = pl.read_parquet(path, columns=list(columns))
+        except Exception as e:
+            raise unreadable_parquet(path, e) from None
     return df
 
 

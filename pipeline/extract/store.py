@@ -15,6 +15,7 @@ On CUDA out-of-memory the batch is halved and retried (`BatchSize`), down to 1."
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -60,9 +61,30 @@ def check_unique_ids(ids: np.ndarray, what: str) -> None:
 # ------------------------------------------------------------------------------------------- shards
 
 
+# The code an extraction runs (its phase and pipeline/core, the stage's dvc.yaml code deps besides its module).
+EXTRACTION_CODE = (Path(__file__).parent, Path(__file__).parents[1] / "core")
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of the extraction code, by content (EXTRACTION_CODE's .py files and open_clip configs), and of the
+    versions of the libraries that compute the vectors."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(json.dumps([version(p) for p in ("torch", "transformers", "open_clip_torch")]).encode())
+    for folder in EXTRACTION_CODE:
+        for path in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".json") and p.is_file()):
+            h.update(f"{path.relative_to(folder.parent).as_posix()}:{path.stat().st_size}:".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(**parts: object) -> str:
-    """A stable hex digest of JSON-able parts (model spec, the params that change the vectors, device kind)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    """A stable hex digest of JSON-able parts (model spec, the params that change the vectors, device kind) and of
+    the code (`code_digest`): the shards of an interrupted run are reused only by a rerun of the same code, where
+    DVC reruns the stage after a code fix too."""
+    return hashlib.sha256(json.dumps({**parts, "code": code_digest()}, sort_keys=True, default=str).encode()
+                          ).hexdigest()
 
 
 def file_stamp(path: str | Path) -> str:

@@ -44,6 +44,13 @@ DATA_BUFFERS = ("item_tags", "item_mm", "item_codes", "item_exposure", "user_key
 DIGEST_ROWS = 4096  # rows of each split digested, spread evenly over it
 
 
+def digest_rows(n: int) -> Tensor:
+    """(min(n, DIGEST_ROWS),) int64 row indices spread evenly over 0..n-1, first and last included; integer
+    arithmetic, since a float32 linspace rounds past 2^24 rows (to an index past the end)."""
+    k = min(n, DIGEST_ROWS)
+    return torch.arange(k) * (n - 1) // max(k - 1, 1)
+
+
 def data_digest(model: nn.Module, *splits: SplitTensors) -> str:
     """A digest of the data a run learns from: the model's data buffers (DATA_BUFFERS: the item tables, the user
     keys; shape, dtype and values) in full, and of each split its row count and DIGEST_ROWS rows spread evenly over
@@ -60,7 +67,7 @@ def data_digest(model: nn.Module, *splits: SplitTensors) -> str:
         if (buffer := getattr(model, name, None)) is not None:
             add(name, buffer)
     for k, split in enumerate(splits):
-        rows = torch.linspace(0, len(split) - 1, min(len(split), DIGEST_ROWS)).long()
+        rows = digest_rows(len(split))
         columns = {"item_seq": split.item_seq, "item_id": split.item_id, "label": split.label,
                    "user_id": split.user_id, **split.context}
         for name, column in sorted(columns.items()):
