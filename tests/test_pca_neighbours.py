@@ -348,6 +348,14 @@ def test_cli_neighbours_gallery_has_a_bounded_canvas(tmp_path: Path) -> None:
     assert not (tmp_path / "g.png").exists()
 
 
+def test_cli_neighbours_on_a_table_without_items_says_so(tmp_path: Path) -> None:
+    _, titles, table = _cli_files(tmp_path)
+    info = _write_item_info(tmp_path, table[:1])  # the padding row only
+    result = CliRunner().invoke(main, ["neighbours", "--item", "1", "--item-info", str(info), "--titles", str(titles)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {info}: holds no items (row 0 is the padding item, items 1..N follow it)"
+
+
 def test_cli_neighbours_refuses_a_params_file_that_is_not_there(tmp_path: Path) -> None:
     """Only the default params.yaml may be absent (the defaults are used); a --params the user named must exist."""
     info, titles, _ = _cli_files(tmp_path)

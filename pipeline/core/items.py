@@ -42,9 +42,11 @@ def check_item_table(frame: pl.DataFrame, where: str) -> None:
 
 def item_info_table(info: pl.DataFrame, where: str) -> np.ndarray:
     """An item table with one item_emb_d<M> column (fit_pca's item_info, or the training's) -> its (N+1, M)
-    float32 embeddings, after checking that row i holds item i and that the column is a list of M finite numbers
-    per row, M >= 1 (the first bad row named, with `where`)."""
+    float32 embeddings, after checking that row i holds item i, that there is an item besides the padding row, and
+    that the column is a list of M finite numbers per row, M >= 1 (the first bad row named, with `where`)."""
     check_item_table(info, where)
+    if info.height < 2:
+        raise DataError(f"{where}: holds no items (row 0 is the padding item, items 1..N follow it)")
     column = find_mm_column(info.columns, where)
     dtype = info.schema[column]
     if not (isinstance(dtype, pl.List | pl.Array) and dtype.inner.is_numeric()):
