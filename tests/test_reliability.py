@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import signal
 import stat
@@ -427,6 +428,19 @@ def test_a_stage_reports_an_unwritable_output_in_one_line(tmp_path: Path, monkey
     line = result.output.strip().splitlines()[-1]  # after the progress bars
     assert line.startswith("Error: ") and "cannot write the output (Read-only file system)" in line
     assert not (tmp_path / "raw").exists()
+
+
+def test_json_outputs_are_valid_json_even_with_nan(tmp_path: Path) -> None:
+    """A metric can be NaN (gAUC when no test user has both labels): Python's json writes `NaN`, which strict
+    parsers and other tools refuse. write_json writes null for every non-finite float, at any depth."""
+    import math
+
+    out = tmp_path / "m.json"
+    write_json({"gauc": math.nan, "curve": [1.0, math.inf, (2.0, -math.inf)], "n": 3, "by": {"0": {"auc": math.nan}}},
+               out)
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"gauc": None, "curve": [1.0, None, [2.0, None]], "n": 3, "by": {"0": {"auc": None}}}
 
 
 def test_the_next_write_removes_a_killed_writers_temp_but_not_a_live_ones(tmp_path: Path) -> None:

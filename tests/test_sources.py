@@ -16,6 +16,7 @@ from pipeline.core.config import (
 from pipeline.core.io import DataError
 from pipeline.sequences.inputs import microlens_sequences
 from pipeline.sources.items import item_cover_paths, item_titles
+from pipeline.sources.microlens import read_impressions
 from tests.conftest import CHALLENGE_ITEMS, challenge_layout
 
 
@@ -120,6 +121,49 @@ def test_repeated_exposures_are_dropped_and_a_conflicting_one_is_an_error(tmp_pa
     with pytest.raises(DataError, match=r"impressions.csv: lines 6 and 7: user 1 shown item 2 at timestamp 30 "
                                         r"with different click flags"):
         microlens_sequences(raw, "error", cfg)
+
+
+def test_a_clicked_exposure_that_pairs_does_not_log_is_an_error(tmp_path):
+    """Histories come from pairs, labels from the impressions: a click logged in pairs at another time than its
+    exposure (here 1 later, as with a shifted clock or seconds against milliseconds) would be in its own exposure's
+    history, the label leaked. Refused, naming both files and the first such exposure."""
+    raw = microlens_release(tmp_path / "ml")
+    cfg = BuildSequencesConfig(max_len=3, negatives="exposures")
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,1,5,0\n1,2,10,1\n1,1,15,0\n1,1,20,1\n"
+                                         "1,2,30,0\n")
+    microlens_sequences(raw, "error", cfg)  # each click at its exposure's timestamp: fine
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,1,5,0\n1,2,11,1\n1,1,15,0\n1,1,21,1\n"
+                                         "1,2,30,0\n")
+    with pytest.raises(DataError, match=r"impressions\.csv: 2 clicked exposures are not clicks of "
+                                        r"MicroLens-100k_pairs\.csv at the same user, item and timestamp \(first: "
+                                        r"user 1, item 2, timestamp 11\)"):
+        microlens_sequences(raw, "error", cfg)
+
+
+def test_an_empty_valid_split_is_named_by_build_sequences(tmp_path):
+    """Under split: time both cuts can land on one timestamp shared by many events (here the last quarter of the
+    clicks): valid then held no row, and train stopped later on its file. build_sequences names the params."""
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_title_en.csv").write_text("".join(f"{i},title {i}\n" for i in range(1, 31)))
+    (raw / "MicroLens-100k_likes_and_views.txt").write_text("".join(f"{i}\t{i}\t{10 * i}\n" for i in range(1, 31)))
+    clicks = [(u, 1 + (3 * u + t) % 30, t) for u in range(1, 11) for t in (1, 2, 3)] + [
+        (u, 1 + (7 * u) % 30, 100) for u in range(1, 11)]
+    (raw / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n"
+                                                                                   for u, i, t in clicks))
+    cfg = BuildSequencesConfig(max_len=3, split="time", valid_frac=0.1, test_frac=0.1, min_history=1)
+    with pytest.raises(DataError, match=r"^build_sequences\.split: no valid rows from .* under split 'time' "
+                                        r"\(valid_frac 0\.1, test_frac 0\.1, min_history 1\)"):
+        microlens_sequences(raw, "error", cfg)
+
+
+def test_a_huge_header_line_is_not_read_nor_quoted_whole(tmp_path):
+    """A malformed pairs or impressions file of one long line (no newline: a sparse file of NULs) used to be read
+    whole into the header check and quoted whole in the error (a 33-million-character line for 8 MiB)."""
+    path = tmp_path / "impressions.csv"
+    path.write_text("x" * 5_000_000)
+    with pytest.raises(DataError) as err:
+        read_impressions(path)
+    assert str(err.value) == f"{path}: line 1: expected header 'user,item,timestamp,click', got {'x' * 60!r} ..."
 
 
 def test_an_item_id_far_beyond_the_titles_is_named_before_anything_is_allocated(tmp_path):

@@ -10,6 +10,7 @@ import errno
 import functools
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -170,9 +171,21 @@ def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
+    """Write `obj` as indented, key-sorted JSON to `path` atomically. A NaN or infinite float is written as null:
+    JSON has no such number, and strict parsers refuse Python's `NaN` (a gAUC where no user has both labels)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(_finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float, at any depth of dicts, lists and tuples, replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def error_summary(e: BaseException) -> str:

@@ -64,6 +64,21 @@ class SequenceData:
         ))
 
 
+def check_clicks_logged(impressions: pl.DataFrame, pairs: pl.DataFrame, impressions_path: Path, pairs_path: Path
+                        ) -> None:
+    """Every clicked exposure (click 1) is one of the clicks (user, item, timestamp) of pairs: the histories are
+    read from pairs, so a click logged there at another time than its exposure (a shifted clock, seconds against
+    milliseconds) would sit in the history of its own exposure, the label leaked into the input. DataError naming
+    both files and the first such exposure."""
+    unlogged = impressions.filter(pl.col("click") == 1).join(pairs, on=["user", "item", "timestamp"], how="anti")
+    if unlogged.height:
+        first = unlogged.row(0, named=True)
+        raise DataError(f"{impressions_path}: {unlogged.height} clicked exposures are not clicks of {pairs_path.name} "
+                        f"at the same user, item and timestamp (first: user {first['user']}, item {first['item']}, "
+                        f"timestamp {first['timestamp']}); the histories come from {pairs_path.name}, so such a click "
+                        "would be in its own exposure's history")
+
+
 def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSequencesConfig) -> SequenceData:
     """A MicroLens raw release (or the synthetic one) -> histories, split and sampled non-clicks."""
     files = find_microlens_files(raw_dir)
@@ -84,6 +99,7 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
                             f"(looked for impressions.csv or MicroLens-<size>_impressions.csv)")
         impressions, n_repeated = drop_repeated_events(read_impressions(files.impressions), files.impressions)
         impressions, n_unknown = check_known_items(impressions, ids, unknown_items, files.impressions)
+        check_clicks_logged(impressions, pairs, files.impressions, files.pairs)
         repeated += n_repeated
         rows: RowSource = build_exposure_rows(pairs, impressions, items, **split)
         dropped += n_unknown
@@ -96,6 +112,11 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
         # and a sequence model would be trained on empty histories without a word.
         raise DataError(f"{files.pairs}: no train row has an earlier click in its history (clicks of a user that "
                         "share a timestamp are not each other's history); check the timestamp column")
+    for name in ("valid", "test"):  # train would stop on an empty valid split, evaluate on an empty test split
+        if not summary[name]["rows"]:
+            raise DataError(f"build_sequences.split: no {name} rows from {raw_dir} under split {cfg.split!r} "
+                            f"(valid_frac {cfg.valid_frac}, test_frac {cfg.test_frac}, min_history "
+                            f"{cfg.min_history}): events that share a cut's timestamp all fall on one side of it")
     return SequenceData({name: rows.lazy(name) for name in SPLITS}, summary, items, len(vocab), cfg.max_tags,
                         cfg.max_len, cfg.n_levels, dropped, repeated)
 

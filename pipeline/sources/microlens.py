@@ -255,6 +255,11 @@ def read_impressions(path: str | Path) -> pl.DataFrame:
     return read_int_csv(path, IMPRESSION_COLUMNS)
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for an error message, cut to `limit` characters (a header line may be a whole file)."""
+    return repr(text[:limit]) + (" ..." if len(text) > limit else "")
+
+
 def read_int_csv(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.DataFrame:
     """A csv whose header is the names of `columns` ((name, kind) pairs, kind `id` = an int in 1..2^31-1 read as
     Int32, `int64` = any 64-bit int, `flag` = 0 or 1 read as Int8) and whose fields are those integers.
@@ -266,9 +271,10 @@ def read_int_csv(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.D
     _require_file(path)
     header = ",".join(name for name, _ in columns)
     with path.open(encoding="utf-8-sig", errors="replace") as f:
-        first = f.readline().rstrip("\r\n")
+        # bounded: a file of one multi-GB line (no newline) must not be read, nor quoted, whole
+        first = f.readline(len(header) + 64).rstrip("\r\n")
     if first != header:
-        raise DataError(f"{path}: line 1: expected header '{header}', got {first!r}")
+        raise DataError(f"{path}: line 1: expected header '{header}', got {_shown(first)}")
     try:
         df = pl.read_csv(path, schema={name: _KIND_DTYPES[kind] for name, kind in columns})
     except pl.exceptions.PolarsError:
@@ -291,7 +297,7 @@ def read_int_csv_reference(path: str | Path, columns: tuple[tuple[str, str], ...
     header = ",".join(name for name, _ in columns)
     lines = _read_lines(path)
     if not lines or lines[0] != header:
-        raise DataError(f"{path}: line 1: expected header '{header}', got {(lines or [''])[0]!r}")
+        raise DataError(f"{path}: line 1: expected header '{header}', got {_shown((lines or [''])[0])}")
     values: list[list[int]] = [[] for _ in columns]
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
