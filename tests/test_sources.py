@@ -82,7 +82,7 @@ def test_exposure_negatives_need_an_impressions_file(tmp_path):
     assert rows["valid"].select("item_id", "item_seq", "label").rows() == [(1, [0, 0, 2], 1.0)]
     assert rows["train"].select("item_id", "item_seq", "label").rows() == [(1, [0, 0, 2], 0.0)]
     (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,9,5,0\n1,2,12,0\n1,2,15,0\n1,2,30,0\n")
-    with pytest.raises(DataError, match="impressions.csv: 1 clicks reference unknown items"):
+    with pytest.raises(DataError, match="impressions.csv: 1 exposures reference unknown items"):
         microlens_sequences(raw, "error", cfg)
     assert microlens_sequences(raw, "drop", cfg).dropped_clicks == 1
 

@@ -361,7 +361,8 @@ def read_pairs_tsv(path: str | Path) -> pl.DataFrame:
 
 def check_known_items(pairs: pl.DataFrame, known: np.ndarray, policy: Literal["error", "drop"],
                       path: str | Path) -> tuple[pl.DataFrame, int]:
-    """Clicks whose item is not in `known` (the item universe, e.g. `item_ids(titles)`), under `policy`.
+    """Clicks (or an impressions log's exposures) whose item is not in `known` (the item universe, e.g.
+    `item_ids(titles)`), under `policy`.
 
     "error": a DataError naming `path` (the pairs file), the number of such clicks and the first one's user and
     item. "drop": returns the pairs without them (order kept) and how many were dropped. Without unknown items
@@ -375,7 +376,8 @@ def check_known_items(pairs: pl.DataFrame, known: np.ndarray, policy: Literal["e
         return pairs, 0
     if policy == "error":
         first = pairs.filter(~is_known).row(0, named=True)
-        raise DataError(f"{path}: {n_unknown} clicks reference unknown items; first: user {first['user']} "
+        what = "exposures" if "click" in pairs.columns else "clicks"  # an impressions log, or pairs
+        raise DataError(f"{path}: {n_unknown} {what} reference unknown items; first: user {first['user']} "
                         f"item {first['item']}")
     return pairs.filter(is_known), n_unknown
 
