@@ -345,6 +345,55 @@ def test_challenge_sequences_and_titles_need_no_item_feature_embeddings(tmp_path
         pca_inputs("challenge_bert_clip", tmp_path, "-", "-")
 
 
+def test_a_test_id_column_must_be_the_row_position(tmp_path: Path) -> None:
+    """The submission's ID is the test row's position: a test file whose own ID column says otherwise (shuffled, a
+    gap, a duplicate) would be scored against the wrong rows by a scorer that joins on it. Refused, naming the row;
+    an ID column that is the position is read (and dropped) as before."""
+    path = tmp_path / "test.parquet"
+    write_frame(challenge_split(ID=[0, 1, 2, 3]), path)
+    assert read_split(path, CHALLENGE_ITEMS, require_labels=False).rows.equals(
+        read_split(write_frame(challenge_split(), tmp_path / "plain.parquet"), CHALLENGE_ITEMS,
+                   require_labels=False).rows)
+    for ids, row, value in (([0, 2, 1, 3], 1, 2), ([0, 1, 1, 3], 2, 1), ([10, 11, 12, 13], 0, 10)):
+        write_frame(challenge_split(ID=ids), path)
+        assert _error(read_split, path, CHALLENGE_ITEMS, require_labels=False) == (
+            f"{path}: row {row}: ID {value} is not the row's position; the submission's IDs are the test rows' "
+            "positions 0..n-1, so sort the file by ID (or drop the column)")
+    write_frame(challenge_split(ID=[5, 5, 5, 5]), tmp_path / "train.parquet")  # only the test split's IDs count
+    read_split(tmp_path / "train.parquet", CHALLENGE_ITEMS)
+
+
+def test_challenge_sequences_refuse_empty_histories_and_cut_before_comparing_lengths(tmp_path: Path) -> None:
+    """Every train history empty is refused as on the MicroLens path (a sequence model would learn from none); and
+    splits padded to different lengths that agree once cut to max_len are read, as the challenge's loader does."""
+    from pipeline.core.config import BuildSequencesConfig
+    from pipeline.sequences.inputs import challenge_sequences
+
+    challenge_layout(tmp_path, tmp_path)
+    write_frame(challenge_split(item_seq=[[0, 0, 0, 0]] * 4), tmp_path / "train.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: every train history is empty"):
+        challenge_sequences(tmp_path, BuildSequencesConfig(max_len=SEQ_LEN))
+    challenge_layout(tmp_path, tmp_path)
+    write_frame(challenge_split(item_seq=[[0, 0, 0, 0, 1], [0, 0, 0, 1, 2], [3, 3, 4, 5, 6], [0] * 5]),
+                tmp_path / "valid.parquet")
+    data = challenge_sequences(tmp_path, BuildSequencesConfig(max_len=3))
+    assert data.splits["valid"].collect()["item_seq"].to_list()[2] == [4, 5, 6]
+    with pytest.raises(DataError, match=r"valid\.parquet: item_seq keeps 5 items \(of 5, build_sequences\.max_len "
+                                        r"50\), but \{'train': 4, 'valid': 5\} across the splits"):
+        challenge_sequences(tmp_path, BuildSequencesConfig(max_len=50))
+
+
+def test_embeddings_too_large_for_float32_distances_are_refused(tmp_path: Path) -> None:
+    """Finite values past 1e15 overflow float32 squared distances (faiss's k-means aborted the process): the item
+    table reader names the row."""
+    emb = np.random.default_rng(0).standard_normal((CHALLENGE_ITEMS + 1, 128)).astype(np.float32)
+    emb[0] = 0
+    emb[3, 5] = 1e19
+    path = write_frame(challenge_item_info(item_emb_d128=emb.tolist()), tmp_path / "item_info.parquet")
+    assert _error(read_item_info, path) == (f"{path}: row 3: item_emb_d128 holds a value beyond +-1e+15 (squared "
+                                            "distances would overflow float32)")
+
+
 def test_challenge_sequences_size_the_tag_table_by_distinct_tags(tmp_path: Path) -> None:
     """item_info's tag ids index the model's tag table: one id of 2^31-1 among 3 distinct tags gives a vocabulary
     of 4 rows (padding + 3) in the feature map, not 2^31, and each item keeps its own tags (by rank)."""

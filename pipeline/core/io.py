@@ -287,8 +287,16 @@ def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | No
     return col.list.to_array(width).to_numpy() if width else np.zeros((len(col), 0))
 
 
+MAX_EMBEDDING_ABS = 1e15  # past it, squared distances of a few hundred dimensions overflow float32 (faiss aborts)
+
+
 def check_finite(path: str | Path, column: str, values: np.ndarray) -> None:
-    """Every row of (rows, width) `values` finite; else a DataError naming the first bad row of `column`."""
+    """Every row of (rows, width) embedding `values` finite and within +-MAX_EMBEDDING_ABS; else a DataError
+    naming the first bad row of `column`."""
     bad = first_true(~np.isfinite(values).all(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad}: {column} holds a non-finite value")
+    bad = first_true((np.abs(values) > MAX_EMBEDDING_ABS).any(axis=1))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad}: {column} holds a value beyond +-{MAX_EMBEDDING_ABS:.0e} (squared "
+                        "distances would overflow float32)")

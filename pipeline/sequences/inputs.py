@@ -137,9 +137,11 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     for name in SPLITS:
         path = getattr(files, name)
         rows = read_split(path, info.n_items, require_labels=name != "test").rows
-        lengths[name] = length = int(rows["item_seq"].list.len().max())
+        length = int(rows["item_seq"].list.len().max())
+        lengths[name] = min(length, cfg.max_len)  # what is kept: splits padded to other lengths past it still agree
         if len(set(lengths.values())) > 1:
-            raise DataError(f"{path}: item_seq has length {length}, but {lengths} across the splits")
+            raise DataError(f"{path}: item_seq keeps {lengths[name]} items (of {length}, build_sequences.max_len "
+                            f"{cfg.max_len}), but {lengths} across the splits")
         if length > cfg.max_len:
             rows = rows.with_columns(pl.col("item_seq").list.slice(length - cfg.max_len))
         splits[name] = rows.lazy()
@@ -147,5 +149,8 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}
         if name != "test":  # train would stop on it after the extraction stages, naming our copy, not this file
             require_both_classes(path, rows["label"].to_numpy(), name)
+    if not summary["train"]["mean_history"]:  # as microlens_sequences: no model of the history could learn one
+        raise DataError(f"{files.train}: every train history is empty (item_seq all padding); a sequence model "
+                        "would be trained on no history at all")
     max_tags = int(items["item_tags"].list.len().max())
     return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)

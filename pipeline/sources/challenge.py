@@ -152,8 +152,8 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
     views_level in 0..10; item_seq of one length (row 0's) with ids in 0..n_items, left-padded (no 0 after an
     item id); no nulls. With require_labels, `label` must exist and be 0 or 1. Without it (test), the labels
     count as hidden when the column is absent, is not numeric (all nulls, text), holds anything but 0 and 1, or is
-    constant (a real test split has both classes); hidden labels come back as 0.0 with labels_hidden=True. Other
-    columns are dropped.
+    constant (a real test split has both classes); hidden labels come back as 0.0 with labels_hidden=True. A test
+    split's `ID` column, if any, must be each row's position (the submission's ID). Other columns are dropped.
 
     The checks are one streaming pass over the file, so only the returned frame is held whole in memory (about
     1 GB peak per million rows of 100-long histories).
@@ -195,6 +195,11 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
     if require_labels:
         checks["label"] = (label.is_null() | ~label.is_in([0.0, 1.0]), label,
                            lambda v: "label is null" if v is None else f"label {v} is not 0 or 1")
+    elif "ID" in schema:  # the submission's ID is the test row's position: an ID column must say the same
+        position = pl.col("ID").cast(pl.Float64, strict=False) != pl.col("_row")
+        checks["ID"] = (position.fill_null(True), pl.col("ID"),
+                        lambda v: f"ID {v} is not the row's position; the submission's IDs are the test rows' "
+                                  "positions 0..n-1, so sort the file by ID (or drop the column)")
 
     first_bad = lf.select([pl.col("_row").filter(bad).min().alias(name) for name, (bad, _, _) in checks.items()]
                           ).collect(engine="streaming").row(0, named=True)
