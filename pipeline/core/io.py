@@ -227,17 +227,12 @@ def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.Dat
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:  # polars raises several types for corrupt files
-        schema = pl.read_parquet_schema(path) if select else None
-        df = None if select else pl.read_parquet(path)
+        check_schema(path, pl.read_parquet_schema(path), columns)
+        return pl.read_parquet(path, columns=list(columns) if select else None)
+    except DataError:
+        raise
     except Exception as e:
         raise unreadable_parquet(path, e) from None
-    check_schema(path, schema if select else df.schema, columns)
-    if select:
-        try:
-            df = pl.read_parquet(path, columns=list(columns))
-        except Exception as e:
-            raise unreadable_parquet(path, e) from None
-    return df
 
 
 def check_schema(path: str | Path, schema: pl.Schema, columns: dict[str, type[pl.DataType] | pl.DataType]) -> None:
@@ -290,13 +285,13 @@ def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | No
 MAX_EMBEDDING_ABS = 1e15  # past it, squared distances of a few hundred dimensions overflow float32 (faiss aborts)
 
 
-def check_finite(path: str | Path, column: str, values: np.ndarray) -> None:
+def check_finite(path: str | Path, column: str, values: np.ndarray, ids: np.ndarray | None = None) -> None:
     """Every row of (rows, width) embedding `values` finite and within +-MAX_EMBEDDING_ABS; else a DataError
-    naming the first bad row of `column`."""
-    bad = first_true(~np.isfinite(values).all(axis=1))
-    if bad is not None:
-        raise DataError(f"{path}: row {bad}: {column} holds a non-finite value")
-    bad = first_true((np.abs(values) > MAX_EMBEDDING_ABS).any(axis=1))
-    if bad is not None:
-        raise DataError(f"{path}: row {bad}: {column} holds a value beyond +-{MAX_EMBEDDING_ABS:.0e} (squared "
-                        "distances would overflow float32)")
+    naming the first bad row of `column` (or its item, `ids[row]`, when the rows are not the file's)."""
+    for bad_rows, problem in ((~np.isfinite(values).all(axis=1), "a non-finite value"),
+                              ((np.abs(values) > MAX_EMBEDDING_ABS).any(axis=1),
+                               f"a value beyond +-{MAX_EMBEDDING_ABS:.0e} (squared distances would overflow float32)")):
+        bad = first_true(bad_rows)
+        if bad is not None:
+            where = f"row {bad}" if ids is None else f"item {ids[bad]}"
+            raise DataError(f"{path}: {where}: {column} holds {problem}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.core.io import DataError, first_true, read_parquet
+from pipeline.core.io import check_finite, read_parquet
 from pipeline.itememb.pca import aligned_matrices
 from pipeline.sources.challenge import find_challenge_files, read_item_feature, read_item_info
 
@@ -25,9 +25,7 @@ def pca_inputs(item_embeddings: str, raw_dir: str | Path, text: str | Path, imag
     ids, text_emb, image_emb = aligned_matrices(read_parquet(text, {"item_id": pl.Int32}),
                                                 read_parquet(image, {"item_id": pl.Int32}))
     for path, emb in ((text, text_emb), (image, image_emb)):  # a NaN would reach scikit-learn's PCA as a traceback
-        bad = first_true(~np.isfinite(emb).all(axis=1))
-        if bad is not None:
-            raise DataError(f"{path}: item {ids[bad]}: emb holds a non-finite value")
+        check_finite(path, "emb", emb, ids)  # rows aligned by id, not the file's: name the item
     return ids, text_emb, image_emb
 
 
