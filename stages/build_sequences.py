@@ -16,7 +16,16 @@ import click
 
 from pipeline.core.config import BuildSequencesConfig, load_section
 from pipeline.core.io import atomic_path, prepare_outputs, write_json, write_parquet
-from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
+from pipeline.core.stage import (
+    PathArg,
+    data_section,
+    file_options,
+    params_option,
+    raw_dir_option,
+    readable,
+    stage_main,
+    summary,
+)
 from pipeline.sequences.build import SPLITS
 from pipeline.sequences.inputs import challenge_sequences, microlens_sequences
 
@@ -25,7 +34,7 @@ log = logging.getLogger("build_sequences")
 
 @click.command(help=summary(__doc__))
 @raw_dir_option
-@click.option("--out-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out-dir", required=True, type=PathArg(file_okay=False))
 @file_options("--items:items_out", "--feature-map", "--metrics")
 @params_option
 @stage_main
@@ -45,7 +54,8 @@ def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, me
     write_parquet(seqs.items, items_out)
     seqs.feature_map().save(feature_map)
     write_json(seqs.summary | {"items": seqs.items.height - 1, "tags": seqs.n_tags,
-                               "dropped_clicks": seqs.dropped_clicks, "repeated_events": seqs.repeated_events},
+                               "dropped_clicks": seqs.dropped_clicks, "repeated_events": seqs.repeated_events,
+                               "short_history": seqs.short_history},
                metrics)
 
 

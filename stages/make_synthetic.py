@@ -14,14 +14,14 @@ from pathlib import Path
 import click
 
 from pipeline.core.config import MakeSyntheticConfig, load_section
-from pipeline.core.stage import params_option, stage_main, summary
+from pipeline.core.stage import PathArg, params_option, stage_main, summary
 from pipeline.sources.synthetic import generate
 
 log = logging.getLogger("make_synthetic")
 
 
 @click.command(help=summary(__doc__))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="raw dataset directory to write")
+@click.option("--out", required=True, type=PathArg(file_okay=False), help="raw dataset directory to write")
 @params_option
 @stage_main
 def main(out: str, params_path: str) -> None:

@@ -30,7 +30,7 @@ from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import prepare_outputs
 from pipeline.core.metrics import require_both_classes
-from pipeline.core.stage import file_options, params_option, set_threads, stage_main, summary
+from pipeline.core.stage import PathArg, file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import (
     check_item_tables,
@@ -49,7 +49,7 @@ log = logging.getLogger("train")
 @click.command(help=summary(__doc__))
 @file_options("--train:train_path", "--valid:valid_path", "--item-info", "--feature-map", "--semantic-ids",
               "--model:model_path")
-@click.option("--live-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--live-dir", required=True, type=PathArg(file_okay=False))
 @params_option
 @stage_main
 def main(train_path: str, valid_path: str, item_info: str, feature_map: str, semantic_ids: str, model_path: str,

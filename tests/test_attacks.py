@@ -560,6 +560,10 @@ def test_cli_attacks(lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     garbage.write_bytes(np.random.default_rng(2).bytes(500))
     one_line_error(CliRunner().invoke(mmctr, ["neighbours", "--item", "3", "--item-info", str(garbage)]),
                    r"garbage\.parquet: not a readable parquet file")
+    for option in ("--item-info", "--params", "--titles", "--raw-dir", "--gallery", "--semantic-ids"):
+        # "" is "." to pathlib: the error must name the option, not a file "."
+        one_line_error(CliRunner().invoke(mmctr, ["neighbours", "--item", "3", "--item-info", info, f"{option}="]),
+                       rf"Invalid value for .{option}.: an empty path", status=2)
     monkeypatch.chdir(tmp_path)  # no DVC repository here
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     one_line_error(CliRunner().invoke(mmctr, ["compare"]), r"`dvc exp show` failed")

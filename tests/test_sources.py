@@ -174,3 +174,26 @@ def test_an_item_id_far_beyond_the_titles_is_named_before_anything_is_allocated(
         with pytest.raises(DataError, match=r"MicroLens-100k_title_en.csv: item_id 2000000000 is beyond the 2 "
                                             r"titles; item ids must be 1..2"):
             read()
+
+
+@pytest.mark.parametrize("negatives", ["sampled", "exposures"])
+def test_events_without_min_history_earlier_clicks_are_counted(tmp_path, negatives):
+    """Clicks (a click log) or exposures (an exposure log) with fewer than min_history earlier clicks of their user
+    give no row; build_sequences.json counts them, so a user sees how much of the log was left out."""
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_title_en.csv").write_text("".join(f"{i},title {i}\n" for i in range(1, 9)))
+    (raw / "MicroLens-100k_likes_and_views.txt").write_text("".join(f"{i}\t{i}\t{10 * i}\n" for i in range(1, 9)))
+    clicks = [(u, (u + k) % 8 + 1, 100 * k + u) for u in range(1, 5) for k in range(6)]  # click k: k earlier ones
+    (raw / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n" + "".join(f"{u},{i},{t}\n"
+                                                                                    for u, i, t in clicks))
+    # each click is a clicked exposure, and one unclicked exposure follows it (with k + 1 earlier clicks)
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n" + "".join(
+        f"{u},{i},{t},1\n{u},{i % 8 + 1},{t + 1},0\n" for u, i, t in clicks))
+    for m in (0, 1, 2):
+        seqs = microlens_sequences(raw, "error", BuildSequencesConfig(max_len=3, negatives=negatives, min_history=m))
+        short = 4 * (m + max(m - 1, 0)) if negatives == "exposures" else 4 * m  # 4 users
+        assert seqs.short_history == short, m
+        if negatives == "exposures":
+            assert sum(v["rows"] for v in seqs.summary.values()) + short == 2 * len(clicks)
+        else:
+            assert sum(v["clicks"] for v in seqs.summary.values()) + short == len(clicks)

@@ -36,7 +36,7 @@ from pipeline.cli.tune import (
 from pipeline.core.config import PARAMS_FILE, DataConfig, load_section
 from pipeline.core.io import DataError, read_parquet
 from pipeline.core.items import item_info_table, read_semantic_ids, unit_rows
-from pipeline.core.stage import one_line_errors
+from pipeline.core.stage import PathArg, one_line_errors
 from pipeline.itememb.gallery import GALLERY_MAX_NEIGHBOURS, check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import item_neighbours
 from pipeline.itememb.quantize import code_neighbours
@@ -55,19 +55,19 @@ def main() -> None:
 @click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
               help="how many neighbours (at most the other items in the table)")
 @click.option("--item-info", default="data/features/item_info.parquet", show_default=True,
-              type=click.Path(dir_okay=False), help="PCA item table written by fit_pca")
-@click.option("--gallery", default=None, type=click.Path(dir_okay=False),
+              type=PathArg(dir_okay=False), help="PCA item table written by fit_pca")
+@click.option("--gallery", default=None, type=PathArg(dir_okay=False),
               help="also draw the query's and the neighbours' covers, ids, titles and scores into this .png")
-@click.option("--params", "params_path", default=PARAMS_FILE, show_default=True, type=click.Path(dir_okay=False),
+@click.option("--params", "params_path", default=PARAMS_FILE, show_default=True, type=PathArg(dir_okay=False),
               help="its data section (source, raw_dir) says where titles and covers are; defaults if params.yaml is "
                    "absent")
-@click.option("--raw-dir", default=None, type=click.Path(file_okay=False), help="overrides data.raw_dir")
-@click.option("--titles", default=None, type=click.Path(dir_okay=False),
+@click.option("--raw-dir", default=None, type=PathArg(file_okay=False), help="overrides data.raw_dir")
+@click.option("--titles", default=None, type=PathArg(dir_okay=False),
               help="a MicroLens titles file, instead of the titles of data.source in the raw folder")
 @click.option("--by", type=click.Choice(["cosine", "codes"]), default="cosine", show_default=True,
               help="cosine: nearest by the PCA embedding (faiss); codes: longest shared semantic id prefix")
 @click.option("--semantic-ids", default="data/features/semantic_ids.parquet", show_default=True,
-              type=click.Path(dir_okay=False), help="with --by codes: the codes written by the quantize stage")
+              type=PathArg(dir_okay=False), help="with --by codes: the codes written by the quantize stage")
 def neighbours(item_id: int, k: int, item_info: str, gallery: str | None, params_path: str, raw_dir: str | None,
                titles: str | None, by: str, semantic_ids: str) -> None:
     """Print ITEM's k nearest items (cosine over the PCA embedding, via faiss) with their titles; with
@@ -168,7 +168,7 @@ def results(all_commits: bool) -> None:
 
 @main.command()
 @click.argument("revisions", nargs=-1)
-@click.option("--out", default="dvc_plots", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="dvc_plots", show_default=True, type=PathArg(file_okay=False),
               help="folder for index.html")
 def plots(revisions: tuple[str, ...], out: str) -> None:
     """DVC's plots page (ROC, calibration, PCA variance, training curves) with Vega inlined, so that it opens

@@ -23,15 +23,26 @@ from pipeline.core.io import DataError, error_errno
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class PathArg(click.Path):
+    """click.Path that refuses an empty value: `--item-info=` would otherwise be the path "" (the current folder,
+    ".", to pathlib), and fail later naming "." instead of the option."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 params_option = click.option(
     "--params", "params_path", default=PARAMS_FILE, show_default=True,
-    type=click.Path(dir_okay=False), help="params file holding this stage's section",
+    type=PathArg(dir_okay=False), help="params file holding this stage's section",
 )
 
 # dvc.yaml never passes --raw-dir: a params value interpolated into a stage's `cmd` is run by a shell, so a folder
 # named `x;touch PWNED` would run code. The stage reads data.raw_dir from its params file instead.
 raw_dir_option = click.option(
-    "--raw-dir", default=None, type=click.Path(file_okay=False),
+    "--raw-dir", default=None, type=PathArg(file_okay=False),
     help="raw folder of data.source  [default: data.raw_dir of --params]",
 )
 
@@ -48,7 +59,7 @@ def file_options(*names: str) -> Callable[[F], F]:
     def apply(fn: F) -> F:
         for spec in reversed(names):
             flag, _, dest = spec.partition(":")
-            fn = click.option(flag, *([dest] if dest else []), required=True, type=click.Path(dir_okay=False))(fn)
+            fn = click.option(flag, *([dest] if dest else []), required=True, type=PathArg(dir_okay=False))(fn)
         return fn
 
     return apply

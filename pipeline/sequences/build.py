@@ -353,6 +353,8 @@ class RowSource:
     `frames` assembles the chunks on ASSEMBLY_THREADS threads (numpy releases the GIL in the gathers and copies that
     dominate), in order, and `lazy` and `collect` are built on it."""
 
+    keep: np.ndarray  # (units,) bool: the unit has at least min_history earlier clicks (no row otherwise)
+
     def units_of(self, name: str) -> np.ndarray:
         raise NotImplementedError
 

@@ -50,6 +50,8 @@ class SequenceData:
     n_levels: int  # likes/views levels are 0..n_levels-1
     dropped_clicks: int  # clicks on unknown items dropped under data.unknown_items: drop
     repeated_events: int  # click and exposure rows that repeated an earlier row exactly, dropped
+    short_history: int  # clicks (a click log) or exposures (an exposure log) with fewer than min_history earlier
+    #                     clicks: no row, in any split
 
     def feature_map(self) -> FeatureMap:
         """The feature map of these splits (the frozen item embedding is added by train)."""
@@ -118,7 +120,7 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
                             f"(valid_frac {cfg.valid_frac}, test_frac {cfg.test_frac}, min_history "
                             f"{cfg.min_history}): events that share a cut's timestamp all fall on one side of it")
     return SequenceData({name: rows.lazy(name) for name in SPLITS}, summary, items, len(vocab), cfg.max_tags,
-                        cfg.max_len, cfg.n_levels, dropped, repeated)
+                        cfg.max_len, cfg.n_levels, dropped, repeated, int(rows.keep.size - rows.keep.sum()))
 
 
 def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> SequenceData:
@@ -153,4 +155,4 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
         raise DataError(f"{files.train}: every train history is empty (item_seq all padding); a sequence model "
                         "would be trained on no history at all")
     max_tags = int(items["item_tags"].list.len().max())
-    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0)
+    return SequenceData(splits, summary, items, n_tags, max_tags, min(length, cfg.max_len), N_LEVELS, 0, 0, 0)
