@@ -67,6 +67,17 @@ def test_a_checkpoint_that_runs_code_on_load_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_a_load_error_without_text_is_still_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception with an empty message has no first line: the error names its type instead of failing."""
+
+    def fail(*args, **kwargs):
+        raise ValueError()
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(DataError, match=r"model\.pt: not a valid mmctr checkpoint \(ValueError\)$"):
+        load_checkpoint(tmp_path / "model.pt", torch.device("cpu"))
+
+
 def test_a_resume_state_that_runs_code_is_ignored_not_run(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     state = _hostile(tmp_path / "state.pt", marker)

@@ -83,14 +83,19 @@ def prepare_outputs(*paths: str | Path) -> None:
     for path in map(Path, paths):
         with _output_errors(path):
             _make_parent(path)
-            fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            os.unlink(probe)
+            _temp_file(path).unlink()
 
 
 def _temp_prefix(path: Path) -> str:
     """Temp siblings are named `.<name>.<pid>.<random>.tmp`, so a later run can tell whose they are."""
     return f".{path.name}.{os.getpid()}."
+
+
+def _temp_file(path: Path) -> Path:
+    """A new empty temp sibling of `path` (mode 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -132,9 +137,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     with _output_errors(path):
         _make_parent(path)
         _remove_stale_temps(path)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = _temp_file(path)
         try:
             yield tmp_path
             _plain_mode(tmp_path, directory=False)
@@ -188,11 +191,17 @@ def _finite_or_null(obj: Any) -> Any:
     return obj
 
 
-def error_summary(e: BaseException) -> str:
-    """An exception in a few words for a one-line error: its type and the first line of its text (200 characters
-    at most), for errors of libraries that raise many types (polars, transformers, open_clip, torch.load)."""
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text, 200 characters at most ("" for an exception without text)."""
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    return lines[0][:200] if lines else ""
+
+
+def error_summary(e: BaseException) -> str:
+    """An exception in a few words for a one-line error: its type and the first line of its text, for errors of
+    libraries that raise many types (polars, transformers, open_clip, torch.load)."""
+    line = first_line(e)
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 def unreadable_parquet(path: str | Path, e: BaseException) -> DataError:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from pipeline.core.config import PARAMS_FILE, DataConfig, ParamsError, load_section
-from pipeline.core.io import DataError, error_errno
+from pipeline.core.io import DataError, error_errno, first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,8 +87,8 @@ def error_line(e: BaseException) -> str | None:
     if code is None:
         return None
     filename = getattr(e, "filename", None)
-    reason = os.strerror(code) if code else str(e).splitlines()[0]
-    return f"{filename}: {reason}" if filename else f"{reason} ({str(e).splitlines()[0][:200]})"
+    reason = os.strerror(code) if code else first_line(e)
+    return f"{filename}: {reason}" if filename else f"{reason} ({first_line(e)})"
 
 
 @contextmanager

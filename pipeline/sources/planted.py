@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import BuildSequencesConfig, MakeSyntheticConfig
-from pipeline.core.io import DataError, atomic_path
+from pipeline.core.io import DataError, atomic_path, error_summary
 from pipeline.core.items import unit_rows
 from pipeline.sources.microlens import count_before
 
@@ -110,8 +110,7 @@ class PlantedModel:
         except DataError:
             raise
         except Exception as e:  # zipfile, numpy and OS errors all mean "not a readable npz"
-            detail = str(e).splitlines()[0] if str(e) else ""
-            raise DataError(f"{path}: not a readable planted-model npz ({type(e).__name__}: {detail})") from None
+            raise DataError(f"{path}: not a readable planted-model npz ({error_summary(e)})") from None
         if scalars["click_model"] not in CLICK_MODELS:
             raise DataError(f"{path}: click_model must be one of {', '.join(CLICK_MODELS)}, got "
                             f"{scalars['click_model']!r}")

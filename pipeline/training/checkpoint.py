@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from model.factory import build_model
 from pipeline.core.config import ModelConfig, TrainConfig, params_dict
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.io import DataError, atomic_path, error_summary
+from pipeline.core.io import DataError, atomic_path, error_summary, first_line
 from pipeline.training.data import SplitTensors
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None
     except (RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise DataError(f"{path}: not a valid mmctr checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise DataError(f"{path}: not a valid mmctr checkpoint ({first_line(e) or type(e).__name__})") from None
     # training stops at a non-finite loss, so such a weight means a damaged or crafted file: it would score NaN
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
