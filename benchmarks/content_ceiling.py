@@ -55,9 +55,10 @@ def ceiling(variant: Variant, folder: Path) -> list[dict[str, object]]:
     model, new, pairs, test = drawn.model, drawn.new_items, drawn.pairs, drawn.rows.collect("test")
     n = model.n_items
     likes, views = (drawn.item_table[c].to_numpy().astype(np.int64) for c in ("likes_level", "views_level"))
-    train_items = pl.read_parquet(folder / "data" / "train.parquet", columns=["item_id"])["item_id"].to_numpy()
+    train_items = pl.read_parquet(folder / "data" / "train.parquet", glob=False,
+                                  columns=["item_id"])["item_id"].to_numpy()
     exposures = np.bincount(train_items, minlength=n + 1)
-    info = pl.read_parquet(folder / "data" / "item_info.parquet").sort("item_id")
+    info = pl.read_parquet(folder / "data" / "item_info.parquet", glob=False).sort("item_id")
     emb = np.vstack(info["item_emb_d128"].to_numpy())  # (N+1, 128)
 
     # New items held out: estimate them from the others. Otherwise: every item, from all of them (in sample).

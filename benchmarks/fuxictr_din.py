@@ -284,7 +284,7 @@ def read_versus(path: Path, test: SplitTensors) -> np.ndarray:
     fails naming the file (and the first row that differs)."""
     keys = ["user_id", "item_id", "label"]
     try:
-        preds = pl.read_parquet(path, columns=[*keys, "score"])
+        preds = pl.read_parquet(path, glob=False, columns=[*keys, "score"])
     except (pl.exceptions.PolarsError, OSError) as err:
         raise click.ClickException(f"{path}: not an evaluate predictions file ({str(err).splitlines()[0]})") from err
     if preds.height != len(test):

@@ -61,7 +61,7 @@ def item_table(items: int, seed: int) -> pl.DataFrame:
 
 def full_path(pairs_path: str, items: int, params: dict, write_dir: str | None, seed: int) -> dict:
     """Run in a fresh process: read the log, build, assemble every row, write; wall times and peak RSS."""
-    pairs = pl.read_parquet(pairs_path)
+    pairs = pl.read_parquet(pairs_path, glob=False)
     table = item_table(items, seed)
     out: dict = {"clicks": pairs.height}
     t0 = time.perf_counter()

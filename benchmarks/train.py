@@ -54,7 +54,7 @@ class RowDataset(torch.utils.data.Dataset):
     """The plain way: one row's tensors per __getitem__, from Python lists of the split's columns."""
 
     def __init__(self, path: str, context: list[str], pad_to: int):
-        df = pl.read_parquet(path)
+        df = pl.read_parquet(path, glob=False)
         self.cols = {c: df[c].to_list() for c in ["item_seq", "item_id", "user_id", "label", *context]}
         self.cols["item_seq"] = [[0] * (pad_to - len(s)) + s for s in self.cols["item_seq"]]
         self.context = context

@@ -552,7 +552,7 @@ def run_stages(folder: Path, work: Path, params: dict[str, Any], threads: int) -
           "--submission", str(work / "submission.zip"))
     return {"test": json.loads((work / "evaluate.json").read_text()),
             "train": json.loads((work / "live" / "metrics.json").read_text()),
-            "scores": pl.read_parquet(work / "predictions.parquet")["score"].to_numpy()}
+            "scores": pl.read_parquet(work / "predictions.parquet", glob=False)["score"].to_numpy()}
 
 
 def parse_sets(sets: tuple[str, ...]) -> dict[str, Any]:
@@ -603,7 +603,7 @@ def run(data: Path, profiles: tuple[str, ...], sets: tuple[str, ...], only: tupl
                "| gap to history oracle | epochs | s |")
     click.echo("|---|---|---|---|---|---|---|---|---|---|")
     for folder in folders:
-        truth = pl.read_parquet(folder / "truth.parquet")
+        truth = pl.read_parquet(folder / "truth.parquet", glob=False)
         labels = truth["label"].to_numpy()
         h_auc, o_auc = auc(labels, truth["history_oracle"].to_numpy()), auc(labels, truth["oracle"].to_numpy())
         for profile in profiles:

@@ -79,7 +79,7 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
     if (bad := first_true(np.isnan(probs))) is not None:
         raise DataError(f"{model_path}: the model scores row {bad} of {test_path} as NaN")
     labels = test.label.numpy()
-    rows = pl.read_parquet(test_path, columns=["user_id", "item_id", "event_ts", "label"])
+    rows = pl.read_parquet(test_path, glob=False, columns=["user_id", "item_id", "event_ts", "label"])
     preds = rows.with_columns(score=pl.Series(probs))
     out: dict[str, object] = {"rows": len(test)}
     if data.source == "mmctr" and np.unique(labels).size < 2:

@@ -345,6 +345,43 @@ def test_challenge_sequences_and_titles_need_no_item_feature_embeddings(tmp_path
         pca_inputs("challenge_bert_clip", tmp_path, "-", "-")
 
 
+@pytest.mark.parametrize("name", ["mm[1]", "mm*", "mm?"])
+def test_folder_names_that_look_like_patterns_are_read_as_names(tmp_path: Path, name: str) -> None:
+    """polars expands `[`, `*` and `?` in a path unless told not to: a folder `mm[1]` read its sibling `mm1`'s
+    files, and `mm*` every match's rows joined. A folder is read by its name, whatever siblings it has."""
+    from pipeline.core.config import BuildSequencesConfig
+    from pipeline.sequences.inputs import challenge_sequences
+    from pipeline.sources.items import item_titles
+
+    cfg = BuildSequencesConfig(max_len=SEQ_LEN)
+    challenge_layout(tmp_path / "clean", tmp_path / "clean")
+    challenge_layout(tmp_path / name, tmp_path / name)
+    for sibling in ("mm1", "mm_", "mmx"):  # a match of each pattern, with every label and title changed
+        challenge_layout(tmp_path / sibling, tmp_path / sibling)
+        for split in ("train", "valid", "test"):
+            path = tmp_path / sibling / f"{split}.parquet"
+            write_frame(pl.read_parquet(path).with_columns(label=1 - pl.col("label")), path)
+        feature = tmp_path / sibling / "item_feature.parquet"
+        write_frame(pl.read_parquet(feature).with_columns(item_title=pl.lit("other")), feature)
+    clean, read = challenge_sequences(tmp_path / "clean", cfg), challenge_sequences(tmp_path / name, cfg)
+    assert read.summary == clean.summary and read.items.equals(clean.items)
+    for split in ("train", "valid", "test"):
+        assert read.splits[split].collect().equals(clean.splits[split].collect())
+    assert item_titles("mmctr", tmp_path / name).equals(item_titles("mmctr", tmp_path / "clean"))
+
+
+def test_other_columns_of_a_split_may_have_any_name_and_a_partitioned_folder_is_named(tmp_path: Path) -> None:
+    plain = read_split(write_frame(challenge_split(), tmp_path / "plain.parquet"), CHALLENGE_ITEMS).rows
+    extra = write_frame(challenge_split().with_columns(_row=pl.lit(7), ID=pl.lit(3)), tmp_path / "extra.parquet")
+    assert read_split(extra, CHALLENGE_ITEMS).rows.equals(plain)  # `_row` is the reader's own row index's name
+    challenge_layout(tmp_path / "spark", tmp_path / "spark")
+    (tmp_path / "spark" / "train.parquet").unlink()
+    (tmp_path / "spark" / "train.parquet").mkdir()
+    write_frame(challenge_split(), tmp_path / "spark" / "train.parquet" / "part-00000.parquet")
+    with pytest.raises(DataError, match=r"spark/train\.parquet: a folder, not a file \(a partitioned dataset"):
+        find_challenge_files(tmp_path / "spark")
+
+
 def test_a_test_id_column_must_be_the_row_position(tmp_path: Path) -> None:
     """The submission's ID is the test row's position: a test file whose own ID column says otherwise (shuffled, a
     gap, a duplicate) would be scored against the wrong rows by a scorer that joins on it. Refused, naming the row;

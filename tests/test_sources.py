@@ -16,7 +16,7 @@ from pipeline.core.config import (
 from pipeline.core.io import DataError
 from pipeline.sequences.inputs import microlens_sequences
 from pipeline.sources.items import item_cover_paths, item_titles
-from pipeline.sources.microlens import read_impressions
+from pipeline.sources.microlens import read_impressions, read_pairs
 from tests.conftest import CHALLENGE_ITEMS, challenge_layout
 
 
@@ -197,3 +197,25 @@ def test_events_without_min_history_earlier_clicks_are_counted(tmp_path, negativ
             assert sum(v["rows"] for v in seqs.summary.values()) + short == 2 * len(clicks)
         else:
             assert sum(v["clicks"] for v in seqs.summary.values()) + short == len(clicks)
+
+
+def test_a_raw_folder_named_like_a_pattern_is_read_by_its_name(tmp_path):
+    """polars' CSV reader expands `[...]` in a path by default: `ml[1]`'s pairs were read from a sibling `ml1`."""
+    raw = microlens_release(tmp_path / "ml[1]")
+    other = microlens_release(tmp_path / "ml1")
+    (other / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n7,1,10\n7,2,20\n")
+    assert read_pairs(raw / "MicroLens-100k_pairs.csv")["user"].to_list() == [1, 1]
+
+
+def test_every_polars_read_of_a_path_turns_globbing_off():
+    """The guard for the test above, for every reader: a polars read or scan without glob=False would expand a
+    user's folder name as a pattern."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    calls = re.compile(r"pl\.(read|scan)_(parquet|csv|ipc|ndjson|parquet_schema)\(")
+    for path in sorted((root / "pipeline").rglob("*.py")) + sorted((root / "stages").rglob("*.py")):
+        text = path.read_text()
+        for match in calls.finditer(text):
+            call = text[match.start():text.index(")", match.end()) + 1]
+            assert "glob=False" in call, f"{path.relative_to(root)}: {call}"

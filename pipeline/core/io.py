@@ -228,6 +228,13 @@ def reads_parquet(reader: _Reader) -> _Reader:
     return checked  # type: ignore[return-value]
 
 
+def parquet_schema(path: str | Path) -> pl.Schema:
+    """The schema of the parquet file at `path`, from its footer. Every polars read in the project passes
+    glob=False: polars expands `[`, `*` and `?` in a path by default, so a folder named `mm[1]` would read its
+    sibling `mm1`'s file, and `mm*` every match's rows joined (pl.read_parquet_schema has no such switch)."""
+    return pl.scan_parquet(path, glob=False).collect_schema()
+
+
 def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.DataType], *,
                  select: bool = False) -> pl.DataFrame:
     """Read `path` (with `select`, only the named columns: a split's histories are most of its bytes), checking
@@ -236,8 +243,8 @@ def read_parquet(path: str | Path, columns: dict[str, type[pl.DataType] | pl.Dat
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:  # polars raises several types for corrupt files
-        check_schema(path, pl.read_parquet_schema(path), columns)
-        return pl.read_parquet(path, columns=list(columns) if select else None)
+        check_schema(path, parquet_schema(path), columns)
+        return pl.read_parquet(path, glob=False, columns=list(columns) if select else None)
     except DataError:
         raise
     except Exception as e:

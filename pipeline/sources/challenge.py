@@ -36,6 +36,7 @@ from pipeline.core.io import (
     check_range,
     first_true,
     list_matrix,
+    parquet_schema,
     reads_parquet,
     unreadable_parquet,
 )
@@ -73,6 +74,10 @@ def _locate(data_dir: Path, name: str, is_dir: bool = False) -> Path | None:
     """data_dir/name or data_dir/MicroLens_1M_x1/name; both present is a DataError naming both."""
     found = [d / name for d in (data_dir, data_dir / CHALLENGE_SUBDIR)
              if ((d / name).is_dir() if is_dir else (d / name).is_file())]
+    if not is_dir and (folder := next((d / name for d in (data_dir, data_dir / CHALLENGE_SUBDIR)
+                                       if (d / name).is_dir()), None)):
+        raise DataError(f"{folder}: a folder, not a file (a partitioned dataset, as Spark writes?); write it as one "
+                        "parquet file")
     if len(found) > 1:
         raise DataError(f"{data_dir}: both {found[0]} and {found[1]} exist; keep one")
     return found[0] if found else None
@@ -102,7 +107,7 @@ def _schema(path: Path) -> dict[str, pl.DataType]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return dict(pl.read_parquet_schema(path))
+        return dict(parquet_schema(path))
     except Exception as e:  # polars raises several types for corrupt files
         raise unreadable_parquet(path, e) from None
 
@@ -166,7 +171,8 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
         _require_columns(path, schema, {"label": NUMBER})
     has_label = "label" in schema and NUMBER[0](schema["label"])  # a test label of nulls or text is hidden
 
-    lf = pl.scan_parquet(path).with_row_index("_row")
+    used = [c for c in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label", "ID") if c in schema]
+    lf = pl.scan_parquet(path, glob=False).select(used).with_row_index("_row")  # other columns may be named `_row`
     seq = pl.col("item_seq").cast(pl.List(_wide_int(schema["item_seq"])))
     n_rows, seq_len = lf.select(pl.len(), seq.first().list.len()).collect().row(0)
     if n_rows == 0:
@@ -214,7 +220,7 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
         n_bad, n_values = lf.select((label.is_null() | ~label.is_in([0.0, 1.0])).sum().alias("n_bad"),
                                     label.n_unique().alias("n_values")).collect().row(0)
         labels_hidden = n_bad > 0 or n_values < 2
-    rows = pl.scan_parquet(path).select(
+    rows = pl.scan_parquet(path, glob=False).select(
         pl.col("user_id").cast(pl.Int32), pl.col("item_seq").cast(pl.List(pl.Int32)), pl.col("item_id").cast(pl.Int32),
         pl.col("likes_level").cast(pl.Int8), pl.col("views_level").cast(pl.Int8),
         pl.lit(0.0, dtype=pl.Float32).alias("label") if labels_hidden else pl.col("label").cast(pl.Float32),
@@ -251,7 +257,7 @@ def read_item_info(path: str | Path) -> ItemInfo:
     path = Path(path)
     schema = _schema(path)
     _require_columns(path, schema, {"item_id": INTEGER, "item_tags": INT_LIST, "item_emb_d128": NUMBER_LIST})
-    df = pl.read_parquet(path, columns=["item_id", "item_tags", "item_emb_d128"])
+    df = pl.read_parquet(path, glob=False, columns=["item_id", "item_tags", "item_emb_d128"])
     if df.height < 2:
         raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
     check_item_table(df, str(path))
@@ -301,7 +307,7 @@ def read_item_feature(path: str | Path, n_items: int | None = None, *, embedding
     columns = {"item_id": INTEGER, "item_title": TEXT, "likes_level": INTEGER, "views_level": INTEGER,
                **dict.fromkeys(vectors, NUMBER_LIST)}
     _require_columns(path, schema, columns)
-    df = pl.read_parquet(path, columns=list(columns))
+    df = pl.read_parquet(path, glob=False, columns=list(columns))
     n = df.height if n_items is None else n_items
     check_range(path, df, "item_id", 1, n)
     ids = df["item_id"].to_numpy().astype(np.int64)
