@@ -348,6 +348,30 @@ def test_titles_crlf_and_blank_lines(tmp_path: Path) -> None:
     assert df.rows() == [(1, "a b"), (2, "c")]
 
 
+def test_lone_cr_line_endings_are_line_endings(tmp_path: Path) -> None:
+    """A classic Mac or Excel "CSV (Macintosh)" export ends its lines with a lone CR: read as lines, the same as LF,
+    in every line-based reader (split at LF only, titles were one title and a .tsv one user)."""
+    assert read_titles(_file(tmp_path, "title_en.csv", "1,a b\r2,c\r3,\"d, e\"\r")).rows() == [
+        (1, "a b"), (2, "c"), (3, "d, e")]
+    assert read_titles(_file(tmp_path, "t2.csv", "1,a\n2,dog, funny\r3,last\n")).rows() == [
+        (1, "a"), (2, "dog, funny"), (3, "last")]  # one stray CR before the last row
+    assert read_pairs(_file(tmp_path, "MicroLens-50k_pairs.tsv", "1\t3 1\r2\t2\r")).rows() == [
+        (1, 3, 0), (1, 1, 1), (2, 2, 0)]
+    path = _file(tmp_path, "pairs.csv", "user,item,timestamp\r1,2,3\r4,5,6\r")
+    assert read_pairs(path).rows() == read_pairs_csv_reference(path).rows() == [(1, 2, 3), (4, 5, 6)]
+
+
+def test_quoted_integer_fields_are_read_by_both_pairs_readers(tmp_path: Path) -> None:
+    """pandas (QUOTE_ALL) and spreadsheets quote every field: the fast path and its reference read them the same,
+    with or without the blank line that sends the fast path to the reference."""
+    text = '"user","item","timestamp"\n"1","2","3"\n"4", "5" ,6\n'
+    for name, body in (("quoted.csv", text), ("blank.csv", text + "\n")):
+        path = _file(tmp_path, name, body)
+        assert read_pairs(path).rows() == read_pairs_csv_reference(path).rows() == [(1, 2, 3), (4, 5, 6)]
+    path = _file(tmp_path, "half.csv", 'user,item,timestamp\n"1,2,3\n')
+    assert _error(read_pairs, path) == f"{path}: line 2: user '\"1' is not an integer"
+
+
 def test_item_ids_are_sorted_from_titles(tmp_path: Path) -> None:
     df = read_titles(_file(tmp_path, "title_en.csv", "3,c\n1,a\n2,b\n"))
     ids = item_ids(df)
@@ -435,6 +459,12 @@ def test_tags_to_summary_variants(tmp_path: Path) -> None:
 def test_tags_quote_left_open_is_named(tmp_path: Path, text: str, problem: str) -> None:
     path = _file(tmp_path, "tags.csv", text)
     assert _error(read_tags, path) == f"{path}: {problem}"
+
+
+def test_tags_not_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "tags.csv"
+    path.write_bytes(("item_id,tags\n" + "".join(f"{i},tag {i}\r\n" for i in range(1, 3001))).encode() + b"3001,\xff\n")
+    assert _error(read_tags, path) == f"{path}: line 3002: not UTF-8 text"
 
 
 def test_tags_duplicate_id_names_both_lines(tmp_path: Path) -> None:

@@ -195,20 +195,30 @@ def _require_file(path: Path) -> None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Physical lines of a UTF-8 file (split at "\\n" only, "\\r" and a leading BOM removed), for line numbers."""
+    """Physical lines of a UTF-8 file, for line numbers: split at "\\r\\n", "\\n" or a lone "\\r" (a classic Mac or
+    Excel "CSV (Macintosh)" export ends its lines with "\\r" alone; split at "\\n" only, its whole file would be one
+    line), a leading BOM removed."""
     _require_file(path)
-    raw = path.read_bytes().split(b"\n")
-    if raw[-1] == b"":
-        raw.pop()  # the final newline ends the last line, it does not start an empty one
     lines = []
-    for line_no, chunk in enumerate(raw, start=1):
+    for line_no, chunk in enumerate(path.read_bytes().splitlines(), start=1):  # bytes: only \r\n, \n and \r
         try:
-            lines.append(chunk.decode("utf-8").removesuffix("\r"))
+            lines.append(chunk.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: line {line_no}: not UTF-8 text (byte {e.start})") from None
     if lines:
         lines[0] = lines[0].removeprefix("\ufeff")
     return lines
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """The line number of the first byte of `path` that is not UTF-8 (a decoder's error offset is within its
+    chunk, not the file)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return 1 + len(re.findall(rb"\r\n|\r|\n", raw[:e.start]))
+    return 1
 
 
 def _parse_id(path: Path, line_no: int, name: str, text: str, high: int = INT32_MAX) -> int:
@@ -260,6 +270,12 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text[:limit]) + (" ..." if len(text) > limit else "")
 
 
+def _unquoted_line(line: str) -> str:
+    """`line` with each comma-separated field that is wrapped in double quotes unwrapped (`"1", "2"` -> `1, 2`)."""
+    return ",".join(field.strip()[1:-1] if re.fullmatch(r'\s*"[^"]*"\s*', field) else field
+                    for field in line.split(","))
+
+
 def read_int_csv(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.DataFrame:
     """A csv whose header is the names of `columns` ((name, kind) pairs, kind `id` = an int in 1..2^31-1 read as
     Int32, `int64` = any 64-bit int, `flag` = 0 or 1 read as Int8) and whose fields are those integers.
@@ -273,7 +289,7 @@ def read_int_csv(path: str | Path, columns: tuple[tuple[str, str], ...]) -> pl.D
     with path.open(encoding="utf-8-sig", errors="replace") as f:
         # bounded: a file of one multi-GB line (no newline) must not be read, nor quoted, whole
         first = f.readline(len(header) + 64).rstrip("\r\n")
-    if first != header:
+    if _unquoted_line(first) != header:
         raise DataError(f"{path}: line 1: expected header '{header}', got {_shown(first)}")
     try:
         df = pl.read_csv(path, glob=False, schema={name: _KIND_DTYPES[kind] for name, kind in columns})
@@ -291,18 +307,19 @@ def read_int_csv_reference(path: str | Path, columns: tuple[tuple[str, str], ...
     """Plain-Python reader of the format `read_int_csv` reads, the definition it is checked against.
 
     Each non-blank line after the header must hold len(columns) comma-separated integers (spaces around them
-    allowed), each of its column's kind.
+    allowed), each of its column's kind. A field (of the header too) may be wrapped in double quotes, as pandas
+    (QUOTE_ALL) and spreadsheets write them.
     """
     path = Path(path)
     header = ",".join(name for name, _ in columns)
     lines = _read_lines(path)
-    if not lines or lines[0] != header:
+    if not lines or _unquoted_line(lines[0]) != header:
         raise DataError(f"{path}: line 1: expected header '{header}', got {_shown((lines or [''])[0])}")
     values: list[list[int]] = [[] for _ in columns]
     for line_no, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        fields = line.split(",")
+        fields = _unquoted_line(line).split(",")
         if len(fields) != len(columns):
             raise DataError(f"{path}: line {line_no}: expected {len(columns)} fields {header}, got {len(fields)}")
         for (name, kind), field, out in zip(columns, fields, values, strict=True):
@@ -555,8 +572,8 @@ def read_tags(path: str | Path) -> pl.DataFrame:
                 _first_seen(path, line_no, item, seen)
                 ids.append(item)
                 tags.append([t.strip() for field in row[1:] for t in _TAG_SEPARATORS.split(field) if t.strip()])
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {_first_non_utf8_line(path)}: not UTF-8 text") from None
     except csv.Error as e:
         raise DataError(f"{path}: line {reader.line_num}: {e}") from None
     return pl.DataFrame({"item_id": pl.Series(ids, dtype=pl.Int32),
