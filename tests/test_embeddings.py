@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from pipeline.core.config import ExtractTextConfig, ParamsError
 from pipeline.core.distributed import autocast
 from pipeline.core.io import DataError
 from pipeline.core.stage import pick_device
 from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
-from pipeline.extract.image import extract_image_embeddings, load_image_encoder, to_rgb
+from pipeline.extract.image import extract_image_embeddings, load_image_encoder, to_rgb, upright
 from pipeline.extract.store import ShardStore, file_stamp, status_counts
 from pipeline.extract.text import (
     CHARS_PER_TOKEN,
@@ -234,6 +234,12 @@ def test_text_bad_titles_each_get_a_row(tiny_bert_dir):
     frame = extract_text_embeddings(pl.DataFrame({"item_id": [1, 2, 3, 4, 5, 6], "title": titles}), tok, model,
                                     pooling="mean", max_length=16, batch_size=4, device=CPU, amp=False)
     assert frame["status"].to_list() == ["empty", "empty", "empty", "ok", "ok", "ok"]
+    # titles of characters the tokenizer drops would all get one [CLS] [SEP] vector: they are empty too
+    invisible = ["\u200b\u200b", "\x00", "\u00ad\u2060", "\ufeff", "cat\u200b"]
+    inv = extract_text_embeddings(pl.DataFrame({"item_id": [1, 2, 3, 4, 5], "title": invisible}), tok, model,
+                                  pooling="mean", max_length=16, batch_size=2, device=CPU, amp=False)
+    assert inv["status"].to_list() == ["empty", "empty", "empty", "empty", "ok"]
+    assert not inv["emb"].to_numpy()[:4].any()
     emb = frame["emb"].to_numpy()
     assert not emb[:3].any() and np.isfinite(emb).all() and (np.abs(emb[3:]).sum(1) > 0).all()
     # the long title is embedded as its first max_length tokens ([CLS] + 14 words + [SEP])
@@ -250,13 +256,16 @@ def test_a_huge_title_reaches_the_tokenizer_cut(tiny_bert_dir):
     tok, model = load_text_encoder(str(tiny_bert_dir))
     seen: list[int] = []
 
-    def recording(texts, **kwargs):
-        seen.extend(len(t) for t in texts)
-        return tok(texts, **kwargs)
+    class Recording:
+        num_special_tokens_to_add = tok.num_special_tokens_to_add
+
+        def __call__(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return tok(texts, **kwargs)
 
     huge = "cat dog " * 500_000
-    emb = encode_texts(recording, model, [huge, huge[:2000]], pooling="mean", max_length=16, batch_size=2,
-                       device=CPU, amp=False)
+    emb, _ = encode_texts(Recording(), model, [huge, huge[:2000]], pooling="mean", max_length=16, batch_size=2,
+                          device=CPU, amp=False)
     assert max(seen) == 16 * CHARS_PER_TOKEN
     np.testing.assert_allclose(emb[0], emb[1], atol=1e-6)
 
@@ -301,6 +310,12 @@ def _bad_covers(d):
     cases["tiny"] = (save("tiny.jpg", Image.new("RGB", (1, 1), (200, 10, 10))), "ok")
     # 10000 x 10000 = 1e8 pixels > PIL's bomb limit (89.5M); 1-bit, so building it stays cheap
     cases["huge"] = (save("huge.png", Image.new("1", (10_000, 10_000))), "too_large")
+    # 1 x 100,000 pixels, but scaled to the model's 64-pixel short side it would be 64 x 6.4M (4e8) before its crop
+    cases["thin"] = (save("thin.png", Image.new("1", (100_000, 1))), "too_large")
+    # stored sideways with EXIF Orientation 6 ("turn 90 degrees clockwise to view"): embedded upright
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    cases["exif"] = (save("exif.jpg", noise.transpose(Image.Transpose.ROTATE_90), exif=exif), "ok")
     return cases
 
 
@@ -316,10 +331,15 @@ def test_image_bad_files_each_get_a_row_status_and_defined_vector(tmp_path):
     assert np.isfinite(emb).all() and not emb[~ok].any() and (np.abs(emb[ok]).sum(1) > 0).all()
     # ok rows equal direct encoding of the RGB image (alpha composited on white)
     with torch.no_grad():
-        ref = model.encode_image(torch.stack([preprocess(to_rgb(Image.open(p))) for p, s in cases.values()
+        ref = model.encode_image(torch.stack([preprocess(to_rgb(upright(Image.open(p)))) for p, s in cases.values()
                                               if s == "ok"]))
+        sideways = model.encode_image(preprocess(to_rgb(Image.open(cases["exif"][0])))[None])
+        upright_pixels = Image.open(cases["exif"][0]).transpose(Image.Transpose.ROTATE_270)
+        assert np.abs(np.asarray(upright(Image.open(cases["exif"][0]))).astype(int)
+                      - np.asarray(upright_pixels).astype(int)).max() == 0
     np.testing.assert_allclose(emb[ok], ref.numpy(), atol=1e-5)
-    assert status_counts(frame) == {"ok": 7, "empty": 1, "missing": 1, "corrupt": 2, "too_large": 1}
+    assert np.abs(emb[list(cases).index("exif")] - sideways.numpy()[0]).max() > 1e-3
+    assert status_counts(frame) == {"ok": 8, "empty": 1, "missing": 1, "corrupt": 2, "too_large": 2}
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])

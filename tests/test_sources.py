@@ -219,3 +219,23 @@ def test_every_polars_read_of_a_path_turns_globbing_off():
         for match in calls.finditer(text):
             call = text[match.start():text.index(")", match.end()) + 1]
             assert "glob=False" in call, f"{path.relative_to(root)}: {call}"
+
+
+@pytest.mark.parametrize("log", ["pairs", "impressions"])
+def test_timestamps_in_seconds_and_milliseconds_at_once_are_refused(tmp_path, log):
+    """Two exports joined, one in Unix seconds and one in milliseconds: ordered together every second comes before
+    every millisecond, reordering the histories and the time split without a word."""
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n1,2,1600000000000\n1,1,1600000001000\n"
+                                                  "2,1,1600000005\n2,2,1600000009\n")
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,2,1600000000000,1\n1,1,1600000001000,1\n"
+                                         "2,1,1600000005,1\n2,2,1600000009,1\n")
+    if log == "impressions":  # the clicks in milliseconds throughout, an unclicked exposure in seconds
+        (raw / "MicroLens-100k_pairs.csv").write_text("user,item,timestamp\n1,2,1600000000000\n1,1,1600000001000\n")
+        (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,2,1600000000000,1\n1,1,1600000000500,0\n"
+                                             "1,1,1600000001000,1\n1,2,1600000002,0\n")
+    cfg = BuildSequencesConfig(max_len=3, negatives="exposures" if log == "impressions" else "sampled")
+    name = "impressions.csv" if log == "impressions" else "MicroLens-100k_pairs.csv"
+    with pytest.raises(DataError, match=rf"{name}: timestamps in two units \(user \d, item \d at 16\d+ reads as "
+                                        r"seconds; user \d, item \d at 16\d+ reads as milliseconds\)"):
+        microlens_sequences(raw, "error", cfg)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.core.config import ExtractImageConfig, ParamsError
@@ -56,6 +56,16 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
         raise ParamsError(f"extract_image.pretrained: cannot load {pretrained!r} for {name!r} "
                           f"({error_summary(e)})") from None
     return model.eval(), preprocess
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """`img` turned as its EXIF Orientation tag says (a phone's cover is stored sideways, with a tag that every
+    viewer follows); `img` itself when it has no such tag, or an unreadable one."""
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block does not make the pixels unusable
+        return img
+    return ImageOps.exif_transpose(img) if orientation != 1 else img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -109,11 +119,15 @@ class CoverDataset(torch.utils.data.Dataset):
                 img = Image.open(path)
             with img:
                 width, height = img.size
-                if width * height > self.max_pixels:
+                # the preprocess scales the short side to the model's input: a 1 x 10000 cover of 100 bytes
+                # would become 224 x 2,240,000 pixels (2 GB) before its centre crop
+                short = min(self.image_size)
+                if max(width * height, short * short * max(width, height) // max(min(width, height), 1)) \
+                        > self.max_pixels:
                     return self.blank, "too_large"
                 if self.jpeg_draft and img.format == "JPEG":
                     img.draft("RGB", (self.image_size[1], self.image_size[0]))  # (width, height)
-                return self.preprocess(to_rgb(img)), "ok"
+                return self.preprocess(to_rgb(upright(img))), "ok"
         except Image.DecompressionBombError:
             return self.blank, "too_large"
         except Exception as e:  # any decoder failure (truncated, bad header, unsupported mode) marks the item only

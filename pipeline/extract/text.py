@@ -84,8 +84,10 @@ CHARS_PER_TOKEN = 128  # characters kept per token of max_length before tokenizi
 def encode_texts(
     tokenizer, model, texts: Sequence[str], *, pooling: str, max_length: int, batch_size: int | BatchSize,
     device: torch.device, amp: bool, amp_dtype: str = "bf16",
-) -> np.ndarray:
-    """Embed `texts` -> (N, H) float32, in input order.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embed `texts` -> ((N, H) float32 vectors, (N,) bool: the text has a token besides the tokenizer's special
+    ones), in input order. A text of no such token (zero-width spaces, NUL, a soft hyphen: what the tokenizer
+    drops) gets a zero vector, as an empty one: its [CLS] [SEP] vector is the same for every such text.
 
     Each text is cut to max_length * CHARS_PER_TOKEN characters before it is tokenized (then to max_length
     tokens). Batches are formed over texts sorted by length so each batch pads to a similar length; `mean` pooling
@@ -100,6 +102,8 @@ def encode_texts(
     texts = [t[:max_length * CHARS_PER_TOKEN] for t in texts]
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    has_tokens = np.zeros(len(texts), dtype=bool)
+    n_special = tokenizer.num_special_tokens_to_add(pair=False)  # [CLS] and [SEP] for BERT
 
     def step(start: int, stop: int) -> None:
         idx = order[start:stop]
@@ -113,27 +117,32 @@ def encode_texts(
         else:
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
-        out[idx] = pooled.cpu().numpy()
+        real = (enc["attention_mask"].sum(1) > n_special).cpu().numpy()  # (B,)
+        out[idx] = np.where(real[:, None], pooled.cpu().numpy(), 0.0)
+        has_tokens[idx] = real
 
     with torch.inference_mode():
         run_batches(step, len(texts), batch, "extract_text")
-    return out
+    return out, has_tokens
 
 
 def extract_text_embeddings(
     titles: pl.DataFrame, tokenizer, model, *, pooling: str, max_length: int, batch_size: int | BatchSize,
     device: torch.device, amp: bool, amp_dtype: str = "bf16",
 ) -> pl.DataFrame:
-    """titles (item_id, title) -> embedding frame; null/empty/whitespace titles get zeros and status `empty`.
-    Titles longer than max_length tokens are truncated; a duplicate item_id is a DataError."""
+    """titles (item_id, title) -> embedding frame; null/empty/whitespace titles, and titles the tokenizer finds no
+    token in, get zeros and status `empty`. Titles longer than max_length tokens are truncated; a duplicate item_id
+    is a DataError."""
     check_unique_ids(titles["item_id"].to_numpy(), "titles")
     texts = [t if t is not None else "" for t in titles["title"].to_list()]
     ok = np.array([bool(t.strip()) for t in texts], dtype=bool)
     emb = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     if ok.any():
-        emb[ok] = encode_texts(tokenizer, model, [t for t, k in zip(texts, ok) if k], pooling=pooling,
-                               max_length=max_length, batch_size=batch_size, device=device, amp=amp,
-                               amp_dtype=amp_dtype)
+        vectors, has_tokens = encode_texts(tokenizer, model, [t for t, k in zip(texts, ok) if k], pooling=pooling,
+                                           max_length=max_length, batch_size=batch_size, device=device, amp=amp,
+                                           amp_dtype=amp_dtype)
+        emb[ok] = vectors
+        ok[ok] = has_tokens
     return embedding_frame(titles["item_id"].to_numpy(), emb, np.where(ok, "ok", "empty"))
 
 

@@ -28,12 +28,15 @@ def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
     than `max_pixels` (a decompression bomb: its header is read, its pixels never are), is grey."""
     from PIL import Image, ImageOps
 
+    from pipeline.extract.image import to_rgb, upright
+
     if path is not None and Path(path).is_file():
         try:
             with Image.open(path) as img:
                 if img.width * img.height <= max_pixels:
                     img.draft("RGB", (GALLERY_COVER, GALLERY_COVER))  # JPEG: decode at a reduced scale
-                    return ImageOps.fit(img.convert("RGB"), (GALLERY_COVER, GALLERY_COVER))
+                    # as extraction sees it: turned by its EXIF tag, alpha on white, 16-bit grey scaled
+                    return ImageOps.fit(to_rgb(upright(img)), (GALLERY_COVER, GALLERY_COVER))
         except Exception:  # any decoder failure is grey (PIL raises SyntaxError for a broken PNG)
             pass
     return Image.new("RGB", (GALLERY_COVER, GALLERY_COVER), PLACEHOLDER_GREY)

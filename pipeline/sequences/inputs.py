@@ -66,6 +66,24 @@ class SequenceData:
         ))
 
 
+SECONDS = (10**8, 10**11)  # Unix seconds of 1973 to 5138
+MILLISECONDS = (10**11, 10**14)  # the same span in milliseconds
+
+
+def check_one_time_unit(events: pl.DataFrame, path: Path) -> None:
+    """The timestamps of `events` (user, item, timestamp) are not Unix seconds and milliseconds at once (a log
+    joined from two exports): ordered together, the seconds would all come before the milliseconds, reordering
+    every history and the time split. DataError naming the file and one event of each. Counters, or times below
+    1e8, are left alone."""
+    ts = pl.col("timestamp")
+    first = {unit: events.filter(ts.is_between(low, high, closed="left")).head(1)
+             for unit, (low, high) in (("seconds", SECONDS), ("milliseconds", MILLISECONDS))}
+    if all(frame.height for frame in first.values()):
+        seen = [f"user {f['user'][0]}, item {f['item'][0]} at {f['timestamp'][0]} reads as {unit}"
+                for unit, f in first.items()]
+        raise DataError(f"{path}: timestamps in two units ({'; '.join(seen)}); convert the file to one unit")
+
+
 def check_clicks_logged(impressions: pl.DataFrame, pairs: pl.DataFrame, impressions_path: Path, pairs_path: Path
                         ) -> None:
     """Every clicked exposure (click 1) is one of the clicks (user, item, timestamp) of pairs: the histories are
@@ -92,6 +110,7 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
         raise DataError(f"{files.likes_views}: no counts for any of the {ids.size} items of {files.titles.name}")
     items, vocab = build_item_features(ids, likes_views, tags, max_tags=cfg.max_tags, n_levels=cfg.n_levels)
     pairs, repeated = drop_repeated_events(read_pairs(files.pairs), files.pairs)
+    check_one_time_unit(pairs, files.pairs)
     pairs, dropped = check_known_items(pairs, ids, unknown_items, files.pairs)
     split = dict(max_len=cfg.max_len, min_history=cfg.min_history, split=cfg.split, valid_frac=cfg.valid_frac,
                  test_frac=cfg.test_frac)
@@ -100,6 +119,7 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
             raise DataError(f"build_sequences.negatives: 'exposures' needs an impressions file in {raw_dir} "
                             f"(looked for impressions.csv or MicroLens-<size>_impressions.csv)")
         impressions, n_repeated = drop_repeated_events(read_impressions(files.impressions), files.impressions)
+        check_one_time_unit(impressions, files.impressions)
         impressions, n_unknown = check_known_items(impressions, ids, unknown_items, files.impressions)
         check_clicks_logged(impressions, pairs, files.impressions, files.pairs)
         repeated += n_repeated
