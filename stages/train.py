@@ -39,7 +39,7 @@ from pipeline.training.data import (
     load_split,
     split_tables,
 )
-from pipeline.training.loop import fit_ensemble
+from pipeline.training.loop import check_run_length, fit_ensemble
 from pipeline.training.predict import evaluate_split
 from pipeline.training.stream import streamed_split
 
@@ -71,6 +71,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
             train, valid = load_split(train_path, fmap), load_split(valid_path, fmap)
         require_both_classes(train_path, train.label.numpy(), "train")
         require_both_classes(valid_path, valid.label.numpy(), "valid")
+        check_run_length(len(train), cfg)
         exposure, users = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)

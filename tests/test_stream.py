@@ -119,23 +119,28 @@ def test_pass_windows_are_whole_blocks_and_default_is_one_uniform_order() -> Non
     assert len(windows) == 4  # 11 blocks, 3 per window
     same = torch.randperm(103, generator=torch.Generator().manual_seed(5))
     assert torch.equal(list(PassWindows(103, 0, 3, torch.Generator().manual_seed(5)))[0], same)
-    # bucketed batches stay inside their window: every batch's rows come from one window
-    gen = torch.Generator().manual_seed(1)
-    lengths = torch.randint(0, 20, (103,))
-    batches = list(pass_batches(lengths, 8, 2, gen, block_rows=10, buffer_blocks=3))
-    gen = torch.Generator().manual_seed(1)
-    window_of = torch.empty(103, dtype=torch.long)
-    for i, w in enumerate(PassWindows(103, 10, 3, gen)):
-        window_of[w] = i
-    assert all(len(set(window_of[b].tolist())) == 1 for b in batches)
-    assert sorted(torch.cat(batches).tolist()) == list(range(103))
+    # bucketed batches are whole (one short batch per pass) and local: a batch's rows come from at most two
+    # consecutive windows (a run of rows left at a window's end continues into the next)
+    for block, buffer in ((10, 3), (1, 1), (2, 2)):  # windows larger, and smaller, than a batch
+        gen = torch.Generator().manual_seed(1)
+        lengths = torch.randint(0, 20, (103,))
+        batches = list(pass_batches(lengths, 8, 2, gen, block_rows=block, buffer_blocks=buffer))
+        gen = torch.Generator().manual_seed(1)
+        window_of = torch.empty(103, dtype=torch.long)
+        for i, w in enumerate(PassWindows(103, block, buffer, gen)):
+            window_of[w] = i
+        assert all(window_of[b].max() - window_of[b].min() <= 1 for b in batches) or block < 8
+        assert [len(b) for b in batches].count(8) == len(batches) - 1 == 103 // 8
+        assert sorted(torch.cat(batches).tolist()) == list(range(103))
 
 
 @pytest.mark.parametrize(("n", "batch", "bucket", "block", "buffer"), [
     (103, 8, 0, 0, 1), (103, 8, 2, 0, 1), (103, 8, 0, 10, 3), (103, 8, 2, 10, 3), (1000, 7, 3, 64, 4),
     (1000, 32, 0, 64, 4), (96, 8, 2, 8, 2), (5, 8, 2, 10, 3), (1000, 16, 1, 1, 1),
     # fewer rows than a batch, in the whole split or in each window (a window then ends in no whole batch)
-    (5, 8, 0, 0, 1), (5, 8, 0, 2, 1), (103, 32, 0, 10, 1)])
+    (5, 8, 0, 0, 1), (5, 8, 0, 2, 1), (103, 32, 0, 10, 1),
+    # bucketed, with windows smaller than a batch (runs then span windows) or than a run
+    (1000, 16, 4, 2, 2), (1000, 16, 1000, 1, 1), (103, 8, 3, 5, 3)])
 def test_batches_made_a_window_at_a_time_are_the_reference_ones(n: int, batch: int, bucket: int, block: int,
                                                                  buffer: int) -> None:
     lengths = torch.randint(0, 20, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.int32)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from model.ensemble import SeedEnsemble
 from model.layers import CTRBase
-from pipeline.core.config import ModelConfig, TrainConfig
+from pipeline.core.config import ModelConfig, ParamsError, TrainConfig
 from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.io import DataError
 from pipeline.training.average import WeightAverage
@@ -167,16 +167,17 @@ def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: tor
                  block_rows: int = 0, buffer_blocks: int = 1) -> PassBatches:
     """One pass's batches of row indices, each row once: the order of `PassWindows` (from `gen`) cut into
     batches of batch_size (the last may be short). With bucket_batches > 0, each run of bucket_batches *
-    batch_size consecutive rows of a window is sorted by history length (`lengths` (n,), stable) before it is
-    cut, and the window's batches are then taken in a random order: a batch holds rows of similar length, so
-    `trim_history` keeps few padding columns (most histories are far shorter than the longest), while which rows
-    meet and the order of the batches stay random (within a window, so reads stay local). The batches are made
+    batch_size consecutive rows of that order (a run may span windows) is sorted by history length (`lengths`
+    (n,), stable) before it is cut, and a window's batches are then taken in a random order: a batch holds rows
+    of similar length, so `trim_history` keeps few padding columns (most histories are far shorter than the
+    longest), while which rows meet and the order of the batches stay random (within a window, so reads stay
+    local). The batches are made
     as they are taken (PassBatches), the same ones as `pass_batches_reference` makes up front."""
     windows = PassWindows(len(lengths), block_rows, buffer_blocks, gen)
     if not bucket_batches:
         return PassBatches(-(-len(lengths) // batch_size), _cut(windows, batch_size))
     run = bucket_batches * batch_size
-    count = sum(size // run * bucket_batches + -(-(size % run) // batch_size) for size in windows.sizes())
+    count = len(lengths) // run * bucket_batches + -(-(len(lengths) % run) // batch_size)
     return PassBatches(count, _bucketed(windows, lengths, batch_size, run, gen))
 
 
@@ -195,12 +196,25 @@ def _cut(windows: PassWindows, batch_size: int) -> Iterator[Tensor]:
 
 def _bucketed(windows: PassWindows, lengths: Tensor, batch_size: int, run: int, gen: torch.Generator
               ) -> Iterator[Tensor]:
-    """Each window's runs of `run` rows sorted by length and cut into batches, the window's batches in a random
-    order (drawn before the next window's rows)."""
+    """The windows' rows, one after another, in runs of `run` rows (a run may span windows, as a batch does in
+    `_cut`: cut window by window, a window smaller than a batch would make every batch that small), each run
+    sorted by length and cut into batches; the batches of a window's runs in a random order (drawn before the next
+    window's rows), the last rows' short run after all of them."""
+    carry = torch.zeros(0, dtype=torch.int64)
     for order in windows:
-        batches = [b for part in order.split(run)
-                   for b in part[torch.argsort(lengths[part], stable=True)].split(batch_size)]
-        yield from [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        order = torch.cat([carry, order])
+        whole = len(order) // run * run
+        if whole:
+            yield from _shuffled_runs(order[:whole], lengths, batch_size, run, gen)
+        carry = order[whole:]
+    if len(carry):
+        yield from _shuffled_runs(carry, lengths, batch_size, run, gen)
+
+
+def _shuffled_runs(rows: Tensor, lengths: Tensor, batch_size: int, run: int, gen: torch.Generator) -> list[Tensor]:
+    """`rows` in runs of `run`, each sorted by length (stable) and cut into batches, the batches in a random order."""
+    batches = [b for part in rows.split(run) for b in part[torch.argsort(lengths[part], stable=True)].split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 
 def pass_batches_reference(lengths: Tensor, batch_size: int, bucket_batches: int, gen: torch.Generator,
@@ -209,16 +223,29 @@ def pass_batches_reference(lengths: Tensor, batch_size: int, bucket_batches: int
     the block order, then window by window its rows' order and (bucketed) its batches' order."""
     n = len(lengths)
     groups = torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks) if block_rows else [None]
-    rows_in_order, out = [], []
+    rows_in_order, out, pending = [], [], []
+    size = bucket_batches * batch_size
+
+    def shuffled(rows: list[int]) -> list[Tensor]:
+        batches = []
+        for start in range(0, len(rows), size):
+            run = torch.tensor(rows[start:start + size], dtype=torch.int64)
+            batches += list(run[torch.argsort(lengths[run], stable=True)].split(batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+
     for blocks in groups:
         rows = torch.arange(n) if blocks is None else \
             torch.cat([torch.arange(b * block_rows, min((b + 1) * block_rows, n)) for b in blocks.tolist()])
         window = rows[torch.randperm(len(rows), generator=gen)]
         rows_in_order.append(window)
         if bucket_batches:
-            batches = [b for run in window.split(bucket_batches * batch_size)
-                       for b in run[torch.argsort(lengths[run], stable=True)].split(batch_size)]
-            out += [batches[i] for i in torch.randperm(len(batches), generator=gen)]
+            pending += window.tolist()
+            whole = len(pending) // size * size
+            if whole:
+                out += shuffled(pending[:whole])
+            pending = pending[whole:]
+    if pending:
+        out += shuffled(pending)
     return out if bucket_batches else list(torch.cat(rows_in_order).split(batch_size))
 
 
@@ -228,6 +255,17 @@ def run_steps(train_rows: int, cfg: TrainConfig) -> int:
     small split gets many passes (early stopping ends it) and a large one is not trained for hours."""
     total = cfg.epochs * math.ceil(train_rows / cfg.batch_size)
     return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def check_run_length(train_rows: int, cfg: TrainConfig) -> None:
+    """A ParamsError naming train.warmup_steps when the warm-up does not end within the run (`run_steps`): the
+    learning rate would stay a fraction of train.learning_rate from the first step to the last. check_params
+    refuses it against max_steps; with max_steps 0 the run's length is known only from the train split."""
+    total = run_steps(train_rows, cfg)
+    if cfg.warmup_steps >= total:
+        raise ParamsError(f"train.warmup_steps: a warm-up of {cfg.warmup_steps} steps never ends in a run of {total} "
+                          f"steps ({cfg.epochs} passes over {train_rows} train rows in batches of {cfg.batch_size}): "
+                          "the learning rate would stay below its value all run")
 
 
 def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
