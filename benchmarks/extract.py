@@ -35,8 +35,14 @@ from PIL import Image
 
 from pipeline.core.distributed import autocast
 from pipeline.extract.batching import default_num_workers
-from pipeline.extract.image import CoverDataset, _image_size, extract_image_embeddings, load_image_encoder, to_rgb
+from pipeline.extract.image import (
+    CoverDataset,
+    _image_size,
+    extract_image_embeddings,
+    load_image_encoder,
+)
 from pipeline.extract.text import extract_text_embeddings, load_text_encoder
+from pipeline.sources.covers import to_rgb
 
 WORDS = ["cat", "dog", "kitten", "puppy", "funny", "video", "cooking", "noodles", "spicy", "recipe", "travel", "beach", "football", "goal", "music", "guitar", "part", "new", "best", "my", "dance", "challenge", "makeup", "tutorial", "game", "review", "unboxing", "phone", "city", "night", "street", "food", "vlog", "daily", "life", "family", "baby", "school", "exam", "summer", "winter", "snow", "rain"]
 

@@ -20,7 +20,7 @@ from pipeline.core.distributed import autocast
 from pipeline.core.io import DataError
 from pipeline.core.stage import pick_device
 from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
-from pipeline.extract.image import extract_image_embeddings, load_image_encoder, to_rgb, upright
+from pipeline.extract.image import extract_image_embeddings, load_image_encoder
 from pipeline.extract.store import ShardStore, file_stamp, status_counts
 from pipeline.extract.text import (
     CHARS_PER_TOKEN,
@@ -30,6 +30,7 @@ from pipeline.extract.text import (
     resolve_text_model,
     text_shard_store,
 )
+from pipeline.sources.covers import to_rgb, upright
 
 CPU = torch.device("cpu")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core.config import ExtractImageConfig, ParamsError
@@ -22,6 +22,7 @@ from pipeline.core.distributed import SINGLE, Dist, autocast
 from pipeline.core.io import error_summary
 from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
 from pipeline.extract.store import ShardStore, check_unique_ids, embedding_frame, file_stamp, fingerprint, folder_stamp
+from pipeline.sources.covers import to_rgb, upright
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import item_ids
 
@@ -58,39 +59,15 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
     return model.eval(), preprocess
 
 
-def upright(img: Image.Image) -> Image.Image:
-    """`img` turned as its EXIF Orientation tag says (a phone's cover is stored sideways, with a tag that every
-    viewer follows); `img` itself when it has no such tag, or an unreadable one."""
-    try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # a damaged EXIF block does not make the pixels unusable
-        return img
-    return ImageOps.exif_transpose(img) if orientation != 1 else img
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. Alpha (RGBA, LA, PA, palette with transparency) is composited on white, so what
-    hides under transparent pixels does not leak into the embedding. 16-bit greys (I;16, and I, as which PIL opens
-    16-bit PNGs) are scaled to 8 bits: PIL's own conversion clips them at 255, so any grey above 1/256 of full
-    scale would come out white. CMYK, L, P, 1 ... convert directly."""
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        grey = np.asarray(img, dtype=np.float64) / 257.0  # 0..65535 -> 0..255
-        img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
-
-
 class CoverDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses covers in DataLoader workers; an unusable file yields a status, never an error.
 
     The pixel count is read from the header before decoding, so a huge cover is refused (`too_large`) without
-    allocating it. With `jpeg_draft` a JPEG is decoded at the smallest DCT scale (1/1, 1/2, 1/4 or 1/8) that keeps
-    both sides at least the model's input size: a 1280x720 cover for a 224-pixel model decodes at 1/2 (a quarter
-    of the pixels), and the resize that follows starts from a smaller image. Vectors then differ slightly from a
-    full-size decode (max |diff| is printed by benchmarks/extract.py)."""
+    allocating it, as is a thin one whose short side scaled to the model's input would make more than
+    max(max_pixels, input) pixels. With `jpeg_draft` a JPEG is decoded at the smallest DCT scale (1/1, 1/2, 1/4
+    or 1/8) that keeps both sides at least the model's input size: a 1280x720 cover for a 224-pixel model decodes
+    at 1/2 (a quarter of the pixels), and the resize that follows starts from a smaller image. Vectors then differ
+    slightly from a full-size decode (max |diff| is printed by benchmarks/extract.py)."""
 
     def __init__(self, paths: Sequence[Path], preprocess, image_size: tuple[int, int],
                  max_pixels: int = Image.MAX_IMAGE_PIXELS, jpeg_draft: bool = False):
@@ -120,10 +97,10 @@ class CoverDataset(torch.utils.data.Dataset):
             with img:
                 width, height = img.size
                 # the preprocess scales the short side to the model's input: a 1 x 10000 cover of 100 bytes
-                # would become 224 x 2,240,000 pixels (2 GB) before its centre crop
+                # would become 224 x 2,240,000 pixels (2 GB) before its centre crop (a square one just the input)
                 short = min(self.image_size)
-                if max(width * height, short * short * max(width, height) // max(min(width, height), 1)) \
-                        > self.max_pixels:
+                scaled = short * short * max(width, height) // max(min(width, height), 1)
+                if width * height > self.max_pixels or scaled > max(self.max_pixels, short * short):
                     return self.blank, "too_large"
                 if self.jpeg_draft and img.format == "JPEG":
                     img.draft("RGB", (self.image_size[1], self.image_size[0]))  # (width, height)

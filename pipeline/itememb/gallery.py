@@ -28,7 +28,7 @@ def _cover_tile(path: str | Path | None, max_pixels: int = GALLERY_MAX_PIXELS):
     than `max_pixels` (a decompression bomb: its header is read, its pixels never are), is grey."""
     from PIL import Image, ImageOps
 
-    from pipeline.extract.image import to_rgb, upright
+    from pipeline.sources.covers import to_rgb, upright
 
     if path is not None and Path(path).is_file():
         try:
