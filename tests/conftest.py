@@ -260,7 +260,7 @@ OUT_OF_RANGE = [
     ("train", {"optimizer": "adamw", "weight_decay": -0.01}, "train.weight_decay"),
     ("train", {"optimizer": "adam", "weight_decay": 0.01}, "train.weight_decay"),  # decoupled decay needs adamw
     ("train", {"warmup_steps": -1}, "train.warmup_steps"),
-    ("train", {"warmup_steps": 100, "max_steps": 100}, "train.warmup_steps"),  # a warm-up that never ends
+    ("train", {"warmup_steps": 101, "max_steps": 100}, "train.warmup_steps"),  # a warm-up that never ends
     ("train", {"bucket_batches": 1 << 62}, "train.bucket_batches"),  # a bucket past 2^40 rows
     ("train", {"eval_steps": -1}, "train.eval_steps"),
     ("train", {"max_steps": -1}, "train.max_steps"),

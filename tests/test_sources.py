@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from pipeline.core.config import (
@@ -14,7 +15,7 @@ from pipeline.core.config import (
     from_dict,
 )
 from pipeline.core.io import DataError
-from pipeline.sequences.inputs import microlens_sequences
+from pipeline.sequences.inputs import check_one_time_unit, microlens_sequences
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import read_impressions, read_pairs
 from tests.conftest import CHALLENGE_ITEMS, challenge_layout
@@ -236,6 +237,9 @@ def test_timestamps_in_seconds_and_milliseconds_at_once_are_refused(tmp_path, lo
                                              "1,1,1600000001000,1\n1,2,1600000002,0\n")
     cfg = BuildSequencesConfig(max_len=3, negatives="exposures" if log == "impressions" else "sampled")
     name = "impressions.csv" if log == "impressions" else "MicroLens-100k_pairs.csv"
+    # one unit whose times run through both spans (relative milliseconds over 40 years) is fine
+    check_one_time_unit(pl.DataFrame({"user": [1, 1, 2, 2], "item": [2, 1, 1, 2],
+                                      "timestamp": [5 * 10**9, 6 * 10**10, 7 * 10**11, 13 * 10**11]}), Path("p.csv"))
     with pytest.raises(DataError, match=rf"{name}: timestamps in two units \(user \d, item \d at 16\d+ reads as "
                                         r"seconds; user \d, item \d at 16\d+ reads as milliseconds\)"):
         microlens_sequences(raw, "error", cfg)

@@ -280,10 +280,10 @@ def test_max_steps_ends_the_run_at_its_budget_mid_pass_and_validates_there():
 def test_a_warm_up_longer_than_the_run_is_refused_naming_the_key():
     """With max_steps 0 the run's length is known from the train split only: a warm-up that does not end in it
     would keep the learning rate a fraction of its value all run (test AUC below chance, exit 0)."""
-    loop.check_run_length(500, train_cfg(epochs=2, warmup_steps=15))  # 16 steps: the ramp ends at step 15
-    with pytest.raises(ParamsError, match=r"^train\.warmup_steps: a warm-up of 16 steps never ends in a run of 16 "
-                                          r"steps \(2 passes over 500 train rows in batches of 64\)"):
-        loop.check_run_length(500, train_cfg(epochs=2, warmup_steps=16))
+    loop.check_run_length(500, train_cfg(epochs=2, warmup_steps=16))  # 16 steps: the last one at learning_rate
+    with pytest.raises(ParamsError, match=r"^train\.warmup_steps: a warm-up of 17 steps does not end within a run "
+                                          r"of 16 steps \(2 passes over 500 train rows in batches of 64\)"):
+        loop.check_run_length(500, train_cfg(epochs=2, warmup_steps=17))
 
 
 def test_a_resumed_run_that_spent_its_step_budget_takes_no_more_steps(tmp_path):

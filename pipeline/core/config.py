@@ -717,9 +717,9 @@ class TrainConfig:
         require(self.bucket_batches * self.batch_size <= 1 << 40, f"{s}.bucket_batches",
                 f"buckets of {self.bucket_batches} batches of {self.batch_size} rows are past 2^40 rows; a bucket of "
                 "a few dozen batches is enough to group similar lengths")
-        require(not self.max_steps or self.warmup_steps < self.max_steps, f"{s}.warmup_steps",
-                f"a warm-up of {self.warmup_steps} steps never ends in a run of max_steps {self.max_steps}: the "
-                "learning rate would stay below its value all run")
+        require(not self.max_steps or self.warmup_steps <= self.max_steps, f"{s}.warmup_steps",
+                f"a warm-up of {self.warmup_steps} steps does not end within a run of max_steps {self.max_steps}: "
+                "the learning rate would stay below its value all run")
         require(self.weight_decay == 0 or self.optimizer == "adamw", f"{s}.weight_decay",
                 f"decoupled weight decay needs optimizer 'adamw', got {self.optimizer!r} (use embedding_regularizer / "
                 "net_regularizer for an L2 term with adam)")

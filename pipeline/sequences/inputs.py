@@ -66,19 +66,21 @@ class SequenceData:
         ))
 
 
-SECONDS = (10**8, 10**11)  # Unix seconds of 1973 to 5138
-MILLISECONDS = (10**11, 10**14)  # the same span in milliseconds
+SECONDS = (10**9, 10**10)  # Unix seconds of 2001 to 2286
+MILLISECONDS = (10**12, 10**13)  # the same span in milliseconds
 
 
 def check_one_time_unit(events: pl.DataFrame, path: Path) -> None:
     """The timestamps of `events` (user, item, timestamp) are not Unix seconds and milliseconds at once (a log
     joined from two exports): ordered together, the seconds would all come before the milliseconds, reordering
-    every history and the time split. DataError naming the file and one event of each. Counters, or times below
-    1e8, are left alone."""
+    every history and the time split. DataError naming the file and one event of each. Such a log has times in
+    both spans and none between them (1e10..1e12); one unit's times that run through the spans (a relative clock
+    in milliseconds or microseconds) do not."""
     ts = pl.col("timestamp")
     first = {unit: events.filter(ts.is_between(low, high, closed="left")).head(1)
              for unit, (low, high) in (("seconds", SECONDS), ("milliseconds", MILLISECONDS))}
-    if all(frame.height for frame in first.values()):
+    between = events.filter(ts.is_between(SECONDS[1], MILLISECONDS[0], closed="left")).height
+    if all(frame.height for frame in first.values()) and not between:
         seen = [f"user {f['user'][0]}, item {f['item'][0]} at {f['timestamp'][0]} reads as {unit}"
                 for unit, f in first.items()]
         raise DataError(f"{path}: timestamps in two units ({'; '.join(seen)}); convert the file to one unit")

@@ -195,14 +195,19 @@ def _require_file(path: Path) -> None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    """Physical lines of a UTF-8 file, for line numbers: split at "\\r\\n", "\\n" or a lone "\\r" (a classic Mac or
-    Excel "CSV (Macintosh)" export ends its lines with "\\r" alone; split at "\\n" only, its whole file would be one
-    line), a leading BOM removed."""
+    """Physical lines of a UTF-8 file, for line numbers: split at "\\n" (a "\\r" before it removed), or, in a file
+    with no "\\n" at all, at "\\r" (a classic Mac or Excel "CSV (Macintosh)" export ends its lines with "\\r" alone:
+    split at "\\n", its whole file would be one line). A lone "\\r" in a file of "\\n" lines is part of its line (a
+    title may hold one). A leading BOM is removed."""
     _require_file(path)
+    data = path.read_bytes()
+    raw = data.split(b"\n" if b"\n" in data else b"\r")
+    if raw[-1] == b"":
+        raw.pop()  # the final line ending ends the last line, it does not start an empty one
     lines = []
-    for line_no, chunk in enumerate(path.read_bytes().splitlines(), start=1):  # bytes: only \r\n, \n and \r
+    for line_no, chunk in enumerate(raw, start=1):
         try:
-            lines.append(chunk.decode("utf-8"))
+            lines.append(chunk.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: line {line_no}: not UTF-8 text (byte {e.start})") from None
     if lines:

@@ -199,16 +199,16 @@ def _bucketed(windows: PassWindows, lengths: Tensor, batch_size: int, run: int, 
     """The windows' rows, one after another, in runs of `run` rows (a run may span windows, as a batch does in
     `_cut`: cut window by window, a window smaller than a batch would make every batch that small), each run
     sorted by length and cut into batches; the batches of a window's runs in a random order (drawn before the next
-    window's rows), the last rows' short run after all of them."""
+    window's rows). The last window's runs include the pass's short run (so one window, the default, is its
+    runs' batches in one random order)."""
     carry = torch.zeros(0, dtype=torch.int64)
-    for order in windows:
+    last = len(windows.sizes()) - 1
+    for k, order in enumerate(windows):
         order = torch.cat([carry, order])
-        whole = len(order) // run * run
+        whole = len(order) if k == last else len(order) // run * run
         if whole:
             yield from _shuffled_runs(order[:whole], lengths, batch_size, run, gen)
         carry = order[whole:]
-    if len(carry):
-        yield from _shuffled_runs(carry, lengths, batch_size, run, gen)
 
 
 def _shuffled_runs(rows: Tensor, lengths: Tensor, batch_size: int, run: int, gen: torch.Generator) -> list[Tensor]:
@@ -225,27 +225,21 @@ def pass_batches_reference(lengths: Tensor, batch_size: int, bucket_batches: int
     groups = torch.randperm(-(-n // block_rows), generator=gen).split(buffer_blocks) if block_rows else [None]
     rows_in_order, out, pending = [], [], []
     size = bucket_batches * batch_size
-
-    def shuffled(rows: list[int]) -> list[Tensor]:
-        batches = []
-        for start in range(0, len(rows), size):
-            run = torch.tensor(rows[start:start + size], dtype=torch.int64)
-            batches += list(run[torch.argsort(lengths[run], stable=True)].split(batch_size))
-        return [batches[i] for i in torch.randperm(len(batches), generator=gen)]
-
-    for blocks in groups:
+    for k, blocks in enumerate(groups):
         rows = torch.arange(n) if blocks is None else \
             torch.cat([torch.arange(b * block_rows, min((b + 1) * block_rows, n)) for b in blocks.tolist()])
         window = rows[torch.randperm(len(rows), generator=gen)]
         rows_in_order.append(window)
-        if bucket_batches:
+        if bucket_batches:  # runs of `size` rows, the last window's short run included
             pending += window.tolist()
-            whole = len(pending) // size * size
+            whole = len(pending) if k == len(groups) - 1 else len(pending) // size * size
             if whole:
-                out += shuffled(pending[:whole])
+                batches = []
+                for start in range(0, whole, size):
+                    run = torch.tensor(pending[start:min(start + size, whole)], dtype=torch.int64)
+                    batches += list(run[torch.argsort(lengths[run], stable=True)].split(batch_size))
+                out += [batches[i] for i in torch.randperm(len(batches), generator=gen)]
             pending = pending[whole:]
-    if pending:
-        out += shuffled(pending)
     return out if bucket_batches else list(torch.cat(rows_in_order).split(batch_size))
 
 
@@ -262,10 +256,10 @@ def check_run_length(train_rows: int, cfg: TrainConfig) -> None:
     learning rate would stay a fraction of train.learning_rate from the first step to the last. check_params
     refuses it against max_steps; with max_steps 0 the run's length is known only from the train split."""
     total = run_steps(train_rows, cfg)
-    if cfg.warmup_steps >= total:
-        raise ParamsError(f"train.warmup_steps: a warm-up of {cfg.warmup_steps} steps never ends in a run of {total} "
-                          f"steps ({cfg.epochs} passes over {train_rows} train rows in batches of {cfg.batch_size}): "
-                          "the learning rate would stay below its value all run")
+    if cfg.warmup_steps > total:  # the ramp reaches learning_rate at step warmup_steps - 1
+        raise ParamsError(f"train.warmup_steps: a warm-up of {cfg.warmup_steps} steps does not end within a run of "
+                          f"{total} steps ({cfg.epochs} passes over {train_rows} train rows in batches of "
+                          f"{cfg.batch_size}): the learning rate would stay below its value all run")
 
 
 def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
