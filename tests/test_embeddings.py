@@ -20,7 +20,7 @@ from pipeline.core.distributed import autocast
 from pipeline.core.io import DataError
 from pipeline.core.stage import pick_device
 from pipeline.extract.batching import BatchSize, default_num_workers, run_batches
-from pipeline.extract.image import extract_image_embeddings, load_image_encoder
+from pipeline.extract.image import CoverDataset, extract_image_embeddings, load_image_encoder, scales_short_side
 from pipeline.extract.store import ShardStore, file_stamp, status_counts
 from pipeline.extract.text import (
     CHARS_PER_TOKEN,
@@ -365,6 +365,20 @@ def test_alpha_is_composited_on_white_and_max_pixels_applies(tmp_path):
     frame = extract_image_embeddings(np.array([1, 2]), [tmp_path / "a.jpg", tmp_path / "b.jpg"], model, preprocess,
                                      batch_size=2, num_workers=0, device=CPU, amp=False, max_pixels=1000)
     assert frame["status"].to_list() == ["too_large", "ok"]
+
+
+def test_the_thin_cover_bound_follows_the_preprocess_resize(tmp_path):
+    """Only a short-side resize (open_clip's default) upscales a thin cover along its long side; a squash resize
+    (SigLIP's) or a long-side one makes it the model's input size, so it is read."""
+    import open_clip
+
+    Image.new("RGB", (700, 1), (200, 10, 10)).save(tmp_path / "thin.png")
+    for mode, status in (("shortest", "too_large"), ("squash", "ok"), ("longest", "ok")):
+        preprocess = open_clip.image_transform(384, is_train=False, resize_mode=mode)
+        assert scales_short_side(preprocess) == (mode == "shortest")
+        tensor, got = CoverDataset([tmp_path / "thin.png"], preprocess, (384, 384), max_pixels=10**6).load(
+            tmp_path / "thin.png")
+        assert got == status and tensor.shape == (3, 384, 384), mode
 
 
 def test_image_loader_workers_give_the_same_frame(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 from PIL import Image
+from torchvision import transforms
 from tqdm import tqdm
 
 from pipeline.core.config import ExtractImageConfig, ParamsError
@@ -59,6 +60,16 @@ def load_image_encoder(name: str, pretrained: str, device: torch.device):
     return model.eval(), preprocess
 
 
+def scales_short_side(preprocess) -> bool:
+    """Whether `preprocess` (a torchvision Compose) first scales an image's short side to a size, keeping its
+    aspect (open_clip's default `Resize(int)`), rather than to a fixed size (`squash`, `Resize((h, w))`) or its long
+    side (`ResizeKeepRatio`): only the first upscales a thin image along its long side."""
+    for step in getattr(preprocess, "transforms", []):
+        if isinstance(step, transforms.Resize):
+            return isinstance(step.size, int) or len(step.size) == 1
+    return False
+
+
 class CoverDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses covers in DataLoader workers; an unusable file yields a status, never an error.
 
@@ -77,6 +88,7 @@ class CoverDataset(torch.utils.data.Dataset):
         self.blank = torch.zeros(3, *image_size)
         self.max_pixels = max_pixels
         self.jpeg_draft = jpeg_draft
+        self.short_side = scales_short_side(preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -99,7 +111,7 @@ class CoverDataset(torch.utils.data.Dataset):
                 # the preprocess scales the short side to the model's input: a 1 x 10000 cover of 100 bytes
                 # would become 224 x 2,240,000 pixels (2 GB) before its centre crop (a square one just the input)
                 short = min(self.image_size)
-                scaled = short * short * max(width, height) // max(min(width, height), 1)
+                scaled = short * short * max(width, height) // max(min(width, height), 1) if self.short_side else 0
                 if width * height > self.max_pixels or scaled > max(self.max_pixels, short * short):
                     return self.blank, "too_large"
                 if self.jpeg_draft and img.format == "JPEG":

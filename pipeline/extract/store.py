@@ -4,7 +4,7 @@ Both return an embedding frame with the contract
     item_id Int32 (unique), emb Array(Float32, D), status Utf8 (one of STATUSES)
 in the order of the ids given. An item whose input is unusable keeps its row with a zero vector and its status,
 so the item universe never shrinks silently:
-    text:  ok | empty (null, empty or whitespace-only title)
+    text:  ok | empty (null, empty or whitespace-only title, or one with no token but the tokenizer's special ones)
     image: ok | missing (no file) | empty (zero-byte file) | corrupt (undecodable, truncated) |
            too_large (more than max_pixels pixels; never decoded, so memory stays bounded)
 

