@@ -177,6 +177,40 @@ def test_roc_points_follow_the_exact_curve() -> None:
     assert area == pytest.approx(auc(labels, scores), abs=0.01)
 
 
+@pytest.mark.parametrize("values", [[0.5], [0.2, 0.8], [0.1, 0.3, 0.3000001]])
+def test_roc_points_of_tied_scores_draw_the_area_auc_counts(values: list[float]) -> None:
+    """A group of tied scores is one diagonal segment of the curve: drawn as a flat run and a jump, the plot of
+    all-equal scores showed an area of 0.0025 beside an AUC of 0.5."""
+    from pipeline.core.metrics import roc_points
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 100)
+    scores = rng.choice(values, 200) + 0.02 * labels * (len(values) > 2)
+    points = roc_points(labels, scores)
+    area = np.trapezoid([p["tpr"] for p in points], [p["fpr"] for p in points])
+    assert area == pytest.approx(auc(labels, scores), abs=1e-3)
+
+
+def test_logloss_clips_float32_as_float64() -> None:
+    labels, probs = np.array([1, 0, 1, 0]), np.array([1, 0, 0, 1])
+    assert logloss(labels, probs.astype(np.float32)) == logloss(labels, probs.astype(np.float64))
+    assert logloss(labels, probs) == pytest.approx(-math.log(EPS) / 2)
+
+
+def test_calibration_bins_put_a_score_on_an_edge_in_the_bin_above() -> None:
+    """[i/bins, (i+1)/bins): 0.3 * 10 rounds to 3.0000000000000004 and 0.6 * 10 to 6.0 in float64, but which side an
+    edge lands on must not depend on that."""
+    from pipeline.core.metrics import calibration_points
+
+    for bins in (10, 100, 1000):
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        probs = np.concatenate([edges, np.nextafter(edges[1:], 0.0)])
+        counts = {round(r["prob_pred"] * bins - 0.5): r["count"] for r in calibration_points(np.ones(len(probs)),
+                                                                                           probs, bins)}
+        # each bin holds its lower edge and the value just below its upper edge; the last one also 1.0 itself
+        assert counts == {b: 2 + (b == bins - 1) for b in range(bins)}
+
+
 def test_calibration_points_bin_means_and_counts() -> None:
     from pipeline.core.metrics import calibration_points
 

@@ -37,8 +37,9 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities clipped to [EPS, 1-EPS]."""
-    return float(log_loss(labels, np.clip(probs, EPS, 1 - EPS), labels=[0, 1]))
+    """Mean binary cross-entropy of probabilities clipped to [EPS, 1-EPS], in float64 (scikit-learn clips float32
+    input again, at float32's epsilon: float32 and float64 scores would be clipped differently)."""
+    return float(log_loss(labels, np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS), labels=[0, 1]))
 
 
 def gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
@@ -135,18 +136,20 @@ def sliced_metrics(exposures: np.ndarray, users: np.ndarray, labels: np.ndarray,
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, n_points: int = 201) -> list[dict[str, float]]:
     """ROC curve resampled at `n_points` evenly spaced false-positive rates (small enough to keep in git):
-    [{fpr, tpr, chance}], tpr the highest true-positive rate reached at a false-positive rate at or below fpr;
-    chance = fpr, the diagonal of a random ranking, drawn beside the curve."""
+    [{fpr, tpr, chance}], tpr the curve's true-positive rate at fpr: linear between its corners, so a group of
+    tied scores is one straight segment, as AUC counts it (a step drawn there would fall below the AUC), and at a
+    vertical jump its top; chance = fpr, the diagonal of a random ranking, drawn beside the curve."""
     fpr, tpr, _ = roc_curve(labels, scores)  # both non-decreasing, fpr[0] == 0
     grid = np.linspace(0.0, 1.0, n_points)
-    reached = tpr[np.searchsorted(fpr, grid, side="right") - 1]
+    reached = np.interp(grid, fpr, tpr)
     return [{"fpr": float(f), "tpr": float(t), "chance": float(f)} for f, t in zip(grid, reached)]
 
 
 def calibration_points(labels: np.ndarray, probs: np.ndarray, bins: int) -> list[dict[str, float]]:
-    """Equal-width probability bins -> [{prob_pred, prob_true, count, perfect}] for the non-empty bins; perfect =
-    prob_pred, the diagonal a calibrated model lies on, drawn beside the curve."""
-    which = np.minimum((probs * bins).astype(int), bins - 1)
+    """Equal-width probability bins [i/bins, (i+1)/bins) (the last one closed) -> [{prob_pred, prob_true, count,
+    perfect}] for the non-empty bins; perfect = prob_pred, the diagonal a calibrated model lies on, drawn beside the
+    curve. A score on an edge goes to the bin above it, whatever the float rounding of score * bins."""
+    which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), probs, side="right") - 1, 0, bins - 1)
     rows = []
     for b in range(bins):
         sel = which == b
