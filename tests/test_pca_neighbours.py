@@ -30,8 +30,11 @@ from pipeline.itememb.neighbours import (
     faiss_topk,
     item_neighbours,
     recall_at_k,
+    result_cosines,
+    usable_items,
 )
 from pipeline.itememb.pca import FittedPCA, Normalizer, aligned_matrices, fit_pca
+from pipeline.itememb.report import neighbours_without_self
 
 
 def _embeddings(n: int = 80, ft: int = 12, fi: int = 9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +82,16 @@ def test_standard_normaliser_ignores_constant_columns() -> None:
     out = norm(x)
     np.testing.assert_allclose(out[:, 0], (x[:, 0] - 3.0) / x[:, 0].std())
     np.testing.assert_array_equal(out[:, 1], 0.0)
+
+
+def test_items_with_no_text_and_no_image_get_a_zero_row() -> None:
+    """Both inputs zero (title and cover unusable): a zero row, as in the extracted tables, not the one vector
+    -mean @ components.T that every such item would share (each the others' perfect neighbour)."""
+    text, image = _embeddings()
+    text[[3, 9]] = 0.0
+    image[[3, 9, 11]] = 0.0  # item 11 keeps its text
+    scores = fit_pca(text, image, dim=4, normalize="l2", seed=0).transform(text, image)
+    assert not scores[[3, 9]].any() and scores[11].any() and np.delete(scores, [3, 9], axis=0).any(axis=1).all()
 
 
 def test_transform_applies_the_fitted_statistics_to_new_rows() -> None:
@@ -194,6 +207,10 @@ def test_exact_topk_breaks_ties_by_lower_index() -> None:
     scores, idx = exact_topk(vectors, np.array([[5.0, 0.0]]), 4)
     assert idx.tolist() == [[0, 2, 3, 1]]
     np.testing.assert_allclose(scores, [[1, 1, 1, 0]])
+    # faiss returns tied rows highest first; faiss_topk orders them as the reference does
+    tied = np.repeat(np.eye(3, dtype=np.float32), 5, axis=0)  # rows 0-4, 5-9, 10-14: three directions
+    got = faiss_topk(faiss_index(tied, use_gpu=False), tied[[7]], 5)
+    assert got[1].tolist() == exact_topk(tied, tied[[7]], 5)[1].tolist() == [[5, 6, 7, 8, 9]]
 
 
 def _item_table(n: int = 60, d: int = 8, seed: int = 0) -> np.ndarray:
@@ -223,6 +240,21 @@ def test_item_neighbours_exclude_the_query_even_with_a_duplicate() -> None:
     found = item_neighbours(table, 4, 3)
     assert found[0][0] == 9 and found[0][1] == pytest.approx(1.0, abs=1e-5)
     assert 4 not in [i for i, _ in found]
+
+
+def test_items_with_a_zero_vector_are_neither_neighbours_nor_queries() -> None:
+    """An item whose title and cover were unusable has a zero row: no direction, so it is never listed (it was, at
+    cosine 0, above every item of negative cosine) and asking for its neighbours is an error, as embedding_report
+    leaves such items out."""
+    table = _item_table()
+    table[[3, 8, 20]] = 0.0
+    table[5] = -table[1]  # every other item's cosine with item 1 made negative below
+    table[2:] = -np.abs(table[2:]) * np.sign(table[1])
+    found = item_neighbours(table, 1, 59)
+    assert not {3, 8, 20} & {i for i, _ in found} and len(found) == 56
+    assert all(s < 0 for _, s in found)
+    with pytest.raises(ValueError, match=r"item 8 has a zero vector in the item table"):
+        item_neighbours(table, 8, 3)
 
 
 @pytest.mark.parametrize("item_id", [0, -1, 61, 1000])
@@ -417,13 +449,31 @@ def _clustered(n: int = 2000, d: int = 16, clusters: int = 20, seed: int = 0) ->
     return (centres[rng.integers(0, clusters, size=n)] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
 
 
-def test_recall_at_k_counts_shared_ids_per_row() -> None:
-    exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+def test_recall_at_k_counts_results_as_near_as_the_exact_kth() -> None:
+    exact = np.array([[0.9, 0.8, 0.7, 0.6], [0.5, 0.4, 0.3, 0.2]])
     assert recall_at_k(exact, exact) == 1.0
-    assert recall_at_k(np.array([[4, 3, 9, 9], [-1, -1, -1, -1]]), exact) == pytest.approx((2 / 4 + 0) / 2)
+    missed = np.array([[0.6, 0.7, 0.1, 0.0], [-np.inf] * 4])  # two of row 0's; nothing for row 1 (faiss's -1)
+    assert recall_at_k(missed, exact) == pytest.approx((2 / 4 + 0) / 2)
     assert recall_at_k(exact[:, ::-1], exact) == 1.0  # order within the top k does not matter
+    assert recall_at_k(np.array([[0.9, 0.8, 0.7, 0.6 - 1e-7]]), exact[:1]) == 1.0  # tied with the k-th: found
     with pytest.raises(ValueError, match="shapes"):
         recall_at_k(exact[:, :2], exact)
+
+
+def test_recall_of_tied_neighbours_is_by_nearness_not_by_which_tied_id() -> None:
+    """Groups of identical vectors: exact search keeps the lowest ids of a tied group, an approximate search any of
+    them; each is as near, so recall counts it (by ids, HNSW's recall read 0.70 where its results were as near)."""
+    rng = np.random.default_rng(0)
+    table = np.vstack([np.zeros((1, 8)), np.repeat(rng.normal(size=(50, 8)), 40, axis=0)]).astype(np.float32)
+    ids = usable_items(table)
+    queries = ids[::97]
+    exact = neighbours_without_self(approx_index(table[ids], "flat"), table, ids, queries, 10)
+    shuffled = exact.copy()
+    for row, q in zip(shuffled, queries):  # the same group's other members, as an approximate index might give
+        group = (q - 1) // 40
+        others = [i for i in range(group * 40 + 1, group * 40 + 41) if i != q]
+        row[:] = rng.choice(others, size=10, replace=False)
+    assert recall_at_k(result_cosines(table, queries, shuffled), result_cosines(table, queries, exact)) == 1.0
 
 
 def test_flat_index_equals_exact() -> None:

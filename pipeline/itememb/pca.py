@@ -52,9 +52,13 @@ class FittedPCA:
     explained_variance_ratio: np.ndarray  # (dim,) float64
 
     def transform(self, text: np.ndarray, image: np.ndarray) -> np.ndarray:
-        """(N, F_text), (N, F_image) -> (N, dim) float32 PCA scores."""
+        """(N, F_text), (N, F_image) -> (N, dim) float32 PCA scores. An item whose text and image vectors are both
+        zero (no usable title or cover) gets a zero row, as in the extracted tables: projected, every such item
+        would get one shared vector (-mean @ components.T), each the others' perfect neighbour."""
         x = np.concatenate([self.text(text), self.image(image)], axis=1)  # (N, F)
-        return ((x - self.mean) @ self.components.T).astype(np.float32)
+        scores = ((x - self.mean) @ self.components.T).astype(np.float32)
+        scores[~(text.any(axis=1) | image.any(axis=1))] = 0.0
+        return scores
 
     def save(self, path: str | Path) -> None:
         with atomic_path(path) as tmp:

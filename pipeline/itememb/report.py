@@ -22,7 +22,7 @@ import polars as pl
 from pipeline.core.config import EmbeddingReportConfig
 from pipeline.core.io import DataError
 from pipeline.core.items import check_item_table, scatter_by_id, unit_rows
-from pipeline.itememb.neighbours import approx_index, recall_at_k
+from pipeline.itememb.neighbours import approx_index, recall_at_k, result_cosines, usable_items
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,6 @@ def sample_queries(n_items: int, sample_items: int, seed: int) -> np.ndarray:
     if n_items <= sample_items:
         return ids
     return np.sort(np.random.default_rng(seed).choice(ids, size=sample_items, replace=False))
-
-
-def usable_items(table: np.ndarray) -> np.ndarray:
-    """Ascending ids of the items whose row of an (N+1, D) item table is not all zeros: an item whose title or
-    cover was unusable has a zero vector (its extraction status), which has no direction to compare."""
-    return np.flatnonzero(np.any(table[1:] != 0, axis=1)) + 1
 
 
 def neighbours_without_self(index, table: np.ndarray, index_ids: np.ndarray, query_ids: np.ndarray,
@@ -145,7 +139,8 @@ def embedding_report(tables: dict[str, np.ndarray], tags: list[frozenset[int]], 
         found = neighbours_without_self(index, table, ids, mine, k)
         exact = found if cfg.index == "flat" else neighbours_without_self(
             approx_index(table[ids], "flat"), table, ids, mine, k)
-        report[name] = {**_agreements(mine, found, tags, topic), "recall_at_k": recall_at_k(found, exact),
+        recall = recall_at_k(result_cosines(table, mine, found), result_cosines(table, mine, exact))
+        report[name] = {**_agreements(mine, found, tags, topic), "recall_at_k": recall,
                         "queries": len(mine), "zero_items": int(n_items - len(ids))}
     report["chance"] = _agreements(queries, random_neighbours(queries, n_items, k, cfg.seed), tags, topic)
     recalls = [report[name]["recall_at_k"] for name in tables if "recall_at_k" in report[name]]
