@@ -243,3 +243,19 @@ def test_timestamps_in_seconds_and_milliseconds_at_once_are_refused(tmp_path, lo
     with pytest.raises(DataError, match=rf"{name}: timestamps in two units \(user \d, item \d at 16\d+ reads as "
                                         r"seconds; user \d, item \d at 16\d+ reads as milliseconds\)"):
         microlens_sequences(raw, "error", cfg)
+
+
+@pytest.mark.parametrize(("change", "key"), [({"split": "time"}, "build_sequences.split"),
+                                             ({"negatives": "exposures"}, "build_sequences.negatives")])
+def test_a_tsv_pairs_file_has_no_times_for_a_time_split_or_an_exposure_log(tmp_path, change, key):
+    """A .tsv's "timestamps" are places in a user's line: a global time cut on them splits by click count (every
+    test user one with many clicks, without a word), and no exposure's time can match them."""
+    raw = microlens_release(tmp_path / "ml")
+    (raw / "MicroLens-100k_pairs.csv").unlink()
+    (raw / "MicroLens-100k_title_en.csv").write_text("".join(f"{i},title {i}\n" for i in range(1, 9)))
+    (raw / "MicroLens-100k_likes_and_views.txt").write_text("".join(f"{i}\t{i}\t{10 * i}\n" for i in range(1, 9)))
+    (raw / "MicroLens-50k_pairs.tsv").write_text("1\t2 1 3 4\n2\t1 2 5\n")
+    (raw / "impressions.csv").write_text("user,item,timestamp,click\n1,2,0,1\n")
+    microlens_sequences(raw, "error", BuildSequencesConfig(max_len=3, neg_ratio=1))  # leave_last, sampled: fine
+    with pytest.raises(DataError, match=rf"^{key}: .* MicroLens-50k_pairs\.tsv has none"):
+        microlens_sequences(raw, "error", BuildSequencesConfig(max_len=3, **change))

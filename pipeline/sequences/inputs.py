@@ -111,6 +111,14 @@ def microlens_sequences(raw_dir: str | Path, unknown_items: str, cfg: BuildSeque
     if not likes_views["item_id"].is_in(ids.tolist()).any():  # items without counts get level 0, but not all
         raise DataError(f"{files.likes_views}: no counts for any of the {ids.size} items of {files.titles.name}")
     items, vocab = build_item_features(ids, likes_views, tags, max_tags=cfg.max_tags, n_levels=cfg.n_levels)
+    if files.pairs.suffix == ".tsv":  # a .tsv holds no times: each click's "timestamp" is its place in its line
+        if cfg.split == "time":
+            raise DataError(f"build_sequences.split: 'time' needs timestamps, and {files.pairs.name} has none (a "
+                            "click's place in its user's line stands in for its time); use 'leave_last'")
+        if cfg.negatives == "exposures":
+            raise DataError(f"build_sequences.negatives: 'exposures' matches each clicked exposure to a click of the "
+                            f"pairs file at its timestamp, and {files.pairs.name} has none; use a pairs.csv with "
+                            "timestamps")
     pairs, repeated = drop_repeated_events(read_pairs(files.pairs), files.pairs)
     check_one_time_unit(pairs, files.pairs)
     pairs, dropped = check_known_items(pairs, ids, unknown_items, files.pairs)
