@@ -214,11 +214,15 @@ PROFILES: dict[str, dict[str, Any]] = {
                    "train.mm_dim": 128, "train.dnn_hidden_units": [1024, 512, 256],
                    "train.din_attention_units": [512, 256], "train.net_dropout": 0.0, "train.epochs": 100,
                    "train.patience": 2, "train.lr_decay": 0.1},
-    # The 1st-place solution's own configuration (its paper and code; shared/reference/winner-and-data-formats.md).
+    # The 1st-place solution's own configuration (its paper and code; shared/reference/winner-and-data-formats.md):
+    # FuxiCTR's training too (raw weights, no average; whole epochs, patience 5; fp32). The README's command for it
+    # sets the same train values (tests/test_variants.py).
     "winner": {**_BASELINE, "train.embedding_dim": 64, "train.mm_dim": 0, "train.transformer_layers": 2,
                "train.dim_feedforward": 256, "train.transformer_dropout": 0.2, "train.first_k": 16,
                "train.dnn_hidden_units": [1024, 512, 256], "train.net_dropout": 0.2, "train.learning_rate": 5e-4,
-               "train.batch_size": 128, "train.embedding_regularizer": 0.0},
+               "train.batch_size": 128, "train.embedding_regularizer": 0.0, "train.net_regularizer": 0.0,
+               "train.ema_decay": 0.0, "train.max_steps": 0, "train.epochs": 100, "train.patience": 5,
+               "train.amp": False},
 }
 
 

@@ -286,7 +286,8 @@ class CTRBase(nn.Module):
         self.id_dropout = 0.0
 
     def reset_parameters(self) -> None:
-        """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias; then,
+        """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias (the
+        attention's output projection too, which FuxiCTR's `type(m) in [nn.Linear]` leaves at torch's default); then,
         with `id_init: mm`, the id rows 1..N from `mm_prior` of the frozen embedding."""
         for m in self.modules():
             if isinstance(m, nn.Embedding):

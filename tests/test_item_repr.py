@@ -128,6 +128,8 @@ def test_semantic_ids_reader_checks_its_contract(tmp_path):
         ([[-1, -1], [0, 3], [4, -2]], 3, None, r"row 2: codes must be -1 for row 0 \(padding\) and in 0\.\.32767"),
         # a hostile code would size the code table: it is refused before any model is built
         ([[-1, -1], [0, 3], [4, 1 << 15]], 3, None, r"row 2: codes must be -1 for row 0 \(padding\) and in 0"),
+        ([[-1, -1], [0, -1], [4, 4]], 3, None, r"row 1: codes must be -1"),  # an item's -1: its row, not row 0
+        ([None, [0, 3], [4, 4]], 3, None, r"row 0: codes is null"),
         ([[-1] * 65, [0] * 65, [1] * 65], 3, None, r"lists of length 65, expected 1\.\.64"),
         ([[-1, -1], [0, 3], [4]], 3, None, r"row 2: codes has length 1, expected length 2"),
         (good, 3, [0, 2, 1], r"row 1 holds item_id 2"),
@@ -137,6 +139,11 @@ def test_semantic_ids_reader_checks_its_contract(tmp_path):
         pl.DataFrame({"item_id": pl.Series([0, 1, 2], dtype=pl.Int32), "codes": codes}).write_parquet(path)
         with pytest.raises(DataError, match=r"column 'codes' has dtype .*, expected a list of integers"):
             load_semantic_ids(path, 3)
+    huge = tmp_path / "huge.parquet"  # unsigned codes past int64
+    pl.DataFrame({"item_id": pl.Series([0, 1, 2], dtype=pl.Int32),
+                  "codes": pl.Series([[1], [2], [1 << 63]], dtype=pl.List(pl.UInt64))}).write_parquet(huge)
+    with pytest.raises(DataError, match=r"huge\.parquet: column 'codes' does not fit Int64"):
+        load_semantic_ids(huge, 3)
     for i, (codes, n_rows, ids, message) in enumerate(cases):
         path = _ids_file(tmp_path / f"bad{i}.parquet", codes, ids)
         with pytest.raises(DataError, match=message):

@@ -426,6 +426,22 @@ def test_cli_neighbours_by_codes_ranks_by_shared_prefix_then_cosine(tmp_path: Pa
     assert [float(p[2]) for p in parsed] == pytest.approx([cos[int(p[1])] for p in parsed], abs=1e-3)
 
 
+def test_cli_neighbours_by_codes_leaves_out_items_with_a_zero_vector(tmp_path: Path) -> None:
+    """Items without content share the zero vector's code: as in cosine search they are never listed, and a
+    query of one is an error."""
+    _, titles, table = _cli_files(tmp_path)
+    table[[6, 8]] = 0.0  # item 8 shares all of item 1's codes, item 6 two
+    info = _write_item_info(tmp_path, table)
+    ids_path = _semantic_ids(tmp_path, CODES)
+    args = ["--by", "codes", "--item-info", str(info), "--titles", str(titles), "--semantic-ids", str(ids_path)]
+    result = CliRunner().invoke(main, ["neighbours", "--item", "1", "-k", "10", *args])
+    assert result.exit_code == 0, result.output
+    assert [int(line.split()[1]) for line in result.output.strip().splitlines()[2:]] == [3, 5, 10, 11] or \
+        {int(line.split()[1]) for line in result.output.strip().splitlines()[2:]} == {3, 5, 10, 11}
+    result = CliRunner().invoke(main, ["neighbours", "--item", "8", *args])
+    assert result.exit_code == 1 and "item 8 has a zero vector in the item table" in result.output
+
+
 def test_cli_neighbours_by_codes_needs_codes_for_every_item(tmp_path: Path) -> None:
     info, titles, _ = _cli_files(tmp_path)
     short = _semantic_ids(tmp_path, CODES[:-2])

@@ -242,6 +242,10 @@ def test_truncated_random_and_mistyped_split_files_are_one_line_errors(tmp_path:
     (lambda df, n: df.with_columns(item_seq=pl.concat_list(pl.col("item_seq").list.slice(1), pl.lit(n + 7))),
      r"row 0: item_seq holds an item id outside 0\.\.{m}"),
     (lambda df, n: df.with_columns(pl.col("item_seq").list.head(1)), r"row 0: item_seq has length 1, expected"),
+    # a history with a gap (3, 0, 5): trim_history would keep the 5 only, and first_k pool the wrong positions
+    (lambda df, n: df.with_columns(item_seq=pl.when(pl.int_range(pl.len()) == 4).then(pl.concat_list(
+        pl.col("item_seq").list.slice(3), pl.lit([3, 0, 5]))).otherwise("item_seq")),
+     r"row 4: item_seq is not left-padded \(a 0 follows an item id\)"),
     (lambda df, n: df.with_columns(likes_level=pl.lit(-1, dtype=pl.Int8)), r"row 0: likes_level -1 is outside"),
     (lambda df, n: df.with_columns(label=pl.when(pl.int_range(pl.len()) == 3).then(float("nan")).otherwise(
         "label")), r"row 3: label nan is not 0 or 1"),

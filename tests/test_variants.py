@@ -5,6 +5,7 @@ models (multi-interest, drifting, successor) draw what they claim and write thei
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ def test_each_profile_loads_as_a_train_section(tmp_path: Path, profile: str) -> 
                               "meanpool-recipe": "meanpool", "din-recipe": "din"}.get(profile, profile)
     assert (cfg.arch.exposure_levels > 0) == (profile == "default")  # the baselines are the plain architectures
     assert params["data"]["source"] == "mmctr" and params["build_sequences"]["max_len"] == 50
+
+
+def test_the_readme_winner_command_sets_the_winner_profile() -> None:
+    """The README's `dvc exp run -S ...` for the winning configuration and the `winner` profile give the same train
+    section (the command had left the default's user bias and weight average on)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = readme[readme.index("dvc exp run -S fit_pca.dim=128"):]
+    command = command[:command.index("```")]
+    sets = dict(re.findall(r"-S '?train\.(\w+)=([^'\s]+)'?", command))
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    from_readme = {**params["train"], **{k: yaml.safe_load(v) for k, v in sets.items()}}
+    from_profile = {**params["train"], **{k.removeprefix("train."): v for k, v in PROFILES["winner"].items()}}
+    assert from_readme == from_profile
 
 
 # --------------------------------------------------------------------------------------------------

@@ -116,6 +116,11 @@ def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> t
     codes = read_semantic_ids(path, table.shape[0])  # (N+1, L)
     if not 1 <= item_id < table.shape[0]:
         raise ValueError(f"item {item_id} is not in the item table (ids 1..{table.shape[0] - 1})")
+    if not table[item_id].any():
+        raise ValueError(f"item {item_id} has a zero vector in the item table (its title and cover were unusable): "
+                         "its code says nothing about it")
+    # items without content share the code of the zero vector: as in cosine search, they are never listed
+    codes = np.where(table.any(axis=1)[:, None], codes, -1)
     cosine = unit_rows(table) @ unit_rows(table[item_id:item_id + 1])[0]  # (N+1,)
     return codes.shape[1], code_neighbours(codes, item_id, k, cosine)
 

@@ -285,8 +285,13 @@ def list_matrix(path: str | Path, df: pl.DataFrame, column: str, width: int | No
                 first_row: int = 0) -> np.ndarray:
     """A list column whose rows all have `width` elements (default: row 0's) and no nulls -> (rows, width) array;
     errors name the first bad row, counted from `first_row` (as check_range)."""
-    col = df[column].cast(pl.List(dtype))
+    try:
+        col = df[column].cast(pl.List(dtype))
+    except pl.exceptions.PolarsError as e:  # e.g. unsigned values past the target dtype
+        raise DataError(f"{path}: column {column!r} does not fit {dtype} ({error_summary(e)})") from None
     lengths = col.list.len()
+    if width is None and len(col) and lengths[0] is None:
+        raise DataError(f"{path}: row {first_row}: {column} is null")
     width = width if width is not None else (lengths[0] if len(col) else 0)
     bad = first_true((lengths != width).fill_null(True).to_numpy())
     if bad is not None:

@@ -83,8 +83,9 @@ def read_semantic_ids(path: str | Path, n_rows: int) -> np.ndarray:
     codes = list_matrix(path, df, "codes", None, pl.Int64)  # (N+1, L)
     if not 1 <= codes.shape[1] <= MAX_LEVELS:
         raise DataError(f"{path}: column 'codes' holds lists of length {codes.shape[1]}, expected 1..{MAX_LEVELS}")
-    bad = 0 if (codes[0] != -1).any() else first_true(((codes[1:] < 0) | (codes[1:] >= MAX_CODEBOOK)).any(axis=1))
+    item = first_true(((codes[1:] < 0) | (codes[1:] >= MAX_CODEBOOK)).any(axis=1))
+    bad = 0 if (codes[0] != -1).any() else None if item is None else item + 1  # a file row
     if bad is not None:
-        raise DataError(f"{path}: row {bad if bad == 0 else bad + 1}: codes must be -1 for row 0 (padding) and in "
-                        f"0..{MAX_CODEBOOK - 1} for items")
+        raise DataError(f"{path}: row {bad}: codes must be -1 for row 0 (padding) and in 0..{MAX_CODEBOOK - 1} "
+                        "for items")
     return np.require(codes, np.int64, ["C", "W"])

@@ -19,7 +19,7 @@ from pipeline.core.io import DataError
 from pipeline.itememb.report import random_neighbours, sample_queries
 
 TAG_SAMPLE_K = 10  # random other items per item in the chance baseline of tag agreement
-ASSIGN_CHUNK = 1024  # rows per assign_codes step: a (1024, K, D) float64 temporary, 16 MB at K = 64, D = 32
+ASSIGN_BUDGET = 1 << 21  # float64 elements of assign_codes' (rows, K, D) temporary per step: 16 MB
 
 
 def residual_kmeans(x: np.ndarray, levels: int, codebook_size: int, iterations: int, seed: int
@@ -51,11 +51,13 @@ def assign_codes(x: np.ndarray, codebooks: np.ndarray) -> np.ndarray:
     the centroid nearest (squared L2, ties to the lower index) to what the earlier levels' centroids left."""
     residual = np.asarray(x, dtype=np.float64).copy()
     codes = np.empty((len(x), len(codebooks)), dtype=np.int16)
+    # rows per step so that the (rows, K, D) difference stays within ASSIGN_BUDGET: of all N items at once it would
+    # be GBs at 91K items, and a fixed row count grows with K * D (8 GiB a level at K = 32768)
+    chunk = max(1, ASSIGN_BUDGET // max(1, codebooks.shape[1] * codebooks.shape[2]))
     for level, book in enumerate(codebooks.astype(np.float64)):
-        # ASSIGN_CHUNK rows at a time: the (rows, K, D) difference of all N items at once would be GBs at 91K items
-        for lo in range(0, len(x), ASSIGN_CHUNK):
-            dist = ((residual[lo:lo + ASSIGN_CHUNK, None, :] - book[None, :, :]) ** 2).sum(-1)  # (rows, K)
-            codes[lo:lo + ASSIGN_CHUNK, level] = dist.argmin(axis=1)
+        for lo in range(0, len(x), chunk):
+            dist = ((residual[lo:lo + chunk, None, :] - book[None, :, :]) ** 2).sum(-1)  # (rows, K)
+            codes[lo:lo + chunk, level] = dist.argmin(axis=1)
         residual -= book[codes[:, level]]
     return codes
 

@@ -69,15 +69,20 @@ def split_arrays(path: str | Path, df: pl.DataFrame, feature_map: FeatureMap, fi
     {item_seq (R, L) int32, item_id, user_id (R,) int32, label (R,) float32, <context> (R,) int8}.
 
     Every column that indexes an embedding table is range-checked against `feature_map` (item_id 1..N, item_seq
-    0..N of length max_len, each context feature 0..vocab-1), and label must be 0 or 1: a bad value is a DataError
-    naming the file, the first bad row (of the file) and the column, before any training step (an id past a table
-    would otherwise be an IndexError mid-run)."""
+    0..N of length max_len and left-padded, each context feature 0..vocab-1), and label must be 0 or 1: a bad
+    value is a DataError naming the file, the first bad row (of the file) and the column, before any training step
+    (an id past a table would otherwise be an IndexError mid-run)."""
     names = [f.name for f in feature_map.context_features]
     n_ids = feature_map["item_id"].vocab_size
     seq = list_matrix(path, df, "item_seq", feature_map["item_seq"].max_len, pl.Int32, first_row)  # (R, L)
     bad = first_true(((seq < 0) | (seq >= n_ids)).any(axis=1))
     if bad is not None:
         raise DataError(f"{path}: row {bad + first_row}: item_seq holds an item id outside 0..{n_ids - 1}")
+    # left-padded: every 0 before the first item id (trim_history keeps the last columns, first_k the last items)
+    real = seq != 0
+    bad = first_true(real.any(axis=1) & (real.argmax(axis=1) != seq.shape[1] - real.sum(axis=1)))
+    if bad is not None:
+        raise DataError(f"{path}: row {bad + first_row}: item_seq is not left-padded (a 0 follows an item id)")
     check_range(path, df, "user_id", 0, np.iinfo(np.int32).max, first_row)
     check_range(path, df, "item_id", 1, n_ids - 1, first_row)
     for n in names:
