@@ -112,7 +112,8 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
                       features of `fmap` with ours' widths and padding id 0
 
     `splits` come from pipeline.load_split, `item_tags` (N+1, T) and `item_mm` (N+1, M) from
-    load_item_tables. A history with a 0 after a real item is a DataError: FuxiCTR reads histories as a length.
+    load_item_tables. Histories are left-padded (load_split refuses a 0 after a real item, naming the row), as
+    FuxiCTR, which reads a history as a length, needs.
     """
     from pipeline.core.io import DataError
 
@@ -120,12 +121,8 @@ def export_fuxictr(splits: dict[str, SplitTensors], item_tags: Tensor, item_mm: 
     histories, offset = [], 0
     for name in SPLITS:
         split = splits[name]
-        seq = split.item_seq.numpy()  # (n, L)
+        seq = split.item_seq.numpy()  # (n, L), left-padded (load_split refuses a 0 after a real item)
         lengths = (seq != 0).sum(axis=1)  # (n,)
-        padded_left = (seq != 0) == (np.arange(seq.shape[1]) >= seq.shape[1] - lengths[:, None])  # (n, L)
-        if not padded_left.all():
-            row = int(np.argmin(padded_left.all(axis=1)))
-            raise DataError(f"{name} split: row {row} has padding after a real history item")
         labels = split.label.numpy()
         if not np.isin(labels, (0.0, 1.0)).all():
             raise DataError(f"{name} split: labels must be 0 or 1 to export")

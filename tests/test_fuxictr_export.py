@@ -137,7 +137,7 @@ def test_feature_map_names_every_column_with_our_widths(tmp_path, use_mm_emb):
 def test_padding_after_a_real_item_is_refused(tmp_path):
     """FuxiCTR keeps a history as a length, so a 0 inside a history cannot be exported faithfully."""
     write_inputs(tmp_path, {**HISTORIES, "valid": [[0, 1, 0, 3], [0, 0, 0, 2]]})
-    with pytest.raises(DataError, match="valid split: row 0"):
+    with pytest.raises(DataError, match=r"valid\.parquet: row 0: item_seq is not left-padded"):
         export(tmp_path, din_cfg(embedding_dim=4, mm_dim=2))
 
 
