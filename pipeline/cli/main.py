@@ -38,7 +38,7 @@ from pipeline.core.io import DataError, read_parquet
 from pipeline.core.items import item_info_table, read_semantic_ids, unit_rows
 from pipeline.core.stage import PathArg, one_line_errors
 from pipeline.itememb.gallery import GALLERY_MAX_NEIGHBOURS, check_gallery_path, draw_gallery
-from pipeline.itememb.neighbours import item_neighbours
+from pipeline.itememb.neighbours import check_query, item_neighbours
 from pipeline.itememb.quantize import code_neighbours
 from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import read_titles
@@ -114,11 +114,7 @@ def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> t
     if not Path(path).exists():
         raise DataError(f"{path}: file not found (run `dvc repro` first, or pass --semantic-ids)")
     codes = read_semantic_ids(path, table.shape[0])  # (N+1, L)
-    if not 1 <= item_id < table.shape[0]:
-        raise ValueError(f"item {item_id} is not in the item table (ids 1..{table.shape[0] - 1})")
-    if not table[item_id].any():
-        raise ValueError(f"item {item_id} has a zero vector in the item table (its title and cover were unusable): "
-                         "its code says nothing about it")
+    check_query(table, item_id)
     # items without content share the code of the zero vector: as in cosine search, they are never listed
     codes = np.where(table.any(axis=1)[:, None], codes, -1)
     cosine = unit_rows(table) @ unit_rows(table[item_id:item_id + 1])[0]  # (N+1,)

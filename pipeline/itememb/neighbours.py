@@ -43,15 +43,21 @@ def usable_items(table: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.any(table[1:] != 0, axis=1)) + 1
 
 
-def item_neighbours(table: np.ndarray, item_id: int, k: int) -> list[tuple[int, float]]:
-    """The k items most similar to `item_id` in an item table (row i = item i, row 0 = padding), among the items
-    with a non-zero row (`usable_items`), the item itself excluded: [(item_id, cosine)], best first, ties by lower
-    id. A query whose own row is zero is a ValueError: it has no direction to compare."""
+def check_query(table: np.ndarray, item_id: int) -> None:
+    """A ValueError unless `item_id` is an item of the (N+1, D) item table with a non-zero row: a zero row (title
+    and cover unusable) has no direction to compare, by cosine or by the code it was quantized to."""
     if not 1 <= item_id < table.shape[0]:
         raise ValueError(f"item {item_id} is not in the item table (ids 1..{table.shape[0] - 1})")
     if not table[item_id].any():
         raise ValueError(f"item {item_id} has a zero vector in the item table (its title and cover were unusable): "
                          "it has no nearest items")
+
+
+def item_neighbours(table: np.ndarray, item_id: int, k: int) -> list[tuple[int, float]]:
+    """The k items most similar to `item_id` in an item table (row i = item i, row 0 = padding), among the items
+    with a non-zero row (`usable_items`), the item itself excluded: [(item_id, cosine)], best first, ties by lower
+    id. The query is checked by `check_query`."""
+    check_query(table, item_id)
     ids = usable_items(table)
     scores, rows = faiss_topk(faiss_index(table[ids]), table[item_id:item_id + 1], min(k + 1, len(ids)))
     found = [(int(ids[r]), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0 and ids[r] != item_id]

@@ -171,8 +171,8 @@ def pass_batches(lengths: Tensor, batch_size: int, bucket_batches: int, gen: tor
     (n,), stable) before it is cut, and a window's batches are then taken in a random order: a batch holds rows
     of similar length, so `trim_history` keeps few padding columns (most histories are far shorter than the
     longest), while which rows meet and the order of the batches stay random (within a window, so reads stay
-    local). The batches are made
-    as they are taken (PassBatches), the same ones as `pass_batches_reference` makes up front."""
+    local). The batches are made as they are taken (PassBatches), the same ones as `pass_batches_reference` makes
+    up front."""
     windows = PassWindows(len(lengths), block_rows, buffer_blocks, gen)
     if not bucket_batches:
         return PassBatches(-(-len(lengths) // batch_size), _cut(windows, batch_size))
