@@ -87,8 +87,12 @@ def error_line(e: BaseException) -> str | None:
     if code is None:
         return None
     filename = getattr(e, "filename", None)
-    reason = os.strerror(code) if code else first_line(e)
-    return f"{filename}: {reason}" if filename else f"{reason} ({first_line(e)})"
+    detail = first_line(e)
+    reason = os.strerror(code) if code else detail
+    if filename:
+        return f"{filename}: {reason}"
+    # The detail adds nothing when it is the reason itself (str() of a bare OSError(errno, strerror)).
+    return reason if detail in (reason, f"[Errno {code}] {reason}") else f"{reason} ({detail})"
 
 
 @contextmanager
