@@ -178,7 +178,32 @@ def test_results_command_prints_the_table(monkeypatch) -> None:
     from pipeline.cli import main as cli
 
     base = {"train": {"learning_rate": 0.004}}
-    monkeypatch.setattr(cli, "run_dvc", lambda cmd: json.dumps([_revision(None, "workspace", base, 0.8, 0.81)]))
+    status: dict = {}
+    monkeypatch.setattr(cli, "run_dvc", lambda cmd: json.dumps(
+        status if cmd[1] == "status" else [_revision(None, "workspace", base, 0.8, 0.81)]))
     result = CliRunner().invoke(cli.main, ["results"])
     assert result.exit_code == 0
     assert result.output.splitlines()[2] == "| workspace | 0.8000 | 0.8100 | 0.4500 | 0.8000 | - |"
+    # params edited (or left by a failed `dvc exp run`) since the last run: the metrics on disk are not theirs
+    status.update({"fit_pca": [{"changed deps": {"params.yaml": {"fit_pca": "modified"}, "data/x": "modified"}}],
+                   "train": [{"changed deps": {"params.yaml": {"train": "modified"}}}, {"changed outs": {}}]})
+    result = CliRunner().invoke(cli.main, ["results"])
+    assert result.output.splitlines()[2].startswith("| workspace (not reproduced: fit_pca, train) | 0.8000 |")
+
+
+def test_a_failed_experiment_shows_no_metrics_and_is_never_a_record() -> None:
+    """DVC keeps a failed queued experiment with its params beside the metrics of the commit it started from: its
+    row says it failed and shows none of them, and neither the comparison nor tune takes it as a result."""
+    from pipeline.cli.tune import trial_records
+
+    failed = _revision("cmp-din-id", "b" * 40, {"fit_pca": {"dim": 0}}, 0.85, 0.854, 0.86)
+    failed["error"] = {"msg": "Experiment run failed", "type": ""}
+    ok = _revision("cmp-din-mm", "c" * 40, {"fit_pca": {"dim": 16}}, 0.80, 0.79)
+    ok["error"] = None
+    rows = headline_rows([failed, ok])
+    assert headline_table(rows).splitlines()[2:] == [
+        "| cmp-din-id (failed) | 0 | - | - | - | - | - |",
+        "| cmp-din-mm | 16 | 0.8000 | 0.7900 | 0.4500 | 0.7800 | - |"]
+    assert set(experiment_records([failed, ok])) == {"cmp-din-mm"}
+    failed["name"] = "tune-1-1"
+    assert trial_records([failed], ["tune-1-1"]) == []

@@ -86,6 +86,12 @@ def _walk(node: Any) -> Iterator[dict]:
             yield from _walk(value)
 
 
+def run_failed(node: dict) -> bool:
+    """Whether a revision of `dvc exp show --json` is an experiment whose run failed (its `error` is set): its data
+    then holds its params beside the metrics of the commit it started from, which no run of those params wrote."""
+    return bool(node.get("error"))
+
+
 def dig(node: Any, *keys: str) -> dict[str, Any]:
     """node[keys[0]][keys[1]]... of a `dvc exp show --json` tree, through dicts only -> the dict found there, or {}
     where a level is missing or is not a dict (a metrics or params file of another shape reads as missing, never as
@@ -115,7 +121,7 @@ def experiment_records(exp_show: Any) -> dict[str, dict[str, Any]]:
     stamps: dict[str, str] = {}
     for node in _walk(exp_show):
         name = node.get("name") or node["data"].get("name")
-        if not isinstance(name, str) or not name.startswith(f"{PREFIX}-"):
+        if not isinstance(name, str) or not name.startswith(f"{PREFIX}-") or run_failed(node):
             continue
         stamp = node["data"].get("timestamp") or ""
         if name in stamps and stamp < stamps[name]:
@@ -169,18 +175,40 @@ def _flat_params(data: dict) -> dict[str, Any]:
             for key, value in values.items()}
 
 
-def headline_rows(exp_show: Any) -> list[dict[str, Any]]:
+def unreproduced_params(status: Any) -> list[str]:
+    """`dvc status --json` -> the params (sections, as the stages list them) changed since the workspace's last run,
+    sorted: params entries of "changed deps" are dicts ({"params.yaml": {"fit_pca": "modified"}}), files' strings."""
+    changed: set[str] = set()
+    for entries in status.values() if isinstance(status, dict) else ():
+        for entry in entries if isinstance(entries, list) else ():
+            deps = entry.get("changed deps") if isinstance(entry, dict) else None
+            for value in deps.values() if isinstance(deps, dict) else ():
+                if isinstance(value, dict):
+                    changed.update(map(str, value))
+    return sorted(changed)
+
+
+def headline_rows(exp_show: Any, unreproduced: list[str] | None = None) -> list[dict[str, Any]]:
     """`dvc exp show --json` -> one row per revision (workspace, commit, experiment), in its order: name, params
-    ({"section.key": value}) and the headline metrics (HEADLINE's keys, plus history_oracle_auc when known)."""
+    ({"section.key": value}) and the headline metrics (HEADLINE's keys, plus history_oracle_auc when known).
+
+    A failed experiment's row is named "<name> (failed)" with no metrics, and with `unreproduced` (the params
+    `dvc status` reports changed) the workspace's "workspace (not reproduced: ...)": in both the metrics on disk
+    were written by other params than the row shows."""
     rows = []
     for node in _walk(exp_show):
         data = node["data"]
         rev = str(node.get("rev") or data.get("rev", "?"))
         name = node.get("name") or data.get("name") or (rev[:7] if len(rev) == 40 else rev)  # a sha, or "workspace"
+        failed = run_failed(node)
+        if failed:
+            name = f"{name} (failed)"
+        elif rev == "workspace" and unreproduced:
+            name = f"workspace (not reproduced: {', '.join(unreproduced)})"
         row = {"name": name, "params": _flat_params(data)}
         for label, path, key in HEADLINE:
-            row[label] = _metric(data, path).get(key)
-        row["history_oracle_auc"] = _metric(data, EVAL_METRICS).get("history_oracle_auc")
+            row[label] = None if failed else _metric(data, path).get(key)
+        row["history_oracle_auc"] = None if failed else _metric(data, EVAL_METRICS).get("history_oracle_auc")
         rows.append(row)
     return rows
 

@@ -17,6 +17,7 @@ from pipeline.cli.compare import (
     headline_rows,
     headline_table,
     queue_commands,
+    unreproduced_params,
 )
 from pipeline.cli.plots import write_page
 from pipeline.cli.terminal import printable
@@ -164,7 +165,8 @@ def results(all_commits: bool) -> None:
     `dvc exp show` holds every metric and param; this is the part worth reading first."""
     with one_line_errors(TuneError):
         out = run_dvc(["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])])
-        click.echo(headline_table(headline_rows(json.loads(out))))
+        unreproduced = unreproduced_params(json.loads(run_dvc(["dvc", "status", "--json"]) or "{}"))
+        click.echo(headline_table(headline_rows(json.loads(out), unreproduced)))
 
 
 @main.command()

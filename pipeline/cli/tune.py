@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk, dig
+from pipeline.cli.compare import TRAIN_METRICS, _metric, _walk, dig, run_failed
 from pipeline.core.config import (
     PARAMS_FILE,
     ParamsError,
@@ -172,12 +172,12 @@ def trial_records(exp_show: Any, names: list[str]) -> list[dict[str, Any]]:
     """`dvc exp show --json` -> one record per finished trial among `names`, in the order of `names`: {name, the
     tuned train values (TrainConfig's default where params.yaml leaves a key out, as the stage does), valid_auc,
     valid_logloss, best_epoch} (valid metrics from train's dvclive summary; a missing value is None). Other
-    experiments are ignored; a name seen twice keeps its newest run."""
+    experiments and failed runs are ignored; a name seen twice keeps its newest run."""
     found: dict[str, dict[str, Any]] = {}
     stamps: dict[str, str] = {}
     for node in _walk(exp_show):
         name = node.get("name") or node["data"].get("name")
-        if name not in names:
+        if name not in names or run_failed(node):
             continue
         stamp = node["data"].get("timestamp") or ""
         if name in stamps and stamp < stamps[name]:
