@@ -5,6 +5,7 @@ in a temporary git+DVC repository."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -17,11 +18,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipeline.cli import tune as tune_module
 from pipeline.cli.main import main as mmctr
 from pipeline.cli.tune import (
     TUNED,
     TuneError,
     _error_line,
+    apply_trial,
     best_trial,
     ranked,
     results_table,
@@ -211,9 +214,9 @@ def test_records_table_and_best_come_from_the_valid_split_only() -> None:
     names = trial_names(2, 4)
     records = trial_records(_exp_show(), names)
     assert [r["name"] for r in records] == names
-    assert records[1] == {"name": "tune-2-2", "learning_rate": 0.004, "batch_size": 1024, "embedding_regularizer": 0.0,
-                          "net_regularizer": 0.0, "net_dropout": 0.1, "embedding_dim": 16, "valid_auc": 0.86,
-                          "valid_logloss": 0.45, "best_epoch": 2}
+    assert records[1] == {"name": "tune-2-2", "rev": "x", "learning_rate": 0.004, "batch_size": 1024,
+                          "embedding_regularizer": 0.0, "net_regularizer": 0.0, "net_dropout": 0.1, "embedding_dim": 16,
+                          "valid_auc": 0.86, "valid_logloss": 0.45, "best_epoch": 2}
     assert all("auc" not in r for r in records)  # test metrics are not even read
     assert records[2]["net_regularizer"] == TrainConfig().net_regularizer  # what the stage used for a missing key
     assert best_trial(records)["name"] == "tune-2-2"  # not tune-2-3 (better test AUC) nor tune-1-1 (other search)
@@ -349,8 +352,15 @@ def project(tmp_path_factory, tiny_reproduced) -> Path:
     return root
 
 
+def _workspace(root: Path) -> dict[str, bytes]:
+    """What an apply may change: params.yaml, dvc.lock, the model and train's metrics, by path."""
+    paths = [root / "params.yaml", root / "dvc.lock", root / "data/model/model.pt",
+             *sorted((root / "data/metrics/train").rglob("*"))]
+    return {str(p.relative_to(root)): p.read_bytes() for p in paths if p.is_file()}
+
+
 @pytest.mark.slow
-def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
+def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluated = (project / "data/metrics/evaluate.json").read_bytes()
     # As after `dvc repro train` alone in a fresh clone: evaluate's data outputs are in neither the workspace nor
     # the cache (`dvc exp apply` of the winner failed there: it checks out every output the trial's commit names)
@@ -359,8 +369,23 @@ def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
         if out["path"].startswith("data/eval/"):
             (project / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).unlink()
             (project / out["path"]).unlink()
-    out = _run(["mmctr", "tune", "--trials", "2"], project)
-    lines = out.splitlines()
+    # The whole command in this process, so that the DVC and git commands it runs can be seen (and interrupted).
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("PATH", stage_env()["PATH"])
+    real_run, calls = tune_module.run_dvc, []
+
+    def interrupted(cmd: list[str]) -> str:
+        calls.append(cmd)
+        if cmd[:2] == ["dvc", "status"] and any(c[:2] == ["dvc", "checkout"] for c in calls):
+            raise KeyboardInterrupt  # Ctrl-C once the winner's model is checked out
+        return real_run(cmd)
+
+    monkeypatch.setattr(tune_module, "run_dvc", interrupted)
+    start = _workspace(project)
+    result = CliRunner().invoke(mmctr, ["tune", "--trials", "2"])
+    assert result.exit_code == 1 and result.output.rstrip().endswith("Aborted!"), result.output
+    assert _workspace(project) == start  # the apply was undone: params, lock, model and metrics as before
+    lines = result.output.splitlines()
     assert lines[0].startswith("2 trials, run one after another; cost: 1 run(s) of the train stage (tune-1-1, ")
     assert lines[1] == "[1/2] tune-1-1: the current values ..."
     assert lines[3].startswith("[2/2] tune-1-2: ") and lines[4].startswith("[2/2] tune-1-2: valid AUC 0.")
@@ -371,15 +396,22 @@ def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path) -> None:
     current, other = records
     assert current["learning_rate"] == 0.0001 and other["learning_rate"] in (0.003, 0.01)
     assert other["valid_auc"] > current["valid_auc"]  # lr 1e-4 for four epochs barely trains
-    assert f"best by valid AUC: tune-1-2 ({other['valid_auc']:.4f})" in out and "applied tune-1-2" in out
+    assert f"best by valid AUC: tune-1-2 ({other['valid_auc']:.4f})" in result.output
     assert next(line for line in lines if line.startswith("| tune-")).startswith("| tune-1-2 |")
 
+    calls.clear()
+    monkeypatch.setattr(tune_module, "run_dvc", lambda cmd: calls.append(cmd) or real_run(cmd))
+    apply_trial(other, "params.yaml")
+    assert not [c for c in calls if c[:2] == ["dvc", "repro"]]  # the winner was checked out, not trained again
     params = (project / "params.yaml").read_text()
     applied = load_section(project / "params.yaml", "train", TrainConfig)
     assert {k: params_dict(applied)[k] for k in TUNED} == {k: other[k] for k in TUNED}
     assert "dnn_hidden_units: [32]" in params  # the layout survived
     summary = json.loads((project / "data/metrics/train/metrics.json").read_text())
     assert summary["valid_auc"] == other["valid_auc"]  # the winner's model and metrics are in the workspace
+    trial_lock = yaml.safe_load(_run(["git", "show", f"{other['rev']}:dvc.lock"], project))["stages"]["train"]
+    model_md5 = next(o["md5"] for o in trial_lock["outs"] if o["path"] == "data/model/model.pt")
+    assert hashlib.md5((project / "data/model/model.pt").read_bytes()).hexdigest() == model_md5
     assert (project / "data/metrics/evaluate.json").read_bytes() == evaluated  # the search never scored test
     status = json.loads(_run(["dvc", "status", "--json"], project))
     assert set(status) == {"evaluate"}  # `dvc repro` now evaluates the winner, nothing else

@@ -188,8 +188,8 @@ def plots(revisions: tuple[str, ...], out: str) -> None:
 def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
-    by valid AUC (the test split is never scored) and applies the best: its values into params.yaml, then
-    `dvc repro train`, which checks the trial's model out of DVC's run cache. Run it at the project's root: the
+    by valid AUC (the test split is never scored) and applies the best: its values into params.yaml, its dvc.lock
+    and train metrics from its experiment, its model from the cache (no training). Run it at the project's root: the
     params file is the project's own params.yaml, the one `dvc exp run` reads and writes (no other file could be
     searched), and its dvc commands name the stage `train` of the root's dvc.yaml."""
     with one_line_errors(TuneError, ValueError):
@@ -222,8 +222,9 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
             click.echo(f"not applied; `dvc exp apply {best['name']}` applies it")
         else:
             apply_trial(best, params_path)
-            click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, the trained model); "
-                       "run `dvc repro` to evaluate it on the test split, then commit")
+            click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, its trained model and "
+                       "train metrics, without training again); run `dvc repro` to evaluate it on the test split, "
+                       "then commit")
 
 
 if __name__ == "__main__":  # python -m pipeline.cli.main, where pip's mmctr launcher cannot start

@@ -169,10 +169,10 @@ def stale_stages(status: dict[str, Any]) -> list[str]:
 
 
 def trial_records(exp_show: Any, names: list[str]) -> list[dict[str, Any]]:
-    """`dvc exp show --json` -> one record per finished trial among `names`, in the order of `names`: {name, the
-    tuned train values (TrainConfig's default where params.yaml leaves a key out, as the stage does), valid_auc,
-    valid_logloss, best_epoch} (valid metrics from train's dvclive summary; a missing value is None). Other
-    experiments and failed runs are ignored; a name seen twice keeps its newest run."""
+    """`dvc exp show --json` -> one record per finished trial among `names`, in the order of `names`: {name, rev
+    (its experiment commit), the tuned train values (TrainConfig's default where params.yaml leaves a key out, as
+    the stage does), valid_auc, valid_logloss, best_epoch} (valid metrics from train's dvclive summary; a missing
+    value is None). Other experiments and failed runs are ignored; a name seen twice keeps its newest run."""
     found: dict[str, dict[str, Any]] = {}
     stamps: dict[str, str] = {}
     for node in _walk(exp_show):
@@ -185,7 +185,8 @@ def trial_records(exp_show: Any, names: list[str]) -> list[dict[str, Any]]:
         params = dig(node["data"], "params", PARAMS_FILE, "data", "train")
         valid = _metric(node["data"], TRAIN_METRICS)
         stamps[name] = stamp
-        found[name] = {"name": name, **{key: params.get(key, _TRAIN_DEFAULTS.get(key)) for key in TUNED},
+        rev = str(node.get("rev") or node["data"].get("rev"))
+        found[name] = {"name": name, "rev": rev, **{key: params.get(key, _TRAIN_DEFAULTS.get(key)) for key in TUNED},
                        **{key: valid.get(key) for key in ("valid_auc", "valid_logloss", "best_epoch")}}
     return [found[name] for name in names if name in found]
 
@@ -287,9 +288,9 @@ def _error_line(output: str) -> str:
 
 
 def run_dvc(cmd: list[str]) -> str:
-    """Run a DVC command (`["dvc", ...]`, as shown to the user) and return its stdout; TuneError with one line when
-    it cannot start or fails. DVC runs as `<this python> -m dvc` when this interpreter has it: pip's `dvc` launcher
-    cannot start from an environment whose path holds a `"` or `$`, and it may be another environment's."""
+    """Run a DVC (or git) command (`["dvc", ...]`, as shown to the user) and return its stdout; TuneError with one
+    line when it cannot start or fails. DVC runs as `<this python> -m dvc` when this interpreter has it: pip's `dvc`
+    launcher cannot start from an environment whose path holds a `"` or `$`, and it may be another environment's."""
     argv = [sys.executable, "-m", "dvc", *cmd[1:]] if cmd[0] == "dvc" and importlib.util.find_spec("dvc") else cmd
     try:
         proc = subprocess.run(argv, capture_output=True, text=True)
@@ -334,22 +335,60 @@ def run_trials(commands: list[tuple[str, list[str]]], first_is_free: bool,
 
 
 def apply_trial(record: dict[str, Any], params_path: str | Path) -> None:
-    """Make the trial the workspace's train stage: its tuned values written into params.yaml in place
-    (`with_train_values`, atomically), then `dvc repro train`, which finds the trial's run in DVC's run cache and
-    checks its outputs out (the model and its metrics) without training again, and records them in dvc.lock.
-    Not `dvc exp apply`: that checks out every output the trial's commit names, and fails when one of them is not
-    in the cache (evaluate's, when only `dvc repro train` ran before the search). If the repro fails, params.yaml
-    goes back to what it was."""
+    """Make the trial the workspace's result without training again: its tuned values written into params.yaml in
+    place (`with_train_values`, atomically, so layout and comments stay), every other git-tracked file its
+    experiment commit holds differently (dvc.lock, train's metrics and curves) taken from that commit, then `dvc
+    checkout` of the stages whose dvc.lock entries changed brings their cached outputs (the model, the checked
+    params) from the cache, where the trial's run put them; `dvc status` of those stages must then be clean.
+
+    Not `dvc repro train`: DVC's run cache keeps no run of a stage with an uncached output that is neither a metric
+    nor a plot, as train's dvclive folder is, so it would train the winner again (and, where training is not
+    bit-for-bit repeatable, write another model than the one that won). Not `dvc exp apply`: it checks out every
+    output the trial's commit names, and fails when one is not in the cache (evaluate's, when only `dvc repro
+    train` ran before the search). Whatever fails or is interrupted (Ctrl-C included), the files go back to what
+    they were and those stages' outputs are checked out again, so the workspace is the one the search started
+    from."""
     params_path = Path(params_path)
-    before = params_path.read_text()
-    _write_params(params_path, with_train_values(before, {k: record[k] for k in TUNED if record.get(k) is not None}))
+    rev = record["rev"]
+    changed = [p for p in _paths_differing_from(rev) if Path(p).resolve() != params_path.resolve()]
+    saved = {Path(p): (Path(p).read_bytes() if Path(p).is_file() else None) for p in [params_path, *changed]}
+    before = _lock_stages()
+    stages: list[str] = []
     try:
-        run_dvc(["dvc", "repro", "train"])
-    except TuneError:
-        _write_params(params_path, before)
+        values = {k: record[k] for k in TUNED if record.get(k) is not None}
+        _write_bytes(params_path, with_train_values(params_path.read_text(), values).encode())
+        if changed:
+            run_dvc(["git", "--literal-pathspecs", "restore", f"--source={rev}", "--worktree", "--", *changed])
+        stages = sorted(name for name, entry in _lock_stages().items() if before.get(name) != entry)
+        if stages:
+            run_dvc(["dvc", "checkout", *stages])
+            if stale := json.loads(run_dvc(["dvc", "status", "--json", *stages]) or "{}"):
+                raise TuneError(f"{record['name']}: its outputs do not match its params after the checkout "
+                                f"({', '.join(sorted(stale))} changed); nothing was applied")
+    except BaseException:
+        for path, data in saved.items():
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                _write_bytes(path, data)
+        if stages:
+            run_dvc(["dvc", "checkout", *stages])
         raise
 
 
-def _write_params(path: Path, text: str) -> None:
+def _paths_differing_from(rev: str) -> list[str]:
+    """The git-tracked paths under the current folder (relative to it) whose working-tree content differs from
+    commit `rev`'s; either side may lack one."""
+    out = run_dvc(["git", "diff", "--no-renames", "--relative", "--name-only", "-z", rev, "--"])
+    return [p for p in out.split("\0") if p]
+
+
+def _lock_stages() -> dict[str, Any]:
+    """dvc.lock's stage entries ({} when there is none)."""
+    path = Path("dvc.lock")
+    return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.is_file() else {}
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
