@@ -411,6 +411,56 @@ def test_outputs_get_the_modes_a_plain_open_would_give(tmp_path: Path, umask: in
     assert stat.S_IMODE((tmp_path / "raw").stat().st_mode) == 0o777 & ~umask
 
 
+def test_a_replaced_folder_stays_whole_until_the_new_one_is_in_place(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """make_synthetic's raw folder: the old one is renamed aside, not deleted file by file before the new one is
+    in place, so a failure at the last step leaves it whole (and a kill there, at worst, briefly absent); a link
+    in its place is replaced, its target left alone."""
+    raw = tmp_path / "raw"
+    with atomic_dir(raw) as d:
+        (d / "pairs.csv").write_text("old\n")
+        (d / "covers").mkdir()
+        (d / "covers" / "1.jpg").write_bytes(b"x")
+    real_rename, failed = os.rename, []
+
+    def fail_onto_raw(src, dst, *args, **kwargs):  # the new folder's move into place fails (once)
+        if Path(dst) == raw and not failed:
+            failed.append(src)
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", fail_onto_raw)
+    monkeypatch.setattr(os, "replace", fail_onto_raw)
+    with pytest.raises(DataError, match="raw: cannot write the output"):
+        with atomic_dir(raw) as d:
+            (d / "pairs.csv").write_text("new\n")
+    monkeypatch.undo()
+    assert sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*")) == ["covers", "covers/1.jpg", "pairs.csv"]
+    assert (raw / "pairs.csv").read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+    elsewhere = tmp_path / "elsewhere"
+    raw.rename(elsewhere)
+    raw.symlink_to(elsewhere)
+    with atomic_dir(raw) as d:
+        (d / "pairs.csv").write_text("new\n")
+    assert not raw.is_symlink() and (raw / "pairs.csv").read_text() == "new\n"
+    assert (elsewhere / "pairs.csv").read_text() == "old\n"  # the link's target is not the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "raw"]
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    """build_sequences' split files are built from --out-dir, so click's file check never sees them: a folder in
+    the place of valid.parquet was found only after train.parquet had been replaced. It is refused at the start; a
+    link in an output's place is fine (the rename replaces the link, not its target)."""
+    from pipeline.core.io import prepare_outputs
+
+    (tmp_path / "seq" / "valid.parquet").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"seq/valid\.parquet: cannot write the output \(a folder is in its place\)"):
+        prepare_outputs(tmp_path / "seq" / "train.parquet", tmp_path / "seq" / "valid.parquet")
+    (tmp_path / "seq" / "test.parquet").symlink_to(tmp_path / "seq" / "valid.parquet")
+    prepare_outputs(tmp_path / "seq" / "test.parquet")
+
+
 # --------------------------------------------------------------------- a read-only or full output location
 
 

@@ -77,10 +77,12 @@ def _make_parent(path: Path) -> None:
 
 def prepare_outputs(*paths: str | Path) -> None:
     """Create the folders of a stage's outputs and check that a file can be written in each (a probe temp file,
-    removed at once), before the stage does any work: an output under a file or in a read-only, full or forbidden
-    folder is a DataError naming it at the start, not after minutes of work with the outputs before it already
-    written."""
+    removed at once), before the stage does any work: an output that is a folder, under a file, or in a read-only,
+    full or forbidden folder is a DataError naming it at the start, not after minutes of work with the outputs
+    before it already written."""
     for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():  # a file cannot be renamed onto it (a link is replaced)
+            raise DataError(f"{path}: cannot write the output (a folder is in its place)")
         with _output_errors(path):
             _make_parent(path)
             _temp_file(path).unlink()
@@ -150,21 +152,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `path`; on success it replaces `path` whole. Output-location
-    errors as in atomic_path."""
+    errors as in atomic_path.
+
+    The old `path` (a folder, a file, or a link, whose target is left alone) is renamed aside first and deleted
+    only once the new folder is in place: deleting it in place would leave it half gone to a kill or a file that
+    cannot be removed, and a folder cannot be renamed onto a non-empty one. Between the two renames `path` is
+    briefly absent, never partial."""
     path = Path(path)
     with _output_errors(path):
         _make_parent(path)
         _remove_stale_temps(path)
         tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+        old = tmp.with_name(tmp.name.removesuffix(".tmp") + "-old.tmp")  # a temp name: a killed run's is cleaned
         try:
             yield tmp
             _plain_mode(tmp, directory=True)
             _fault_hook(path)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            if path.is_symlink() or path.exists():
+                os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                if old.is_symlink() or old.exists():
+                    os.rename(old, path)
+                raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
 
 
 def write_parquet(df: pl.DataFrame, path: str | Path) -> None:
