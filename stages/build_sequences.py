@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline.core.config import BuildSequencesConfig, load_section
-from pipeline.core.io import atomic_path, prepare_outputs, write_json, write_parquet
+from pipeline.core.io import atomic_path, output_group, prepare_outputs, write_json, write_parquet
 from pipeline.core.stage import (
     PathArg,
     data_section,
@@ -46,17 +46,18 @@ def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, me
         seqs = challenge_sequences(raw_dir, cfg)
     else:
         seqs = microlens_sequences(raw_dir, data.unknown_items, cfg)
-    for name in SPLITS:
-        # Streamed a chunk of events at a time: at MicroLens-1M scale a split does not fit in memory.
-        with atomic_path(Path(out_dir) / f"{name}.parquet") as tmp:
-            seqs.splits[name].sink_parquet(tmp, compression="zstd")
-        log.info("%s: %s", name, readable(seqs.summary[name]))
-    write_parquet(seqs.items, items_out)
-    seqs.feature_map().save(feature_map)
-    write_json(seqs.summary | {"items": seqs.items.height - 1, "tags": seqs.n_tags,
-                               "dropped_clicks": seqs.dropped_clicks, "repeated_events": seqs.repeated_events,
-                               "short_history": seqs.short_history},
-               metrics)
+    with output_group():  # the splits, items, feature map and metrics go in place together, or none of them
+        for name in SPLITS:
+            # Streamed a chunk of events at a time: at MicroLens-1M scale a split does not fit in memory.
+            with atomic_path(Path(out_dir) / f"{name}.parquet") as tmp:
+                seqs.splits[name].sink_parquet(tmp, compression="zstd")
+            log.info("%s: %s", name, readable(seqs.summary[name]))
+        write_parquet(seqs.items, items_out)
+        seqs.feature_map().save(feature_map)
+        write_json(seqs.summary | {"items": seqs.items.height - 1, "tags": seqs.n_tags,
+                                   "dropped_clicks": seqs.dropped_clicks, "repeated_events": seqs.repeated_events,
+                                   "short_history": seqs.short_history},
+                   metrics)
 
 
 if __name__ == "__main__":

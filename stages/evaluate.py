@@ -24,7 +24,15 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import BuildSequencesConfig, EvaluateConfig, load_section
-from pipeline.core.io import DataError, first_true, prepare_outputs, read_parquet, write_json, write_parquet
+from pipeline.core.io import (
+    DataError,
+    first_true,
+    output_group,
+    prepare_outputs,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from pipeline.core.metrics import (
     auc,
     calibration_points,
@@ -111,12 +119,14 @@ def main(model_path: str, test_path: str, train_path: str, raw_dir: str | None, 
                         "history_oracle_logloss": logloss(labels, history_oracle)}
                 preds = preds.with_columns(oracle=pl.Series(oracle), history_oracle=pl.Series(history_oracle))
         curves = roc_points(labels, probs), calibration_points(labels, probs, cfg.calibration_bins)
-    # Written only once everything is computed, metrics last: a run that fails leaves no submission behind.
-    write_submission(probs, submission)
-    write_json(curves[0], roc)
-    write_json(curves[1], calibration)
-    write_parquet(preds, predictions)
-    write_json(out, metrics)
+    # Written only once everything is computed, and put in place together: a run that fails leaves no submission
+    # behind, nor new curves beside old metrics.
+    with output_group():
+        write_submission(probs, submission)
+        write_json(curves[0], roc)
+        write_json(curves[1], calibration)
+        write_parquet(preds, predictions)
+        write_json(out, metrics)
     log.info("test: %s", readable(out))
 
 

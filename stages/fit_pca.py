@@ -21,7 +21,15 @@ import polars as pl
 
 from pipeline.core.config import FitPCAConfig, load_section
 from pipeline.core.feature_map import mm_column
-from pipeline.core.io import DataError, atomic_path, prepare_outputs, read_parquet, write_json, write_parquet
+from pipeline.core.io import (
+    DataError,
+    atomic_path,
+    output_group,
+    prepare_outputs,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from pipeline.core.items import check_item_table, scatter_by_id
 from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
@@ -43,30 +51,31 @@ def main(text: str, image: str, items: str, raw_dir: str | None, out: str, trans
     prepare_outputs(out, transform, metrics, plot)
     table = read_parquet(items, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     check_item_table(table, items)
-    if data.item_embeddings == "challenge_d128":
-        scores = challenge_item_embeddings(raw_dir)  # (N+1, 128), row i = item i, checked by the reader
-        with atomic_path(transform) as tmp, open(tmp, "wb") as f:
-            np.savez(f, given=np.array("challenge_d128"))
-        summary = {"dim": scores.shape[1], "items": table.height - 1, "given": "challenge_d128"}
-        curve = []
-    else:
-        ids, text_x, image_x = pca_inputs(data.item_embeddings, raw_dir, text, image)
-        fitted = fit_pca(text_x, image_x, dim=cfg.dim, normalize=cfg.normalize, seed=cfg.seed)
-        scores = scatter_by_id(ids, fitted.transform(text_x, image_x), table.height)  # (N+1, dim), row 0 zeros
-        fitted.save(transform)
-        ratio = fitted.explained_variance_ratio
-        summary = {"dim": cfg.dim, "explained_variance": float(ratio.sum()), "items": len(ids),
-                   "input_dims": {"text": text_x.shape[1], "image": image_x.shape[1]}}
-        curve = [{"component": i + 1, "explained_variance_ratio": float(r), "cumulative": float(c)}
-                 for i, (r, c) in enumerate(zip(ratio, np.cumsum(ratio)))]
-    if scores.shape[0] != table.height:
-        raise DataError(f"{items}: {table.height} item rows, but the item embeddings have {scores.shape[0]}")
-    dim = scores.shape[1]
-    info = table.select("item_id", "item_tags").with_columns(
-        pl.Series(mm_column(dim), scores, dtype=pl.Array(pl.Float32, dim)))
-    write_parquet(info, out)
-    write_json(summary, metrics)
-    write_json(curve, plot)
+    with output_group():  # the table, transform, metrics and curve go in place together, or none of them
+        if data.item_embeddings == "challenge_d128":
+            scores = challenge_item_embeddings(raw_dir)  # (N+1, 128), row i = item i, checked by the reader
+            with atomic_path(transform) as tmp, open(tmp, "wb") as f:
+                np.savez(f, given=np.array("challenge_d128"))
+            summary = {"dim": scores.shape[1], "items": table.height - 1, "given": "challenge_d128"}
+            curve = []
+        else:
+            ids, text_x, image_x = pca_inputs(data.item_embeddings, raw_dir, text, image)
+            fitted = fit_pca(text_x, image_x, dim=cfg.dim, normalize=cfg.normalize, seed=cfg.seed)
+            scores = scatter_by_id(ids, fitted.transform(text_x, image_x), table.height)  # (N+1, dim), row 0 zeros
+            fitted.save(transform)
+            ratio = fitted.explained_variance_ratio
+            summary = {"dim": cfg.dim, "explained_variance": float(ratio.sum()), "items": len(ids),
+                       "input_dims": {"text": text_x.shape[1], "image": image_x.shape[1]}}
+            curve = [{"component": i + 1, "explained_variance_ratio": float(r), "cumulative": float(c)}
+                     for i, (r, c) in enumerate(zip(ratio, np.cumsum(ratio)))]
+        if scores.shape[0] != table.height:
+            raise DataError(f"{items}: {table.height} item rows, but the item embeddings have {scores.shape[0]}")
+        dim = scores.shape[1]
+        info = table.select("item_id", "item_tags").with_columns(
+            pl.Series(mm_column(dim), scores, dtype=pl.Array(pl.Float32, dim)))
+        write_parquet(info, out)
+        write_json(summary, metrics)
+        write_json(curve, plot)
     log.info("item embeddings (%s): %s", data.item_embeddings, readable(summary))
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from pipeline.core.config import QuantizeConfig, load_section
-from pipeline.core.io import list_matrix, prepare_outputs, read_parquet, write_json, write_parquet
+from pipeline.core.io import list_matrix, output_group, prepare_outputs, read_parquet, write_json, write_parquet
 from pipeline.core.items import item_info_table
 from pipeline.core.stage import file_options, params_option, readable, stage_main, summary
 from pipeline.itememb.quantize import quantize_report, residual_kmeans
@@ -50,9 +50,10 @@ def main(item_info: str, out: str, metrics: str, params_path: str) -> None:
         report = {"method": "kmeans", **quantize_report(table[1:], codes, codebooks, tags, cfg.sample_items,
                                                         cfg.seed)}
     padded = np.vstack([np.full((1, cfg.levels), -1, dtype=np.int16), codes])  # (N+1, L)
-    write_parquet(pl.DataFrame({"item_id": info["item_id"],
-                                "codes": pl.Series(padded, dtype=pl.Array(pl.Int16, cfg.levels))}), out)
-    write_json(report, metrics)
+    with output_group():
+        write_parquet(pl.DataFrame({"item_id": info["item_id"],
+                                    "codes": pl.Series(padded, dtype=pl.Array(pl.Int16, cfg.levels))}), out)
+        write_json(report, metrics)
     log.info("%d items -> %d levels of %d codes: %s", report["items"], cfg.levels, cfg.codebook_size,
              readable({k: v for k, v in report.items() if k != "by_level"}))
 

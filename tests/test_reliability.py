@@ -461,6 +461,28 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path: Path) -
     prepare_outputs(tmp_path / "seq" / "test.parquet")
 
 
+def test_an_output_group_puts_its_files_in_place_together_or_not_at_all(tmp_path: Path) -> None:
+    """A stage's several outputs (build_sequences' splits and metrics, evaluate's submission and metrics): a
+    failure after the first is written leaves every old file as it was, with no new one beside old siblings and no
+    temp file; a group that finishes renames them all."""
+    from pipeline.core.io import output_group
+
+    first, second = tmp_path / "train.parquet", tmp_path / "m.json"
+    write_json({"run": 1}, first)
+    write_json({"run": 1}, second)
+    with pytest.raises(DataError, match="the second output failed"), output_group():
+        write_json({"run": 2}, first)
+        raise DataError("the second output failed")
+    assert json.loads(first.read_text()) == {"run": 1} and json.loads(second.read_text()) == {"run": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "train.parquet"]
+    with output_group():
+        write_json({"run": 3}, first)
+        write_json({"run": 3}, second)
+        assert json.loads(first.read_text()) == {"run": 1}  # not yet: at the group's end
+    assert json.loads(first.read_text()) == {"run": 3} and json.loads(second.read_text()) == {"run": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "train.parquet"]
+
+
 # --------------------------------------------------------------------- a read-only or full output location
 
 

@@ -18,6 +18,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,22 +132,54 @@ def _fault_hook(path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# The output group being written (output_group): finished temp files and the paths they go to, in order.
+_GROUP: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("output_group", default=None)
+
+
+@contextmanager
+def output_group() -> Iterator[None]:
+    """Put a stage's outputs in place together: inside the block each atomic_path write stays in its finished temp
+    file, and at the block's end all of them are renamed onto their paths, in the order written. An error or a
+    kill before then leaves every earlier output as it was, never some new files beside old siblings (new splits
+    with an old metrics file). Only a kill within the renames themselves, microseconds, can still split them."""
+    pending: list[tuple[Path, Path]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+        while pending:
+            tmp, path = pending[0]
+            with _output_errors(path):
+                _fault_hook(path)
+                os.replace(tmp, path)
+            pending.pop(0)
+    finally:
+        _GROUP.reset(token)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, on error remove it. A read-only,
-    full or forbidden output location is a one-line DataError naming `path`."""
+    """Yield a temporary path beside `path`; on success rename it onto `path` (inside an output_group, at the
+    group's end), on error remove it. A read-only, full or forbidden output location is a one-line DataError
+    naming `path`."""
     path = Path(path)
     with _output_errors(path):
         _make_parent(path)
         _remove_stale_temps(path)
         tmp_path = _temp_file(path)
+        group = _GROUP.get()
         try:
             yield tmp_path
             _plain_mode(tmp_path, directory=False)
+            if group is not None:
+                group.append((tmp_path, path))
+                return
             _fault_hook(path)
             os.replace(tmp_path, path)
         finally:
-            tmp_path.unlink(missing_ok=True)
+            if group is None or (tmp_path, path) not in group:
+                tmp_path.unlink(missing_ok=True)
 
 
 @contextmanager

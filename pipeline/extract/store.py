@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from pipeline.core.distributed import SINGLE, Dist
-from pipeline.core.io import DataError, atomic_path, write_json, write_parquet
+from pipeline.core.io import DataError, atomic_path, output_group, write_json, write_parquet
 from pipeline.extract.batching import CPU, BatchSize
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,9 @@ def status_counts(frame: pl.DataFrame) -> dict[str, int]:
 
 def write_extraction(frame: pl.DataFrame, out: str | Path, metrics: str | Path, store: ShardStore,
                      shards: dict[str, int], batch: BatchSize, section: str) -> None:
-    """Write extraction stage `section`'s outputs: the embedding frame (atomically), then drop its shard folder,
-    then the metrics JSON (items, width, counts per status, shards total/reused, the batch size after any halving).
+    """Write extraction stage `section`'s outputs together (output_group): the embedding frame and the metrics JSON
+    (items, width, counts per status, shards total/reused, the batch size after any halving); then drop its shard
+    folder.
     A non-finite vector (an encoder whose weights hold NaN, or that overflows) is a DataError: nothing is written."""
     emb = frame["emb"].to_numpy()
     bad = ~np.isfinite(emb).all(axis=1)
@@ -210,9 +211,10 @@ def write_extraction(frame: pl.DataFrame, out: str | Path, metrics: str | Path, 
         raise DataError(f"{section}: the encoder gave non-finite vectors for {int(bad.sum())} of {len(bad)} items "
                         f"(first: item {frame['item_id'][int(bad.argmax())]}); its weights hold NaN or inf, or it "
                         "overflows")
-    write_parquet(frame, out)
-    store.remove()
     counts = status_counts(frame)
-    write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
-                "batch_size": batch.value}, metrics)
+    with output_group():  # the embeddings and their metrics go in place together
+        write_parquet(frame, out)
+        write_json({"items": frame.height, "dim": frame["emb"].dtype.size, "status": counts, "shards": shards,
+                    "batch_size": batch.value}, metrics)
+    store.remove()
     log.info("wrote %s: %d x %d, status %s", out, frame.height, frame["emb"].dtype.size, counts)
