@@ -8,7 +8,7 @@ Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "featur
                  train.ensemble > 1 the state of a SeedEnsemble (members.<k>.*)
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves; member 0's
                  under an ensemble, whose valid_auc/valid_logloss are then the ensemble's and epochs_run/steps_run
-                 the members' sums)
+                 the members' sums); written beside it and put in place whole after the checkpoint
      `.<model name>.resume[.<k>].pt` beside --model while it runs: the last finished epoch's state of the model
      (of each ensemble member k) (train.resume)
      `.<model name>.<split>-arrays.<rank>/` beside --model while it runs with train.data_loading: stream: the
@@ -28,7 +28,7 @@ from model.factory import build_model
 from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
-from pipeline.core.io import prepare_outputs
+from pipeline.core.io import atomic_dir, prepare_outputs
 from pipeline.core.metrics import require_both_classes
 from pipeline.core.stage import PathArg, file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.checkpoint import resume_path, save_checkpoint
@@ -75,7 +75,10 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
         exposure, users = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)
-        with Live(live_dir, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
+        # dvclive writes into a temp folder beside --live-dir, which replaces the old folder only after the
+        # checkpoint: a killed or failed run leaves the old model and its old curves, never a new half of either.
+        live_tmp = stack.enter_context(atomic_dir(live_dir)) if dist.is_main else None
+        with Live(live_tmp, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
             model, histories = fit_ensemble(lambda arch: build_model(arch, fmap, tags, mm, codes, exposure, users),
                                             train, valid, cfg, device, live, dist, Path(model_path))
             best = max(histories[0], key=lambda r: r["valid_auc"])
@@ -90,7 +93,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
                     log.info("ensemble of %d: valid AUC %.5f (members %s)", len(histories), scores["auc"],
                              ", ".join(f"{max(r['valid_auc'] for r in h):.5f}" for h in histories))
         if dist.is_main:
-            save_checkpoint(model_path, model, fmap)
+            save_checkpoint(model_path, model, fmap)  # then the ExitStack's end puts the dvclive folder in place
             for k in range(cfg.arch.ensemble):  # the run finished: nothing left to resume
                 resume_path(model_path, k).unlink(missing_ok=True)
             log.info("wrote %s: %d parameters, valid AUC %.4f, %d steps in all", model_path,

@@ -208,8 +208,9 @@ def stage_command(project: Path, stage: str, params: Path) -> list[str]:
 def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_the_same_bytes(
         project, stage, out):
     """SIGKILL (MMCTR_FAULT_BEFORE_RENAME) at the worst moment, the output finished in its temp file: the output
-    path stays absent, as DVC leaves it before running a stage; a rerun writes the same bytes as the DVC run. train
-    is rerun with train.resume: true and resumes from the state of its last finished epoch."""
+    path stays absent, as DVC leaves it before running a stage, and the stage's other outputs are still the old ones
+    (train's dvclive folder was emptied at its start); a rerun writes the same bytes as the DVC run. train is rerun
+    with train.resume: true and resumes from the state of its last finished epoch."""
     target = project / out
     reference = _artifact_bytes(project)
     params = project / "kill_params.yaml"
@@ -221,12 +222,31 @@ def test_stage_killed_before_its_output_is_in_place_leaves_none_and_reruns_to_th
                             env=stage_env(MMCTR_FAULT_BEFORE_RENAME=target.name))
     assert killed.returncode == -signal.SIGKILL
     assert not target.exists()
+    now = _artifact_bytes(project)
+    old = {k: v for k, v in reference.items() if k != out and not k.startswith(f"{out}/")}
+    assert {k: now.get(k) for k in old} == old  # every other file is still there as it was (new temps aside)
     if stage == "train":
         assert (target.parent / f".{target.name}.resume.pt").is_file()
     run(stage_command(project, stage, params), project)
     assert _artifact_bytes(project) == reference
     if stage == "train":
         assert not (target.parent / f".{target.name}.resume.pt").exists()
+
+
+def test_a_killed_train_leaves_the_old_model_and_its_old_curves(project, tmp_path):
+    """train's dvclive folder is written beside --live-dir and put in place after the checkpoint: a run killed
+    before its checkpoint is in place leaves the old folder whole (it used to be emptied at the run's start and
+    rewritten in place, so the old model sat beside new or no curves)."""
+    model, live = tmp_path / "model.pt", tmp_path / "live"
+    (live / "plots").mkdir(parents=True)
+    (live / "metrics.json").write_text('{"valid_auc": 0.5}\n')
+    model.write_bytes(b"the old model")
+    cmd = stage_command(project, "train", project / "params.yaml")
+    cmd[cmd.index("--model") + 1], cmd[cmd.index("--live-dir") + 1] = str(model), str(live)
+    killed = subprocess.run(cmd, cwd=project, capture_output=True, env=stage_env(MMCTR_FAULT_BEFORE_RENAME="model.pt"))
+    assert killed.returncode == -signal.SIGKILL
+    assert model.read_bytes() == b"the old model" and (live / "metrics.json").read_text() == '{"valid_auc": 0.5}\n'
+    assert sorted(p.name for p in live.rglob("*")) == ["metrics.json", "plots"]
 
 
 def train_with(project: Path, tmp_path: Path, **train) -> tuple[Path, Path]:
