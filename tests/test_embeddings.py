@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import tracemalloc
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from pipeline.extract.text import (
     resolve_text_model,
     text_shard_store,
 )
+from pipeline.sources import covers
 from pipeline.sources.covers import to_rgb, upright
 
 CPU = torch.device("cpu")
@@ -353,6 +355,39 @@ def test_16_bit_greys_are_scaled_not_clipped(tmp_path: Path, fmt: str) -> None:
     with Image.fromarray(np.full((4, 4), 128 * 257, dtype=np.int32)) as wide:
         assert wide.mode == "I" and to_rgb(wide).getpixel((0, 0)) == (128, 128, 128)
     assert to_rgb(Image.new("L", (2, 2), 128)).getpixel((0, 0)) == (128, 128, 128)
+
+
+def _grey16_reference(values: np.ndarray) -> np.ndarray:
+    """The float conversion that to_rgb replaced: uint8 of clip(rint(v / 257), 0, 255)."""
+    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("block_pixels", [1, 5 * 256 + 3, 1 << 22])
+def test_16_bit_greys_map_like_the_float_formula_a_block_of_rows_at_a_time(monkeypatch, block_pixels: int) -> None:
+    """Every 16-bit value (I;16, I;16B) and int32 values far out of range (I) map exactly as the float formula did,
+    whether the rows go in one block, in blocks with a remainder, or one row at a time."""
+    monkeypatch.setattr(covers, "_BLOCK_PIXELS", block_pixels)
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    expected = np.repeat(_grey16_reference(every)[..., None], 3, axis=2)  # (256, 256, 3)
+    for img in (Image.fromarray(every), Image.frombytes("I;16B", (256, 256), every.astype(">u2").tobytes())):
+        np.testing.assert_array_equal(np.asarray(to_rgb(img)), expected)
+    wide = np.concatenate([np.arange(-70000, 70000, 7), [-2**31, -1, 65535, 65536, 2**31 - 1]]).astype(np.int32)
+    got = np.asarray(to_rgb(Image.fromarray(wide.reshape(-1, 5))))[..., 0].ravel()
+    np.testing.assert_array_equal(got, _grey16_reference(wide))
+
+
+def test_a_16_bit_grey_is_converted_without_a_full_size_wide_copy(monkeypatch) -> None:
+    """Peak numpy memory while converting a 2048 x 2048 I;16 cover stays under 2 bytes a pixel (the uint8 result and
+    one block of rows), where a float64 copy of the whole image alone would be 8."""
+    monkeypatch.setattr(covers, "_BLOCK_PIXELS", 1 << 16)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 65536, (2048, 2048), dtype=np.uint16))
+    tracemalloc.start()
+    try:
+        to_rgb(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2048 * 2048
 
 
 def test_alpha_is_composited_on_white_and_max_pixels_applies(tmp_path):
