@@ -5,6 +5,7 @@ output contract."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import numpy as np
 import polars as pl
@@ -104,6 +105,53 @@ def test_prefix_tag_agreement_against_a_per_pair_reference():
             shares.append(sum(1 for o in others if mine & (set(tags[o].tolist()) - {0})) / len(others))
     got, count = prefix_tag_agreement(groups, tags, queries)
     assert count == len(shares) and got == pytest.approx(np.mean(shares))
+
+
+def _agreement_by_pairs_of_tags(groups: np.ndarray, tags: np.ndarray, queries: np.ndarray) -> tuple[float | None, int]:
+    """The former prefix_tag_agreement, the reference: each query's (others, T, T) tag comparison."""
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
+    ends = np.append(starts[1:], len(order))
+    shares = []
+    for q in queries:
+        g = groups[q - 1]
+        others = order[starts[g]:ends[g]] + 1
+        others = others[others != q]
+        mine = tags[q][tags[q] != 0]
+        if len(others) and len(mine):
+            shares.append(float((tags[others][:, :, None] == mine[None, None, :]).any(axis=(1, 2)).mean()))
+    return (float(np.mean(shares)) if shares else None), len(shares)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_prefix_tag_agreement_equals_the_pairwise_comparison_exactly(seed: int) -> None:
+    """Random groups (one group = collapsed codes), tags with 0 = none, items with no tags, repeated and huge ids:
+    the same mean and count, bit for bit, as comparing every pair of tags."""
+    rng = np.random.default_rng(seed)
+    n, t = int(rng.integers(2, 150)), int(rng.integers(1, 6))
+    tags = np.zeros((n + 1, t), np.int64)
+    vocab = rng.choice([0, 1, 2, 3, 7, 2**31 - 1, 2**31 - 2], size=int(rng.integers(1, 7)), replace=False)
+    tags[1:] = rng.choice(vocab, size=(n, t))
+    tags[1:][rng.random(n) < 0.25] = 0  # items with no tags
+    groups = rng.integers(0, int(rng.integers(1, 6)), size=n)
+    queries = np.sort(rng.choice(np.arange(1, n + 1), size=int(rng.integers(1, n + 1)), replace=False))
+    assert prefix_tag_agreement(groups, tags, queries) == _agreement_by_pairs_of_tags(groups, tags, queries)
+
+
+def test_prefix_tag_agreement_makes_no_tag_by_tag_temporary() -> None:
+    """All items in one group (codes collapsed), many tag slots: peak numpy memory stays a few times the (N, T)
+    tags, where the (N, T, T) comparison alone was T / 8 times that."""
+    n, t = 500, 400
+    tags = np.random.default_rng(0).integers(0, 1000, size=(n + 1, t))
+    tags[0] = 0
+    groups, queries = np.zeros(n, np.int64), np.arange(1, 11)
+    tracemalloc.start()
+    try:
+        prefix_tag_agreement(groups, tags, queries)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * tags.nbytes
 
 
 def test_items_close_in_the_embedding_share_codes_and_tags():

@@ -80,26 +80,48 @@ def collision_share(codes: np.ndarray) -> float:
     return float((np.bincount(groups)[groups] > 1).mean())
 
 
-def shares_a_tag(tags: np.ndarray, q: int, others: np.ndarray) -> np.ndarray:
-    """tags (N+1, T) int tag ids, 0 = none -> (len(others),) bool: item others[j] has a tag of item q."""
-    mine = tags[q][tags[q] != 0]
-    return (tags[others][:, :, None] == mine[None, None, :]).any(axis=(1, 2))
+def dense_tag_ids(tags: np.ndarray) -> tuple[np.ndarray, int]:
+    """tags (N+1, T) int tag ids, 0 = none -> (slots (T, N+1) intp: each tag renumbered 1..V in order of its id, 0
+    still none, a row per tag slot; V + 1). Equal ids stay equal and a table indexed by the new ids has at most
+    N T + 1 entries, however large the raw ids are (up to 2^31 - 1)."""
+    distinct, dense = np.unique(tags, return_inverse=True)
+    dense = dense.reshape(tags.shape) + 1
+    dense[tags == 0] = 0
+    return np.ascontiguousarray(dense.T), len(distinct) + 1
+
+
+def shares_a_tag(candidates: np.ndarray, query: np.ndarray, n_ids: int) -> np.ndarray:
+    """candidates (T, M) dense tag ids of M items (dense_tag_ids' slots), query (T,) the query item's, n_ids above
+    every id -> (M,) bool: candidate m has a tag of the query (0 = none matches nothing). T gathers from a table of
+    the query's tags: O(M T), where comparing every pair of tags would be O(M T^2)."""
+    table = np.zeros(n_ids, dtype=bool)  # (V + 1,)
+    table[query] = True
+    table[0] = False
+    hit = np.zeros(candidates.shape[1], dtype=bool)  # (M,)
+    for slot in candidates:
+        hit |= table[slot]
+    return hit
 
 
 def prefix_tag_agreement(groups: np.ndarray, tags: np.ndarray, queries: np.ndarray) -> tuple[float | None, int]:
     """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); tags (N+1, T) tag ids (0 = none);
     queries: item ids. -> (mean over the queries that have a tag and share their group with another item of the
-    share of those other items that have one of their tags, or None when no query qualifies; how many qualify)."""
+    share of those other items that have one of their tags, or None when no query qualifies; how many qualify).
+    O(group size x T) a query: when the codes collapse, each query's group is all N items."""
+    slots, n_ids = dense_tag_ids(tags)  # (T, N+1)
     order = np.argsort(groups, kind="stable")
     starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
     ends = np.append(starts[1:], len(order))
+    member_slots: dict[int, np.ndarray] = {}  # group -> (T, size) tags of its items, gathered once, not per query
     shares = []
     for q in queries:
-        g = groups[q - 1]
-        others = order[starts[g]:ends[g]] + 1
-        others = others[others != q]
-        if len(others) and (tags[q] != 0).any():
-            shares.append(float(shares_a_tag(tags, q, others).mean()))
+        g = int(groups[q - 1])
+        size = int(ends[g] - starts[g])
+        if size > 1 and slots[:, q].any():
+            if g not in member_slots:
+                member_slots[g] = slots[:, order[starts[g]:ends[g]] + 1]
+            hits = int(shares_a_tag(member_slots[g], slots[:, q], n_ids).sum()) - 1  # less q, which has its tags
+            shares.append(hits / (size - 1))
     return (float(np.mean(shares)) if shares else None), len(shares)
 
 
@@ -128,7 +150,9 @@ def quantize_report(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, tag
     chance = []
     if n > 1:
         randoms = random_neighbours(queries, n, min(TAG_SAMPLE_K, n - 1), seed)  # (Q, k)
-        chance = [shares_a_tag(tags, q, row).mean() for q, row in zip(queries, randoms) if (tags[q] != 0).any()]
+        slots, n_ids = dense_tag_ids(tags)  # (T, N+1)
+        chance = [shares_a_tag(slots[:, row], slots[:, q], n_ids).mean() for q, row in zip(queries, randoms)
+                  if slots[:, q].any()]
     return {"items": n, "levels": codes.shape[1], "codebook_size": codebooks.shape[1], "by_level": by_level,
             "collisions": collision_share(codes), "distinct_codes": int(len(np.unique(codes, axis=0))),
             "chance_tag_agreement": float(np.mean(chance)) if chance else None}
