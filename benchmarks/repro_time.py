@@ -56,6 +56,15 @@ def timed_repro(project: Path) -> tuple[dict[str, float], float]:
     return stages, end - start
 
 
+def git(*args: str) -> str:
+    """`git args...`'s stdout; a failure is a one-line error with git's last line, not a traceback."""
+    try:
+        return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as e:
+        said = e.stderr.strip().splitlines()
+        raise click.ClickException(f"git {' '.join(args)}: {said[-1] if said else f'exit {e.returncode}'}") from None
+
+
 def evaluate_auc(project: Path) -> float:
     """The evaluate stage's test AUC (data/metrics/evaluate.json's `auc`, at every commit since the first)."""
     return float(json.loads((project / "data" / "metrics" / "evaluate.json").read_text())["auc"])
@@ -64,19 +73,19 @@ def evaluate_auc(project: Path) -> float:
 @click.command()
 @click.option("--base", default="1286ecc", show_default=True, help="the earlier commit")
 @click.option("--head", default="HEAD", show_default=True, help="the later commit")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path, resolve_path=True), default=None,
               help="where the two clones go (default: a temporary folder)")
 def main(base: str, head: str, work: Path | None) -> None:
-    work = work or Path(tempfile.mkdtemp(prefix="repro_time_"))
+    work = work or Path(tempfile.mkdtemp(prefix="repro_time_"))  # absolute: never read by git as an option
     results = {}
     for name, commit in (("base", base), ("head", head)):
-        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit], check=True,
-                             capture_output=True, text=True).stdout.strip()
+        sha = git("-C", str(ROOT), "rev-parse", "--short", "--verify", "--end-of-options",
+                  f"{commit}^{{commit}}").strip()
         project = work / f"{name}-{sha}"
         if project.exists():
             raise click.ClickException(f"{project} exists: pass another --work")
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(project)], check=True)
-        subprocess.run(["git", "-C", str(project), "checkout", "-q", sha], check=True)
+        git("clone", "-q", "--", str(ROOT), str(project))
+        git("-C", str(project), "checkout", "-q", sha)
         click.echo(f"{name} {sha}: dvc repro in {project} ...", err=True)
         stages, total = timed_repro(project)
         results[name] = (sha, stages, total, evaluate_auc(project))

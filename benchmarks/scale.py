@@ -92,7 +92,7 @@ def run_stage(name: str, args: list[str], env: dict[str, str], work: Path, log: 
 @click.option("--items", default=91_717, show_default=True, help="MicroLens-1M's item count")
 @click.option("--max-steps", default=2000, show_default=True, help="optimiser steps of the one training pass")
 @click.option("--set", "sets", multiple=True, help="params override section.key=value (after the scale settings)")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path, resolve_path=True), default=None,
               help="keep the raw folder and outputs here (default: a temporary folder, removed)")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True)

@@ -589,12 +589,13 @@ def make(out: Path, only: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path,
+                                                     resolve_path=True))
 @click.option("--profile", "profiles", multiple=True, default=("default",), show_default=True,
               type=click.Choice(list(PROFILES)))
 @click.option("--set", "sets", multiple=True, help="extra params override section.key=value (every profile)")
 @click.option("--only", multiple=True, help="variant names (default: every folder under --data)")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path, resolve_path=True), default=None,
               help="where stage outputs go (default: <data>/runs)")
 @click.option("--tag", default="", help="suffix of the run folders, to keep runs with different --set apart")
 @click.option("--threads", default=2, show_default=True)

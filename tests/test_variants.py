@@ -13,7 +13,9 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from benchmarks import variants
 from benchmarks.variants import (
     BASE,
     MAX_LEN,
@@ -195,3 +197,26 @@ def test_variant_sets_at_most_one_click_model() -> None:
     assert Variant("d", "test", SMALL_MULTI, drift=0.5).taste_model
     assert Variant("t", "test", SMALL_MULTI, successor=True).taste_model
     assert not Variant("s", "test", SMALL_MULTI).taste_model
+
+
+def test_run_gives_the_stages_absolute_data_and_work_from_relative_ones(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --data data --work w` from another cwd: the stages (run with cwd = the repository) get absolute paths,
+    in their arguments and in params.yaml's raw_dir."""
+    folder = tmp_path / "data" / "v1"
+    folder.mkdir(parents=True)
+    pl.DataFrame({"label": [0, 1, 0, 1], "history_oracle": [0.1, 0.9, 0.2, 0.8],
+                  "oracle": [0.1, 0.9, 0.2, 0.8]}).write_parquet(folder / "truth.parquet")
+    seen = []
+
+    def no_stages(folder: Path, work: Path, params: dict[str, Any], threads: int) -> dict[str, Any]:
+        seen.append((folder, work, params))
+        return {"test": {"rows": 4, "auc": 0.75, "logloss": 0.6}, "train": {"valid_auc": 0.7, "epochs_run": 1}}
+
+    monkeypatch.setattr(variants, "run_stages", no_stages)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(variants.main, ["run", "--data", "data", "--work", "w"])
+    assert result.exit_code == 0, result.output
+    [(got_folder, work, params)] = seen
+    assert got_folder == folder.resolve() and work == tmp_path.resolve() / "w" / "v1-default"
+    assert params["data"]["raw_dir"] == str(folder.resolve() / "data")
