@@ -80,12 +80,10 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             raise ParamsError(f"{key}: must fit in 64 bits, got {value}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _is_number(value):
+            raise ParamsError(f"{key}: {_number_as_text(value)}")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            hint = ""
-            if isinstance(value, str) and _is_number(value):  # YAML 1.1 reads 1e-3 (no dot) as a string
-                mantissa, _, exponent = value.lower().partition("e")
-                hint = f" (YAML reads it as text: write {float(mantissa)}e{exponent})"
-            raise ParamsError(f"{key}: must be a number, got {value!r}{hint}")
+            raise ParamsError(f"{key}: must be a number, got {value!r}")
         if not math.isfinite(value):  # no param means anything by inf or nan (nan also passes every range check)
             raise ParamsError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
@@ -102,6 +100,23 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _number_as_text(text: str) -> str:
+    """What is wrong with a float param given as `text`, which float() reads, and what to write instead."""
+    number = float(text)
+    if not math.isfinite(number):  # `inf`, `nan` (YAML's own are .inf and .nan): no param means anything by them
+        return f"must be a finite number, got {text!r}"
+    try:
+        unquoted = yaml.safe_load(text)  # how YAML 1.1 (PyYAML, the benchmarks' --set) reads the text unquoted
+    except yaml.YAMLError:
+        unquoted = text
+    if isinstance(unquoted, int | float):
+        return f"must be a number, got {text!r} (a quoted number is text: remove the quotes)"
+    # YAML 1.1 reads a float only with a dot and a signed exponent (1e-3, 1.5e3 are text): spell it so
+    mantissa, e, exponent = repr(number).partition("e")
+    spelled = f"{mantissa}.0e{exponent}" if e and "." not in mantissa else repr(number)
+    return f"must be a number, got {text!r} (YAML 1.1 reads it as text: write {spelled})"
 
 
 def inline(cls: type) -> Any:
