@@ -15,6 +15,7 @@ from pipeline.sequences.build import (
     MAX_REJECTION_ROUNDS,
     ROW_SCHEMA,
     SPLITS,
+    AllowedRanks,
     SplitRows,
     assign_split,
     bloom_bit,
@@ -440,6 +441,64 @@ def test_negatives_with_repeat_clicks_sample_what_is_left(items: list[int], allo
     neg = sample_negatives(events, 3, neg_ratio=200, seed=0)
     assert set(neg[-1].tolist()) == allowed_last
 
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_allowed_ranks_equal_the_explicit_allowed_set(seed: int) -> None:
+    # every r in [0, total) against the plain map over the allowed set: each allowed item is hit exactly its weight
+    # times, a banned one never
+    rng = np.random.default_rng(seed)
+    n_items = int(rng.integers(2, 40))
+    weights = rng.integers(1, 6, n_items) if seed % 2 else np.ones(n_items, np.int64)
+    banned = np.sort(rng.choice(np.arange(1, n_items + 1), int(rng.integers(0, n_items)), replace=False))
+    ranks = AllowedRanks.of(banned, np.concatenate([[0], np.cumsum(weights)]))
+    allowed = np.setdiff1d(np.arange(1, n_items + 1), banned)
+    assert ranks.total == weights[allowed - 1].sum()
+    r = np.arange(ranks.total)
+    expected = allowed[np.searchsorted(np.cumsum(weights[allowed - 1]), r, side="right")]
+    np.testing.assert_array_equal(ranks.item(r), expected)
+    np.testing.assert_array_equal(np.bincount(ranks.item(r), minlength=n_items + 1)[1:],
+                                  np.where(np.isin(np.arange(1, n_items + 1), banned), 0, weights))
+
+
+def _heavy_user(n_items: int) -> pl.DataFrame:
+    """User 1 clicks items 3..n_items in order; users 2 and 3 click item 1 (its weight is 3 under popularity)."""
+    users = [2, 3] + [1] * (n_items - 2)
+    return _pairs(users, [1, 1] + list(range(3, n_items + 1)), list(range(n_items)))
+
+
+@pytest.mark.parametrize("exclude", ["before", "ever"])
+def test_exact_fallback_builds_one_inversion_per_user(monkeypatch, exclude: str) -> None:
+    # Hundreds of user 1's events reach the exact draws; their allowed sets come from one AllowedRanks of the
+    # user's clicks (O(K) once), never from an (N,) allowed set per event, and still hold no banned item.
+    n_items = 400
+    events = order_events(_heavy_user(n_items))
+    built: list[int] = []
+    of = AllowedRanks.of.__func__
+    monkeypatch.setattr(AllowedRanks, "of", classmethod(lambda cls, banned, cum: built.append(len(banned))
+                                                        or of(cls, banned, cum)))
+    neg = sample_negatives(events, n_items, neg_ratio=20, seed=0, exclude=exclude)
+    assert built == [n_items - 2]
+    clicked = set(range(3, n_items + 1))
+    for row, before in enumerate(_clicked_before(events)):
+        banned = clicked if exclude == "ever" and events["user"][row] == 1 else before | {events["item"][row]}
+        assert not banned.intersection(neg[row].tolist()), row
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_exact_fallback_before_draws_by_weight_over_the_allowed_items(sampling: str) -> None:
+    # user 1's event on item 396 (of 400) leaves items 1, 2 (never clicked) and 397..400 (clicked later): rejection
+    # accepts 6 of 400 draws, so nearly all of them come from the exact draws, which must follow the weights
+    n_items = 400
+    events = order_events(_heavy_user(n_items))
+    row = int(np.flatnonzero(events["item"].to_numpy() == 396)[0])
+    neg = sample_negatives(events, n_items, neg_ratio=30_000, seed=2, sampling=sampling)[row]
+    allowed = [1, 2, 397, 398, 399, 400]
+    weights = np.array([3, 1, 2, 2, 2, 2] if sampling == "popularity" else [1] * 6, dtype=float)
+    counts = np.array([(neg == i).sum() for i in allowed])
+    assert counts.sum() == neg.size
+    # 5 degrees of freedom: P(chi2 > 25) < 2e-4 under the weights
+    assert _chi2(counts, neg.size * weights / weights.sum()) < 25
 
 # ---------------------------------------------------------------------------------------------- build_split_rows
 

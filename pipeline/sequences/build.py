@@ -221,7 +221,7 @@ def sample_negatives(
     number of clicks in `events` + 1.
 
     Vectorised rejection sampling over all draws at once, then over the rejected ones, MAX_REJECTION_ROUNDS times;
-    what is still rejected is drawn from its event's explicit allowed set, which is exact too. `events` must hold
+    what is still rejected is drawn exactly from its event's allowed items (`AllowedRanks`). `events` must hold
     every click of each user (all of `order_events`' rows), not a filtered subset. The result depends only on the
     events and `seed`. Raises DataError naming the user when an event leaves no item to sample.
     """
@@ -304,18 +304,67 @@ def sample_negatives(
         flat[todo] = draw(todo.size)
         todo = todo[rejected(todo // neg_ratio, flat[todo])]
 
-    # Exact draws for the few events whose allowed set is too small for rejection to finish quickly.
+    # Exact draws for the few events whose allowed set is too small for rejection to finish quickly (a heavy user
+    # sends thousands of events here: building each one's (N,) allowed set made that quadratic in N). An event's
+    # allowed items are the items its user never clicks, mapped by `AllowedRanks` from the user's sorted clicks,
+    # then (`before`) the user's items first clicked after the event, a suffix of them in first-click order. One rng
+    # call per event draws r in [0, allowed weight) and takes the item r falls on in that order.
+    cum_weights = np.concatenate([np.zeros(1, np.int64), np.cumsum(weights)])  # (N+1,) weight of items 1..i
     rows, first_slot, n_slots = np.unique(todo // neg_ratio, return_index=True, return_counts=True)
+    fallback_user = None
     for e, lo, n in zip(rows.tolist(), first_slot.tolist(), n_slots.tolist(), strict=True):
-        mine = slice(np.searchsorted(keys, user[e] * stride), np.searchsorted(keys, (user[e] + 1) * stride))
-        banned = keys[mine] - user[e] * stride
-        if exclude == "before":
-            banned = np.append(banned[first_pos[mine] < pos[e]], item[e])
-        allowed = np.setdiff1d(np.arange(1, stride), banned)  # items, ascending
-        allowed_cum = np.cumsum(weights[allowed - 1])
-        flat[todo[lo:lo + n]] = allowed[np.searchsorted(allowed_cum, rng.integers(0, allowed_cum[-1], size=n),
-                                                        side="right")]
+        if user[e] != fallback_user:
+            fallback_user = user[e]
+            mine = slice(np.searchsorted(keys, user[e] * stride), np.searchsorted(keys, (user[e] + 1) * stride))
+            never = AllowedRanks.of(keys[mine] - user[e] * stride, cum_weights)
+            by_first = np.argsort(first_pos[mine], kind="stable")
+            later = (keys[mine] - user[e] * stride)[by_first]  # (K,) the user's items in first-click order
+            later_pos = first_pos[mine][by_first]
+            later_cum = np.concatenate([np.zeros(1, np.int64), np.cumsum(weights[later - 1])])  # (K+1,)
+        m = np.searchsorted(later_pos, pos[e], side="right") if exclude == "before" else len(later)
+        r = rng.integers(0, never.total + later_cum[-1] - later_cum[m], size=n)
+        got = never.item(np.minimum(r, never.total - 1))
+        up = r >= never.total  # past the never-clicked items: one of later[m:]
+        got[up] = later[np.searchsorted(later_cum, later_cum[m] + r[up] - never.total, side="right") - 1]
+        flat[todo[lo:lo + n]] = got
     return out
+
+
+@dataclass(frozen=True)
+class AllowedRanks:
+    """Rank inversion over the items 1..N not in a banned set: `item(r)` is the allowed item (ascending ids) whose
+    cumulative weight first exceeds r, so r uniform in [0, total) draws an allowed item with probability weight /
+    total. The same map as `allowed[searchsorted(cumsum(weights[allowed - 1]), r, side="right")]` over the explicit
+    allowed set, in O(k) to build (`of`) and O(log N) per draw instead of O(N).
+
+    cum_weights (N+1,) int64, cum_weights[i] the weight of items 1..i (every weight >= 1); allowed_below (k,) int64,
+    the allowed weight under each banned id (non-decreasing); banned_before (k+1,) int64, the weight of the first j
+    banned ids.
+    """
+
+    cum_weights: np.ndarray
+    allowed_below: np.ndarray
+    banned_before: np.ndarray
+
+    @classmethod
+    def of(cls, banned: np.ndarray, cum_weights: np.ndarray) -> AllowedRanks:
+        """The inversion for `banned` (k,) ascending distinct ids in 1..N."""
+        under = cum_weights[banned - 1]  # (k,) weight of all items under each banned id
+        before = np.concatenate([np.zeros(1, np.int64), np.cumsum(cum_weights[banned] - under)])
+        return cls(cum_weights, under - before[:-1], before)
+
+    @property
+    def total(self) -> int:
+        """Weight of all allowed items."""
+        return int(self.cum_weights[-1] - self.banned_before[-1])
+
+    def item(self, r: np.ndarray) -> np.ndarray:
+        """(n,) int32 allowed items of the (n,) ints r in [0, total)."""
+        # The item x holding r has every banned id under it counted here (their allowed weight below is <= r) and
+        # none above it (theirs includes x's weight, so > r); past those j banned ids, x spans the overall
+        # cumulative weight r + banned_before[j].
+        j = np.searchsorted(self.allowed_below, r, side="right")  # (n,)
+        return np.searchsorted(self.cum_weights, r + self.banned_before[j], side="right").astype(np.int32)
 
 
 def stable_order(*keys: np.ndarray) -> np.ndarray:
