@@ -48,9 +48,10 @@ def main(raw_dir: str | None, out_dir: str, items_out: str, feature_map: str, me
         seqs = microlens_sequences(raw_dir, data.unknown_items, cfg)
     with output_group():  # the splits, items, feature map and metrics go in place together, or none of them
         for name in SPLITS:
-            # Streamed a chunk of events at a time: at MicroLens-1M scale a split does not fit in memory.
+            # Streamed a chunk of events at a time, and written a bounded row group at a time: at MicroLens-1M
+            # scale a split does not fit in memory.
             with atomic_path(Path(out_dir) / f"{name}.parquet") as tmp:
-                seqs.splits[name].sink_parquet(tmp, compression="zstd")
+                seqs.splits[name].sink_parquet(tmp, compression="zstd", row_group_size=seqs.row_group_size)
             log.info("%s: %s", name, readable(seqs.summary[name]))
         write_parquet(seqs.items, items_out)
         seqs.feature_map().save(feature_map)

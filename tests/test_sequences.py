@@ -3,15 +3,18 @@ methods, both negative samplers and exclusion modes, the chunked/streamed row pa
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.io import DataError
 from pipeline.sequences.build import (
+    CHUNK_CELLS,
     MAX_REJECTION_ROUNDS,
     ROW_SCHEMA,
     SPLITS,
@@ -34,6 +37,7 @@ from pipeline.sequences.build import (
     stable_order,
     user_time_key,
 )
+from pipeline.sequences.inputs import SequenceData
 from pipeline.sources.microlens import count_before
 
 
@@ -609,6 +613,47 @@ def test_chunked_streamed_and_collected_rows_are_identical(split: str, tmp_path)
         rows.lazy(name, chunk=7).sink_parquet(path)
         assert pl.read_parquet(path).equals(whole)
 
+
+def test_chunks_keep_to_the_cell_budget_as_max_len_grows(monkeypatch) -> None:
+    # 16384 events a chunk at the default max_len 20 and neg_ratio 2 and at MicroLens-1M's 100 and 4; fewer as the
+    # rows grow past 500 cells an event, down to 1 (at max_len 100,000, 16384 events' rows held 20 GB)
+    pairs, items = random_pairs(13, n_users=30, n_items=50, n_rows=900, n_times=40), _item_table(50)
+    default, wide = _build(pairs, items, max_len=20, neg_ratio=2), _build(pairs, items, max_len=100, neg_ratio=4)
+    assert default.chunk_units == wide.chunk_units == 16_384
+    sizes = [dataclasses.replace(default, max_len=n).chunk_units for n in (100, 1_000, 10_000, 100_000, 10**8)]
+    assert sizes == [16_384, 2730, 273, 27, 1]
+    clicks, shown = random_exposures(0)
+    exposures = build_exposure_rows(clicks, shown, _item_table(30), max_len=100, min_history=0, split="time",
+                                    valid_frac=0.1, test_frac=0.1)
+    assert exposures.chunk_units == 16_384  # one row an exposure
+    assert dataclasses.replace(exposures, max_len=100_000).chunk_units == CHUNK_CELLS // 100_000 == 81
+
+    # the default frames hold at most CHUNK_CELLS cells, and the rows do not depend on where they break
+    monkeypatch.setattr("pipeline.sequences.build.CHUNK_CELLS", 8 * 3 * 10)
+    rows = _build(pairs, items, max_len=8, neg_ratio=2)
+    assert rows.chunk_units == 10
+    for name in SPLITS:
+        frames = list(rows.frames(name))
+        assert len(frames) > 1 and max(f.height for f in frames) == 30
+        (single,) = rows.frames(name, chunk=10**9)
+        assert pl.concat(frames).equals(single)
+        assert rows.collect(name).equals(single)
+
+
+def test_split_files_keep_row_groups_to_the_cell_budget(tmp_path) -> None:
+    # polars' sink holds a row group (SINK_GROUP_ROWS rows) before writing it: its own grouping, so the default
+    # files are as before, while that is within CHUNK_CELLS cells; fewer rows a group past max_len 100
+    def group_rows(max_len: int) -> int | None:
+        return SequenceData({}, {}, pl.DataFrame(), 0, 0, max_len, 11, 0, 0, 0).row_group_size
+
+    assert group_rows(20) is group_rows(100) is None
+    assert [group_rows(n) for n in (101, 100_000, 10**8)] == [CHUNK_CELLS // 101, 81, 1]
+    rows = _build(random_pairs(14, n_rows=600), _item_table(30), neg_ratio=2)
+    path = tmp_path / "train.parquet"
+    rows.lazy("train").sink_parquet(path, row_group_size=40)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups > 1 and max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= 40
+    assert pl.read_parquet(path).equals(rows.collect("train"))
 
 def test_lazy_rows_honour_projection_filters_and_limits() -> None:
     rows = _build(random_pairs(12, n_rows=600), _item_table(30), neg_ratio=2)

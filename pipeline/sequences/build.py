@@ -56,6 +56,9 @@ ROW_SCHEMA = pl.Schema({
 # enough to keep memory flat and the copies cheap (one 16 GB np.repeat is dominated by page faults), large enough
 # that sink_parquet's per-frame overhead stays small (4096 events per chunk wrote 9M rows 40% slower).
 CHUNK_EVENTS = 16_384
+# item_seq cells per assembled chunk, at most: those 33 MB. Rows longer than 500 cells an event (a long max_len)
+# take fewer events a chunk (`RowSource.chunk_units`): at max_len 100,000, 16384 events' rows held 20 GB.
+CHUNK_CELLS = CHUNK_EVENTS * 5 * 100
 # Threads that assemble chunks of rows (RowSource.frames): one per core this process may run on, at most 4.
 ASSEMBLY_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 # Rejection rounds before the draws still rejected are made exactly from their event's allowed items; only a user
@@ -404,20 +407,32 @@ class RowSource:
 
     keep: np.ndarray  # (units,) bool: the unit has at least min_history earlier clicks (no row otherwise)
 
+    @property
+    def unit_cells(self) -> int:
+        """item_seq cells in one unit's rows."""
+        raise NotImplementedError
+
+    @property
+    def chunk_units(self) -> int:
+        """Units per assembled chunk: CHUNK_EVENTS, or as many (at least 1) as keep to CHUNK_CELLS cells."""
+        return min(CHUNK_EVENTS, max(1, CHUNK_CELLS // self.unit_cells))
+
     def units_of(self, name: str) -> np.ndarray:
         raise NotImplementedError
 
     def frame_of(self, units: np.ndarray) -> pl.DataFrame:
         raise NotImplementedError
 
-    def frames(self, name: str, chunk: int = CHUNK_EVENTS) -> Iterator[pl.DataFrame]:
-        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of `chunk` units' rows each (the last may be
-        shorter); none for an empty split. Chunking changes only where frames break, never the rows."""
+    def frames(self, name: str, chunk: int | None = None) -> Iterator[pl.DataFrame]:
+        """Split `name`'s rows (ROW_SCHEMA, module order) as frames of `chunk` (default `chunk_units`) units' rows
+        each (the last may be shorter); none for an empty split. Chunking changes only where frames break, never
+        the rows."""
         idx = self.units_of(name)
+        chunk = self.chunk_units if chunk is None else chunk
         yield from ordered_map(self.frame_of, (idx[lo:lo + chunk] for lo in range(0, len(idx), chunk)),
                                ASSEMBLY_THREADS)
 
-    def lazy(self, name: str, chunk: int = CHUNK_EVENTS) -> pl.LazyFrame:
+    def lazy(self, name: str, chunk: int | None = None) -> pl.LazyFrame:
         """Split `name`'s rows as a LazyFrame whose source is `frames`, so `sink_parquet` streams them to a file
         in bounded memory. Uses polars' IO-plugin API (`register_io_source`, marked unstable; polars is pinned)."""
 
@@ -439,7 +454,7 @@ class RowSource:
 
     def collect(self, name: str) -> pl.DataFrame:
         """Split `name`'s rows in one frame (ROW_SCHEMA); for data that fits in memory."""
-        return pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *self.frames(name, CHUNK_EVENTS)])
+        return pl.concat([pl.DataFrame(schema=ROW_SCHEMA), *self.frames(name)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -461,6 +476,10 @@ class SplitRows(RowSource):
     likes: np.ndarray
     views: np.ndarray
     max_len: int
+
+    @property
+    def unit_cells(self) -> int:
+        return self.max_len * (1 + self.negatives.shape[1])  # a click's row and its R non-clicks'
 
     def units_of(self, name: str) -> np.ndarray:
         """(C,) int64 indices of the kept events of split `name`, in row order (event_ts, user, pos)."""
@@ -549,6 +568,10 @@ class ExposureRows(RowSource):
     likes: np.ndarray
     views: np.ndarray
     max_len: int
+
+    @property
+    def unit_cells(self) -> int:
+        return self.max_len
 
     def units_of(self, name: str) -> np.ndarray:
         """(R,) int64 indices of the kept exposures of split `name`, ordered by (ts, user, file row)."""

@@ -18,7 +18,7 @@ from pipeline.core.feature_map import Feature, FeatureMap
 from pipeline.core.io import DataError
 from pipeline.core.items import scatter_by_id
 from pipeline.core.metrics import require_both_classes
-from pipeline.sequences.build import SPLITS, RowSource, build_exposure_rows, build_split_rows
+from pipeline.sequences.build import CHUNK_CELLS, SPLITS, RowSource, build_exposure_rows, build_split_rows
 from pipeline.sequences.item_features import build_item_features, dense_tag_ids
 from pipeline.sources.challenge import N_LEVELS, find_challenge_files, read_item_feature, read_item_info, read_split
 from pipeline.sources.microlens import (
@@ -34,6 +34,9 @@ from pipeline.sources.microlens import (
 )
 
 log = logging.getLogger(__name__)
+# Rows at which polars' sink_parquet (pinned) closes a row group when not given a size: it holds that many rows
+# before writing them, 32 GB at max_len 100,000.
+SINK_GROUP_ROWS = 81_920
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class SequenceData:
     repeated_events: int  # click and exposure rows that repeated an earlier row exactly, dropped
     short_history: int  # clicks (a click log) or exposures (an exposure log) with fewer than min_history earlier
     #                     clicks: no row, in any split
+
+    @property
+    def row_group_size(self) -> int | None:
+        """Rows per row group of the split files (sink_parquet's `row_group_size`): None (polars' own grouping)
+        while its SINK_GROUP_ROWS rows hold at most CHUNK_CELLS item_seq cells, else as many rows as do."""
+        return None if SINK_GROUP_ROWS * self.max_len <= CHUNK_CELLS else max(1, CHUNK_CELLS // self.max_len)
 
     def feature_map(self) -> FeatureMap:
         """The feature map of these splits (the frozen item embedding is added by train)."""
