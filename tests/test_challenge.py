@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipeline.core.config import MAX_SEQ_LEN
 from pipeline.core.io import DataError
 from pipeline.core.metrics import NEEDS_BOTH_CLASSES
 from pipeline.itememb.inputs import pca_inputs
@@ -419,6 +420,37 @@ def test_challenge_sequences_refuse_empty_histories_and_cut_before_comparing_len
                                         r"50\), but \{'train': 4, 'valid': 5\} across the splits"):
         challenge_sequences(tmp_path, BuildSequencesConfig(max_len=50))
 
+
+
+def test_read_split_keeps_the_last_max_len_items_of_each_history(tmp_path: Path) -> None:
+    # read cut, the rows are the whole read's with each history's most recent max_len items; the checks still see
+    # the whole history (row 2's item before a 0 is dropped by the cut, yet named) and the file's length
+    path = write_frame(challenge_split(), tmp_path / "train.parquet")
+    whole = read_split(path, CHALLENGE_ITEMS).rows
+    for max_len in (1, 3, SEQ_LEN, 50):
+        split = read_split(path, CHALLENGE_ITEMS, max_len=max_len)
+        assert split.seq_len == SEQ_LEN
+        assert split.rows.equals(whole.with_columns(pl.col("item_seq").list.tail(max_len)))
+    bad = write_frame(challenge_split(item_seq=[[0, 0, 0, 1], [0, 0, 1, 2], [3, 0, 5, 6], [0, 0, 0, 0]]),
+                      tmp_path / "bad.parquet")
+    assert _error(read_split, bad, CHALLENGE_ITEMS, max_len=2) == (
+        f"{bad}: row 2: item_seq is not left-padded (a 0 follows an item id)")
+
+
+def test_read_split_refuses_histories_longer_than_any_max_len_from_the_footer(tmp_path: Path) -> None:
+    # rows 3 and 4 hold 300,000-long histories (of zeros: a 2 KB file); in row groups of 2 rows, the second
+    # group's footer counts 150,005 values a row, so it is scanned and row 3 named, before any other check
+    long = [0] * (3 * MAX_SEQ_LEN - 1) + [1]
+    df = challenge_split(item_seq=[[0, 0, 0, 1], [0, 0, 1, 2], [0, 0, 1, 2], long], user_id=[1, 1, 2, 3])
+    path = tmp_path / "train.parquet"
+    pl.concat([df, df.tail(1)]).write_parquet(path, row_group_size=2)
+    assert _error(read_split, path, CHALLENGE_ITEMS) == (
+        f"{path}: row 3: item_seq has length {3 * MAX_SEQ_LEN}, longer than {MAX_SEQ_LEN} (the longest history "
+        "build_sequences.max_len may keep)")
+    # at the bound, the file is read (and cut)
+    at_bound = challenge_split(item_seq=[[0] * (MAX_SEQ_LEN - 1) + [i] for i in (1, 2, 3, 4)])
+    split = read_split(write_frame(at_bound, tmp_path / "valid.parquet"), CHALLENGE_ITEMS, max_len=2)
+    assert split.seq_len == MAX_SEQ_LEN and split.rows["item_seq"].to_list() == [[0, i] for i in (1, 2, 3, 4)]
 
 def test_embeddings_too_large_for_float32_distances_are_refused(tmp_path: Path) -> None:
     """Finite values past 1e15 overflow float32 squared distances (faiss's k-means aborted the process): the item

@@ -38,6 +38,7 @@ MAX_WIDTH = 1 << 16  # the widest layer or embedding a params file may ask for: 
 MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long before this
 MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
 INT32_MAX = (1 << 31) - 1  # the largest id, count or size a C int holds (polars Int32 columns, faiss)
+MAX_SEQ_LEN = 100_000  # the longest history build_sequences.max_len may keep
 MAX_SEED = INT32_MAX  # every `seed` key: numpy, scikit-learn and faiss all take a 31-bit non-negative seed
 MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
 MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
@@ -448,7 +449,7 @@ class BuildSequencesConfig:
 
     def __post_init__(self) -> None:
         s = "build_sequences"
-        require(1 <= self.max_len <= 100_000, f"{s}.max_len", "must be in [1, 100000]")
+        require(1 <= self.max_len <= MAX_SEQ_LEN, f"{s}.max_len", f"must be in [1, {MAX_SEQ_LEN}]")
         require(self.min_history >= 0, f"{s}.min_history", "must be >= 0")
         require(0 < self.valid_frac < 1, f"{s}.valid_frac", "must be in (0, 1)")
         require(0 < self.test_frac < 1, f"{s}.test_frac", "must be in (0, 1)")

@@ -177,14 +177,12 @@ def challenge_sequences(raw_dir: str | Path, cfg: BuildSequencesConfig) -> Seque
     splits, summary, lengths = {}, {}, {}
     for name in SPLITS:
         path = getattr(files, name)
-        rows = read_split(path, info.n_items, require_labels=name != "test").rows
-        length = int(rows["item_seq"].list.len().max())
+        split = read_split(path, info.n_items, require_labels=name != "test", max_len=cfg.max_len)
+        rows, length = split.rows, split.seq_len
         lengths[name] = min(length, cfg.max_len)  # what is kept: splits padded to other lengths past it still agree
         if len(set(lengths.values())) > 1:
             raise DataError(f"{path}: item_seq keeps {lengths[name]} items (of {length}, build_sequences.max_len "
                             f"{cfg.max_len}), but {lengths} across the splits")
-        if length > cfg.max_len:
-            rows = rows.with_columns(pl.col("item_seq").list.slice(length - cfg.max_len))
         splits[name] = rows.lazy()
         summary[name] = {"rows": rows.height, "clicks": int(rows["label"].sum()), "mean_history": float(
             rows["item_seq"].list.eval(pl.element() != 0).list.sum().mean())}

@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from pipeline.core.config import CHALLENGE_EMB_DIM, INT32_MAX
+from pipeline.core.config import CHALLENGE_EMB_DIM, INT32_MAX, MAX_SEQ_LEN
 from pipeline.core.io import (
     DataError,
     atomic_path,
@@ -48,6 +50,8 @@ TEXT_EMB_DIM = 768  # item_feature.txt_emb_BERT
 IMAGE_EMB_DIM = 1024  # item_feature.img_emb_CLIPRN50
 CHALLENGE_SUBDIR = "MicroLens_1M_x1"
 SUBMISSION_MEMBER = "prediction.csv"
+# Rows per batch of the scan for a too-long history: a few, as each may hold millions of ids.
+LONG_HISTORY_SCAN_ROWS = 16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,14 +147,17 @@ def _require_columns(path: Path, schema: dict[str, pl.DataType], columns: dict[s
 @dataclass(frozen=True)
 class ChallengeSplit:
     """A split in our contract (module docstring). labels_hidden: the file's labels are absent or dummy, so
-    `rows.label` is all 0.0 and must not be scored."""
+    `rows.label` is all 0.0 and must not be scored. seq_len: the length of the file's histories (all one), which
+    `rows.item_seq` keeps when read with no max_len or a larger one."""
 
     rows: pl.DataFrame
     labels_hidden: bool
+    seq_len: int
 
 
 @reads_parquet
-def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -> ChallengeSplit:
+def read_split(path: str | Path, n_items: int, *, require_labels: bool = True, max_len: int | None = None
+               ) -> ChallengeSplit:
     """Read and validate one of train/valid/test.parquet against an item table of items 1..n_items.
 
     Checks, each naming the first bad row: user_id in 0..2^31-1; item_id in 1..n_items; likes_level and
@@ -159,9 +166,12 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
     count as hidden when the column is absent, is not numeric (all nulls, text), holds anything but 0 and 1, or is
     constant (a real test split has both classes); hidden labels come back as 0.0 with labels_hidden=True. A test
     split's `ID` column, if any, must be each row's position (the submission's ID). Other columns are dropped.
+    With max_len, each item_seq keeps its last max_len items (the most recent) as it is read.
 
-    The checks are one streaming pass over the file, so only the returned frame is held whole in memory (about
-    1 GB peak per million rows of 100-long histories).
+    Histories longer than MAX_SEQ_LEN are refused from the file's footer before any page is read (a small file of
+    zero padding would decode to gigabytes). The checks are one streaming pass over the whole histories, so only
+    the returned frame, cut to max_len, is held whole in memory (about 1 GB peak per million rows of 100-long
+    histories).
     """
     path = Path(path)
     schema = _schema(path)
@@ -169,6 +179,7 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
                                     "likes_level": INTEGER, "views_level": INTEGER})
     if require_labels:
         _require_columns(path, schema, {"label": NUMBER})
+    _refuse_long_histories(path)
     has_label = "label" in schema and NUMBER[0](schema["label"])  # a test label of nulls or text is hidden
 
     used = [c for c in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label", "ID") if c in schema]
@@ -220,13 +231,39 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True) -
         n_bad, n_values = lf.select((label.is_null() | ~label.is_in([0.0, 1.0])).sum().alias("n_bad"),
                                     label.n_unique().alias("n_values")).collect().row(0)
         labels_hidden = n_bad > 0 or n_values < 2
+    history = pl.col("item_seq").cast(pl.List(pl.Int32))
+    if max_len is not None:  # left-padded, most recent last: the tail is what is kept
+        history = history.list.tail(max_len)
     rows = pl.scan_parquet(path, glob=False).select(
-        pl.col("user_id").cast(pl.Int32), pl.col("item_seq").cast(pl.List(pl.Int32)), pl.col("item_id").cast(pl.Int32),
+        pl.col("user_id").cast(pl.Int32), history, pl.col("item_id").cast(pl.Int32),
         pl.col("likes_level").cast(pl.Int8), pl.col("views_level").cast(pl.Int8),
         pl.lit(0.0, dtype=pl.Float32).alias("label") if labels_hidden else pl.col("label").cast(pl.Float32),
         pl.int_range(pl.len(), dtype=pl.Int64).alias("event_ts"),
     ).collect(engine="streaming")
-    return ChallengeSplit(rows=rows, labels_hidden=labels_hidden)
+    return ChallengeSplit(rows=rows, labels_hidden=labels_hidden, seq_len=seq_len)
+
+
+def _refuse_long_histories(path: Path) -> None:
+    """DataError naming the first row whose item_seq is longer than MAX_SEQ_LEN, in a row group whose item_seq
+    holds more than MAX_SEQ_LEN values a row by the file's footer. Zero padding compresses to almost nothing (250
+    rows of 1M-long histories are 356 KB), and every read decodes a whole row group, so this is judged before any
+    page is read; only such a row group is scanned, a few rows at a time."""
+    file = pq.ParquetFile(path)
+    first_row = 0
+    for g in range(file.num_row_groups):
+        group = file.metadata.row_group(g)
+        values = sum(group.column(j).num_values for j in range(group.num_columns)
+                     if group.column(j).path_in_schema.split(".")[0] == "item_seq")
+        if values > group.num_rows * MAX_SEQ_LEN:
+            row = first_row
+            for batch in file.iter_batches(LONG_HISTORY_SCAN_ROWS, row_groups=[g], columns=["item_seq"]):
+                lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
+                long = first_true(lengths > MAX_SEQ_LEN)
+                if long is not None:
+                    raise DataError(f"{path}: row {row + long}: item_seq has length {lengths[long]}, longer than "
+                                    f"{MAX_SEQ_LEN} (the longest history build_sequences.max_len may keep)")
+                row += batch.num_rows
+        first_row += group.num_rows
 
 
 # --------------------------------------------------------------------------------------------------
