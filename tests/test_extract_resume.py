@@ -4,6 +4,7 @@ hook), then rerun, gives the same bytes as an uninterrupted run and reuses the f
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -121,30 +122,40 @@ def test_killed_run_resumes_to_identical_output(project: Path, reference: Callab
         assert metrics["status"] == {"ok": 12, "empty": 2, "missing": 0, "corrupt": 0, "too_large": 0}
 
 
+def _plant(shard: Path, frame: pl.DataFrame, digest: bool = True) -> None:
+    """Write `frame` as the shard, with (as a finished run writes it) or without the digest of its bytes."""
+    frame.write_parquet(shard)
+    if digest:
+        Path(f"{shard}.sha256").write_text(hashlib.sha256(shard.read_bytes()).hexdigest())
+
+
 def test_resume_takes_finished_shards_as_they_are_and_ignores_stale_ones(project: Path) -> None:
-    """A finished shard is read back, not recomputed (a marker planted in it survives); a shard written under
-    other params (another fingerprint) is ignored."""
+    """A finished shard is read back, not recomputed (a marker planted in it, with its digest, survives); a shard
+    whose bytes are not the ones its digest names (a flipped byte reads back as other vectors: parquet keeps no
+    page checksums) is recomputed, and so is one written under other params (another fingerprint: max_length, or
+    batch_size, whose padding moves vectors by ~1e-6)."""
     assert run_stage(project, "extract_text", "emb.parquet", fault_after=1).returncode == -signal.SIGKILL
     (shard,) = shard_dir(project, "emb.parquet").glob("shard-*.parquet")
     frame = pl.read_parquet(shard)
     marked = frame.with_columns(pl.Series("emb", np.full((frame.height, 32), 7.0, np.float32),
                                           dtype=pl.Array(pl.Float32, 32)))
-    marked.write_parquet(shard)
+    _plant(shard, marked)
     assert run_stage(project, "extract_text", "emb.parquet").returncode == 0
     emb = pl.read_parquet(project / "emb.parquet")["emb"].to_numpy()
     assert (emb[:4] == 7.0).all() and not (emb[4:] == 7.0).any()
 
-    # Same items, other max_length: the fingerprint changes, so the old shard is not used.
-    assert run_stage(project, "extract_text", "emb.parquet", fault_after=1).returncode == -signal.SIGKILL
-    (shard,) = shard_dir(project, "emb.parquet").glob("shard-*.parquet")
-    marked.write_parquet(shard)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["extract_text"]["max_length"] = 16
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    assert run_stage(project, "extract_text", "emb.parquet").returncode == 0
-    metrics = json.loads((project / "emb.parquet.json").read_text())
-    assert metrics["shards"]["reused"] == 0
-    assert not (pl.read_parquet(project / "emb.parquet")["emb"].to_numpy() == 7.0).any()
+    for key, value, digest in (("max_length", None, False), ("max_length", 16, True), ("batch_size", 2, True)):
+        assert run_stage(project, "extract_text", "emb.parquet", fault_after=1).returncode == -signal.SIGKILL
+        (shard,) = shard_dir(project, "emb.parquet").glob("shard-*.parquet")
+        _plant(shard, marked, digest)
+        if value is not None:
+            params = yaml.safe_load((project / "params.yaml").read_text())
+            params["extract_text"][key] = value
+            (project / "params.yaml").write_text(yaml.safe_dump(params))
+        assert run_stage(project, "extract_text", "emb.parquet").returncode == 0, key
+        metrics = json.loads((project / "emb.parquet.json").read_text())
+        assert metrics["shards"]["reused"] == 0, key
+        assert not (pl.read_parquet(project / "emb.parquet")["emb"].to_numpy() == 7.0).any(), key
 
 
 @pytest.mark.parametrize(("stage", "n_shards"), [("extract_text", 4), ("extract_image", 5)])

@@ -196,10 +196,11 @@ def extract_image_embeddings(
 def image_shard_store(out: str | Path, ids: np.ndarray, paths: Sequence[Path], cfg: ExtractImageConfig,
                       device: torch.device) -> ShardStore:
     """The shard store of an extract_image run: keyed by each cover's path and file_stamp (a replaced cover is
-    re-embedded), the params that shape vectors and a local checkpoint's file_stamp."""
+    re-embedded), the params that shape vectors (the batch size as in text_shard_store) and a local checkpoint's
+    file_stamp."""
     check_unique_ids(ids, "covers")
     fp = fingerprint(stage="extract_image", model=cfg.model, pretrained=cfg.pretrained, max_pixels=cfg.max_pixels,
-                     jpeg_draft=cfg.jpeg_draft, model_files=folder_stamp(cfg.pretrained),
+                     batch_size=cfg.batch_size, jpeg_draft=cfg.jpeg_draft, model_files=folder_stamp(cfg.pretrained),
                      amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype, device=device.type)
     return ShardStore(out, ids, [f"{p}|{file_stamp(p)}" for p in paths], fp, cfg.shard_size)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -114,7 +115,8 @@ class ShardStore:
     Shard k covers items [k * shard_size, (k + 1) * shard_size) of `ids`; its file name carries a digest of the
     fingerprint, its ids and its per-item input keys (titles, or cover path + file_stamp), so a shard is reused
     only when all of those still match (and its item_id column is checked again on load). Shards are written to a
-    temp file and renamed, so a kill never leaves a half-written shard under a valid name.
+    temp file and renamed, so a kill never leaves a half-written shard under a valid name; the sha256 of its bytes,
+    written beside it after it, is checked on load.
     """
 
     def __init__(self, out: str | Path, ids: np.ndarray, keys: Sequence[str], fp: str, shard_size: int):
@@ -137,13 +139,16 @@ class ShardStore:
         return len(self.bounds)
 
     def load(self, k: int) -> pl.DataFrame | None:
-        """Shard k from disk if it was finished for these inputs, else None."""
+        """Shard k from disk if it was finished for these inputs and its bytes are the ones written (the digest
+        beside it: parquet keeps no checksum of its pages, so a flipped byte would read back as other vectors),
+        else None."""
         path = self.folder / self.names[k]
-        if not path.is_file():
-            return None
         try:
-            frame = pl.read_parquet(path, glob=False)
-        except Exception:  # a damaged shard is recomputed, never trusted
+            data = path.read_bytes()
+            if _digest_path(path).read_text() != hashlib.sha256(data).hexdigest():
+                return None
+            frame = pl.read_parquet(io.BytesIO(data))
+        except Exception:  # a missing, damaged or unreadable shard is recomputed, never trusted
             return None
         a, b = self.bounds[k]
         if frame.columns != ["item_id", "emb", "status"] or not np.array_equal(frame["item_id"].to_numpy(),
@@ -154,8 +159,12 @@ class ShardStore:
     def save(self, k: int, frame: pl.DataFrame) -> None:
         """Write shard k atomically; then honour the MMCTR_FAULT_AFTER_SHARDS test hook."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.folder / self.names[k]) as tmp:
+        path = self.folder / self.names[k]
+        with atomic_path(path) as tmp:
             frame.write_parquet(tmp, compression="zstd")
+            digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        with atomic_path(_digest_path(path)) as tmp:  # last: a shard without its digest is not finished
+            tmp.write_text(digest)
         self.written += 1
         fault = os.environ.get(FAULT_ENV)
         if fault and self.written >= int(fault):
@@ -191,6 +200,11 @@ class ShardStore:
     def remove(self) -> None:
         """Delete the shard folder (after the final table is written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _digest_path(shard: Path) -> Path:
+    """The file beside a shard that holds the sha256 of its bytes."""
+    return shard.with_name(f"{shard.name}.sha256")
 
 
 def status_counts(frame: pl.DataFrame) -> dict[str, int]:

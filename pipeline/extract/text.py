@@ -152,8 +152,10 @@ def text_shard_store(out: str | Path, titles: pl.DataFrame, cfg: ExtractTextConf
     """The shard store of an extract_text run: keyed by each item's title, the params that shape vectors and the
     files of a local model folder (folder_stamp)."""
     check_unique_ids(titles["item_id"].to_numpy(), "titles")
+    # batch_size too: padding to a batch's longest title moves vectors by ~1e-6, so shards of another batch size
+    # would give a table that matches neither an uninterrupted run
     fp = fingerprint(stage="extract_text", model=cfg.model, pooling=cfg.pooling, max_length=cfg.max_length,
-                     amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype,
+                     batch_size=cfg.batch_size, amp=cfg.amp and device.type == "cuda", amp_dtype=cfg.amp_dtype,
                      trust_remote_code=cfg.trust_remote_code, device=device.type,
                      model_files=folder_stamp(resolve_text_model(cfg.model)))
     keys = [t if t is not None else "" for t in titles["title"].to_list()]
