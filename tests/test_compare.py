@@ -32,9 +32,12 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
     for cmd in cmds:
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["train"]["ensemble"] = 3  # no row's value: every row must set its own
+        params["train"]["id_init"] = "mm"
+        del params["train"]["model"]  # a valid section may leave a key out: `-S ++` adds it (plain -S fails)
         sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-S"]
+        assert all(s.startswith("++train.") for s in sets)
         for s in sets:
-            key, value = s.split("=", 1)
+            key, value = s.removeprefix("++").split("=", 1)
             section, name = key.split(".")
             params[section][name] = yaml.safe_load(value)
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -46,12 +49,12 @@ def test_every_queued_experiment_is_a_valid_train_config(tmp_path: Path) -> None
         mmctr = name.startswith("cmp-mmctr-")
         assert (cfg.arch.mean_interest and cfg.arch.cross_rank == 8) == mmctr
         assert (cfg.arch.recent_interest, cfg.arch.exposure_levels) == ((3, 20) if mmctr else (0, 0))
-        assert cfg.arch.ensemble == (2 if mmctr else 1)
+        assert cfg.arch.ensemble == (2 if mmctr else 1) and cfg.arch.id_init == "random"
         assert cfg.arch.item_repr == {"sem": "semantic", "idsem": "id+semantic"}.get(name.split("-")[2], "id")
         if mmctr:  # the default's every addition, at its default (user_bias and ensemble_mix included)
             default = ModelConfig()
             assert all(getattr(cfg.arch, k) == getattr(default, k) for k in PLAIN_SWITCHES if k != "item_repr")
-    ablated = [c[c.index("-n") + 1] for c in cmds if "train.use_transformer=false" in c]
+    ablated = [c[c.index("-n") + 1] for c in cmds if "++train.use_transformer=false" in c]
     assert ablated == ["cmp-tdcn-no-transformer-id", "cmp-tdcn-no-transformer-mm"]
 
 

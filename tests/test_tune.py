@@ -399,10 +399,16 @@ def test_tune_applies_the_trial_with_the_best_valid_auc(project: Path, monkeypat
     assert f"best by valid AUC: tune-1-2 ({other['valid_auc']:.4f})" in result.output
     assert next(line for line in lines if line.startswith("| tune-")).startswith("| tune-1-2 |")
 
+    # The user edits a tracked file and stages a new one while the search runs: the apply leaves both alone.
+    (project / "dvc.yaml").write_text((project / "dvc.yaml").read_text() + "# edited during the search\n")
+    (project / "notes.md").write_text("mine\n")
+    _run(["git", "add", "notes.md"], project)
     calls.clear()
     monkeypatch.setattr(tune_module, "run_dvc", lambda cmd: calls.append(cmd) or real_run(cmd))
     apply_trial(other, "params.yaml")
     assert not [c for c in calls if c[:2] == ["dvc", "repro"]]  # the winner was checked out, not trained again
+    assert (project / "dvc.yaml").read_text().endswith("# edited during the search\n")
+    assert (project / "notes.md").read_text() == "mine\n"
     params = (project / "params.yaml").read_text()
     applied = load_section(project / "params.yaml", "train", TrainConfig)
     assert {k: params_dict(applied)[k] for k in TUNED} == {k: other[k] for k in TUNED}

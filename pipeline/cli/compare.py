@@ -61,14 +61,16 @@ def _yaml_value(v: Any) -> str:
 
 
 def queue_commands() -> list[list[str]]:
-    """argv of `dvc exp run --queue -n <name> -S key=value ...` for every variant, without and with MM emb."""
+    """argv of `dvc exp run --queue -n <name> -S ++key=value ...` for every variant, without and with MM emb.
+    `++` (Hydra's add-or-override) because a plain `-S key=value` fails on a key params.yaml leaves out, as a valid
+    train section may (its default is taken)."""
     cmds = []
     for _, stem, params in VARIANTS:
         for mm in (False, True):
             sets = {**params, "train.use_mm_emb": mm}
             cmd = ["dvc", "exp", "run", "--queue", "-n", experiment_name(stem, mm)]
             for key, value in sets.items():
-                cmd += ["-S", f"{key}={_yaml_value(value)}"]
+                cmd += ["-S", f"++{key}={_yaml_value(value)}"]
             cmds.append(cmd)
     return cmds
 

@@ -184,7 +184,9 @@ def plots(revisions: tuple[str, ...], out: str) -> None:
 @main.command()
 @click.option("--trials", type=click.IntRange(min=1), default=None, help="overrides tune.trials")
 @click.option("--dry-run", is_flag=True, help="print the plan and the dvc commands without running them")
-@click.option("--no-apply", is_flag=True, help="leave the workspace as it is (`dvc exp apply NAME` applies a trial)")
+@click.option("--no-apply", is_flag=True,
+              help="leave the workspace as it is (`dvc exp apply NAME` then applies a trial when every output of "
+                   "its commit is in the cache, as after a whole `dvc repro`)")
 def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
     """Search the train params listed in params.yaml's tune section: each trial is a DVC experiment of the train
     stage (`dvc exp run --temp -n tune-<s>-<k> -S ... train`), the first with the current values. Prints the trials
@@ -219,7 +221,8 @@ def tune(trials: int | None, dry_run: bool, no_apply: bool) -> None:
         if best["name"] == names[0]:
             click.echo("the current train values scored best: nothing to apply")
         elif no_apply:
-            click.echo(f"not applied; `dvc exp apply {best['name']}` applies it")
+            click.echo(f"not applied; `dvc exp apply {best['name']}` applies it (it needs every output of the "
+                       "trial's commit in the cache: run a whole `dvc repro` before the search)")
         else:
             apply_trial(best, params_path)
             click.echo(f"applied {best['name']} to the workspace (params.yaml, dvc.lock, its trained model and "

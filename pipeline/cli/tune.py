@@ -51,6 +51,7 @@ from pipeline.core.config import (
 from pipeline.core.io import atomic_path
 
 PREFIX = "tune"
+LOCK_FILE = "dvc.lock"
 # The tuned train keys: every TuneConfig field that lists candidates.
 TUNED: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TuneConfig) if f.name not in ("trials", "seed"))
 
@@ -336,10 +337,11 @@ def run_trials(commands: list[tuple[str, list[str]]], first_is_free: bool,
 
 def apply_trial(record: dict[str, Any], params_path: str | Path) -> None:
     """Make the trial the workspace's result without training again: its tuned values written into params.yaml in
-    place (`with_train_values`, atomically, so layout and comments stay), every other git-tracked file its
-    experiment commit holds differently (dvc.lock, train's metrics and curves) taken from that commit, then `dvc
-    checkout` of the stages whose dvc.lock entries changed brings their cached outputs (the model, the checked
-    params) from the cache, where the trial's run put them; `dvc status` of those stages must then be clean.
+    place (`with_train_values`, atomically, so layout and comments stay); from its experiment commit, dvc.lock
+    and the git-tracked outputs of the stages whose dvc.lock entries it changed (train's metrics and curves), and
+    nothing else (a file the user edited while the search ran is left alone); then `dvc checkout` of those stages
+    brings their cached outputs (the model, the checked params) from the cache, where the trial's run put them;
+    `dvc status` of those stages must then be clean.
 
     Not `dvc repro train`: DVC's run cache keeps no run of a stage with an uncached output that is neither a metric
     nor a plot, as train's dvclive folder is, so it would train the winner again (and, where training is not
@@ -350,17 +352,18 @@ def apply_trial(record: dict[str, Any], params_path: str | Path) -> None:
     from."""
     params_path = Path(params_path)
     rev = record["rev"]
-    changed = [p for p in _paths_differing_from(rev) if Path(p).resolve() != params_path.resolve()]
+    before = _lock_stages(Path(LOCK_FILE).read_text() if Path(LOCK_FILE).is_file() else "")
+    theirs = _lock_stages(run_dvc(["git", "show", f"{rev}:./{LOCK_FILE}"]))
+    stages = sorted(name for name, entry in theirs.items() if before.get(name) != entry)
+    changed = [LOCK_FILE, *_tracked_outputs(rev, [o["path"] for name in stages for o in theirs[name].get("outs", [])])]
     saved = {Path(p): (Path(p).read_bytes() if Path(p).is_file() else None) for p in [params_path, *changed]}
-    before = _lock_stages()
-    stages: list[str] = []
+    checked_out = False
     try:
         values = {k: record[k] for k in TUNED if record.get(k) is not None}
         _write_bytes(params_path, with_train_values(params_path.read_text(), values).encode())
-        if changed:
-            run_dvc(["git", "--literal-pathspecs", "restore", f"--source={rev}", "--worktree", "--", *changed])
-        stages = sorted(name for name, entry in _lock_stages().items() if before.get(name) != entry)
+        run_dvc(["git", "--literal-pathspecs", "restore", f"--source={rev}", "--worktree", "--", *changed])
         if stages:
+            checked_out = True
             run_dvc(["dvc", "checkout", *stages])
             if stale := json.loads(run_dvc(["dvc", "status", "--json", *stages]) or "{}"):
                 raise TuneError(f"{record['name']}: its outputs do not match its params after the checkout "
@@ -371,22 +374,25 @@ def apply_trial(record: dict[str, Any], params_path: str | Path) -> None:
                 path.unlink(missing_ok=True)
             else:
                 _write_bytes(path, data)
-        if stages:
+        if checked_out:
             run_dvc(["dvc", "checkout", *stages])
         raise
 
 
-def _paths_differing_from(rev: str) -> list[str]:
-    """The git-tracked paths under the current folder (relative to it) whose working-tree content differs from
-    commit `rev`'s; either side may lack one."""
-    out = run_dvc(["git", "diff", "--no-renames", "--relative", "--name-only", "-z", rev, "--"])
-    return [p for p in out.split("\0") if p]
+def _tracked_outputs(rev: str, outs: list[str]) -> list[str]:
+    """The files under output paths `outs` (relative to the current folder) that git tracks in commit `rev` or in
+    the index, sorted: an uncached output (a metrics file, dvclive's folder) is in git; a cached one is not."""
+    if not outs:
+        return []
+    listed = run_dvc(["git", "--literal-pathspecs", "ls-tree", "-r", "--name-only", "-z", rev, "--", *outs])
+    listed += run_dvc(["git", "--literal-pathspecs", "ls-files", "-z", "--", *outs])
+    return sorted({p for p in listed.split("\0") if p})
 
 
-def _lock_stages() -> dict[str, Any]:
-    """dvc.lock's stage entries ({} when there is none)."""
-    path = Path("dvc.lock")
-    return (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.is_file() else {}
+def _lock_stages(text: str) -> dict[str, Any]:
+    """The stage entries of a dvc.lock's text ({} for none)."""
+    lock = yaml.safe_load(text) if text else None
+    return lock.get("stages", {}) if isinstance(lock, dict) else {}
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

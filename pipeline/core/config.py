@@ -472,7 +472,8 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                                  "user_bias": False, "item_repr": "id", "ensemble": 1, "ensemble_mix": "none"}
+                                  "user_bias": False, "item_repr": "id", "id_init": "random", "ensemble": 1,
+                                  "ensemble_mix": "none"}
 
 
 @dataclass(frozen=True)
