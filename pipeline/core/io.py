@@ -141,7 +141,9 @@ def output_group() -> Iterator[None]:
     """Put a stage's outputs in place together: inside the block each atomic_path write stays in its finished temp
     file, and at the block's end all of them are renamed onto their paths, in the order written. An error or a
     kill before then leaves every earlier output as it was, never some new files beside old siblings (new splits
-    with an old metrics file). Only a kill within the renames themselves, microseconds, can still split them."""
+    with an old metrics file). Only a kill or a failed rename within the renames themselves can still split them
+    (prepare_outputs checks every location first). A file written in the block reads back as the old one until
+    the end; atomic_dir is not held back; a nested group puts its own files in place at its own end."""
     pending: list[tuple[Path, Path]] = []
     token = _GROUP.set(pending)
     try:
