@@ -19,6 +19,7 @@ from pipeline.core.config import (
     ModelConfig,
     ParamsError,
     TrainConfig,
+    TuneConfig,
     check_params,
     from_dict,
     load_section,
@@ -236,6 +237,49 @@ def test_hostile_params_bytes_are_one_line_errors(tmp_path: Path, content: bytes
     path = tmp_path / "params.yaml"
     path.write_bytes(content)
     assert _error(path, "fit_pca") == message.format(path=path)
+
+
+@pytest.mark.parametrize("value, why", [
+    ("010", "an octal or leading-zero number"), ("-007", "an octal or leading-zero number"),
+    ("0o17", "an octal number in YAML 1.2"), ("1:20", "a base-60 number"), ("-1:30.5", "a base-60 number"),
+    ("yes", "a boolean in YAML 1.1 but text"), ("Off", "a boolean in YAML 1.1 but text"),
+])
+def test_values_yaml_1_1_and_dvc_read_differently_are_refused(tmp_path: Path, value: str, why: str) -> None:
+    """DVC tracks params.yaml through YAML 1.2 (ruamel), the loader is YAML 1.1 (PyYAML): `patience: 010` ran 8 while
+    dvc.lock said 10, and editing it to `10` reran nothing. Such plain values name their line; quoted they are text
+    to both, and the forms both read alike still load."""
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  patience: 2\n  model: {value}\n")
+    assert _error(path, "train").startswith(f"{path}: not valid YAML (line 3: {value} is {why}")
+    path.write_text(f"train:\n  model: '{value}'\n")
+    assert _error(path, "train").startswith("train.model: must be one of")  # text now, to both loaders
+    assert parse_yaml("a: [0, 10, 0.5, -0.001, 0x1f, 1e-05, true, False, ~, '010']") == {
+        "a": [0, 10, 0.5, -0.001, 31, 1e-05, True, False, None, "010"]}
+
+
+@pytest.mark.parametrize("text, shown", [("train:\n  1: x\n", "int '1'"), ("train:\n  null: x\n", "NoneType 'None'"),
+                                         ("? [a]\n: 1\n", "list")])
+def test_a_key_that_is_not_text_is_one_line(tmp_path: Path, text: str, shown: str) -> None:
+    """A key YAML reads as a number, null or a list gave a TypeError traceback (sorting it among text keys, or
+    hashing it)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert _error(path, "train").endswith(f"a key must be text, got {shown})")
+
+
+def test_a_params_file_past_a_megabyte_is_refused_before_parsing(tmp_path: Path) -> None:
+    """check_params parses the file once per section, at ~1-2 MB a second: a 50 MB file took minutes."""
+    path = tmp_path / "params.yaml"
+    path.write_text("# padding\n" * 120_000)
+    size = path.stat().st_size
+    assert _error(path, "train") == f"{path}: {size} bytes, more than a params file needs (1024 KB at most)"
+
+
+def test_a_long_tune_list_checks_repeats_in_linear_time() -> None:
+    """Repeats were found by scanning the earlier candidates: a list of 60,000 took 25 s. The repeat is still named."""
+    TuneConfig(learning_rate=tuple(float(i + 1) for i in range(200_000)))
+    with pytest.raises(ParamsError, match=r"tune.learning_rate: lists 0\.5 more than once"):
+        TuneConfig(learning_rate=(0.5, 0.25, 0.5))
 
 
 def test_unreadable_params_file_is_a_one_line_error(tmp_path: Path) -> None:

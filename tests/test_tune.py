@@ -26,6 +26,7 @@ from pipeline.cli.tune import (
     _error_line,
     apply_trial,
     best_trial,
+    load_trials,
     ranked,
     results_table,
     run_dvc,
@@ -260,6 +261,20 @@ def test_applied_params_keep_their_layout(tmp_path: Path) -> None:
     assert [a.split("#")[0].rstrip() for a, _ in changed] == [
         "  embedding_dim: 8", "  net_dropout: 0.0", "  learning_rate: 0.002"]
     assert all(("#" in a) == ("#" in b) for a, b in changed)  # each line's comment stays
+
+
+def test_a_layout_the_apply_cannot_edit_is_refused_before_the_search(tmp_path: Path) -> None:
+    """A quoted train key is valid YAML (DVC and check_params accept it), but the winner could not be written back
+    in place: that showed only after every trial had run. Now the plan refuses it, naming the file and the key."""
+    path = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    assert text.index("\n  learning_rate: ") < text.index("\ntune:")  # the first is train's
+    path.write_text(text.replace("\n  learning_rate: ", '\n  "learning_rate": ', 1))
+    with pytest.raises(ParamsError, match=rf"{re.escape(str(path))}: could not set train\.learning_rate.* in the "
+                                          r"params text in place, as a search's winner is applied"):
+        load_trials(path, trials=2)
+    path.write_text(text)
+    assert len(load_trials(path, trials=2)) == 2
 
 
 def test_a_tuned_key_the_train_section_does_not_write_gets_a_line() -> None:

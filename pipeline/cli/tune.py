@@ -131,14 +131,24 @@ def sample_trials(cfg: TuneConfig, train_section: dict[str, Any]) -> list[dict[s
 
 
 def load_trials(params_path: str | Path, trials: int | None = None) -> list[dict[str, Any]]:
-    """`sample_trials` of the params file's tune and train sections; `trials` overrides tune.trials."""
+    """`sample_trials` of the params file's tune and train sections; `trials` overrides tune.trials. The file's
+    layout is checked up front too: the winner's values are written back line by line (`with_train_values`), and a
+    layout that edit cannot handle (a quoted key, a value on a line of its own) would otherwise show only after the
+    whole search."""
     cfg = load_section(params_path, "tune", TuneConfig)
     if trials is not None:
         cfg = dataclasses.replace(cfg, trials=trials)
     data = read_params(params_path)
     if "train" not in data:
         raise ParamsError(f"train: missing section in {params_path}")
-    return sample_trials(cfg, data["train"])
+    plan, text = sample_trials(cfg, data["train"]), Path(params_path).read_text()
+    try:
+        for trial in plan:
+            with_train_values(text, trial)
+    except ValueError as e:
+        raise ParamsError(f"{params_path}: {e}, as a search's winner is applied: write each train key as "
+                          "`  key: value` on a line of its own") from None
+    return plan
 
 
 def session_number(existing: Iterable[str]) -> int:

@@ -187,23 +187,50 @@ def require(ok: bool, key: str, message: str) -> None:
         raise ParamsError(f"{key}: {message}")
 
 
+# Plain scalars that YAML 1.1 (PyYAML, this loader's base) and YAML 1.2 (ruamel, which DVC uses to track params)
+# read as different values, and how to write each so that both read the same: a stage would run one value while
+# dvc.lock, `dvc exp show` and `dvc params diff` show the other (an edit from one to the other would rerun nothing).
+_YAML_11_ONLY = (
+    (re.compile(r"yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF"), "a boolean in YAML 1.1 but text in YAML 1.2 (DVC's): "
+     "write true or false, or quote it for text"),
+    (re.compile(r"[-+]?0[0-9_]+"), "an octal or leading-zero number, read as another value in YAML 1.1 than in "
+     "YAML 1.2 (DVC's): write it without the leading zero, or quote it for text"),
+    (re.compile(r"[-+]?0o[0-7_]+"), "an octal number in YAML 1.2 (DVC's) but text in YAML 1.1: write it in "
+     "decimal, or quote it for text"),
+    (re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?"), "a base-60 number in YAML 1.1 but text in "
+     "YAML 1.2 (DVC's): write the number itself, or quote it for text"),
+)
+
+
 class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader that also reads YAML 1.2 floats such as `1e-05` (an exponent without a dot) as numbers,
     as DVC's own YAML parser does: `dvc exp run -S train.net_regularizer=0.00001` writes `1e-05` into params.yaml,
-    which plain YAML 1.1 would read as text. A key given twice in one mapping is an error (PyYAML would keep the
-    last silently), and aliases are refused: a params file needs none, and nested ones expand exponentially (a
-    "billion laughs" file) in anything that walks the values."""
+    which plain YAML 1.1 would read as text. A plain value the two YAML versions read differently (`yes`, `010`,
+    `1:20`: _YAML_11_ONLY) is an error naming its line, so the value a stage runs is the one DVC tracks. A key given
+    twice in one mapping is an error (PyYAML would keep the last silently), so is a key that is not text, and
+    aliases are refused: a params file needs none, and nested ones expand exponentially (a "billion laughs" file)
+    in anything that walks the values."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.YAMLError(f"line {mark.line + 1}: aliases (*name) are not allowed in a params file")
+        if self.check_event(yaml.ScalarEvent):
+            event = self.peek_event()
+            if event.implicit[0] and event.style is None:  # a plain (unquoted, untagged) scalar
+                for pattern, why in _YAML_11_ONLY:
+                    if pattern.fullmatch(event.value):
+                        raise yaml.YAMLError(f"line {event.start_mark.line + 1}: {event.value} is {why}")
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                shown = f" {str(key)[:40]!r}" if isinstance(key_node, yaml.ScalarNode) else ""
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: a key must be text, got "
+                                     f"{type(key).__name__}{shown}")
             if key in seen:
                 raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one mapping "
                                      f"(first on line {seen[key]})")
@@ -216,6 +243,10 @@ ParamsLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+# params.yaml is ~10 KB; PyYAML parses ~1-2 MB a second, and check_params reads the file once per section.
+MAX_PARAMS_BYTES = 1 << 20
+
+
 def parse_yaml(text: str) -> Any:
     """YAML text -> Python values, read as the params loader reads params.yaml (ParamsLoader)."""
     return yaml.load(text, Loader=ParamsLoader)
@@ -225,6 +256,9 @@ def read_params(path: str | Path) -> dict[str, Any]:
     """The whole params file as a dict; a missing or unparsable file is a one-line ParamsError."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ParamsError(f"{path}: {path.stat().st_size} bytes, more than a params file needs "
+                              f"({MAX_PARAMS_BYTES // 1024} KB at most)")
         raw = path.read_bytes()
         data = parse_yaml(raw.decode("utf-8"))
     except FileNotFoundError:
@@ -846,8 +880,10 @@ class TuneConfig:
             values = getattr(self, f.name)
             if isinstance(values, tuple):
                 require(len(values) >= 1, f"tune.{f.name}", "must list at least one candidate value")
-                for i, value in enumerate(values):
-                    require(value not in values[:i], f"tune.{f.name}", f"lists {value!r} more than once")
+                seen: set[Any] = set()  # a set, not a scan of the earlier values: a list of 10^5 took minutes
+                for value in values:
+                    require(value not in seen, f"tune.{f.name}", f"lists {value!r} more than once")
+                    seen.add(value)
 
 
 # Every section of params.yaml and the dataclass that reads it: check_params loads them all.
