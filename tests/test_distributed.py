@@ -15,6 +15,8 @@ from torch import nn
 from model.factory import build_model
 from pipeline.core.config import ParamsError
 from pipeline.core.distributed import Dist, dist_from_env, distributed
+from pipeline.core.io import DataError
+from pipeline.training.checkpoint import FitState
 from pipeline.training.loop import batch_loss, fit
 from pipeline.training.predict import predict_logits
 from tests.conftest import SMALL, feature_map, item_tables, toy_split, train_cfg
@@ -73,6 +75,55 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path: Path) -> None:
         for a, b in zip(got["history"], ref["history"]):
             assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
         torch.testing.assert_close(got["logits"], ref["logits"], rtol=1e-3, atol=1e-3)
+
+
+def _rng_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    with distributed("cpu", "train.device") as (dist, _):
+        torch.manual_seed(10 + rank)
+        torch.save(dist.rng_states(), Path(out) / f"rng{rank}.pt")
+
+
+def test_every_rank_s_rng_is_gathered_in_rank_order(tmp_path: Path) -> None:
+    """A resume state holds every rank's RNG: it held rank 0's, which every rank then restored, so after a resume
+    all ranks drew the same dropout masks and the run no longer ended where an uninterrupted one would."""
+    mp.spawn(_rng_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected = [torch.manual_seed(10 + r).get_state() for r in range(2)]
+    for r in range(2):
+        got = torch.load(tmp_path / f"rng{r}.pt", weights_only=True)
+        assert len(got) == 2 and all(torch.equal(g, e) for g, e in zip(got, expected))
+
+
+def test_a_rank_left_waiting_for_a_stopped_rank_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranks waiting in a collective when another rank stops got gloo's RuntimeError ("Connection closed by
+    peer"), one traceback each, burying the error that matters; now a one-line DataError. Any other RuntimeError
+    is a bug and keeps its traceback."""
+    import pipeline.core.distributed as d
+
+    monkeypatch.setattr(d, "dist_from_env", lambda: Dist(rank=0, world=2))
+    monkeypatch.setattr(d.dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(d.dist, "destroy_process_group", lambda: None)
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:19357. GLHF!")
+    with pytest.raises(DataError, match=r"^rank 0: stopped: another rank of the run failed or was stopped \(its "
+                                        r"error is above\)$"), distributed("cpu", "train.device"):
+        raise gone
+    with pytest.raises(RuntimeError, match="a bug"), distributed("cpu", "train.device"):
+        raise RuntimeError("a bug")
+
+
+def test_a_resume_state_gives_each_rank_its_own_rng(tmp_path: Path) -> None:
+    """FitState keeps every rank's RNG; rank r of a run of the same size gets its own back, a run of another size
+    keeps the RNG each rank was seeded with."""
+    torch.manual_seed(0)
+    model = build_model(NO_DROPOUT, feature_map(), *item_tables())
+    opt, gen = torch.optim.Adam(model.parameters()), torch.Generator()
+    states = [torch.manual_seed(10 + r).get_state() for r in range(2)]
+    FitState(lr=0.1).save(tmp_path / "state.pt", "fp", model, opt, gen, states)
+    for rank, world, want in ((1, 2, states[1]), (0, 2, states[0]), (1, 3, torch.manual_seed(99).get_state())):
+        torch.manual_seed(99)
+        assert FitState.load(tmp_path / "state.pt", "fp", model, opt, gen, rank, world) is not None
+        assert torch.equal(torch.get_rng_state(), want), (rank, world)
 
 
 def test_dist_from_env_reads_torchrun_variables() -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -481,6 +482,25 @@ def test_an_output_group_puts_its_files_in_place_together_or_not_at_all(tmp_path
         assert json.loads(first.read_text()) == {"run": 1}  # not yet: at the group's end
     assert json.loads(first.read_text()) == {"run": 3} and json.loads(second.read_text()) == {"run": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "train.parquet"]
+
+
+def test_sigterm_runs_the_clean_up_of_a_stage_then_exits_143(tmp_path: Path) -> None:
+    """torchrun stops the surviving ranks, and stop_with_parent a stage whose dvc died, with SIGTERM, which ended
+    the process at once: train's streamed split copies (full copies of the splits) stayed on disk for good. Within a
+    stage, SIGTERM is SystemExit(143): context managers clean up. The old handler is back afterwards."""
+    from pipeline.core.stage import sigterm_exits
+
+    work = tmp_path / ".model.pt.train-arrays.0"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped, sigterm_exits():
+        work.mkdir()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises in this thread before the sleep ends
+        finally:
+            shutil.rmtree(work)
+    assert stopped.value.code == 143 and not work.exists()
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 # --------------------------------------------------------------------- a read-only or full output location

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from pipeline.core.config import ParamsError
+from pipeline.core.io import DataError
 from pipeline.core.stage import pick_device
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 # How long a rank may wait in a collective for the others. Ranks of an extraction finish their shards at different
 # times and then meet at one barrier, so this bounds the imbalance of a run, not a single step.
 GROUP_TIMEOUT = timedelta(hours=12)
+# What gloo's error says when the rank at the other end of a collective has exited.
+PEER_GONE = re.compile(r"Connection (?:closed|reset) by peer")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,16 @@ class Dist:
         t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return float(t.item())
+
+    def rng_states(self) -> list[torch.Tensor]:
+        """Every rank's torch CPU RNG state, in rank order, on every rank: dropout draws differ per rank, so a
+        resumed run must give each rank its own back ([this process's] in a world of 1)."""
+        state = torch.get_rng_state()
+        if not self.enabled:
+            return [state]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, state)
+        return states
 
     def gather_slices(self, part: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
         """The (n,) CPU vector whose slice r of torch.arange(n).tensor_split(world) is rank r's `part`, on every
@@ -118,6 +133,14 @@ def distributed(device_choice: str, key: str) -> Iterator[tuple[Dist, torch.devi
     log.info("rank %d of %d on %s", d.rank, d.world, device)
     try:
         yield d, device
+    except RuntimeError as e:
+        # A rank waiting in a collective when another rank stops (its own one-line error, a kill): one line here,
+        # not a backend traceback per waiting rank that buries the error that matters. gloo raises a plain
+        # RuntimeError for it, NCCL a DistError; any other RuntimeError is a bug and keeps its traceback.
+        if not (isinstance(e, dist.DistError) or PEER_GONE.search(str(e))):
+            raise
+        raise DataError(f"rank {d.rank}: stopped: another rank of the run failed or was stopped (its error is "
+                        "above)") from None
     finally:
         dist.destroy_process_group()
 

@@ -137,6 +137,26 @@ def stage_lock(stage: str, workdir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM (torchrun stopping the other ranks, `stop_with_parent`, `kill`) raises
+    SystemExit(143), so context managers clean up (train's streamed split copies, temp files) as on an error; by
+    default SIGTERM ends the process at once and leaves them on disk for good. The old handler is put back after
+    (signal handlers belong to the main thread: elsewhere this changes nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 _watching_parent = False
 
 
@@ -191,7 +211,7 @@ def stage_main(fn: F, stage: str | None = None) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         configure_logging(stage)
         stop_with_parent()
-        with one_line_errors():
+        with sigterm_exits(), one_line_errors():
             lock = stage_lock(stage, Path.cwd()) if os.environ.get("RANK", "0") == "0" else nullcontext()
             with lock:
                 return fn(*args, **kwargs)

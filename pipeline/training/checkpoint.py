@@ -105,19 +105,23 @@ class FitState:
     interval_rows: int = 0  # train rows (all ranks) since the last validation
     ema: dict[str, Tensor | int] | None = None  # WeightAverage.state() under train.ema_decay > 0
 
-    def save(self, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator) -> None:
-        """Write the state atomically (plain types and tensors only: loads with weights_only=True)."""
+    def save(self, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             rng_states: list[Tensor]) -> None:
+        """Write the state atomically (plain types and tensors only: loads with weights_only=True); rng_states:
+        every rank's torch RNG state, in rank order (Dist.rng_states)."""
         blob = {"fingerprint": fp, **{f.name: getattr(self, f.name) for f in fields(self)},
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": rng_states}
         save_atomic(blob, path)
 
     @classmethod
-    def load(cls, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer,
-             gen: torch.Generator) -> FitState | None:
-        """The state in `path` restored into model/opt/gen (and torch's global RNG), or None when there is none, it
-        was written for other params or data, or it cannot be restored (then training starts afresh, with
-        model/opt/gen and the RNG as they were: nothing is restored in part)."""
+    def load(cls, path: Path, fp: str, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             rank: int = 0, world: int = 1) -> FitState | None:
+        """The state in `path` restored into model/opt/gen (and torch's global RNG: rank `rank`'s own of a run of
+        `world` ranks; a run of another rank count keeps the RNG each rank was seeded with, as its dropout masks
+        cannot follow the old run's anyway), or None when there is none, it was written for other params or data, or
+        it cannot be restored (then training starts afresh, with model/opt/gen and the RNG as they were: nothing is
+        restored in part)."""
         if not path.is_file():
             return None
         try:
@@ -135,7 +139,9 @@ class FitState:
             model.load_state_dict(blob["model"])
             opt.load_state_dict(blob["optimizer"])
             gen.set_state(blob["generator"])
-            torch.set_rng_state(blob["torch_rng"])
+            states = blob["torch_rng"] if isinstance(blob["torch_rng"], list) else [blob["torch_rng"]]
+            if len(states) == world:
+                torch.set_rng_state(states[rank])
             return state
         except Exception as e:  # tampered, or from other code: load_state_dict may have copied part of it already
             model.load_state_dict(before[0])

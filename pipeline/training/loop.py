@@ -300,7 +300,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     fp = resume_fingerprint(cfg, model, train, valid)
     state = None
     if resume_file is not None and cfg.resume:
-        state = FitState.load(resume_file, fp, model, opt, gen)
+        state = FitState.load(resume_file, fp, model, opt, gen, dist.rank, dist.world)
         if state is not None:
             log.info("resuming after pass %d (best valid AUC %.5f)", state.epoch - 1, state.best_auc)
             if live is not None and dist.is_main:
@@ -372,8 +372,10 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
         state.interval_loss += dist.sum(pass_loss, device)
         state.epoch = epoch + 1
         state.ema = ema.state() if ema is not None else None
-        if resume_file is not None and dist.is_main:
-            state.save(resume_file, fp, model, opt, gen)
+        if resume_file is not None:
+            rng = dist.rng_states()  # every rank takes part; rank 0 writes them all
+            if dist.is_main:
+                state.save(resume_file, fp, model, opt, gen, rng)
         if state.step == total_steps:
             break
         if state.bad_validations >= cfg.patience:
