@@ -147,7 +147,8 @@ class ShardStore:
             data = path.read_bytes()
             if _digest_path(path).read_text() != hashlib.sha256(data).hexdigest():
                 return None
-            frame = pl.read_parquet(io.BytesIO(data))
+            buffer = io.BytesIO(data)  # the bytes just checked, not a second read of the file
+            frame = pl.read_parquet(buffer, glob=False)
         except Exception:  # a missing, damaged or unreadable shard is recomputed, never trusted
             return None
         a, b = self.bounds[k]
