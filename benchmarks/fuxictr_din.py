@@ -23,7 +23,9 @@ split row carries `user_index`, `item_index`, `seq_len` and its context features
 `user_info.parquet`'s `full_item_seq[user_index][:seq_len]`; the target and every history item are looked up in
 `item_info.parquet` by row position, so both share the item features' embeddings. `export_fuxictr` writes that
 layout from the pipeline's splits and item table (see its docstring), with the frozen PCA embedding as FuxiCTR's
-`embedding` feature (a bias-free Linear to `mm_dim`, as ours) when `train.use_mm_emb` is set.
+`embedding` feature (a bias-free Linear to `mm_dim`, as ours) when `train.use_mm_emb` is set. A challenge_d128
+table goes to FuxiCTR at the organisers' own scale, as the held-out check runs it: fit_pca divided it by its mean
+row norm for our models and kept the factor (`scale`) in its transform, the pca.npz beside the item table.
 
 The script (1) exports the splits, (2) runs FuxiCTR's DIN in a subprocess under the FuxiCTR venv's python (this
 file again, with --fuxictr-worker) and (3) trains the project's DIN (`train` params with model=din) with
@@ -299,6 +301,15 @@ def read_versus(path: Path, test: SplitTensors) -> np.ndarray:
     return scores
 
 
+def given_scale(transform: Path) -> float:
+    """The factor fit_pca divided a given (challenge_d128) item table by, from its transform file (`scale`); 1.0
+    when there is no such file or the table was fitted here (a PCA's transform has no `scale`)."""
+    if not transform.is_file():
+        return 1.0
+    with np.load(transform, allow_pickle=False) as z:
+        return float(z["scale"]) if "scale" in z.files else 1.0
+
+
 def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
             fuxictr_python: str, work_dir: Path, fuxictr_gpu: int = -1, export_only: bool = False,
             fuxictr_result: Path | None = None, versus: Path | None = None, margin: float = 0.03) -> None:
@@ -332,7 +343,9 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     test_labels = splits["test"].label.numpy()
     # read before any training, so a wrong file fails in seconds, not after both models have trained
     versus_scores = None if versus is None else read_versus(versus, splits["test"])
-    export_fuxictr(splits, tags, mm, fmap, cfg, work_dir)
+    # FuxiCTR gets the organisers' item_emb_d128 at its own scale, as the held-out check runs it; fit_pca divided
+    # it by its mean row norm for our models, and kept that factor in the transform beside the item table.
+    export_fuxictr(splits, tags, mm * given_scale(item_info.with_name("pca.npz")), fmap, cfg, work_dir)
     settings = fuxictr_settings(cfg, fmap["item_seq"].max_len, threads, recipe, fuxictr_gpu)
     (work_dir / "run.json").write_text(json.dumps(settings, indent=2) + "\n")
     if export_only:

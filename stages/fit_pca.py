@@ -4,11 +4,14 @@ In:  --text, --image  embedding frames (pipeline/extract/store.py contract)
      --items          items.parquet from build_sequences (item table with item_tags)
      --raw-dir        the raw folder, read when data.item_embeddings takes the challenge's own embeddings:
                       challenge_bert_clip fits the PCA over its txt_emb_BERT + img_emb_CLIPRN50 instead of --text/
-                      --image; challenge_d128 uses its item_emb_d128 as given (no PCA is fitted)
+                      --image; challenge_d128 takes its item_emb_d128 (no PCA is fitted), divided by one factor so
+                      that the items' mean row norm is 1 (the scale of our own PCA's rows)
 Out: --out        item_info.parquet: item_id Int32 (row i = item i, row 0 = padding), item_tags List(Int32),
                   item_emb_d<dim> Array(Float32, dim) (zeros for row 0) -- the challenge's item_info format
-     --transform  pca.npz (pipeline/itememb/pca.py FittedPCA, no pickle; with challenge_d128 only a `given` marker)
-     --metrics    JSON: dim, explained variance (total and per modality input width)
+     --transform  pca.npz (pipeline/itememb/pca.py FittedPCA, no pickle; with challenge_d128 a `given` marker
+                  and the `scale` the table was divided by)
+     --metrics    JSON: dim, explained variance (total and per modality input width); with challenge_d128
+                  dim, items, given and scale (the given rows' mean norm)
      --plot       JSON list {component, explained_variance_ratio, cumulative} for `dvc plots`
 Params: fit_pca.* (FitPCAConfig), data.item_embeddings
 """
@@ -30,7 +33,7 @@ from pipeline.core.io import (
     write_json,
     write_parquet,
 )
-from pipeline.core.items import check_item_table, scatter_by_id
+from pipeline.core.items import check_item_table, mean_norm_rows, scatter_by_id
 from pipeline.core.stage import data_section, file_options, params_option, raw_dir_option, readable, stage_main, summary
 from pipeline.itememb.inputs import challenge_item_embeddings, pca_inputs
 from pipeline.itememb.pca import fit_pca
@@ -53,10 +56,14 @@ def main(text: str, image: str, items: str, raw_dir: str | None, out: str, trans
     check_item_table(table, items)
     with output_group():  # the table, transform, metrics and curve go in place together, or none of them
         if data.item_embeddings == "challenge_d128":
-            scores = challenge_item_embeddings(raw_dir)  # (N+1, 128), row i = item i, checked by the reader
+            # (N+1, 128), row i = item i, checked by the reader. The organisers' PCA scores come at whatever scale
+            # their inputs had (mean row norm 5-20 on challenge-style data, against about 1 for our own PCA of
+            # unit rows); at that scale the target * history products and the cross network's polynomial blew
+            # single rows' logits up to 1e5 mid-training. One global factor puts them at our scale.
+            scores, scale = mean_norm_rows(challenge_item_embeddings(raw_dir))
             with atomic_path(transform) as tmp, open(tmp, "wb") as f:
-                np.savez(f, given=np.array("challenge_d128"))
-            summary = {"dim": scores.shape[1], "items": table.height - 1, "given": "challenge_d128"}
+                np.savez(f, given=np.array("challenge_d128"), scale=np.array(scale))
+            summary = {"dim": scores.shape[1], "items": table.height - 1, "given": "challenge_d128", "scale": scale}
             curve = []
         else:
             ids, text_x, image_x = pca_inputs(data.item_embeddings, raw_dir, text, image)

@@ -201,6 +201,27 @@ def test_export_only_writes_the_worker_inputs_and_trains_nothing(tmp_path):
                                                "user_info.parquet", *(f"{s}.parquet" for s in SPLITS)}
 
 
+@pytest.mark.parametrize("transform", ["given", "fitted", "none"])
+def test_export_gives_fuxictr_the_given_table_at_its_own_scale(tmp_path, transform):
+    """fit_pca divides a challenge_d128 table by its mean row norm and keeps that `scale` in the transform beside
+    the item table; FuxiCTR, as the held-out check runs it, gets the organisers' table back at that scale. A
+    fitted PCA's transform (no `scale`) or none at all leaves the table as it is."""
+    write_inputs(tmp_path, HISTORIES)
+    feature_map().save(tmp_path / "feature_map.json")
+    if transform == "given":
+        np.savez(tmp_path / "pca.npz", given=np.array("challenge_d128"), scale=np.array(7.25))
+    elif transform == "fitted":
+        np.savez(tmp_path / "pca.npz", mean=np.zeros(3))
+    out = tmp_path / "out"
+    done = CliRunner().invoke(main, ["--sequences", str(tmp_path), "--item-info", str(tmp_path / "item_info.parquet"),
+                                     "--params", str(PARAMS), "--recipe", "challenge", "--export-only",
+                                     "--work-dir", str(out)])
+    assert done.exit_code == 0, done.output
+    _, mm, _ = load_item_tables(tmp_path / "item_info.parquet")
+    exported = np.array(pl.read_parquet(out / "item_info.parquet")[f"item_emb_d{MM}"].to_list(), dtype=np.float32)
+    np.testing.assert_allclose(exported, mm.numpy() * (7.25 if transform == "given" else 1.0), rtol=1e-6)
+
+
 def write_predictions(path: Path, test: pl.DataFrame, scores: np.ndarray) -> None:
     """An evaluate predictions.parquet over `test`, as the evaluate stage writes it."""
     test.select("user_id", "item_id", "event_ts", "label").with_columns(score=pl.Series(scores)).write_parquet(path)

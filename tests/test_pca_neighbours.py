@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from pipeline.cli.main import main
 from pipeline.core.config import ParamsError
 from pipeline.core.io import DataError
-from pipeline.core.items import unit_rows
+from pipeline.core.items import mean_norm_rows, unit_rows
 from pipeline.itememb.gallery import (
     GALLERY_CAPTION,
     GALLERY_COLUMNS,
@@ -138,6 +138,22 @@ def test_l2_leaves_zero_rows_zero() -> None:
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [0.0, -1.0]])
     np.testing.assert_allclose(unit_rows(x), out)
     assert not np.isnan(out).any()
+
+
+def test_mean_norm_rows_rescales_the_table_by_one_factor() -> None:
+    """The nonzero rows' mean norm becomes 1 and every row is divided by that one factor, so directions, cosines and
+    ratios of norms stay; zero rows (the padding row, items with no embedding) stay zero and do not count."""
+    x = np.array([[0.0, 0.0], [6.0, 8.0], [0.0, 20.0], [0.0, 0.0]], dtype=np.float32)  # norms 0, 10, 20, 0
+    out, scale = mean_norm_rows(x)
+    assert scale == 15.0 and out.dtype == np.float32
+    np.testing.assert_allclose(out, x / 15.0, rtol=1e-7)
+    assert np.linalg.norm(out[[1, 2]], axis=1).mean() == pytest.approx(1.0)
+    # the scale a provider's PCA happened to have does not reach the model: any multiple gives the same table
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((50, 8)) * rng.gamma(2.0, size=(50, 1))
+    np.testing.assert_allclose(mean_norm_rows(37.5 * y)[0], mean_norm_rows(y)[0], rtol=1e-6)
+    zeros, unit = mean_norm_rows(np.zeros((3, 4)))
+    assert unit == 1.0 and not zeros.any()
 
 
 # ---------------------------------------------------------------------------------------------- aligned_matrices

@@ -463,8 +463,9 @@ def test_challenge_source(project, challenge):
 
 
 def test_challenge_embeddings_replace_extraction(project, challenge):
-    """data.item_embeddings swaps our extracted embeddings for the organisers' (their PCA'd d128 table as it is,
-    or their BERT and CLIP vectors through our PCA): each switch reruns only fit_pca and what follows it."""
+    """data.item_embeddings swaps our extracted embeddings for the organisers' (their PCA'd d128 table, divided by
+    its rows' mean norm, or their BERT and CLIP vectors through our PCA): each switch reruns only fit_pca and what
+    follows it."""
     after_fit_pca = {"check_params", "fit_pca", "embedding_report", "quantize", "train", "evaluate"}
     set_data(project, source="mmctr", raw_dir="data/mmctr", item_embeddings="extracted")
     run(["dvc", "repro"], project)
@@ -474,7 +475,11 @@ def test_challenge_embeddings_replace_extraction(project, challenge):
     info = pl.read_parquet(project / "data/features/item_info.parquet")
     given = pl.read_parquet(project / "data/mmctr/MicroLens_1M_x1/item_info.parquet")["item_emb_d128"]
     assert info.columns[-1] == "item_emb_d128"
-    np.testing.assert_array_equal(info["item_emb_d128"].to_numpy(), np.array(given.to_list(), dtype=np.float32))
+    given = np.array(given.to_list(), dtype=np.float64)
+    norms = np.linalg.norm(given, axis=1)
+    scale = json.loads((project / "data/metrics/fit_pca.json").read_text())["scale"]
+    assert scale == pytest.approx(norms[norms > 0].mean()) and scale != pytest.approx(1.0)
+    np.testing.assert_allclose(info["item_emb_d128"].to_numpy(), given / scale, rtol=1e-6, atol=1e-7)
 
     set_data(project, item_embeddings="challenge_bert_clip")
     assert ran_stages(run(["dvc", "repro"], project)) == after_fit_pca

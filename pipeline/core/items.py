@@ -65,6 +65,16 @@ def unit_rows(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
+def mean_norm_rows(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(N, D) -> (the rows divided by one factor, float32, so that the nonzero rows' mean L2 norm is 1; the factor,
+    their mean norm before, 1.0 when every row is zero). One factor for the whole table keeps every direction,
+    cosine and ratio of norms; only the overall scale, which the model's init and lr assume to be about 1, changes."""
+    x64 = np.asarray(x, dtype=np.float64)
+    norm = np.linalg.norm(x64, axis=1)
+    scale = float(norm[norm > 0].mean()) if (norm > 0).any() else 1.0
+    return (x64 / scale).astype(np.float32), scale
+
+
 def read_semantic_ids(path: str | Path, n_rows: int) -> np.ndarray:
     """semantic_ids.parquet (stages/quantize.py contract) -> (N+1, L) int64 codes, after checking that row i holds
     item i, that there are n_rows rows (the item table's), that codes are lists of one length L in 1..MAX_LEVELS,
