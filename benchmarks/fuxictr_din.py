@@ -38,7 +38,9 @@ max_steps 0), which FuxiCTR has not: the same algorithm on both sides.
 --versus PREDICTIONS (evaluate's predictions.parquet, made on the same test split: e.g. the mmctr default's) adds
 that model's test AUC and its lead over each of the two, with a 95% interval from a bootstrap over test users
 (`pipeline.core.metrics.paired_auc_lead`) and the share of resamples where the lead reaches --margin (issue 13's
-line: 0.03 over FuxiCTR's challenge recipe). --fuxictr-result and --versus together score a run made before.
+line: 0.03 over FuxiCTR's challenge recipe). --fuxictr-result and --versus together score a run made before;
+add --no-stand-in to score it without training the project's DIN again:
+    python benchmarks/fuxictr_din.py --recipe challenge ... --fuxictr-result /tmp/fx --versus PREDICTIONS --no-stand-in
 
 --recipe params (the default) trains both with params.yaml's train section; --recipe challenge trains both as the
 MicroLens MM-CTR challenge trains its DIN baseline (CHALLENGE_DIN, CHALLENGE_TRAIN): issue 13's "FuxiCTR DIN,
@@ -312,20 +314,16 @@ def given_scale(transform: Path) -> float:
 
 def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epochs: int | None, threads: int,
             fuxictr_python: str, work_dir: Path, fuxictr_gpu: int = -1, export_only: bool = False,
-            fuxictr_result: Path | None = None, versus: Path | None = None, margin: float = 0.03) -> None:
-    """Export, run FuxiCTR's DIN in its venv (or read a run made elsewhere from `fuxictr_result`), train ours,
-    print the table (module docstring), and with `versus` that model's lead over both. `export_only` stops after
-    the export and the worker's run.json."""
+            fuxictr_result: Path | None = None, versus: Path | None = None, margin: float = 0.03,
+            stand_in: bool = True) -> None:
+    """Export, run FuxiCTR's DIN in its venv (or read a run made elsewhere from `fuxictr_result`), train ours
+    (unless not `stand_in`), print the table (module docstring), and with `versus` that model's lead over each.
+    `export_only` stops after the export and the worker's run.json."""
     # The project is imported here, not at the top: the FuxiCTR worker imports this file without it.
-    from model.factory import build_model
     from pipeline.core.config import PLAIN_SWITCHES, TrainConfig, from_dict, load_section, params_dict
     from pipeline.core.feature_map import FeatureMap
-    from pipeline.core.metrics import auc, logloss, paired_auc_lead, sigmoid
     from pipeline.core.stage import set_threads
-    from pipeline.training import loop
     from pipeline.training.data import load_item_tables, load_split
-    from pipeline.training.loop import fit
-    from pipeline.training.predict import evaluate_split, predict_logits
 
     params = params_dict(load_section(params_path, "train", TrainConfig))
     # The same algorithm on both sides: FuxiCTR validates and keeps the raw weights (ema_decay 0), has no step
@@ -356,11 +354,25 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         subprocess.run([fuxictr_python, __file__, "--fuxictr-worker", str(work_dir)], env=env, check=True)
     fux, fux_probs = read_fuxictr_result(fuxictr_result or work_dir, len(test_labels))
+    runs = [(f"FuxiCTR {fux['version']}", fux, fux_probs)]
+    if stand_in:
+        runs.append(("mmctr", *train_stand_in(cfg, fmap, tags, mm, splits, device)))
+    report(runs, cfg, mm_dim, recipe, splits, test_labels, versus, versus_scores, margin)
+
+
+def train_stand_in(cfg: TrainConfig, fmap: FeatureMap, tags: Tensor, mm: Tensor,
+                   splits: dict[str, SplitTensors], device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
+    """Our DIN trained with `cfg` on `splits`: (its run record, as the worker's result.json; its test
+    probabilities, float [test rows])."""
+    from model.factory import build_model
+    from pipeline.core.metrics import sigmoid
+    from pipeline.training import loop
+    from pipeline.training.loop import fit
+    from pipeline.training.predict import evaluate_split, predict_logits
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, fmap, tags, mm)
     valid_spans: list[tuple[float, float]] = []
-    evaluate_split = evaluate_split
 
     def clocked_evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
@@ -378,8 +390,17 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
             "valid_auc": [r["valid_auc"] for r in history],
             "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "threads": torch.get_num_threads()}
+    return ours, ours_probs
 
-    arch = cfg.arch
+
+def report(runs: list[tuple[str, dict[str, Any], np.ndarray]], cfg: TrainConfig, mm_dim: int, recipe: str,
+           splits: dict[str, SplitTensors], test_labels: np.ndarray, versus: Path | None,
+           versus_scores: np.ndarray | None, margin: float) -> None:
+    """Print each run's row (name, its record, its test probabilities), the settings that differ, and with
+    `versus_scores` that model's lead over each run."""
+    from pipeline.core.metrics import auc, logloss, paired_auc_lead
+
+    arch, fux = cfg.arch, runs[0][1]
     if recipe == "challenge":
         print(f"\nrecipe: the challenge's DIN; FuxiCTR {json.dumps(CHALLENGE_DIN)} {json.dumps(CHALLENGE_TRAIN)}")
     print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, ours on "
@@ -390,7 +411,7 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
     header = (f"{'framework':16s} {'test AUC':>9s} {'logloss':>8s} {'best val':>9s} {'samples/s':>10s} "
               f"{'epoch s':>8s} {'valid s':>8s} {'epochs':>6s} {'threads':>7s} {'params':>8s}")
     print(header)
-    for name, run, probs in ((f"FuxiCTR {fux['version']}", fux, fux_probs), ("mmctr", ours, ours_probs)):
+    for name, run, probs in runs:
         epoch_s = float(np.mean(run["train_seconds"]))
         print(f"{name:16s} {auc(test_labels, probs):9.5f} {logloss(test_labels, probs):8.5f} "
               f"{max(run['valid_auc']):9.5f} {run['train_rows'] / epoch_s:10.0f} {epoch_s:8.1f} "
@@ -412,7 +433,7 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
         users = splits["test"].user_id.numpy()
         print(f"\n{versus}: test AUC {auc(test_labels, versus_scores):.5f}; its lead, with a bootstrap over the "
               f"{np.unique(users).size} test users (95% interval; share of resamples with a lead >= {margin}):")
-        for name, probs in ((f"FuxiCTR {fux['version']}", fux_probs), ("mmctr", ours_probs)):
+        for name, _, probs in runs:
             lead = paired_auc_lead(users, test_labels, versus_scores, probs, margin=margin)
             print(f"  over {name:16s} {lead['lead']:+.4f} (sd {lead['sd']:.4f}, [{lead['low']:+.4f}, "
                   f"{lead['high']:+.4f}]; {lead['at_least_margin']:.0%} of {lead['reps']})")
@@ -444,10 +465,12 @@ def compare(sequences: Path, item_info: Path, params_path: str, recipe: str, epo
               help="an evaluate stage's predictions.parquet on the same test split: print its lead over both models")
 @click.option("--margin", default=0.03, show_default=True,
               help="with --versus: report the share of bootstrap resamples where the lead reaches this")
+@click.option("--stand-in/--no-stand-in", default=True, show_default=True,
+              help="also train the project's DIN; --no-stand-in scores FuxiCTR's run (and --versus's lead) alone")
 @click.option("--fuxictr-worker", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
 def main(data: str, sequences: Path | None, item_info: Path | None, params_path: str, recipe: str,
          epochs: int | None, threads: int, fuxictr_python: str, work_dir: Path | None, fuxictr_gpu: int,
-         export_only: bool, fuxictr_result: Path | None, versus: Path | None, margin: float,
+         export_only: bool, fuxictr_result: Path | None, versus: Path | None, margin: float, stand_in: bool,
          fuxictr_worker: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     if fuxictr_worker is not None:
@@ -460,10 +483,10 @@ def main(data: str, sequences: Path | None, item_info: Path | None, params_path:
         raise click.UsageError("--export-only excludes --fuxictr-result and --versus (export, or score a run)")
     options = (params_path, recipe, epochs, threads, fuxictr_python)
     if work_dir is not None:
-        compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result, versus, margin)
+        compare(*paths, *options, work_dir, fuxictr_gpu, export_only, fuxictr_result, versus, margin, stand_in)
     else:
         with tempfile.TemporaryDirectory(prefix="fuxictr_din.") as tmp:
-            compare(*paths, *options, Path(tmp), fuxictr_gpu, export_only, fuxictr_result, versus, margin)
+            compare(*paths, *options, Path(tmp), fuxictr_gpu, export_only, fuxictr_result, versus, margin, stand_in)
 
 
 if __name__ == "__main__":

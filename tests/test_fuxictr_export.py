@@ -250,9 +250,10 @@ def test_versus_reads_scores_made_on_the_same_test_split_or_names_what_differs(t
         read_versus(bad, split)
 
 
-def test_versus_prints_the_lead_over_a_run_made_before(tmp_path):
+@pytest.mark.parametrize("stand_in", [True, False])
+def test_versus_prints_the_lead_over_a_run_made_before(tmp_path, stand_in):
     """--fuxictr-result with --versus: the table, then the given model's AUC and its leads, each with an interval
-    from the user bootstrap."""
+    from the user bootstrap; --no-stand-in trains no DIN of ours and prints FuxiCTR's row and lead alone."""
     test_rows = [[0, 0, 6, 5], [0, 1, 2, 3], [0, 0, 0, 2], [0, 0, 4, 1], [0, 0, 0, 3], [0, 5, 6, 1]]
     write_inputs(tmp_path, {**HISTORIES, "test": test_rows})
     feature_map().save(tmp_path / "feature_map.json")
@@ -269,11 +270,12 @@ def test_versus_prints_the_lead_over_a_run_made_before(tmp_path):
     result = CliRunner().invoke(main, [
         "--sequences", str(tmp_path), "--item-info", str(tmp_path / "item_info.parquet"), "--params", str(PARAMS),
         "--recipe", "challenge", "--epochs", "1", "--work-dir", str(tmp_path / "out"), "--fuxictr-result", str(run),
-        "--versus", str(tmp_path / "predictions.parquet"), "--margin", "0.5"])
+        "--versus", str(tmp_path / "predictions.parquet"), "--margin", "0.5", *([] if stand_in else ["--no-stand-in"])])
     assert result.exit_code == 0, result.output
     labels = test["label"].to_numpy()
     lead = auc(labels, scores) - auc(labels, fux_probs)
     assert f"predictions.parquet: test AUC {auc(labels, scores):.5f}" in result.output
     assert "bootstrap over the 6 test users" in result.output and "lead >= 0.5" in result.output
     assert f"over FuxiCTR 2.3.10 {lead:+.4f} (sd " in " ".join(result.output.split())
-    assert "over mmctr" in result.output
+    assert ("over mmctr" in result.output) == stand_in
+    assert ("\nmmctr " in result.output) == stand_in  # the stand-in's table row
