@@ -275,6 +275,13 @@ def test_a_params_file_past_a_megabyte_is_refused_before_parsing(tmp_path: Path)
     assert _error(path, "train") == f"{path}: {size} bytes, more than a params file needs (1024 KB at most)"
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_params_file_without_end_is_refused_after_a_megabyte() -> None:
+    """A file with no size (a device, a pipe) passed the size check and was read without end."""
+    assert _error(Path("/dev/zero"), "train") == ("/dev/zero: over 1048576 bytes read, more than a params file "
+                                                  "needs (1024 KB at most)")
+
+
 def test_a_long_tune_list_checks_repeats_in_linear_time() -> None:
     """Repeats were found by scanning the earlier candidates: a list of 60,000 took 25 s. The repeat is still named."""
     TuneConfig(learning_rate=tuple(float(i + 1) for i in range(200_000)))

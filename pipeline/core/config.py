@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -256,10 +257,15 @@ def read_params(path: str | Path) -> dict[str, Any]:
     """The whole params file as a dict; a missing or unparsable file is a one-line ParamsError."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_PARAMS_BYTES:
-            raise ParamsError(f"{path}: {path.stat().st_size} bytes, more than a params file needs "
-                              f"({MAX_PARAMS_BYTES // 1024} KB at most)")
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            # One read of at most the limit plus a byte, so a file that grows meanwhile, or one that has no size
+            # (/dev/zero, a pipe), is refused too, not read without end.
+            raw = f.read(MAX_PARAMS_BYTES + 1)
+            if len(raw) > MAX_PARAMS_BYTES:
+                size = os.fstat(f.fileno()).st_size
+                read = f"{size} bytes" if size > MAX_PARAMS_BYTES else f"over {MAX_PARAMS_BYTES} bytes read"
+                raise ParamsError(f"{path}: {read}, more than a params file needs ({MAX_PARAMS_BYTES // 1024} KB "
+                                  "at most)")
         data = parse_yaml(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
