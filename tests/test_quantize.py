@@ -168,13 +168,14 @@ def test_items_close_in_the_embedding_share_codes_and_tags():
     assert report["distinct_codes"] == len({tuple(c) for c in codes.tolist()})
 
 
-def _item_info(path, n: int = 200, dim: int = 8) -> None:
+def _item_info(path, n: int = 200, dim: int = 8, empty: tuple[int, ...] = ()) -> None:
+    """An item_info.parquet of n items with N(0, 1) embeddings, the items in `empty` (and padding) all zeros."""
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(n + 1, dim)).astype(np.float32)
-    emb[0] = 0
+    emb[[0, *empty]] = 0
     pl.DataFrame({"item_id": np.arange(n + 1, dtype=np.int32),
                   "item_tags": [[0, 0]] + [[0, int(t)] for t in rng.integers(1, 5, size=n)],
-                  "item_emb_d8": pl.Series(emb, dtype=pl.Array(pl.Float32, dim))},
+                  f"item_emb_d{dim}": pl.Series(emb, dtype=pl.Array(pl.Float32, dim))},
                  schema_overrides={"item_tags": pl.List(pl.Int32)}).write_parquet(path)
 
 
@@ -201,6 +202,55 @@ def test_stage_writes_an_item_table_of_codes(tmp_path):
     np.testing.assert_array_equal(codes[1:], ref)
     metrics = json.loads((tmp_path / "q.json").read_text())
     assert [lvl["level"] for lvl in metrics["by_level"]] == [1, 2]
+
+
+EMPTY = (3, 50, 51, 120)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "rqvae"])
+def test_items_without_content_are_left_out_of_the_fit_and_the_report(tmp_path, method):
+    """Zero rows (no usable title or cover, a release's missing embedding) are not fitted: the other items get the
+    codes of a fit without them, and each empty item the zero vector's codes; `items` counts the others."""
+    _item_info(tmp_path / "info.parquet", empty=EMPTY)
+    extra = {"rqvae_epochs": 3, "rqvae_hidden": 8, "rqvae_latent_dim": 4} if method == "rqvae" else {}
+    code, out = _run(tmp_path, tmp_path / "info.parquet", method=method, **extra)
+    assert code == 0, out
+    codes = pl.read_parquet(tmp_path / "ids.parquet")["codes"].to_numpy().astype(np.int16)  # (201, 2)
+    emb = pl.read_parquet(tmp_path / "info.parquet")["item_emb_d8"].to_numpy()
+    content = np.setdiff1d(np.arange(1, 201), EMPTY)
+    if method == "rqvae":
+        fit = train_rqvae(emb[content], 2, 8, seed=0, hidden=8, latent_dim=4, epochs=3, learning_rate=0.001,
+                          beta=0.25, batch_size=256)
+        fitted, zero_codes = fit.codes, fit.zero_codes
+    else:
+        fitted, books = residual_kmeans(emb[content], 2, 8, 5, 0)
+        zero_codes = assign_codes(np.zeros((1, 8)), books)[0]
+    np.testing.assert_array_equal(codes[content], fitted)
+    np.testing.assert_array_equal(codes[list(EMPTY)], np.tile(zero_codes, (len(EMPTY), 1)))
+    metrics = json.loads((tmp_path / "q.json").read_text())
+    assert metrics["items"] == 196 and metrics["empty_items"] == 4
+
+
+def test_zero_rows_no_longer_draw_a_flat_embedding_into_one_code(tmp_path):
+    """Why they are left out: identical points at the origin are nearer every item of a flat 64-d embedding than
+    the other centroids are. With 10% zero rows, a fit over every row put the others into about one code of 16
+    (level-1 perplexity 1.2); the stage's fit uses nearly all 16."""
+    _item_info(tmp_path / "info.parquet", n=600, dim=64, empty=tuple(range(1, 61)))
+    code, out = _run(tmp_path, tmp_path / "info.parquet", levels=1, codebook_size=16, iterations=10)
+    assert code == 0, out
+    assert json.loads((tmp_path / "q.json").read_text())["by_level"][0]["perplexity"] > 12
+    codes = pl.read_parquet(tmp_path / "ids.parquet")["codes"].to_numpy()
+    emb = pl.read_parquet(tmp_path / "info.parquet")["item_emb_d64"].to_numpy()
+    every_row, _ = residual_kmeans(emb[1:], 1, 16, 10, 0)
+    assert perplexity(every_row[60:, 0]) < 4 < 12 < perplexity(codes[61:, 0])
+
+
+def test_too_few_items_with_content_names_the_file_and_the_key(tmp_path):
+    _item_info(tmp_path / "info.parquet", n=12, empty=(1, 2, 3, 4, 5))
+    code, out = _run(tmp_path, tmp_path / "info.parquet")
+    assert code != 0 and (f"{tmp_path / 'info.parquet'}: 7 items with a non-zero embedding (of 12), fewer than "
+                          "quantize.codebook_size (8) centroids") in " ".join(out.split())
+    assert not (tmp_path / "ids.parquet").exists()
 
 
 def test_stage_refuses_an_item_table_out_of_id_order(tmp_path):

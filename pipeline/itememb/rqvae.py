@@ -34,13 +34,15 @@ KMEANS_INIT_ITERATIONS = 10
 class RQVAEFit:
     """codes (N, L) int16; codebooks (L, K, latent_dim) float32 and latent (N, latent_dim) float32, the
     encoder's output, which the codebooks quantise; recon_error: mean squared error of the decoded codes over the
-    mean squared norm of x (1 = nothing explained); losses: the mean training loss of each epoch."""
+    mean squared norm of x (1 = nothing explained); losses: the mean training loss of each epoch; zero_codes (L,)
+    int16: the codes of the zero vector's latent (an item without content, which the fit leaves out)."""
 
     codes: np.ndarray
     codebooks: np.ndarray
     latent: np.ndarray
     recon_error: float
     losses: list[float]
+    zero_codes: np.ndarray
 
 
 class RQVAE(nn.Module):
@@ -105,7 +107,9 @@ def train_rqvae(x: np.ndarray, levels: int, codebook_size: int, *, hidden: int, 
     with torch.no_grad():
         latent = model.encoder(xt)
         x_hat, _, _ = model(xt)
+        zero_latent = model.encoder(xt.new_zeros(1, xt.shape[1])).numpy()  # (1, latent_dim)
     codebooks = model.codebooks.detach().numpy().astype(np.float32)
     latent_np = latent.numpy().astype(np.float32)
     return RQVAEFit(codes=assign_codes(latent_np, codebooks), codebooks=codebooks, latent=latent_np,
-                    recon_error=float(((x_hat - xt) ** 2).sum(1).mean()) / energy, losses=losses)
+                    recon_error=float(((x_hat - xt) ** 2).sum(1).mean()) / energy, losses=losses,
+                    zero_codes=assign_codes(zero_latent, codebooks)[0])
