@@ -17,6 +17,7 @@ from pipeline.core.io import DataError
 from pipeline.itememb.quantize import (
     assign_codes,
     collision_share,
+    dense_tag_ids,
     perplexity,
     prefix_groups,
     prefix_tag_agreement,
@@ -136,6 +137,8 @@ def test_prefix_tag_agreement_equals_the_pairwise_comparison_exactly(seed: int) 
     groups = rng.integers(0, int(rng.integers(1, 6)), size=n)
     queries = np.sort(rng.choice(np.arange(1, n + 1), size=int(rng.integers(1, n + 1)), replace=False))
     assert prefix_tag_agreement(groups, tags, queries) == _agreement_by_pairs_of_tags(groups, tags, queries)
+    # renumbered by the caller once (quantize_report, for every level): the same figure
+    assert prefix_tag_agreement(groups, dense_tag_ids(tags), queries) == prefix_tag_agreement(groups, tags, queries)
 
 
 def test_prefix_tag_agreement_makes_no_tag_by_tag_temporary() -> None:

@@ -103,12 +103,14 @@ def shares_a_tag(candidates: np.ndarray, query: np.ndarray, n_ids: int) -> np.nd
     return hit
 
 
-def prefix_tag_agreement(groups: np.ndarray, tags: np.ndarray, queries: np.ndarray) -> tuple[float | None, int]:
-    """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); tags (N+1, T) tag ids (0 = none);
-    queries: item ids. -> (mean over the queries that have a tag and share their group with another item of the
-    share of those other items that have one of their tags, or None when no query qualifies; how many qualify).
-    O(group size x T) a query: when the codes collapse, each query's group is all N items."""
-    slots, n_ids = dense_tag_ids(tags)  # (T, N+1)
+def prefix_tag_agreement(groups: np.ndarray, tags: np.ndarray | tuple[np.ndarray, int], queries: np.ndarray
+                         ) -> tuple[float | None, int]:
+    """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); tags (N+1, T) tag ids (0 = none), or
+    dense_tag_ids' (slots, n_ids) of them (a caller with several levels renumbers once); queries: item ids. -> (mean
+    over the queries that have a tag and share their group with another item of the share of those other items
+    that have one of their tags, or None when no query qualifies; how many qualify). O(group size x T) a query:
+    when the codes collapse, each query's group is all N items."""
+    slots, n_ids = tags if isinstance(tags, tuple) else dense_tag_ids(tags)  # (T, N+1)
     order = np.argsort(groups, kind="stable")
     starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
     ends = np.append(starts[1:], len(order))
@@ -140,9 +142,10 @@ def quantize_report(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, tag
     residual = np.asarray(x, dtype=np.float64).copy()
     energy = float((residual ** 2).sum(1).mean()) or 1.0
     by_level = []
+    dense = dense_tag_ids(tags)  # (slots (T, N+1), n_ids): renumbered once for every level and the chance baseline
     for level, book in enumerate(codebooks):
         residual -= book[codes[:, level].astype(np.int64)]
-        agreement, n_items = prefix_tag_agreement(prefix_groups(codes, level + 1), tags, queries)
+        agreement, n_items = prefix_tag_agreement(prefix_groups(codes, level + 1), dense, queries)
         by_level.append({"level": level + 1, "recon_error": float((residual ** 2).sum(1).mean()) / energy,
                          "perplexity": perplexity(codes[:, level]),
                          "used_codes": int(len(np.unique(codes[:, level]))),
@@ -150,7 +153,7 @@ def quantize_report(x: np.ndarray, codes: np.ndarray, codebooks: np.ndarray, tag
     chance = []
     if n > 1:
         randoms = random_neighbours(queries, n, min(TAG_SAMPLE_K, n - 1), seed)  # (Q, k)
-        slots, n_ids = dense_tag_ids(tags)  # (T, N+1)
+        slots, n_ids = dense
         chance = [shares_a_tag(slots[:, row], slots[:, q], n_ids).mean() for q, row in zip(queries, randoms)
                   if slots[:, q].any()]
     return {"items": n, "levels": codes.shape[1], "codebook_size": codebooks.shape[1], "by_level": by_level,
