@@ -13,13 +13,16 @@ import pytest
 from pipeline.core.config import MakeSyntheticConfig
 from pipeline.core.io import DataError
 from pipeline.sources import synthetic as syn
+from pipeline.sources.items import item_cover_paths, item_titles
 from pipeline.sources.microlens import (
     IMPRESSION_COLUMNS,
     MicroLensFiles,
+    MicroLensItemFiles,
     check_known_items,
     cover_path,
     detect_cover_naming,
     find_microlens_files,
+    find_microlens_item_files,
     item_ids,
     read_impressions,
     read_int_csv_reference,
@@ -103,6 +106,20 @@ def test_find_item_images_folder(tmp_path: Path) -> None:
     raw = _release(tmp_path, ["pairs.csv", "title_en.csv", "likes_and_views.txt"], {"item_images": ["7.jpg"]})
     files = find_microlens_files(raw)
     assert (files.covers, files.cover_naming) == (raw / "item_images", "<id>.jpg")
+
+
+def test_items_alone_need_no_click_files(tmp_path: Path) -> None:
+    """Extraction and `mmctr neighbours --raw-dir` read only titles and covers: a folder without pairs or likes
+    (titles and covers copied out of a release) is enough for them, and still not for the click readers."""
+    raw = _release(tmp_path, ["title_en.csv"], {"covers": ["2.jpg"]})
+    (raw / "title_en.csv").write_text("item_id,title\n1,a cup\n2,a lamp\n")
+    assert find_microlens_item_files(raw) == MicroLensItemFiles(titles=raw / "title_en.csv", covers=raw / "covers",
+                                                                cover_naming="<id>.jpg")
+    assert item_titles("microlens", raw).rows() == [(1, "a cup"), (2, "a lamp")]
+    assert item_cover_paths("microlens", raw, np.array([2, 1])) == [raw / "covers" / "2.jpg", raw / "covers" / "1.jpg"]
+    assert _error(find_microlens_files, raw).startswith(f"{raw}: no pairs file")
+    (raw / "title_en.csv").unlink()
+    assert _error(find_microlens_item_files, raw).startswith(f"{raw}: no titles file")
 
 
 @pytest.mark.parametrize(("missing", "looked_for"), [

@@ -17,7 +17,7 @@ from pipeline.sources.challenge import find_challenge_files, read_item_feature
 from pipeline.sources.microlens import (
     COVER_NAMINGS,
     cover_path,
-    find_microlens_files,
+    find_microlens_item_files,
     read_item_universe,
 )
 
@@ -28,7 +28,7 @@ def item_titles(source: str, raw_dir: str | Path) -> pl.DataFrame:
     """The item universe with titles: item_id Int32 (unique), title Utf8."""
     if source == "mmctr":
         return read_item_feature(find_challenge_files(raw_dir).item_feature, embeddings=False).titles
-    return read_item_universe(find_microlens_files(raw_dir).titles)
+    return read_item_universe(find_microlens_item_files(raw_dir).titles)
 
 
 def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[Path]:
@@ -37,8 +37,8 @@ def item_cover_paths(source: str, raw_dir: str | Path, ids: np.ndarray) -> list[
         files = find_challenge_files(raw_dir)
         folder, naming = files.images, files.image_naming
     else:
-        files = find_microlens_files(raw_dir)
-        folder, naming = files.covers, files.cover_naming
+        items = find_microlens_item_files(raw_dir)
+        folder, naming = items.covers, items.cover_naming
     if folder is None:
         # The covers are a separate (large) download: without them every item is `missing`, never a stop.
         folder, naming = Path(raw_dir) / ("item_images" if source == "mmctr" else "covers"), COVER_NAMINGS[0]

@@ -1,6 +1,7 @@
 """Readers for the MicroLens raw releases (50k, 100k, 1M) and for the synthetic generator's files.
 
-`find_microlens_files(raw_dir)` finds each file by role, under either naming:
+`find_microlens_files(raw_dir)` finds each file by role, under either naming (`find_microlens_item_files` only
+the titles and covers, for readers of the items alone):
     role         synthetic name          release names (<size> = 50k, 100k, 1M, ...)
     pairs        pairs.csv               MicroLens-<size>_pairs.csv, MicroLens-<size>_pairs.tsv
     titles       title_en.csv            MicroLens-<size>_title_en.csv, MicroLens-<size>_titles.csv
@@ -110,6 +111,42 @@ def _exactly_one(raw_dir: Path, role: str, found: list[Path]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class MicroLensItemFiles:
+    """What the items alone need (extraction, `mmctr neighbours`): the titles file, and the covers folder and its
+    naming (None when absent)."""
+
+    titles: Path
+    covers: Path | None
+    cover_naming: str | None
+
+
+def _scan(raw_dir: Path) -> tuple[dict[str, list[Path]], MicroLensItemFiles]:
+    """The candidates for each role of _FILE_ROLES in raw_dir (not in subfolders; a release's .csv pairs preferred
+    to its .tsv of the same size), and its item files: the one titles file and at most one covers folder."""
+    if not raw_dir.is_dir():
+        raise DataError(f"{raw_dir}: raw data directory not found")
+    entries = sorted(raw_dir.iterdir())
+    files = [p for p in entries if p.is_file()]
+    found = {role: [p for p in files if pattern.fullmatch(p.name)] for role, (pattern, _) in _FILE_ROLES.items()}
+    pairs = found["pairs"]
+    if len(pairs) == 2 and {p.suffix for p in pairs} == {".csv", ".tsv"} and pairs[0].stem == pairs[1].stem:
+        found["pairs"] = [p for p in pairs if p.suffix == ".csv"]
+    dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
+            and ("cover" in p.name.lower() or "image" in p.name.lower())]
+    if len(dirs) > 1:
+        raise DataError(f"{raw_dir}: more than one covers folder ({', '.join(p.name for p in dirs)}); keep one")
+    covers = dirs[0] if dirs else None
+    return found, MicroLensItemFiles(titles=_exactly_one(raw_dir, "titles", found["titles"]), covers=covers,
+                                     cover_naming=detect_cover_naming(covers) if covers is not None else None)
+
+
+def find_microlens_item_files(raw_dir: str | Path) -> MicroLensItemFiles:
+    """The titles file and covers folder of `raw_dir`, found as `find_microlens_files` finds them; the click files
+    may be absent (a folder of titles and covers is enough to name and show items)."""
+    return _scan(Path(raw_dir))[1]
+
+
 def find_microlens_files(raw_dir: str | Path) -> MicroLensFiles:
     """Find the raw files in `raw_dir` (not in subfolders) by the names in the module docstring.
 
@@ -118,26 +155,14 @@ def find_microlens_files(raw_dir: str | Path) -> MicroLensFiles:
     `detect_cover_naming`.
     """
     raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise DataError(f"{raw_dir}: raw data directory not found")
-    entries = sorted(raw_dir.iterdir())
-    files = [p for p in entries if p.is_file()]
-    found = {role: [p for p in files if pattern.fullmatch(p.name)] for role, (pattern, _) in _FILE_ROLES.items()}
-    pairs = found["pairs"]
-    if len(pairs) == 2 and {p.suffix for p in pairs} == {".csv", ".tsv"} and pairs[0].stem == pairs[1].stem:
-        pairs = [p for p in pairs if p.suffix == ".csv"]
-    dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")
-            and ("cover" in p.name.lower() or "image" in p.name.lower())]
-    if len(dirs) > 1:
-        raise DataError(f"{raw_dir}: more than one covers folder ({', '.join(p.name for p in dirs)}); keep one")
-    covers = dirs[0] if dirs else None
+    found, items = _scan(raw_dir)
     return MicroLensFiles(
-        pairs=_exactly_one(raw_dir, "pairs", pairs),
-        titles=_exactly_one(raw_dir, "titles", found["titles"]),
+        pairs=_exactly_one(raw_dir, "pairs", found["pairs"]),
+        titles=items.titles,
         likes_views=_exactly_one(raw_dir, "likes_views", found["likes_views"]),
         tags=_at_most_one(raw_dir, "tags", found["tags"]),
-        covers=covers,
-        cover_naming=detect_cover_naming(covers) if covers is not None else None,
+        covers=items.covers,
+        cover_naming=items.cover_naming,
         impressions=_at_most_one(raw_dir, "impressions", found["impressions"]),
     )
 
