@@ -9,21 +9,17 @@ Out: --out        semantic_ids.parquet: item_id Int32 (row i = item i, row 0 = p
                   final_loss; empty_items
 Params: quantize.* (QuantizeConfig)
 
-Items whose row is all zeros (no usable title or cover, or a release's missing embedding) are left out of the fit
-and of the metrics (`items` counts the others, `empty_items` them): identical points at the origin drew every item
-of a flat embedding into their cluster (level 1 used 2 of 64 codes on a data set with 5% of them). Each gets the
-codes of the zero vector under the fitted codebooks, so they share one tuple.
+Items whose row is all zeros are left out of the fit and of the metrics (`items` counts the others, `empty_items`
+them) and get the zero vector's codes (pipeline/itememb/semantic.py says why).
 """
 
 import logging
 
 import click
-import numpy as np
 import polars as pl
 
 from pipeline.core.config import QuantizeConfig, load_section
 from pipeline.core.io import (
-    DataError,
     list_matrix,
     output_group,
     prepare_outputs,
@@ -33,9 +29,7 @@ from pipeline.core.io import (
 )
 from pipeline.core.items import item_info_table
 from pipeline.core.stage import file_options, params_option, readable, stage_main, summary
-from pipeline.itememb.neighbours import usable_items
-from pipeline.itememb.quantize import assign_codes, quantize_report, residual_kmeans
-from pipeline.itememb.rqvae import train_rqvae
+from pipeline.itememb.semantic import semantic_ids
 
 log = logging.getLogger("quantize")
 
@@ -50,33 +44,10 @@ def main(item_info: str, out: str, metrics: str, params_path: str) -> None:
     info = read_parquet(item_info, {"item_id": pl.Int32, "item_tags": pl.List(pl.Int32)})
     table = item_info_table(info, item_info)  # (N+1, D), checked: row i = item i
     tags = list_matrix(item_info, info, "item_tags", None, pl.Int64)  # (N+1, T), 0 = no tag
-    content = usable_items(table)  # (M,) ids of the items with a non-zero row
-    if len(content) < cfg.codebook_size:
-        raise DataError(f"{item_info}: {len(content)} items with a non-zero embedding (of {len(table) - 1}), fewer "
-                        f"than quantize.codebook_size ({cfg.codebook_size}) centroids")
-    x, content_tags = table[content], tags[np.concatenate([[0], content])]  # (M, D), (M+1, T): row r = content[r]
-    if cfg.method == "rqvae":
-        fit = train_rqvae(x, cfg.levels, cfg.codebook_size, hidden=cfg.rqvae_hidden,
-                          latent_dim=cfg.rqvae_latent_dim, epochs=cfg.rqvae_epochs,
-                          learning_rate=cfg.rqvae_learning_rate, beta=cfg.rqvae_beta,
-                          batch_size=cfg.rqvae_batch_size, seed=cfg.seed)
-        fitted, zero_codes = fit.codes, fit.zero_codes
-        # The codebooks quantise the encoder's latent, so the per-level errors are the latent's.
-        report = {"method": "rqvae", **quantize_report(fit.latent, fitted, fit.codebooks, content_tags,
-                                                       cfg.sample_items, cfg.seed),
-                  "decoder_recon_error": fit.recon_error, "final_loss": fit.losses[-1]}
-    else:
-        fitted, codebooks = residual_kmeans(x, cfg.levels, cfg.codebook_size, cfg.iterations, cfg.seed)
-        zero_codes = assign_codes(np.zeros((1, x.shape[1])), codebooks)[0]
-        report = {"method": "kmeans", **quantize_report(x, fitted, codebooks, content_tags, cfg.sample_items,
-                                                        cfg.seed)}
-    report["empty_items"] = len(table) - 1 - len(content)
-    padded = np.vstack([np.full((1, cfg.levels), -1, dtype=np.int16),
-                        np.broadcast_to(zero_codes, (len(table) - 1, cfg.levels))])  # (N+1, L)
-    padded[content] = fitted
+    codes, report = semantic_ids(table, tags, cfg, item_info)  # (N+1, L) int16
     with output_group():
         write_parquet(pl.DataFrame({"item_id": info["item_id"],
-                                    "codes": pl.Series(padded, dtype=pl.Array(pl.Int16, cfg.levels))}), out)
+                                    "codes": pl.Series(codes, dtype=pl.Array(pl.Int16, cfg.levels))}), out)
         write_json(report, metrics)
     log.info("%d items -> %d levels of %d codes: %s", report["items"], cfg.levels, cfg.codebook_size,
              readable({k: v for k, v in report.items() if k != "by_level"}))

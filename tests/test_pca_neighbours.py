@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from pipeline.cli.main import main
 from pipeline.core.config import ParamsError
 from pipeline.core.io import DataError
-from pipeline.core.items import mean_norm_rows, unit_rows
+from pipeline.core.items import mean_norm_rows, nonzero_rows, unit_rows
 from pipeline.itememb.gallery import (
     GALLERY_CAPTION,
     GALLERY_COLUMNS,
@@ -155,6 +155,15 @@ def test_mean_norm_rows_rescales_the_table_by_one_factor() -> None:
     zeros, unit = mean_norm_rows(np.zeros((3, 4)))
     assert unit == 1.0 and not zeros.any()
 
+
+
+def test_one_rule_for_an_item_without_content() -> None:
+    """`nonzero_rows` is the one test of a content-less item: usable_items (neighbours, quantize) and mean_norm_rows
+    (fit_pca's rescale) agree on which rows are empty, a row with one tiny value included."""
+    x = np.array([[0.0, 0.0], [1e-30, 0.0], [3.0, 4.0], [-0.0, 0.0], [0.0, -2.0]])
+    np.testing.assert_array_equal(nonzero_rows(x), [False, True, True, False, True])
+    np.testing.assert_array_equal(usable_items(x), [1, 2, 4])  # row 0 is padding, never an item
+    assert mean_norm_rows(x)[1] == pytest.approx((1e-30 + 5.0 + 2.0) / 3)
 
 # ---------------------------------------------------------------------------------------------- aligned_matrices
 

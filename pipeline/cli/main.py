@@ -36,7 +36,7 @@ from pipeline.cli.tune import (
 )
 from pipeline.core.config import PARAMS_FILE, DataConfig, load_section
 from pipeline.core.io import DataError, read_parquet
-from pipeline.core.items import item_info_table, read_semantic_ids, unit_rows
+from pipeline.core.items import item_info_table, nonzero_rows, read_semantic_ids, unit_rows
 from pipeline.core.stage import PathArg, one_line_errors
 from pipeline.itememb.gallery import GALLERY_MAX_NEIGHBOURS, check_gallery_path, draw_gallery
 from pipeline.itememb.neighbours import check_query, item_neighbours
@@ -117,7 +117,7 @@ def semantic_neighbours(path: str, table: np.ndarray, item_id: int, k: int) -> t
     codes = read_semantic_ids(path, table.shape[0])  # (N+1, L)
     check_query(table, item_id)
     # items without content share the code of the zero vector: as in cosine search, they are never listed
-    codes = np.where(table.any(axis=1)[:, None], codes, -1)
+    codes = np.where(nonzero_rows(table)[:, None], codes, -1)
     cosine = unit_rows(table) @ unit_rows(table[item_id:item_id + 1])[0]  # (N+1,)
     return codes.shape[1], code_neighbours(codes, item_id, k, cosine)
 

@@ -65,13 +65,19 @@ def unit_rows(x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
+def nonzero_rows(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N,) bool: the rows with some value other than 0. The one test of "this item has no content" (a
+    zero row: an unusable title and cover, or a release's missing embedding), shared by every stage."""
+    return np.any(np.asarray(x) != 0, axis=1)
+
+
 def mean_norm_rows(x: np.ndarray) -> tuple[np.ndarray, float]:
     """(N, D) -> (the rows divided by one factor, float32, so that the nonzero rows' mean L2 norm is 1; the factor,
     their mean norm before, 1.0 when every row is zero). One factor for the whole table keeps every direction,
     cosine and ratio of norms; only the overall scale, which the model's init and lr assume to be about 1, changes."""
     x64 = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x64, axis=1)
-    scale = float(norm[norm > 0].mean()) if (norm > 0).any() else 1.0
+    keep = nonzero_rows(x64)
+    scale = float(np.linalg.norm(x64[keep], axis=1).mean()) if keep.any() else 1.0
     return (x64 / scale).astype(np.float32), scale
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.items import unit_rows
+from pipeline.core.items import nonzero_rows, unit_rows
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +40,7 @@ def faiss_topk(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 def usable_items(table: np.ndarray) -> np.ndarray:
     """Ascending ids of the items whose row of an (N+1, D) item table is not all zeros: an item whose title or
     cover was unusable has a zero vector (its extraction status), which has no direction to compare."""
-    return np.flatnonzero(np.any(table[1:] != 0, axis=1)) + 1
+    return np.flatnonzero(nonzero_rows(table[1:])) + 1
 
 
 def check_query(table: np.ndarray, item_id: int) -> None:

@@ -15,7 +15,7 @@ from sklearn.decomposition import PCA
 
 from pipeline.core.config import ParamsError
 from pipeline.core.io import DataError, atomic_path
-from pipeline.core.items import unit_rows
+from pipeline.core.items import nonzero_rows, unit_rows
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class FittedPCA:
         would get one shared vector (-mean @ components.T), each the others' perfect neighbour."""
         x = np.concatenate([self.text(text), self.image(image)], axis=1)  # (N, F)
         scores = ((x - self.mean) @ self.components.T).astype(np.float32)
-        scores[~(text.any(axis=1) | image.any(axis=1))] = 0.0
+        scores[~(nonzero_rows(text) | nonzero_rows(image))] = 0.0
         return scores
 
     def save(self, path: str | Path) -> None:
