@@ -403,8 +403,9 @@ def report(runs: list[tuple[str, dict[str, Any], np.ndarray]], cfg: TrainConfig,
     arch, fux = cfg.arch, runs[0][1]
     if recipe == "challenge":
         print(f"\nrecipe: the challenge's DIN; FuxiCTR {json.dumps(CHALLENGE_DIN)} {json.dumps(CHALLENGE_TRAIN)}")
-    print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, ours on "
-          f"the CPU, FuxiCTR on {fux.get('device', 'cpu')}, "
+    ours = "ours on the CPU, " if any(name == "mmctr" for name, _, _ in runs) else ""  # --no-stand-in: FuxiCTR only
+    print(f"\n{len(splits['train'])} train / {len(splits['valid'])} valid / {len(splits['test'])} test rows, {ours}"
+          f"FuxiCTR on {fux.get('device', 'cpu')}, "
           f"epochs <= {cfg.epochs} (patience {cfg.patience}), batch {cfg.batch_size}, lr {cfg.learning_rate}, "
           f"embedding {arch.embedding_dim}, mm {'off' if not arch.use_mm_emb else arch.mm_dim or mm_dim}, attention "
           f"{list(arch.din_attention_units)}, DNN {list(arch.dnn_hidden_units)}, dropout {arch.net_dropout}")

@@ -279,3 +279,4 @@ def test_versus_prints_the_lead_over_a_run_made_before(tmp_path, stand_in):
     assert f"over FuxiCTR 2.3.10 {lead:+.4f} (sd " in " ".join(result.output.split())
     assert ("over mmctr" in result.output) == stand_in
     assert ("\nmmctr " in result.output) == stand_in  # the stand-in's table row
+    assert ("ours on the CPU" in result.output) == stand_in  # the header names only the runs it scored
