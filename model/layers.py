@@ -6,14 +6,15 @@ score; the item embedding e_item = [learnt item part (E) || mean of its tag embe
 embedding (mm_dim)] (the last part only with `use_mm_emb`), item_dim = 2E (+ mm_dim), where with `exposure_levels`
 the tag mean also gets the embedding of the item's train-exposure level added; one E-wide embedding per
 context feature; embedding dropout on both; with `item_bias`, one learnt scalar per item that each model adds to
-its logit for the target item, and with `user_bias` one per user seen in training (`logit_bias`); and FuxiCTR's
-initialisation.
+its logit for the target item, and with `user_bias` one per user seen in training (`logit_bias`); with
+`user_interest`, one learnt item_dim-wide vector per user seen in training (`user_vector`, which the model reads);
+and FuxiCTR's initialisation.
 
-User ids reach a row of the user-bias table through an explicit index, never by their value: `user_keys`, the
-sorted distinct user ids of the train split (a buffer, so the checkpoint holds it), maps user id k to row
-1 + its position there (`user_rows`), and a user the train split never saw to row 0, whose bias is fixed at 0. A
-user id is any int32 (the challenge's ids need not be dense), and the table is sized by the users, not by the
-largest id.
+User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
+`user_keys`, the sorted distinct user ids of the train split (a buffer, so the checkpoint holds it), maps user id k
+to row 1 + its position there (`user_rows`), and a user the train split never saw to row 0, whose bias and vector
+are fixed at 0. A user id is any int32 (the challenge's ids need not be dense), and the table is sized by the users,
+not by the largest id.
 
 The learnt item part is `item_repr`'s: `id`, the item's own id embedding; `semantic`, the sum over levels of
 a learnt embedding per (level, code) of its semantic id (the quantize stage's codes), which items with similar
@@ -226,7 +227,7 @@ class CTRBase(nn.Module):
         int64 semantic ids, level l's code in 0..K-1, row 0 all -1 (needed, and kept as a buffer, only when
         item_repr is not `id`); item_exposure: (N+1,) int64 train-exposure levels in 1..exposure_levels, row 0 = 0
         (needed, and kept as a buffer, only when exposure_levels > 0); user_keys: (U,) int64 strictly increasing
-        user ids, those of the train split (needed, and kept as a buffer, only with user_bias)."""
+        user ids, those of the train split (needed, and kept as a buffer, only with user_bias or user_interest)."""
         super().__init__()
         # a width the data makes wrong (heads that do not divide it, GiBs of weights) stops here, before any layer
         cfg.check_widths(item_mm.shape[1], len(feature_map.context_features))
@@ -254,14 +255,16 @@ class CTRBase(nn.Module):
             self.code_emb = nn.Embedding(item_codes.shape[1] * k + 1, e, padding_idx=0)
         self.tag_emb = nn.Embedding(feature_map["item_tags"].vocab_size, e, padding_idx=0)
         self.item_bias = nn.Embedding(n_items, 1, padding_idx=0) if cfg.item_bias else None
-        self.user_bias = None
-        if cfg.user_bias:
+        self.user_bias = self.user_emb = None
+        if cfg.user_bias or cfg.user_interest:
             if user_keys is None or user_keys.ndim != 1 or not len(user_keys) or \
                     not bool((user_keys[1:] > user_keys[:-1]).all()):
                 got = "none" if user_keys is None else f"a {tuple(user_keys.shape)} table"
-                raise ValueError(f"train.user_bias needs the train split's sorted distinct user ids, got {got}")
+                key = "user_bias" if cfg.user_bias else "user_interest"
+                raise ValueError(f"train.{key} needs the train split's sorted distinct user ids, got {got}")
             self.register_buffer("user_keys", user_keys.long())  # (U,)
-            self.user_bias = nn.Embedding(len(user_keys) + 1, 1, padding_idx=0)
+            if cfg.user_bias:
+                self.user_bias = nn.Embedding(len(user_keys) + 1, 1, padding_idx=0)
         self.exposure_emb = None
         if cfg.exposure_levels:
             if item_exposure is None or tuple(item_exposure.shape) != (n_items,):
@@ -272,6 +275,8 @@ class CTRBase(nn.Module):
         self.item_dim = cfg.item_dim(item_mm.shape[1])
         mm_dim = self.item_dim - 2 * e
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
+        if cfg.user_interest:
+            self.user_emb = nn.Embedding(len(self.user_keys) + 1, self.item_dim, padding_idx=0)
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e
@@ -304,11 +309,11 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, code, tag, item-bias, user-bias and context tables and the projection
-        of the frozen embedding.
+        train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector and context tables and the
+        projection of the frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
-        tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.exposure_emb,
-                  self.context_emb, self.mm_proj]
+        tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.user_emb,
+                  self.exposure_emb, self.context_emb, self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -360,10 +365,15 @@ class CTRBase(nn.Module):
         return torch.cat(parts, dim=-1)  # (..., item_dim)
 
     def user_rows(self, user_ids: Tensor) -> Tensor:
-        """User ids (B,) int64 -> rows (B,) of the user-bias table: 1 + the id's position in `user_keys`, 0 for an
+        """User ids (B,) int64 -> rows (B,) of the user tables: 1 + the id's position in `user_keys`, 0 for an
         id not there (a user the train split never saw)."""
         pos = torch.searchsorted(self.user_keys, user_ids).clamp(max=len(self.user_keys) - 1)
         return torch.where(self.user_keys[pos] == user_ids, pos + 1, 0)
+
+    def user_vector(self, batch: dict[str, Tensor]) -> Tensor:
+        """With `user_interest`: the batch's users' learnt vectors (B, item_dim), zeros for a user training never
+        saw (row 0)."""
+        return self.user_emb(self.user_rows(batch["user_id"]))
 
     def logit_bias(self, batch: dict[str, Tensor]) -> Tensor | float:
         """The batch's learnt biases (B,) to add to the logits: the target item's with `item_bias` plus the user's

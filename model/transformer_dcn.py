@@ -24,7 +24,10 @@ ours) gives recent_interest's products as t * (M h_i), M = I + A a learnt I x I 
 can only feed the DCN bilinear forms t^T D h_i with D diagonal, symmetric in the two items (both come from one
 embedding table), while what a click makes likely next need not resemble it, nor lead back to it. A, not M, is
 the parameter, so the L2 of `net_regularizer` and AdamW's decay pull M toward the identity (the model without
-the map), not toward zero (no recent products at all).
+the map), not toward zero (no recent products at all). `user_interest` (also ours) adds a learnt vector w_u per
+user of the train split and t * w_u (matrix factorisation's user . item, through the DCN): the history holds only
+the clicks before a row, and is short for most users, while w_u learns from every train row of the user, shown
+items not clicked included; a user training never saw has w_u = 0.
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -91,7 +94,8 @@ class TransformerDCN(CTRBase):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """batch: item_seq (B, L) int64 left-padded with 0 (shorter than first_k is padded here), item_id (B,)
-        int64, and each context feature (B,) int64 -> logits (B,) float32."""
+        int64, each context feature (B,) int64, and user_id (B,) int64 with user_bias or user_interest -> logits
+        (B,) float32."""
         seq, target_id = batch["item_seq"], batch["item_id"]
         if seq.shape[1] < self.cfg.first_k:  # keep the k-most-recent slice well defined for short batches
             seq = nn.functional.pad(seq, (self.cfg.first_k - seq.shape[1], 0))
@@ -110,6 +114,9 @@ class TransformerDCN(CTRBase):
         if self.interest_query is not None:
             pooled = target_attention(self.interest_query(target), history, seq == 0)  # (B, I)
             parts += [pooled, target * pooled]
+        if self.user_emb is not None:
+            taste = self.user_vector(batch)  # (B, I), 0 for a user training never saw
+            parts += [taste, target * taste]
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

@@ -838,20 +838,55 @@ def test_user_bias_adds_the_users_scalar_to_the_logit(name: str, tmp_path):
             build_model(cfg, feature_map(), *item_tables(), None, None, keys)
 
 
+def test_user_interest_gives_the_dcn_the_users_vector_and_its_product_with_the_target(tmp_path):
+    """With user_interest the DCN input ends in [w_u || t * w_u], w_u the user's row of an item_dim-wide table
+    (through the same index as the bias; row 0, a user the train split never had, stays 0); with user_bias off
+    the index is still built; the table counts as an embedding; the checkpoint scores the same; without the
+    train user ids the model is not built, and only transformer_dcn has the part."""
+    cfg = dataclasses.replace(SMALL, user_interest=True, user_bias=False)
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_map(), *item_tables(), None, None, USER_KEYS).eval()
+    i = model.item_dim
+    assert model.user_emb.weight.shape == (len(USER_KEYS) + 1, i) and model.user_bias is None
+    assert any(p is model.user_emb.weight for p in model.embedding_parameters())
+    assert cfg.dcn_input_dim(i, model.context_dim) == dataclasses.replace(cfg, user_interest=False).dcn_input_dim(
+        i, model.context_dim) + 2 * i
+    b = batch(random_histories(6, 20))
+    b["user_id"] = torch.tensor([3, 5, 40, 2**31 - 1, 0, 17])
+    seen = []
+    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.user_emb.weight[1:] = torch.randn(len(USER_KEYS), i)
+        model(b)
+    hook.remove()
+    x0, rows = seen[0], torch.tensor([1, 0, 3, 5, 0, 2])
+    taste = model.user_emb.weight[rows]
+    torch.testing.assert_close(x0[:, -2 * i:], torch.cat([taste, model.embed_items(b["item_id"]) * taste], dim=1))
+    assert not x0[[1, 4], -2 * i:].any() and not model.user_emb.weight[0].any()
+    path = tmp_path / "user.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded(b), model(b))
+    with pytest.raises(ValueError, match="train.user_interest needs"):
+        build_model(cfg, feature_map(), *item_tables())
+    with pytest.raises(ParamsError, match="train.user_interest"):
+        dataclasses.replace(cfg, model="din", mean_interest=False, recent_interest=0)
+
 def test_split_tables_are_the_train_splits_exposure_levels_and_user_keys_each_only_when_its_switch_is_on():
     """split_tables gives build_model what the config asks of the train split: the exposure levels of its target
     items over the item table, and its sorted distinct user ids, each None when its switch is off."""
     ids = torch.tensor([1, 1, 2, 5, 5, 5])
     train = SplitTensors(torch.zeros(6, 3, dtype=torch.long), ids, {}, torch.zeros(6),
                          torch.tensor([41, 3, 3, 17, 2**31 - 1, 40]))
-    for levels, bias in ((0, False), (3, False), (0, True), (4, True)):
-        exposure, users = split_tables(train, N_ITEMS + 1, dataclasses.replace(SMALL, exposure_levels=levels,
-                                                                              user_bias=bias))
+    for levels, bias, interest in ((0, False, False), (3, False, False), (0, True, False), (4, True, True),
+                                   (0, False, True)):
+        exposure, users = split_tables(train, N_ITEMS + 1, dataclasses.replace(
+            SMALL, exposure_levels=levels, user_bias=bias, user_interest=interest))
         if levels:
             torch.testing.assert_close(exposure, exposure_levels(ids, N_ITEMS + 1, levels))
         else:
             assert exposure is None
-        if bias:
+        if bias or interest:
             assert users.tolist() == USER_KEYS.tolist()
         else:
             assert users is None
@@ -911,18 +946,20 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
-    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias and
-    ensemble_mix (written before they existed) rebuilds the model it holds, with each off, whatever ModelConfig's
-    defaults are."""
+    """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias,
+    ensemble_mix and user_interest (written before they existed) rebuilds the model it holds, with each off,
+    whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
-    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix"):
+    for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix",
+                "user_interest"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
+    assert not loaded.cfg.user_interest
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

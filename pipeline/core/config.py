@@ -512,7 +512,8 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                                  "user_bias": False, "item_repr": "id", "id_init": "random", "ensemble": 1,
+                                  "user_bias": False, "user_interest": False, "item_repr": "id", "id_init": "random",
+                                  "ensemble": 1,
                                   "ensemble_mix": "none"}
 
 
@@ -542,6 +543,10 @@ class ModelConfig:
     # this user clicks at all, which rows of the same user share (model/layers.py `logit_bias`); on by default
     # since 2026-12-05 (README "User bias": it gains where users return, and is neutral where they do not)
     user_bias: bool = True
+    # transformer_dcn: add a learnt vector w_u per user of the train split (item_dim wide; 0 for a user it never
+    # saw) and t * w_u to the DCN input: the user's taste as matrix factorisation learns it, from every train row
+    # of the user, where the history holds only the clicks before the row (README "User interest")
+    user_interest: bool = False
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -594,7 +599,7 @@ class ModelConfig:
         pool) tokens of 2I) || the interest parts that are on."""
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
-                + self.recent_interest * i + 2 * i * int(self.target_interest))
+                + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest))
 
     def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
         """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
@@ -696,7 +701,8 @@ class ModelConfig:
                 f"must be in [0, first_k = {self.first_k}], got {self.recent_interest}")
         require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
                 "maps the recent items of recent_interest, which is 0")
-        for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest"):
+        for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest",
+                     "user_interest"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):

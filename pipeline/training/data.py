@@ -141,17 +141,18 @@ def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> T
 
 
 def user_keys(user_id: np.ndarray | Tensor) -> Tensor:
-    """(R,) user ids of the train rows -> (U,) int64 their distinct values, increasing: the index of the user-bias
-    table (ModelConfig user_bias; model/layers.py `user_rows`)."""
+    """(R,) user ids of the train rows -> (U,) int64 their distinct values, increasing: the index of the user
+    tables (ModelConfig user_bias and user_interest; model/layers.py `user_rows`)."""
     return torch.from_numpy(np.unique(np.asarray(user_id, dtype=np.int64)))
 
 
 def split_tables(train: SplitTensors, n_rows: int, cfg: ModelConfig) -> tuple[Tensor | None, Tensor | None]:
     """The tables a model derives from its train split, as build_model takes them: (item exposure levels (n_rows,)
     int64 of `exposure_levels`, or None when cfg.exposure_levels is 0; user keys (U,) int64 of `user_keys`, or None
-    without cfg.user_bias). The one place both are made, so a stage and a benchmark build the same model."""
+    without cfg.user_bias and cfg.user_interest). The one place both are made, so a stage and a benchmark build the
+    same model."""
     exposure = exposure_levels(train.item_id, n_rows, cfg.exposure_levels) if cfg.exposure_levels else None
-    return exposure, user_keys(train.user_id) if cfg.user_bias else None
+    return exposure, user_keys(train.user_id) if cfg.user_bias or cfg.user_interest else None
 
 
 def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
