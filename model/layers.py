@@ -289,6 +289,10 @@ class CTRBase(nn.Module):
         # frozen embedding, semantic codes) alone, as it must score an item training never showed, whose id
         # embedding is still its ~0 init (DropoutNet, Volkovs et al. 2017). At 0 it draws no random numbers.
         self.id_dropout = 0.0
+        # User dropout, a training option (train.user_dropout, set by fit): in training each row's user vector is
+        # row 0's (0, a user training never saw) with this probability. Without it the network sees a zero vector
+        # only at test, where a time split puts users the train split never had. At 0 it draws no random numbers.
+        self.user_dropout = 0.0
 
     def reset_parameters(self) -> None:
         """FuxiCTR's init: embeddings N(0, 1e-4) with zero padding rows; Linear xavier-normal, zero bias (the
@@ -372,8 +376,11 @@ class CTRBase(nn.Module):
 
     def user_vector(self, batch: dict[str, Tensor]) -> Tensor:
         """With `user_interest`: the batch's users' learnt vectors (B, item_dim), zeros for a user training never
-        saw (row 0)."""
-        return self.user_emb(self.user_rows(batch["user_id"]))
+        saw (row 0); in training, each row's is row 0's with probability `user_dropout`."""
+        rows = self.user_rows(batch["user_id"])  # (B,)
+        if self.training and self.user_dropout > 0:
+            rows = rows.masked_fill(torch.rand(rows.shape, device=rows.device) < self.user_dropout, 0)
+        return self.user_emb(rows)
 
     def logit_bias(self, batch: dict[str, Tensor]) -> Tensor | float:
         """The batch's learnt biases (B,) to add to the logits: the target item's with `item_bias` plus the user's

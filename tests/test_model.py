@@ -872,6 +872,28 @@ def test_user_interest_gives_the_dcn_the_users_vector_and_its_product_with_the_t
     with pytest.raises(ParamsError, match="train.user_interest"):
         dataclasses.replace(cfg, model="din", mean_interest=False, recent_interest=0)
 
+def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
+    """train.user_dropout: in training each row's user vector is 0 (row 0's) with that probability, whole rows at a
+    time; in eval, and at 0, every row has its own and no random number is drawn; it needs user_interest."""
+    cfg = dataclasses.replace(SMALL, user_interest=True)
+    net = build_model(cfg, feature_map(), *item_tables(), None, None, USER_KEYS)
+    with torch.no_grad():
+        net.user_emb.weight[1:] = torch.randn(len(USER_KEYS), net.item_dim)
+    b = {"user_id": USER_KEYS[torch.randint(0, len(USER_KEYS), (400,))]}
+    full = net.eval().user_vector(b)
+    net.train()
+    state = torch.get_rng_state()
+    torch.testing.assert_close(net.user_vector(b), full)  # user_dropout 0
+    assert torch.equal(torch.get_rng_state(), state)
+    net.user_dropout = 0.5
+    got = net.user_vector(b)
+    dropped, kept = (got == 0).all(-1), (got == full).all(-1)
+    assert bool((dropped | kept).all()) and 0.4 < float(dropped.float().mean()) < 0.6
+    torch.testing.assert_close(net.eval().user_vector(b), full)
+    with pytest.raises(ParamsError, match=r"^train\.user_dropout: drops the user vectors"):
+        from_dict(TrainConfig, {"user_dropout": 0.3}, "train")
+    assert from_dict(TrainConfig, {"user_interest": True, "user_dropout": 0.3}, "train").user_dropout == 0.3
+
 def test_split_tables_are_the_train_splits_exposure_levels_and_user_keys_each_only_when_its_switch_is_on():
     """split_tables gives build_model what the config asks of the train split: the exposure levels of its target
     items over the item table, and its sorted distinct user ids, each None when its switch is off."""

@@ -740,6 +740,9 @@ class TrainConfig:
     net_regularizer: float = 0.0  # the same on every other parameter
     embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
     id_dropout: float = 0.0  # in training, zero each item occurrence's id embedding with this probability
+    # user_interest: in training, give each row the vector of a user training never saw (0) with this probability,
+    # so the network also learns to score without one, as it must score a user the train split did not have
+    user_dropout: float = 0.0
     lr_schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: per step to min_lr over epochs, no plateau decay
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
@@ -771,6 +774,9 @@ class TrainConfig:
         require(0 <= self.id_dropout < 1, f"{s}.id_dropout", "must be in [0, 1)")
         require(self.id_dropout == 0 or self.arch.item_repr != "semantic", f"{s}.id_dropout",
                 "drops id embeddings; item_repr 'semantic' has none")
+        require(0 <= self.user_dropout < 1, f"{s}.user_dropout", "must be in [0, 1)")
+        require(self.user_dropout == 0 or self.arch.user_interest, f"{s}.user_dropout",
+                "drops the user vectors of user_interest, which is off")
         require(0 <= self.ema_decay < 1, f"{s}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.shuffle_buffer_blocks >= 1, f"{s}.shuffle_buffer_blocks", "must be >= 1")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",

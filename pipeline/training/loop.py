@@ -274,7 +274,8 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     validation), valid_auc, valid_logloss, lr (of the last step)}, logged to `live` as one dvclive step. The lr of
     each step is lr_at's: under `plateau` it is multiplied by `lr_decay` after each validation without a better
     valid AUC (FuxiCTR's reduce-on-plateau). Training stops after `patience` such validations in a row. The item and
-    context embeddings get dropout `embedding_dropout` in training, the id embeddings `id_dropout`. With
+    context embeddings get dropout `embedding_dropout` in training, the id embeddings `id_dropout`, the user
+    vectors `user_dropout`. With
     ema_decay > 0 each validation scores (and the run keeps) an exponential moving average of the weights
     (WeightAverage), not the last step's. A NaN/inf loss stops with the step number.
 
@@ -291,6 +292,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     model.to(device)
     model.embedding_dropout.p = cfg.embedding_dropout
     model.id_dropout = cfg.id_dropout
+    model.user_dropout = cfg.user_dropout
     net = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
