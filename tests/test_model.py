@@ -15,7 +15,7 @@ from model.factory import MODELS, build_model
 from model.layers import CrossNetV2, Dice, Dropout, Encoder, masked_mean, target_attention
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
-from pipeline.core.config import ModelConfig, ParamsError, TrainConfig, from_dict
+from pipeline.core.config import PLAIN_SWITCHES, ModelConfig, ParamsError, TrainConfig, from_dict
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.data import SplitTensors, exposure_levels, split_tables, user_keys
 from pipeline.training.loop import regularization_loss
@@ -113,6 +113,7 @@ def test_winning_configuration_forward_backward():
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
+                      user_interest=False,
                       ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
@@ -760,7 +761,7 @@ def test_unknown_model_is_rejected_when_its_config_is_made():
 def test_config_errors_name_the_key(values: dict, key: str):
     with pytest.raises(ParamsError) as info:
         # the default's transformer_dcn-only parts off, so the case's own key is the one at fault
-        from_dict(TrainConfig, {"mean_interest": False, "recent_interest": 0, "cross_rank": 0, **values}, "train")
+        from_dict(TrainConfig, {**PLAIN_SWITCHES, **values}, "train")
     assert str(info.value).startswith(f"{key}: ")
 
 
@@ -874,7 +875,7 @@ def test_user_interest_gives_the_dcn_the_users_vector_and_its_product_with_the_t
 
 def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
     """train.user_dropout: in training each row's user vector is 0 (row 0's) with that probability, whole rows at a
-    time; in eval, and at 0, every row has its own and no random number is drawn; it needs user_interest."""
+    time; in eval, and at 0, every row has its own and no random number is drawn."""
     cfg = dataclasses.replace(SMALL, user_interest=True)
     net = build_model(cfg, feature_map(), *item_tables(), None, None, USER_KEYS)
     with torch.no_grad():
@@ -890,9 +891,8 @@ def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only()
     dropped, kept = (got == 0).all(-1), (got == full).all(-1)
     assert bool((dropped | kept).all()) and 0.4 < float(dropped.float().mean()) < 0.6
     torch.testing.assert_close(net.eval().user_vector(b), full)
-    with pytest.raises(ParamsError, match=r"^train\.user_dropout: drops the user vectors"):
-        from_dict(TrainConfig, {"user_dropout": 0.3}, "train")
-    assert from_dict(TrainConfig, {"user_interest": True, "user_dropout": 0.3}, "train").user_dropout == 0.3
+    with pytest.raises(ParamsError, match=r"^train\.user_dropout: must be in \[0, 1\)"):
+        from_dict(TrainConfig, {"user_dropout": 1.0}, "train")
 
 def test_split_tables_are_the_train_splits_exposure_levels_and_user_keys_each_only_when_its_switch_is_on():
     """split_tables gives build_model what the config asks of the train split: the exposure levels of its target

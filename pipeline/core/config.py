@@ -545,8 +545,9 @@ class ModelConfig:
     user_bias: bool = True
     # transformer_dcn: add a learnt vector w_u per user of the train split (item_dim wide; 0 for a user it never
     # saw) and t * w_u to the DCN input: the user's taste as matrix factorisation learns it, from every train row
-    # of the user, where the history holds only the clicks before the row (README "User interest")
-    user_interest: bool = False
+    # of the user, where the history holds only the clicks before the row (README "User interest"); on by
+    # default since 2026-12-06, with train.user_dropout 0.3
+    user_interest: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -741,8 +742,9 @@ class TrainConfig:
     embedding_dropout: float = 0.0  # dropout on the item and context embeddings, in training only
     id_dropout: float = 0.0  # in training, zero each item occurrence's id embedding with this probability
     # user_interest: in training, give each row the vector of a user training never saw (0) with this probability,
-    # so the network also learns to score without one, as it must score a user the train split did not have
-    user_dropout: float = 0.0
+    # so the network also learns to score without one, as it must score a user the train split did not have (no
+    # effect without user_interest, so a baseline that turns that off keeps the other training settings)
+    user_dropout: float = 0.3
     lr_schedule: Literal["plateau", "cosine"] = "plateau"  # cosine: per step to min_lr over epochs, no plateau decay
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps (either schedule)
     eval_steps: int = 0  # validate every eval_steps optimizer steps (and at the run's end); 0 = after each pass
@@ -775,8 +777,6 @@ class TrainConfig:
         require(self.id_dropout == 0 or self.arch.item_repr != "semantic", f"{s}.id_dropout",
                 "drops id embeddings; item_repr 'semantic' has none")
         require(0 <= self.user_dropout < 1, f"{s}.user_dropout", "must be in [0, 1)")
-        require(self.user_dropout == 0 or self.arch.user_interest, f"{s}.user_dropout",
-                "drops the user vectors of user_interest, which is off")
         require(0 <= self.ema_decay < 1, f"{s}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.shuffle_buffer_blocks >= 1, f"{s}.shuffle_buffer_blocks", "must be >= 1")
         for name in ("embedding_regularizer", "net_regularizer", "weight_decay", "warmup_steps", "eval_steps",
