@@ -81,6 +81,24 @@ def small_model(cfg: ModelConfig = SMALL) -> TransformerDCN:
     return TransformerDCN(cfg, feature_map(), *item_tables()).eval()
 
 
+def check_training_dropout(net: torch.nn.Module, rate: str, output, full: torch.Tensor,
+                           dropped: torch.Tensor) -> None:
+    """A training-only dropout option of the model (`net.<rate>`, now 0; `output()` its (..., D) output, `full`
+    that output in eval, `dropped` each row's output when dropped): in training at 0 nothing changes and no random
+    number is drawn; at 0.5 each row is whole either `full`'s or `dropped`'s, about half of them dropped; back in
+    eval nothing changes."""
+    net.train()
+    state = torch.get_rng_state()
+    torch.testing.assert_close(output(), full)
+    assert torch.equal(torch.get_rng_state(), state)
+    setattr(net, rate, 0.5)
+    got = output()
+    was_dropped, kept = torch.isclose(got, dropped).all(-1), torch.isclose(got, full).all(-1)
+    assert bool((was_dropped | kept).all()) and 0.4 < float(was_dropped.float().mean()) < 0.6
+    net.eval()
+    torch.testing.assert_close(output(), full)
+
+
 def random_histories(b: int, length: int, seed: int = 2) -> torch.Tensor:
     """Left-padded histories with real lengths 0..length."""
     g = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ from pipeline.core.io import DataError
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.data import load_semantic_ids
 from pipeline.training.loop import fit
-from tests.conftest import N_ITEMS, SMALL, feature_map, item_tables, toy_split, train_cfg
+from tests.conftest import N_ITEMS, SMALL, check_training_dropout, feature_map, item_tables, toy_split, train_cfg
 
 CPU = torch.device("cpu")
 LEVELS, K = 2, 5
@@ -211,18 +211,7 @@ def test_id_dropout_zeroes_whole_id_embeddings_in_training_only(item_repr: str):
     ids = torch.randint(1, N_ITEMS + 1, (40, 25))
     net.eval()
     full = net.learnt_item(ids)
-    semantic = full - net.item_emb(ids)
-    net.train()
-    state = torch.get_rng_state()
-    torch.testing.assert_close(net.learnt_item(ids), full)  # id_dropout 0
-    assert torch.equal(torch.get_rng_state(), state)
-    net.id_dropout = 0.5
-    got = net.learnt_item(ids)
-    dropped = torch.isclose(got, semantic).all(-1)
-    kept = torch.isclose(got, full).all(-1)
-    assert bool((dropped | kept).all()) and 0.4 < float(dropped.float().mean()) < 0.6
-    net.eval()
-    torch.testing.assert_close(net.learnt_item(ids), full)
+    check_training_dropout(net, "id_dropout", lambda: net.learnt_item(ids), full, full - net.item_emb(ids))
 
 
 def test_id_dropout_needs_id_embeddings():

@@ -19,7 +19,17 @@ from pipeline.core.config import PLAIN_SWITCHES, ModelConfig, ParamsError, Train
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.training.data import SplitTensors, exposure_levels, split_tables, user_keys
 from pipeline.training.loop import regularization_loss
-from tests.conftest import MM, N_ITEMS, N_TAGS, SMALL, feature_map, item_tables, random_histories, small_model
+from tests.conftest import (
+    MM,
+    N_ITEMS,
+    N_TAGS,
+    SMALL,
+    check_training_dropout,
+    feature_map,
+    item_tables,
+    random_histories,
+    small_model,
+)
 
 
 def batch(seq: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -882,15 +892,7 @@ def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only()
         net.user_emb.weight[1:] = torch.randn(len(USER_KEYS), net.item_dim)
     b = {"user_id": USER_KEYS[torch.randint(0, len(USER_KEYS), (400,))]}
     full = net.eval().user_vector(b)
-    net.train()
-    state = torch.get_rng_state()
-    torch.testing.assert_close(net.user_vector(b), full)  # user_dropout 0
-    assert torch.equal(torch.get_rng_state(), state)
-    net.user_dropout = 0.5
-    got = net.user_vector(b)
-    dropped, kept = (got == 0).all(-1), (got == full).all(-1)
-    assert bool((dropped | kept).all()) and 0.4 < float(dropped.float().mean()) < 0.6
-    torch.testing.assert_close(net.eval().user_vector(b), full)
+    check_training_dropout(net, "user_dropout", lambda: net.user_vector(b), full, torch.zeros_like(full))
     with pytest.raises(ParamsError, match=r"^train\.user_dropout: must be in \[0, 1\)"):
         from_dict(TrainConfig, {"user_dropout": 1.0}, "train")
 
