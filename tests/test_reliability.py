@@ -26,7 +26,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.core import config as config_module
-from pipeline.core.config import SECTIONS, ParamsError, load_section, params_keys
+from pipeline.core.config import PLAIN_SWITCHES, SECTIONS, ParamsError, load_section, params_keys
 from pipeline.core.distributed import SINGLE
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import DataError, atomic_dir, write_json, write_parquet
@@ -120,8 +120,8 @@ def _wrong_type(annotation: typing.Any) -> typing.Any:
 # Out-of-range values and combinations that only the whole section can judge, as (section, values, key named).
 RANGE_CASES = [*OUT_OF_RANGE,
                ("train", {"dice": True}, "train.dice"),
-               ("train", {"model": "din", "mean_interest": False, "recent_interest": 0, "cross_rank": 0,
-                          "use_transformer": False}, "train.use_transformer"),
+               # the default's transformer_dcn-only parts off, so use_transformer is the one at fault
+               ("train", {**PLAIN_SWITCHES, "model": "din", "use_transformer": False}, "train.use_transformer"),
                ("train", {"din_attention_units": [64, 0]}, "train.din_attention_units"),
                ("train", {"batch_size": -5}, "train.batch_size"),
                ("embedding_report", {"k": 0}, "embedding_report.k")]
