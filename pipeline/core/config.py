@@ -513,8 +513,7 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
                                   "user_bias": False, "user_interest": False, "item_repr": "id", "id_init": "random",
-                                  "ensemble": 1,
-                                  "ensemble_mix": "none"}
+                                  "ensemble": 1, "ensemble_mix": "none"}
 
 
 @dataclass(frozen=True)

@@ -275,9 +275,8 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
     each step is lr_at's: under `plateau` it is multiplied by `lr_decay` after each validation without a better
     valid AUC (FuxiCTR's reduce-on-plateau). Training stops after `patience` such validations in a row. The item and
     context embeddings get dropout `embedding_dropout` in training, the id embeddings `id_dropout`, the user
-    vectors `user_dropout`. With
-    ema_decay > 0 each validation scores (and the run keeps) an exponential moving average of the weights
-    (WeightAverage), not the last step's. A NaN/inf loss stops with the step number.
+    vectors `user_dropout`. With ema_decay > 0 each validation scores (and the run keeps) an exponential moving
+    average of the weights (WeightAverage), not the last step's. A NaN/inf loss stops with the step number.
 
     Under torchrun (dist.enabled) the model is wrapped in DistributedDataParallel; every rank draws the same pass
     order and takes its contiguous part of each global batch of `batch_size` rows. Each rank's loss is its rows'
