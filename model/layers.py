@@ -8,6 +8,8 @@ the tag mean also gets the embedding of the item's train-exposure level added; o
 context feature; embedding dropout on both; with `item_bias`, one learnt scalar per item that each model adds to
 its logit for the target item, and with `user_bias` one per user seen in training (`logit_bias`); with
 `user_interest`, one learnt item_dim-wide vector per user seen in training (`user_vector`, which the model reads);
+with `history_length`, one E-wide embedding per half-octave bucket of the history's length (`length_buckets`,
+`embed_length`);
 and FuxiCTR's initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
@@ -212,6 +214,20 @@ def mm_prior(mm: Tensor, dim: int) -> Tensor:
     return (out / mean_norm if mean_norm > 0 else out).float()
 
 
+# History lengths past this share the last bucket of `length_buckets` (24; a table of 25 rows).
+HISTORY_LENGTH_CAP = 4095
+_LENGTH_EDGES = 2 ** torch.arange(1, 25)  # bucket b holds the lengths n with 2^b <= (n + 1)^2 < 2^(b + 1)
+
+
+def length_buckets(n: Tensor) -> Tensor:
+    """History lengths (...) int64 >= 0 -> half-octave buckets floor(2 log2(n + 1)) = floor(log2((n + 1)^2)) (...)
+    int64 in 0..24, computed on integers (no float log to round at a bucket's edge): n = 0 -> 0, 1 -> 2, 2 -> 3,
+    3-4 -> 4, 5-6 -> 5, 7-10 -> 6, 11-14 -> 7, 15-21 -> 8, ...; n is capped at HISTORY_LENGTH_CAP (bucket 24).
+    Fine where a count of clicks says most (the first few) and coarse where one more changes little."""
+    squared = (n.clamp(0, HISTORY_LENGTH_CAP) + 1) ** 2
+    return (squared.unsqueeze(-1) >= _LENGTH_EDGES.to(n.device)).sum(-1)
+
+
 class CTRBase(nn.Module):
     """Item tables, item and context embeddings and init shared by the models; see the module docstring.
 
@@ -277,6 +293,8 @@ class CTRBase(nn.Module):
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
         if cfg.user_interest:
             self.user_emb = nn.Embedding(len(self.user_keys) + 1, self.item_dim, padding_idx=0)
+        # row 0 (an empty history) is fixed at 0: the other buckets are learnt relative to it
+        self.length_emb = nn.Embedding(int(_LENGTH_EDGES.numel()) + 1, e, padding_idx=0) if cfg.history_length else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e
@@ -313,11 +331,11 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector and context tables and the
-        projection of the frozen embedding.
+        train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector, exposure, history-length
+        and context tables and the projection of the frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
         tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.user_emb,
-                  self.exposure_emb, self.context_emb, self.mm_proj]
+                  self.exposure_emb, self.length_emb, self.context_emb, self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -391,6 +409,11 @@ class CTRBase(nn.Module):
         if self.user_bias is not None:
             bias = bias + self.user_bias(self.user_rows(batch["user_id"])).squeeze(-1)
         return bias
+
+    def embed_length(self, seq: Tensor) -> Tensor:
+        """With `history_length`: item_seq (B, L) int64, 0 = padding -> the embedding (B, E) of the bucket of each
+        row's number of real items (`length_buckets`; 0 for an empty history), after embedding dropout."""
+        return self.embedding_dropout(self.length_emb(length_buckets((seq != 0).sum(dim=1))))
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

@@ -27,7 +27,11 @@ the parameter, so the L2 of `net_regularizer` and AdamW's decay pull M toward th
 the map), not toward zero (no recent products at all). `user_interest` (also ours) adds a learnt vector w_u per
 user of the train split and t * w_u (matrix factorisation's user . item, through the DCN): the history holds only
 the clicks before a row, and is short for most users, while w_u learns from every train row of the user, shown
-items not clicked included; a user training never saw has w_u = 0.
+items not clicked included; a user training never saw has w_u = 0. `history_length` (also ours) adds an embedding
+of the number of real history items, in half-octave buckets (model/layers.py `length_buckets`): a mean, a max or
+an attention over the history forgets how long it is, while how many clicks a user has made says how much the
+log's policy has learnt of them and how engaged they are (where the policy improves with what it knows, the same
+user clicks more as their history grows, which a per-user bias averages away).
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -117,6 +121,8 @@ class TransformerDCN(CTRBase):
         if self.user_emb is not None:
             taste = self.user_vector(batch)  # (B, I), 0 for a user training never saw
             parts += [taste, target * taste]
+        if self.length_emb is not None:
+            parts.append(self.embed_length(seq))  # (B, E)
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

@@ -512,8 +512,8 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 # (and ModelConfig rejects the transformer_dcn-only ones on other models).
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
-                                  "user_bias": False, "user_interest": False, "item_repr": "id", "id_init": "random",
-                                  "ensemble": 1, "ensemble_mix": "none"}
+                                  "user_bias": False, "user_interest": False, "history_length": False,
+                                  "item_repr": "id", "id_init": "random", "ensemble": 1, "ensemble_mix": "none"}
 
 
 @dataclass(frozen=True)
@@ -547,6 +547,11 @@ class ModelConfig:
     # of the user, where the history holds only the clicks before the row (README "User interest"); on by
     # default since 2026-12-06, with train.user_dropout 0.3
     user_interest: bool = True
+    # transformer_dcn: add an embedding (embedding_dim wide) of the history's length, the number of real items
+    # n in half-octave buckets floor(2 log2(n + 1)) (model/layers.py `length_buckets`), to the DCN input: how
+    # many clicks a user has made so far says how much the log's policy knows of them and how engaged they are,
+    # which no pooled or attended history part carries (a mean, a max or a softmax forget the count)
+    history_length: bool = False
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -599,7 +604,8 @@ class ModelConfig:
         pool) tokens of 2I) || the interest parts that are on."""
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
-                + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest))
+                + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest)
+                + self.embedding_dim * int(self.history_length))
 
     def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
         """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
@@ -702,7 +708,7 @@ class ModelConfig:
         require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
                 "maps the recent items of recent_interest, which is 0")
         for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest",
-                     "user_interest"):
+                     "user_interest", "history_length"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):
