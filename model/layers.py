@@ -8,8 +8,8 @@ the tag mean also gets the embedding of the item's train-exposure level added; o
 context feature; embedding dropout on both; with `item_bias`, one learnt scalar per item that each model adds to
 its logit for the target item, and with `user_bias` one per user seen in training (`logit_bias`); with
 `user_interest`, one learnt item_dim-wide vector per user seen in training (`user_vector`, which the model reads);
-with `history_length`, one E-wide embedding per half-octave bucket of the history's length (`length_buckets`,
-`embed_length`);
+with `history_length`, an E-wide vector per half-octave bucket of the history's length, a thermometer code
+(`length_buckets`, `embed_length`);
 and FuxiCTR's initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
@@ -411,9 +411,14 @@ class CTRBase(nn.Module):
         return bias
 
     def embed_length(self, seq: Tensor) -> Tensor:
-        """With `history_length`: item_seq (B, L) int64, 0 = padding -> the embedding (B, E) of the bucket of each
-        row's number of real items (`length_buckets`; 0 for an empty history), after embedding dropout."""
-        return self.embedding_dropout(self.length_emb(length_buckets((seq != 0).sum(dim=1))))
+        """With `history_length`: item_seq (B, L) int64, 0 = padding -> the vector (B, E) of the bucket of each
+        row's number of real items (`length_buckets`), the sum of the table's rows 1..bucket (0 for an empty
+        history), after embedding dropout."""
+        # A thermometer code: bucket b's vector is the sum of rows 1..b. A bucket training seldom saw (the longer
+        # histories of a time split's later rows) then sits by the bucket below it, not at the empty history's 0,
+        # and the embedding L2 pulls neighbouring buckets together rather than each toward 0.
+        steps = self.length_emb.weight.cumsum(dim=0)  # (25, E)
+        return self.embedding_dropout(nn.functional.embedding(length_buckets((seq != 0).sum(dim=1)), steps))
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

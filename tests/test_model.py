@@ -12,7 +12,16 @@ import torch
 
 from model.din import DIN
 from model.factory import MODELS, build_model
-from model.layers import CrossNetV2, Dice, Dropout, Encoder, masked_mean, target_attention
+from model.layers import (
+    HISTORY_LENGTH_CAP,
+    CrossNetV2,
+    Dice,
+    Dropout,
+    Encoder,
+    length_buckets,
+    masked_mean,
+    target_attention,
+)
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import PLAIN_SWITCHES, ModelConfig, ParamsError, TrainConfig, from_dict
@@ -883,6 +892,52 @@ def test_user_interest_gives_the_dcn_the_users_vector_and_its_product_with_the_t
     with pytest.raises(ParamsError, match="train.user_interest"):
         dataclasses.replace(cfg, model="din", mean_interest=False, recent_interest=0)
 
+def test_length_buckets_are_floor_of_twice_log2_of_length_plus_one_against_a_plain_reference():
+    """Bucket of n = floor(2 log2(n + 1)), by integer bit length in plain Python, for every n up to past the cap;
+    a length past HISTORY_LENGTH_CAP shares the cap's bucket, and shapes are kept."""
+    n = torch.arange(HISTORY_LENGTH_CAP + 300)
+    capped = [min(k, HISTORY_LENGTH_CAP) for k in n.tolist()]
+    assert length_buckets(n).tolist() == [((k + 1) ** 2).bit_length() - 1 for k in capped]
+    assert length_buckets(torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 10, 11])).tolist() == [0, 2, 3, 4, 4, 5, 5, 6, 6, 7]
+    assert length_buckets(n[:4000].reshape(-1, 2)).shape == (2000, 2)
+
+
+def test_history_length_gives_the_dcn_the_thermometer_code_of_the_historys_length_bucket(tmp_path):
+    """With history_length the DCN input ends in the E-wide vector of each row's bucket b of real (non-zero)
+    history items, the sum of the table's rows 1..b, whatever the padding; an empty history gives zeros; the table
+    counts as an embedding; the checkpoint scores the same; only transformer_dcn has the part."""
+    cfg = dataclasses.replace(SMALL, history_length=True)
+    torch.manual_seed(0)
+    model = build_model(cfg, feature_map(), *item_tables()).eval()
+    e = cfg.embedding_dim
+    assert any(p is model.length_emb.weight for p in model.embedding_parameters())
+    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
+        cfg, history_length=False).dcn_input_dim(model.item_dim, model.context_dim) + e
+    b = batch(random_histories(6, 20))
+    b["item_seq"][0] = 0
+    b["item_seq"][1, -11:] = torch.arange(1, 12)
+    seen = []
+    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.length_emb.weight[1:] = torch.randn(model.length_emb.weight.shape[0] - 1, e)  # far from FuxiCTR's ~0
+        model(b)
+        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))  # more padding, same lengths
+    hook.remove()
+    real = (b["item_seq"] > 0).sum(1).tolist()
+    assert real[0] == 0 and real[1] == 11
+    rows = model.length_emb.weight
+    want = torch.stack([rows[1:((k + 1) ** 2).bit_length()].sum(0) for k in real])  # rows 1..bucket, summed
+    torch.testing.assert_close(seen[0][:, -e:], want)
+    torch.testing.assert_close(seen[1][:, -e:], want)
+    assert not seen[0][0, -e:].any() and seen[0][1, -e:].any()
+    path = tmp_path / "length.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded(b), model(b))
+    with pytest.raises(ParamsError, match="train.history_length"):
+        dataclasses.replace(cfg, model="din")
+
+
 def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
     """train.user_dropout: in training each row's user vector is 0 (row 0's) with that probability, whole rows at a
     time; in eval, and at 0, every row has its own and no random number is drawn."""
@@ -971,19 +1026,19 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
     """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias,
-    ensemble_mix and user_interest (written before they existed) rebuilds the model it holds, with each off,
-    whatever ModelConfig's defaults are."""
+    ensemble_mix, user_interest and history_length (written before they existed) rebuilds the model it holds, with
+    each off, whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
     for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix",
-                "user_interest"):
+                "user_interest", "history_length"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
-    assert not loaded.cfg.user_interest
+    assert not loaded.cfg.user_interest and not loaded.cfg.history_length
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))
