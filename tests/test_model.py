@@ -132,8 +132,7 @@ def test_winning_configuration_forward_backward():
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
-                      user_interest=False,
-                      ensemble=1)
+                      user_interest=False, history_length=False, ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)

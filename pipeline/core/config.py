@@ -550,8 +550,10 @@ class ModelConfig:
     # transformer_dcn: add an embedding (embedding_dim wide) of the history's length, the number of real items
     # n in half-octave buckets floor(2 log2(n + 1)) (model/layers.py `length_buckets`), to the DCN input: how
     # many clicks a user has made so far says how much the log's policy knows of them and how engaged they are,
-    # which no pooled or attended history part carries (a mean, a max or a softmax forget the count)
-    history_length: bool = False
+    # which no pooled or attended history part carries (a mean, a max or a softmax forget the count); a
+    # thermometer code, so a bucket training seldom saw sits by the one below (README "History length"); on by
+    # default since 2026-12-06
+    history_length: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
