@@ -603,7 +603,7 @@ class ModelConfig:
     def dcn_input_dim(self, item_dim: int, context_dim: int) -> int:
         """transformer_dcn: width D of the DCN input x0 (model/transformer_dcn.py) for items `item_dim` wide and
         context embeddings `context_dim` wide side by side: context || target || sequence output ((first_k + max
-        pool) tokens of 2I) || the interest parts that are on."""
+        pool) tokens of 2I) || the interest parts that are on || the history-length vector (E), when on."""
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
                 + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest)
