@@ -214,18 +214,19 @@ def mm_prior(mm: Tensor, dim: int) -> Tensor:
     return (out / mean_norm if mean_norm > 0 else out).float()
 
 
-# History lengths past this share the last bucket of `length_buckets` (24; a table of 25 rows).
+# History lengths past this share the last bucket of `length_buckets`, 24: (4095 + 1)^2 = 2^24.
 HISTORY_LENGTH_CAP = 4095
-_LENGTH_EDGES = 2 ** torch.arange(1, 25)  # bucket b holds the lengths n with 2^b <= (n + 1)^2 < 2^(b + 1)
+LENGTH_BUCKETS = 25  # rows of the history-length table: buckets 0..24
 
 
 def length_buckets(n: Tensor) -> Tensor:
     """History lengths (...) int64 >= 0 -> half-octave buckets floor(2 log2(n + 1)) = floor(log2((n + 1)^2)) (...)
-    int64 in 0..24, computed on integers (no float log to round at a bucket's edge): n = 0 -> 0, 1 -> 2, 2 -> 3,
-    3-4 -> 4, 5-6 -> 5, 7-10 -> 6, 11-14 -> 7, 15-21 -> 8, ...; n is capped at HISTORY_LENGTH_CAP (bucket 24).
-    Fine where a count of clicks says most (the first few) and coarse where one more changes little."""
+    int64 in 0..24: n = 0 -> 0, 1 -> 2, 2 -> 3, 3-4 -> 4, 5-6 -> 5, 7-10 -> 6, 11-14 -> 7, 15-21 -> 8, ...; n is
+    capped at HISTORY_LENGTH_CAP. Fine where a count of clicks says most (the first few) and coarse where one more
+    changes little. Exact: floor(log2(m)) of the integer m = (n + 1)^2 <= 2^24 is frexp's exponent of m in float64
+    less 1 (m = f * 2^e with f in [0.5, 1)), with no float log to round at a bucket's edge."""
     squared = (n.clamp(0, HISTORY_LENGTH_CAP) + 1) ** 2
-    return (squared.unsqueeze(-1) >= _LENGTH_EDGES.to(n.device)).sum(-1)
+    return torch.frexp(squared.double()).exponent.long() - 1
 
 
 class CTRBase(nn.Module):
@@ -294,7 +295,7 @@ class CTRBase(nn.Module):
         if cfg.user_interest:
             self.user_emb = nn.Embedding(len(self.user_keys) + 1, self.item_dim, padding_idx=0)
         # row 0 (an empty history) is fixed at 0: the other buckets are learnt relative to it
-        self.length_emb = nn.Embedding(int(_LENGTH_EDGES.numel()) + 1, e, padding_idx=0) if cfg.history_length else None
+        self.length_emb = nn.Embedding(LENGTH_BUCKETS, e, padding_idx=0) if cfg.history_length else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e

@@ -14,6 +14,7 @@ from model.din import DIN
 from model.factory import MODELS, build_model
 from model.layers import (
     HISTORY_LENGTH_CAP,
+    LENGTH_BUCKETS,
     CrossNetV2,
     Dice,
     Dropout,
@@ -893,12 +894,13 @@ def test_user_interest_gives_the_dcn_the_users_vector_and_its_product_with_the_t
 
 def test_length_buckets_are_floor_of_twice_log2_of_length_plus_one_against_a_plain_reference():
     """Bucket of n = floor(2 log2(n + 1)), by integer bit length in plain Python, for every n up to past the cap;
-    a length past HISTORY_LENGTH_CAP shares the cap's bucket, and shapes are kept."""
+    a length past HISTORY_LENGTH_CAP shares the cap's bucket, the table's last row; shapes are kept."""
     n = torch.arange(HISTORY_LENGTH_CAP + 300)
     capped = [min(k, HISTORY_LENGTH_CAP) for k in n.tolist()]
     assert length_buckets(n).tolist() == [((k + 1) ** 2).bit_length() - 1 for k in capped]
     assert length_buckets(torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 10, 11])).tolist() == [0, 2, 3, 4, 4, 5, 5, 6, 6, 7]
     assert length_buckets(n[:4000].reshape(-1, 2)).shape == (2000, 2)
+    assert length_buckets(torch.tensor([10**12])).item() == LENGTH_BUCKETS - 1  # the table has a row for the last
 
 
 def test_history_length_gives_the_dcn_the_thermometer_code_of_the_historys_length_bucket(tmp_path):
