@@ -40,8 +40,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("w/o Transformer", "tdcn-no-transformer", _row("transformer_dcn", False, False, True, _PLAIN)),
     ("w/o DCNv2", "tdcn-no-dcn", _row("transformer_dcn", False, True, False, _PLAIN)),
     ("Mean-pool MLP", "meanpool", _row("meanpool", False, True, True, _PLAIN)),
-    ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels, user bias and interest, an "
-     "ensemble of two)",
+    ("mmctr default (+ mean and recent interest, low-rank cross, exposure levels, user bias and interest, "
+     "history length, an ensemble of two)",
      "mmctr", _row("transformer_dcn", False, True, True, _MMCTR)),
     ("mmctr default, semantic ids", "mmctr-sem",
      _row("transformer_dcn", False, True, True, {**_MMCTR, "train.item_repr": "semantic"})),
