@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import io
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.config import MAX_SEQ_LEN
-from pipeline.core.io import DataError
+from pipeline.core.io import DataError, reads_parquet
 from pipeline.core.metrics import NEEDS_BOTH_CLASSES
 from pipeline.itememb.inputs import pca_inputs
+from pipeline.sources import challenge
 from pipeline.sources.challenge import (
     ChallengeFiles,
     find_challenge_files,
@@ -177,7 +181,7 @@ def _corrupt_pages(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def test_corrupt_data_pages_are_one_line_naming_the_file(tmp_path: Path) -> None:
+def test_corrupt_data_pages_are_one_line_naming_the_file(tmp_path: Path, monkeypatch) -> None:
     """Each reader, on a file whose schema reads but whose pages are corrupt: the file named, polars' reason."""
     rng = np.random.default_rng(1)
     n = 5000
@@ -194,6 +198,10 @@ def test_corrupt_data_pages_are_one_line_naming_the_file(tmp_path: Path) -> None
             read(path)
         assert str(err.value).startswith(f"{path}: not a readable parquet file (ComputeError: "), str(err.value)
         assert "\n" not in str(err.value)
+    # a split copied into smaller row groups first is read by pyarrow, whose errors are one line the same way
+    monkeypatch.setattr(challenge, "ROW_GROUP_LIST_VALUES", 8)
+    path = _corrupt_pages(split, tmp_path / "heavy.parquet")
+    assert _error(read_split, path, CHALLENGE_ITEMS).startswith(f"{path}: not a readable parquet file (")
 
 
 def test_unsigned_64_bit_ids_past_int64_name_the_row(tmp_path: Path) -> None:
@@ -451,6 +459,60 @@ def test_read_split_refuses_histories_longer_than_any_max_len_from_the_footer(tm
     at_bound = challenge_split(item_seq=[[0] * (MAX_SEQ_LEN - 1) + [i] for i in (1, 2, 3, 4)])
     split = read_split(write_frame(at_bound, tmp_path / "valid.parquet"), CHALLENGE_ITEMS, max_len=2)
     assert split.seq_len == MAX_SEQ_LEN and split.rows["item_seq"].to_list() == [[0, i] for i in (1, 2, 3, 4)]
+
+def test_pyarrow_errors_of_a_reader_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A reader that scans or copies pages with pyarrow (too-long lists, heavy row groups) raises its errors."""
+    @reads_parquet
+    def reader(path: Path) -> None:
+        raise pa.ArrowInvalid("Couldn't decode page")
+
+    assert _error(reader, tmp_path / "x.parquet") == (
+        f"{tmp_path / 'x.parquet'}: not a readable parquet file (ArrowInvalid: Couldn't decode page)")
+
+
+def test_heavy_row_groups_are_read_from_a_copy_in_smaller_ones(tmp_path: Path, monkeypatch) -> None:
+    # polars decodes whole row groups, so one of many long histories (a small file of zeros) is read from a copy in
+    # smaller row groups; the bound is lowered here to what a small file crosses: 3 rows of SEQ_LEN values do
+    monkeypatch.setattr(challenge, "ROW_GROUP_LIST_VALUES", 2 * SEQ_LEN)
+    split = challenge_split(item_seq=[[0, 0, 0, 1], [0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4]])
+    light, heavy = tmp_path / "light.parquet", tmp_path / "heavy.parquet"
+    split.write_parquet(light, row_group_size=2)
+    split.write_parquet(heavy, row_group_size=4)
+    copies = []
+    real_copy = challenge._bounded_row_groups
+
+    def spy(path, columns):
+        with real_copy(path, columns) as source:
+            copies.append((source, pq.ParquetFile(source).metadata.num_row_groups))
+            yield source
+
+    monkeypatch.setattr(challenge, "_bounded_row_groups", contextmanager(spy))
+    for max_len in (None, 2):
+        assert read_split(heavy, CHALLENGE_ITEMS, max_len=max_len).rows.equals(
+            read_split(light, CHALLENGE_ITEMS, max_len=max_len).rows)
+    assert copies[0][0] != heavy and copies[0][1] == 4 and not copies[0][0].exists()  # a row a row group, removed
+    assert copies[1][0] == light
+    # errors name the file read and its row, not the copy
+    bad = split.with_columns(item_id=pl.Series([1, 2, CHALLENGE_ITEMS + 1, 1]))
+    bad.write_parquet(heavy, row_group_size=4)
+    assert _error(read_split, heavy, CHALLENGE_ITEMS) == (
+        f"{heavy}: row 2: item_id {CHALLENGE_ITEMS + 1} is outside 1..{CHALLENGE_ITEMS}")
+
+
+def test_item_vectors_longer_than_their_width_are_refused_from_the_footer(tmp_path: Path) -> None:
+    # a row of 10M zeros is a few KB of file; the footer's count finds it before any page is read
+    info = challenge_item_info()
+    rows = info["item_emb_d128"].to_list()
+    rows[3] = [0.0] * 10_000_000
+    path = write_frame(info.with_columns(item_emb_d128=pl.Series(rows)), tmp_path / "item_info.parquet")
+    assert _error(read_item_info, path) == f"{path}: row 3: item_emb_d128 has length 10000000, longer than 128"
+    feature = challenge_item_feature()
+    rows = feature["img_emb_CLIPRN50"].to_list()
+    rows[2] = [0.0] * 2000
+    path = write_frame(feature.with_columns(img_emb_CLIPRN50=pl.Series(rows)), tmp_path / "item_feature.parquet")
+    assert _error(read_item_feature, path) == f"{path}: row 2: img_emb_CLIPRN50 has length 2000, longer than 1024"
+    assert read_item_feature(path, embeddings=False).titles.height == CHALLENGE_ITEMS
+
 
 def test_embeddings_too_large_for_float32_distances_are_refused(tmp_path: Path) -> None:
     """Finite values past 1e15 overflow float32 squared distances (faiss's k-means aborted the process): the item

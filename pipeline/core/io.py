@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 
 class DataError(ValueError):
@@ -267,14 +268,15 @@ _Reader = TypeVar("_Reader", bound=Callable[..., Any])
 
 def reads_parquet(reader: _Reader) -> _Reader:
     """Decorate a reader whose first argument is a parquet path: an error that polars raises while it reads the
-    file's pages (a file whose footer, and so its schema, reads but whose data is corrupt) becomes the one-line
-    DataError of `unreadable_parquet` instead of a traceback. The reader's own DataErrors pass through."""
+    file's pages (a file whose footer, and so its schema, reads but whose data is corrupt), or that pyarrow raises
+    while a reader scans or copies pages itself, becomes the one-line DataError of `unreadable_parquet` instead of
+    a traceback. The reader's own DataErrors pass through."""
 
     @functools.wraps(reader)
     def checked(path: str | Path, *args: Any, **kwargs: Any) -> Any:
         try:
             return reader(path, *args, **kwargs)
-        except (OSError, pl.exceptions.PolarsError) as e:
+        except (OSError, pl.exceptions.PolarsError, pa.ArrowException) as e:
             raise unreadable_parquet(path, e) from None
 
     return checked  # type: ignore[return-value]

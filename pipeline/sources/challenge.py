@@ -20,13 +20,16 @@ Every problem is a one-line DataError naming the file and the column or row (0-b
 
 from __future__ import annotations
 
+import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -50,8 +53,13 @@ TEXT_EMB_DIM = 768  # item_feature.txt_emb_BERT
 IMAGE_EMB_DIM = 1024  # item_feature.img_emb_CLIPRN50
 CHALLENGE_SUBDIR = "MicroLens_1M_x1"
 SUBMISSION_MEMBER = "prediction.csv"
-# Rows per batch of the scan for a too-long history: a few, as each may hold millions of ids.
-LONG_HISTORY_SCAN_ROWS = 16
+# Rows per batch of the scan for a too-long list: a few, as each may hold millions of values.
+LONG_LIST_SCAN_ROWS = 16
+# The most values the decoded list columns of one row group may hold before the file is read from a copy in
+# smaller row groups: polars decodes whole row groups, a few at once, at about 12 bytes a value (2,000 rows of
+# 99,999 zeros in one row group, a 19 KB file, took 2.5 GB). The challenge's own files are read as they are in
+# row groups of up to 1.3M histories of 100 (pyarrow writes 1,048,576 rows a row group by default).
+ROW_GROUP_LIST_VALUES = 1 << 27
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,9 +177,10 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True, m
     With max_len, each item_seq keeps its last max_len items (the most recent) as it is read.
 
     Histories longer than MAX_SEQ_LEN are refused from the file's footer before any page is read (a small file of
-    zero padding would decode to gigabytes). The checks are one streaming pass over the whole histories, so only
-    the returned frame, cut to max_len, is held whole in memory (about 1 GB peak per million rows of 100-long
-    histories).
+    zero padding would decode to gigabytes), and a file with row groups of more than ROW_GROUP_LIST_VALUES history
+    values is read from a temporary copy in smaller ones. The checks are one streaming pass over the whole
+    histories, so only the returned frame, cut to max_len, is held whole in memory, beside the few row groups
+    being decoded (about 1 GB peak per million rows of 100-long histories).
     """
     path = Path(path)
     schema = _schema(path)
@@ -179,11 +188,19 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True, m
                                     "likes_level": INTEGER, "views_level": INTEGER})
     if require_labels:
         _require_columns(path, schema, {"label": NUMBER})
-    _refuse_long_histories(path)
+    _refuse_long_lists(path, "item_seq", MAX_SEQ_LEN, " (the longest history build_sequences.max_len may keep)")
+    with _bounded_row_groups(path, ("item_seq",)) as source:
+        return _read_split(path, source, schema, n_items, require_labels, max_len)
+
+
+def _read_split(path: Path, source: Path, schema: pl.Schema, n_items: int, require_labels: bool,
+                max_len: int | None) -> ChallengeSplit:
+    """read_split's checks and read of `source`, which is `path` or its copy in smaller row groups (same rows,
+    same schema); errors name `path`."""
     has_label = "label" in schema and NUMBER[0](schema["label"])  # a test label of nulls or text is hidden
 
     used = [c for c in ("user_id", "item_seq", "item_id", "likes_level", "views_level", "label", "ID") if c in schema]
-    lf = pl.scan_parquet(path, glob=False).select(used).with_row_index("_row")  # other columns may be named `_row`
+    lf = pl.scan_parquet(source, glob=False).select(used).with_row_index("_row")  # other columns may be named `_row`
     seq = pl.col("item_seq").cast(pl.List(_wide_int(schema["item_seq"])))
     n_rows, seq_len = lf.select(pl.len(), seq.first().list.len()).collect().row(0)
     if n_rows == 0:
@@ -234,36 +251,64 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True, m
     history = pl.col("item_seq").cast(pl.List(pl.Int32))
     if max_len is not None:  # left-padded, most recent last: the tail is what is kept
         history = history.list.tail(max_len)
-    rows = pl.scan_parquet(path, glob=False).select(
+    # The row index comes from with_row_index, not int_range(len()): a length over the whole file made polars decode
+    # every history whole before the tail (a 172 KB file of 8,000 near-MAX_SEQ_LEN rows took 6.4 GB, now 0.5 GB).
+    rows = pl.scan_parquet(source, glob=False).select(
         pl.col("user_id").cast(pl.Int32), history, pl.col("item_id").cast(pl.Int32),
         pl.col("likes_level").cast(pl.Int8), pl.col("views_level").cast(pl.Int8),
         pl.lit(0.0, dtype=pl.Float32).alias("label") if labels_hidden else pl.col("label").cast(pl.Float32),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("event_ts"),
-    ).collect(engine="streaming")
+    ).with_row_index("event_ts").select(pl.exclude("event_ts"), pl.col("event_ts").cast(pl.Int64)
+                                        ).collect(engine="streaming")
     return ChallengeSplit(rows=rows, labels_hidden=labels_hidden, seq_len=seq_len)
 
 
-def _refuse_long_histories(path: Path) -> None:
-    """DataError naming the first row whose item_seq is longer than MAX_SEQ_LEN, in a row group whose item_seq
-    holds more than MAX_SEQ_LEN values a row by the file's footer. Zero padding compresses to almost nothing (250
+def _list_values(group: pq.RowGroupMetaData, columns: tuple[str, ...]) -> int:
+    """The values a row group's footer counts in the list `columns` (a null list counts one)."""
+    return sum(group.column(j).num_values for j in range(group.num_columns)
+               if group.column(j).path_in_schema.split(".")[0] in columns)
+
+
+def _refuse_long_lists(path: Path, column: str, limit: int, why: str = "") -> None:
+    """DataError naming the first row whose list `column` is longer than `limit`, in a row group whose `column`
+    holds more than `limit` values a row by the file's footer. Zero padding compresses to almost nothing (250
     rows of 1M-long histories are 356 KB), and every read decodes a whole row group, so this is judged before any
     page is read; only such a row group is scanned, a few rows at a time."""
     file = pq.ParquetFile(path)
     first_row = 0
     for g in range(file.num_row_groups):
         group = file.metadata.row_group(g)
-        values = sum(group.column(j).num_values for j in range(group.num_columns)
-                     if group.column(j).path_in_schema.split(".")[0] == "item_seq")
-        if values > group.num_rows * MAX_SEQ_LEN:
+        if _list_values(group, (column,)) > group.num_rows * limit:
             row = first_row
-            for batch in file.iter_batches(LONG_HISTORY_SCAN_ROWS, row_groups=[g], columns=["item_seq"]):
+            for batch in file.iter_batches(LONG_LIST_SCAN_ROWS, row_groups=[g], columns=[column]):
                 lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
-                long = first_true(lengths > MAX_SEQ_LEN)
+                long = first_true(lengths > limit)
                 if long is not None:
-                    raise DataError(f"{path}: row {row + long}: item_seq has length {lengths[long]}, longer than "
-                                    f"{MAX_SEQ_LEN} (the longest history build_sequences.max_len may keep)")
+                    raise DataError(f"{path}: row {row + long}: {column} has length {lengths[long]}, longer than "
+                                    f"{limit}{why}")
                 row += batch.num_rows
         first_row += group.num_rows
+
+
+@contextmanager
+def _bounded_row_groups(path: Path, columns: tuple[str, ...]) -> Iterator[Path]:
+    """`path`, or, when a row group's list `columns` (the ones a reader decodes) hold more than
+    ROW_GROUP_LIST_VALUES values by the file's footer, a temporary copy of the file whose row groups each hold at
+    most an eighth of that, written a few rows at a time: read it in the file's place (same rows, same order).
+    Every read decodes whole row groups, several at once, and a small file of zeros can hold billions of values."""
+    file = pq.ParquetFile(path)
+    values = [_list_values(file.metadata.row_group(g), columns) for g in range(file.num_row_groups)]
+    if max(values, default=0) <= ROW_GROUP_LIST_VALUES:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="mmctr-rowgroups-") as tmp:
+        copy = Path(tmp) / path.name
+        with pq.ParquetWriter(copy, file.schema_arrow) as writer:
+            for g, n in enumerate(values):
+                rows = file.metadata.row_group(g).num_rows
+                batch_rows = max(1, ROW_GROUP_LIST_VALUES // 8 * rows // max(n, 1))
+                for batch in file.iter_batches(batch_rows, row_groups=[g]):
+                    writer.write_table(pa.Table.from_batches([batch]))
+        yield copy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +339,7 @@ def read_item_info(path: str | Path) -> ItemInfo:
     path = Path(path)
     schema = _schema(path)
     _require_columns(path, schema, {"item_id": INTEGER, "item_tags": INT_LIST, "item_emb_d128": NUMBER_LIST})
+    _refuse_long_lists(path, "item_emb_d128", CHALLENGE_EMB_DIM)
     df = pl.read_parquet(path, glob=False, columns=["item_id", "item_tags", "item_emb_d128"])
     if df.height < 2:
         raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
@@ -344,6 +390,8 @@ def read_item_feature(path: str | Path, n_items: int | None = None, *, embedding
     columns = {"item_id": INTEGER, "item_title": TEXT, "likes_level": INTEGER, "views_level": INTEGER,
                **dict.fromkeys(vectors, NUMBER_LIST)}
     _require_columns(path, schema, columns)
+    for column, width in vectors.items():
+        _refuse_long_lists(path, column, width)
     df = pl.read_parquet(path, glob=False, columns=list(columns))
     n = df.height if n_items is None else n_items
     check_range(path, df, "item_id", 1, n)
