@@ -104,7 +104,7 @@ def test_prefix_tag_agreement_against_a_per_pair_reference():
         others = [o for o in range(1, n + 1) if o != q and groups[o - 1] == groups[q - 1]]
         if mine and others:
             shares.append(sum(1 for o in others if mine & (set(tags[o].tolist()) - {0})) / len(others))
-    got, count = prefix_tag_agreement(groups, tags, queries)
+    got, count = prefix_tag_agreement(groups, dense_tag_ids(tags), queries)
     assert count == len(shares) and got == pytest.approx(np.mean(shares))
 
 
@@ -136,9 +136,8 @@ def test_prefix_tag_agreement_equals_the_pairwise_comparison_exactly(seed: int) 
     tags[1:][rng.random(n) < 0.25] = 0  # items with no tags
     groups = rng.integers(0, int(rng.integers(1, 6)), size=n)
     queries = np.sort(rng.choice(np.arange(1, n + 1), size=int(rng.integers(1, n + 1)), replace=False))
-    assert prefix_tag_agreement(groups, tags, queries) == _agreement_by_pairs_of_tags(groups, tags, queries)
-    # renumbered by the caller once (quantize_report, for every level): the same figure
-    assert prefix_tag_agreement(groups, dense_tag_ids(tags), queries) == prefix_tag_agreement(groups, tags, queries)
+    assert prefix_tag_agreement(groups, dense_tag_ids(tags), queries) == _agreement_by_pairs_of_tags(groups, tags,
+                                                                                                    queries)
 
 
 def test_prefix_tag_agreement_makes_no_tag_by_tag_temporary() -> None:
@@ -150,7 +149,7 @@ def test_prefix_tag_agreement_makes_no_tag_by_tag_temporary() -> None:
     groups, queries = np.zeros(n, np.int64), np.arange(1, 11)
     tracemalloc.start()
     try:
-        prefix_tag_agreement(groups, tags, queries)
+        prefix_tag_agreement(groups, dense_tag_ids(tags), queries)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

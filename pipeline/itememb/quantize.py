@@ -103,14 +103,14 @@ def shares_a_tag(candidates: np.ndarray, query: np.ndarray, n_ids: int) -> np.nd
     return hit
 
 
-def prefix_tag_agreement(groups: np.ndarray, tags: np.ndarray | tuple[np.ndarray, int], queries: np.ndarray
+def prefix_tag_agreement(groups: np.ndarray, dense: tuple[np.ndarray, int], queries: np.ndarray
                          ) -> tuple[float | None, int]:
-    """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); tags (N+1, T) tag ids (0 = none), or
-    dense_tag_ids' (slots, n_ids) of them (a caller with several levels renumbers once); queries: item ids. -> (mean
+    """groups (N,): the code-prefix group of items 1..N (row r = item r + 1); dense: dense_tag_ids(tags) of the
+    (N+1, T) tag ids, 0 = none (a caller with several levels renumbers once); queries: item ids. -> (mean
     over the queries that have a tag and share their group with another item of the share of those other items
     that have one of their tags, or None when no query qualifies; how many qualify). O(group size x T) a query:
     when the codes collapse, each query's group is all N items."""
-    slots, n_ids = tags if isinstance(tags, tuple) else dense_tag_ids(tags)  # (T, N+1)
+    slots, n_ids = dense  # (T, N+1)
     order = np.argsort(groups, kind="stable")
     starts = np.searchsorted(groups[order], np.arange(groups.max() + 1))
     ends = np.append(starts[1:], len(order))
