@@ -482,6 +482,15 @@ def test_an_output_group_puts_its_files_in_place_together_or_not_at_all(tmp_path
         assert json.loads(first.read_text()) == {"run": 1}  # not yet: at the group's end
     assert json.loads(first.read_text()) == {"run": 3} and json.loads(second.read_text()) == {"run": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "train.parquet"]
+    # a nested group is part of the outer one: a failure after it still leaves every file as it was
+    with pytest.raises(DataError, match="after the inner group"), output_group():
+        with output_group():
+            write_json({"run": 4}, first)
+        assert json.loads(first.read_text()) == {"run": 3}
+        write_json({"run": 4}, second)
+        raise DataError("after the inner group")
+    assert json.loads(first.read_text()) == {"run": 3} and json.loads(second.read_text()) == {"run": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "train.parquet"]
 
 
 def test_sigterm_runs_the_clean_up_of_a_stage_then_exits_143(tmp_path: Path) -> None:

@@ -144,7 +144,11 @@ def output_group() -> Iterator[None]:
     kill before then leaves every earlier output as it was, never some new files beside old siblings (new splits
     with an old metrics file). Only a kill or a failed rename within the renames themselves can still split them
     (prepare_outputs checks every location first). A file written in the block reads back as the old one until
-    the end; atomic_dir is not held back; a nested group puts its own files in place at its own end."""
+    the end; atomic_dir is not held back. A nested group is part of the outer one: its files wait for the outer
+    group's end, so an error after the inner block still leaves them all as they were."""
+    if _GROUP.get() is not None:
+        yield
+        return
     pending: list[tuple[Path, Path]] = []
     token = _GROUP.set(pending)
     try:
