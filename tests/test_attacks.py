@@ -319,6 +319,8 @@ def _params_error(text: str | bytes, pattern: str) -> Callable[[Lab], None]:
         lab.params.write_bytes(text if isinstance(text, bytes) else text.encode())
         one_line_error(lab.stage("check_params", "--out", str(lab.root / "out/checked.json")), pattern)
         assert not (lab.root / "out/checked.json").exists()
+        # `mmctr check-params` (make repro's first step, before DVC parses the file) refuses it the same way
+        one_line_error(CliRunner().invoke(mmctr, ["check-params", "--params", str(lab.params)]), pattern)
 
     return attack
 
@@ -365,6 +367,12 @@ PARAMS_ATTACKS = {
 def test_params_attack(lab: Lab, name: str) -> None:
     PARAMS_ATTACKS[name](lab)
     assert not (lab.root / "PWNED").exists() and not Path("PWNED").exists()
+
+
+def test_check_params_command_passes_a_valid_file(lab: Lab) -> None:
+    result = CliRunner().invoke(mmctr, ["check-params", "--params", str(lab.params)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{lab.params}: {len(TINY)} sections checked\n"
 
 
 def test_params_file_that_is_a_folder(lab: Lab) -> None:

@@ -43,11 +43,13 @@ def test_make_repro_installs_then_runs_dvc_in_a_path_a_shell_would_misparse(tmp_
     root = checkout(tmp_path)
     assert make(root, "repro") == [f"python -m pip install --quiet --upgrade pip in {root}",
                                    f"python -m pip install --quiet -e .[cpu,dev] in {root}",
+                                   f"python -m pipeline.cli.main check-params in {root}",
                                    f"python -m dvc repro in {root}"]
     assert (root / ".venv" / ".installed-cpu-dev").exists()
     # installed and pyproject.toml unchanged since: only dvc runs
     (root / ".venv" / "calls.log").unlink()
-    assert make(root, "repro") == [f"python -m dvc repro in {root}"]
+    assert make(root, "repro") == [f"python -m pipeline.cli.main check-params in {root}",
+                                   f"python -m dvc repro in {root}"]
 
 
 def test_make_test_runs_pytest_with_the_environments_python(tmp_path: Path) -> None:
