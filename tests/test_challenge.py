@@ -481,8 +481,8 @@ def test_heavy_row_groups_are_read_from_a_copy_in_smaller_ones(tmp_path: Path, m
     copies = []
     real_copy = challenge._bounded_row_groups
 
-    def spy(path, columns):
-        with real_copy(path, columns) as source:
+    def spy(path, column):
+        with real_copy(path, column) as source:
             copies.append((source, pq.ParquetFile(source).metadata.num_row_groups))
             yield source
 

@@ -189,7 +189,7 @@ def read_split(path: str | Path, n_items: int, *, require_labels: bool = True, m
     if require_labels:
         _require_columns(path, schema, {"label": NUMBER})
     _refuse_long_lists(path, "item_seq", MAX_SEQ_LEN, " (the longest history build_sequences.max_len may keep)")
-    with _bounded_row_groups(path, ("item_seq",)) as source:
+    with _bounded_row_groups(path, "item_seq") as source:
         return _read_split(path, source, schema, n_items, require_labels, max_len)
 
 
@@ -252,7 +252,7 @@ def _read_split(path: Path, source: Path, schema: pl.Schema, n_items: int, requi
     if max_len is not None:  # left-padded, most recent last: the tail is what is kept
         history = history.list.tail(max_len)
     # The row index comes from with_row_index, not int_range(len()): a length over the whole file made polars decode
-    # every history whole before the tail (a 172 KB file of 8,000 near-MAX_SEQ_LEN rows took 6.4 GB, now 0.5 GB).
+    # every history whole before the tail (a 172 KB file of 8,000 near-MAX_SEQ_LEN rows took 6.4 GB, now 0.8 GB).
     rows = pl.scan_parquet(source, glob=False).select(
         pl.col("user_id").cast(pl.Int32), history, pl.col("item_id").cast(pl.Int32),
         pl.col("likes_level").cast(pl.Int8), pl.col("views_level").cast(pl.Int8),
@@ -262,10 +262,10 @@ def _read_split(path: Path, source: Path, schema: pl.Schema, n_items: int, requi
     return ChallengeSplit(rows=rows, labels_hidden=labels_hidden, seq_len=seq_len)
 
 
-def _list_values(group: pq.RowGroupMetaData, columns: tuple[str, ...]) -> int:
-    """The values a row group's footer counts in the list `columns` (a null list counts one)."""
+def _list_values(group: pq.RowGroupMetaData, column: str) -> int:
+    """The values a row group's footer counts in the list `column` (a null list counts one)."""
     return sum(group.column(j).num_values for j in range(group.num_columns)
-               if group.column(j).path_in_schema.split(".")[0] in columns)
+               if group.column(j).path_in_schema.split(".")[0] == column)
 
 
 def _refuse_long_lists(path: Path, column: str, limit: int, why: str = "") -> None:
@@ -277,7 +277,7 @@ def _refuse_long_lists(path: Path, column: str, limit: int, why: str = "") -> No
     first_row = 0
     for g in range(file.num_row_groups):
         group = file.metadata.row_group(g)
-        if _list_values(group, (column,)) > group.num_rows * limit:
+        if _list_values(group, column) > group.num_rows * limit:
             row = first_row
             for batch in file.iter_batches(LONG_LIST_SCAN_ROWS, row_groups=[g], columns=[column]):
                 lengths = pc.fill_null(pc.list_value_length(batch.column(0)), 0).to_numpy()
@@ -290,13 +290,13 @@ def _refuse_long_lists(path: Path, column: str, limit: int, why: str = "") -> No
 
 
 @contextmanager
-def _bounded_row_groups(path: Path, columns: tuple[str, ...]) -> Iterator[Path]:
-    """`path`, or, when a row group's list `columns` (the ones a reader decodes) hold more than
-    ROW_GROUP_LIST_VALUES values by the file's footer, a temporary copy of the file whose row groups each hold at
-    most an eighth of that, written a few rows at a time: read it in the file's place (same rows, same order).
-    Every read decodes whole row groups, several at once, and a small file of zeros can hold billions of values."""
+def _bounded_row_groups(path: Path, column: str) -> Iterator[Path]:
+    """`path`, or, when a row group's list `column` holds more than ROW_GROUP_LIST_VALUES values by the file's
+    footer, a temporary copy of the file whose row groups each hold at most an eighth of that, written a few rows
+    at a time: read it in the file's place (same rows, same order). Every read decodes whole row groups, several
+    at once, and a small file of zeros can hold billions of values."""
     file = pq.ParquetFile(path)
-    values = [_list_values(file.metadata.row_group(g), columns) for g in range(file.num_row_groups)]
+    values = [_list_values(file.metadata.row_group(g), column) for g in range(file.num_row_groups)]
     if max(values, default=0) <= ROW_GROUP_LIST_VALUES:
         yield path
         return
