@@ -9,7 +9,9 @@ context feature; embedding dropout on both; with `item_bias`, one learnt scalar 
 its logit for the target item, and with `user_bias` one per user seen in training (`logit_bias`); with
 `user_interest`, one learnt item_dim-wide vector per user seen in training (`user_vector`, which the model reads);
 with `history_length`, an E-wide vector per half-octave bucket of the history's length, a thermometer code
-(`length_buckets`, `embed_length`);
+(`length_buckets`, `embed_length`); with `history_similarity`, an E-wide vector per bucket of the highest cosine of
+the target's frozen embedding to that of another item in the history, a thermometer code too (`similarity_buckets`,
+`embed_similarity`);
 and FuxiCTR's initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
@@ -217,6 +219,7 @@ def mm_prior(mm: Tensor, dim: int) -> Tensor:
 # History lengths past this share the last bucket of `length_buckets`, 24: (4095 + 1)^2 = 2^24.
 HISTORY_LENGTH_CAP = 4095
 LENGTH_BUCKETS = 25  # rows of the history-length table: buckets 0..24
+SIMILARITY_STEPS = 40  # cosines in [-1, 1] fall in this many equal steps, buckets 1..40; 0 = no other item
 
 
 def length_buckets(n: Tensor) -> Tensor:
@@ -227,6 +230,36 @@ def length_buckets(n: Tensor) -> Tensor:
     less 1 (m = f * 2^e with f in [0.5, 1)), with no float log to round at a bucket's edge."""
     squared = (n.clamp(0, HISTORY_LENGTH_CAP) + 1) ** 2
     return torch.frexp(squared.double()).exponent.long() - 1
+
+
+def similarity_buckets(cosine: Tensor) -> Tensor:
+    """Cosines (...) float in [-1, 1], NaN where there is none -> buckets (...) int64: 1 + the index of the cosine's
+    step of width 2 / SIMILARITY_STEPS over [-1, 1] (1..SIMILARITY_STEPS; 1 = 1 shares the top step), 0 for NaN."""
+    step = ((cosine.double() + 1) * (SIMILARITY_STEPS / 2)).floor().clamp(0, SIMILARITY_STEPS - 1)
+    return torch.where(cosine.isnan(), 0, step.long() + 1)
+
+
+def max_history_cosine(item_mm: Tensor, seq: Tensor, target_id: Tensor) -> Tensor:
+    """item_mm (N+1, M) frozen item embeddings; seq (B, L) int64 history, 0 = padding; target_id (B,) int64 ->
+    (B,) float32: the highest cosine of the target's frozen vector to that of a history item other than the target
+    itself, NaN where there is none (an empty history, only repeats of the target, or a zero vector on either side).
+    Repeats are left out so that the value says how close the nearest *other* item is: an episode of a show the
+    user watched, a product like one bought, which a re-click of the target itself would hide behind its 1.0."""
+    # In float32 whatever the autocast: a bucket is 0.05 wide, coarser than bf16's rounding of a cosine near 1
+    with torch.autocast(seq.device.type, enabled=False):
+        unit = nn.functional.normalize(item_mm[seq].float(), dim=-1)  # (B, L, M), zero rows stay 0
+        target = nn.functional.normalize(item_mm[target_id].float(), dim=-1)  # (B, M)
+        cosine = torch.einsum("blm,bm->bl", unit, target)  # (B, L)
+        usable = (seq != 0) & (seq != target_id.unsqueeze(1)) & unit.any(-1) & target.any(-1, keepdim=True)
+        best = cosine.masked_fill(~usable, float("-inf")).amax(dim=1)  # (B,)
+    return torch.where(torch.isinf(best), float("nan"), best)
+
+
+def thermometer(table: Tensor, buckets: Tensor) -> Tensor:
+    """table (K, E) of step vectors, row 0 zero; buckets (...) int64 in 0..K-1 -> (...) x E: the sum of rows 1..b
+    for bucket b. A bucket training seldom saw then sits by its neighbour below, not at row 0's zero, and the
+    embedding L2 pulls neighbouring buckets together rather than each toward 0."""
+    return nn.functional.embedding(buckets, table.cumsum(dim=0))
 
 
 class CTRBase(nn.Module):
@@ -296,6 +329,8 @@ class CTRBase(nn.Module):
             self.user_emb = nn.Embedding(len(self.user_keys) + 1, self.item_dim, padding_idx=0)
         # row 0 (an empty history) is fixed at 0: the other buckets are learnt relative to it
         self.length_emb = nn.Embedding(LENGTH_BUCKETS, e, padding_idx=0) if cfg.history_length else None
+        # row 0 (no other item to compare) is fixed at 0 too
+        self.similarity_emb = nn.Embedding(SIMILARITY_STEPS + 1, e, padding_idx=0) if cfg.history_similarity else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e
@@ -332,11 +367,11 @@ class CTRBase(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
-        train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector, exposure, history-length
-        and context tables and the projection of the frozen embedding.
+        train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector, exposure, history-length,
+        history-similarity and context tables and the projection of the frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
         tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.user_emb,
-                  self.exposure_emb, self.length_emb, self.context_emb, self.mm_proj]
+                  self.exposure_emb, self.length_emb, self.similarity_emb, self.context_emb, self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -413,13 +448,17 @@ class CTRBase(nn.Module):
 
     def embed_length(self, seq: Tensor) -> Tensor:
         """With `history_length`: item_seq (B, L) int64, 0 = padding -> the vector (B, E) of the bucket of each
-        row's number of real items (`length_buckets`), the sum of the table's rows 1..bucket (0 for an empty
-        history), after embedding dropout."""
-        # A thermometer code: bucket b's vector is the sum of rows 1..b. A bucket training seldom saw (the longer
-        # histories of a time split's later rows) then sits by the bucket below it, not at the empty history's 0,
-        # and the embedding L2 pulls neighbouring buckets together rather than each toward 0.
-        steps = self.length_emb.weight.cumsum(dim=0)  # (25, E)
-        return self.embedding_dropout(nn.functional.embedding(length_buckets((seq != 0).sum(dim=1)), steps))
+        row's number of real items (`length_buckets`), the sum of the table's rows 1..bucket (`thermometer`; 0 for
+        an empty history), after embedding dropout."""
+        buckets = length_buckets((seq != 0).sum(dim=1))
+        return self.embedding_dropout(thermometer(self.length_emb.weight, buckets))
+
+    def embed_similarity(self, seq: Tensor, target_id: Tensor) -> Tensor:
+        """With `history_similarity`: item_seq (B, L) int64, 0 = padding, item_id (B,) int64 -> the vector (B, E)
+        of the bucket (`similarity_buckets`) of each row's `max_history_cosine`, the sum of the table's rows
+        1..bucket (`thermometer`; 0 where no other item has a vector to compare), after embedding dropout."""
+        buckets = similarity_buckets(max_history_cosine(self.item_mm, seq, target_id))
+        return self.embedding_dropout(thermometer(self.similarity_emb.weight, buckets))
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

@@ -31,7 +31,11 @@ items not clicked included; a user training never saw has w_u = 0. `history_leng
 of the number of real history items, in half-octave buckets (model/layers.py `length_buckets`): a mean, a max or
 an attention over the history forgets how long it is, while how many clicks a user has made says how much the
 log's policy has learnt of them and how engaged they are (where the policy improves with what it knows, the same
-user clicks more as their history grows, which a per-user bias averages away).
+user clicks more as their history grows, which a per-user bias averages away). `history_similarity` (also ours)
+adds an embedding of the highest cosine between the target's frozen embedding and another history item's, in 40
+steps (model/layers.py `max_history_cosine`): whether the history holds an item very like the target (an episode
+of the show, a product like one bought) is a sharp fact that attention's softmax and the mean blur, and it says
+most where items come in families the ids must otherwise learn one by one.
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -123,6 +127,8 @@ class TransformerDCN(CTRBase):
             parts += [taste, target * taste]
         if self.length_emb is not None:
             parts.append(self.embed_length(seq))  # (B, E)
+        if self.similarity_emb is not None:
+            parts.append(self.embed_similarity(seq, target_id))  # (B, E)
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

@@ -15,12 +15,15 @@ from model.factory import MODELS, build_model
 from model.layers import (
     HISTORY_LENGTH_CAP,
     LENGTH_BUCKETS,
+    SIMILARITY_STEPS,
     CrossNetV2,
     Dice,
     Dropout,
     Encoder,
     length_buckets,
     masked_mean,
+    max_history_cosine,
+    similarity_buckets,
     target_attention,
 )
 from model.meanpool import MeanPool
@@ -133,7 +136,8 @@ def test_winning_configuration_forward_backward():
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
-                      user_interest=False, history_length=False, ensemble=1)
+                      user_interest=False, history_length=False, history_similarity=False,
+                      ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)
@@ -939,6 +943,98 @@ def test_history_length_gives_the_dcn_the_thermometer_code_of_the_historys_lengt
         dataclasses.replace(cfg, model="din")
 
 
+def plain_max_history_cosine(mm: torch.Tensor, seq: torch.Tensor, target: torch.Tensor) -> list[float | None]:
+    """max_history_cosine's reference: per row, a loop over the history in plain Python floats."""
+    out = []
+    for row, t in zip(seq.tolist(), target.tolist()):
+        tv = mm[t].double().tolist()
+        best = None
+        for h in row:
+            hv = mm[h].double().tolist()
+            nh, nt = sum(x * x for x in hv) ** 0.5, sum(x * x for x in tv) ** 0.5
+            if h == 0 or h == t or nh == 0 or nt == 0:
+                continue
+            c = sum(a * b for a, b in zip(hv, tv)) / (nh * nt)
+            best = c if best is None else max(best, c)
+        out.append(best)
+    return out
+
+
+def test_max_history_cosine_matches_a_plain_reference_leaving_out_padding_repeats_and_zero_vectors():
+    """The highest cosine of the target's frozen vector to another history item's, against a loop in plain
+    Python: padding, repeats of the target and zero vectors are left out, NaN where nothing is left; float32 under
+    a bf16 autocast too."""
+    tags, mm = item_tables()
+    mm[7] = 0.0  # an item with no vector
+    seq = random_histories(40, 12)
+    target = torch.randint(1, N_ITEMS + 1, (40,), generator=torch.Generator().manual_seed(5))
+    seq[:5] = 0  # rows 0-4: an empty history, only the target, only a zero vector and the target, one pair, a zero
+    seq[1, -3:], seq[2, -4:] = target[1], torch.tensor([7, 7, target[2], 0])  # target
+    seq[3, -2:], target[4], seq[4, -1] = torch.tensor([7, 5]), 7, 5
+    want = plain_max_history_cosine(mm, seq, target)
+    assert want[0] is None and want[1] is None and want[2] is None and want[4] is None and want[3] is not None
+    for got in (max_history_cosine(mm, seq, target), max_history_cosine(mm.bfloat16(), seq, target)):
+        assert got.dtype == torch.float32
+        assert [g != g for g in got.tolist()] == [w is None for w in want]  # NaN exactly where the reference has none
+    got = max_history_cosine(mm, seq, target)
+    torch.testing.assert_close(got[got == got].double(), torch.tensor([w for w in want if w is not None],
+                                                                       dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(max_history_cosine(mm, seq, target), got, equal_nan=True)
+
+
+def test_similarity_buckets_are_equal_steps_over_minus_one_to_one_and_zero_for_none():
+    """Bucket 1 + floor((c + 1) * STEPS / 2), the top cosine 1 (and float noise above it) in the last step, NaN in
+    bucket 0; against the same formula in plain Python at every step's middle and at the edges floats hold exactly
+    (multiples of 1/4: an edge opens the step above it)."""
+    middles = [(k + 0.5) / SIMILARITY_STEPS * 2 - 1 for k in range(SIMILARITY_STEPS)]
+    grid = middles + [k / 4 - 1 for k in range(9)] + [-0.999, -0.37, 0.97]
+    want = [min(SIMILARITY_STEPS, 1 + int((c + 1) * SIMILARITY_STEPS / 2)) for c in grid]
+    assert want[:SIMILARITY_STEPS] == list(range(1, SIMILARITY_STEPS + 1)) and want[SIMILARITY_STEPS + 4] == 21
+    assert similarity_buckets(torch.tensor(grid, dtype=torch.float64)).tolist() == want
+    assert similarity_buckets(torch.tensor([float("nan"), 1.0000001, -1.0000001])).tolist() == [0, SIMILARITY_STEPS, 1]
+
+
+def test_history_similarity_gives_the_dcn_the_thermometer_code_of_the_nearest_other_items_cosine(tmp_path):
+    """With history_similarity the DCN input ends in the E-wide vector of each row's cosine bucket b, the sum of
+    the table's rows 1..b, whatever the padding; no other item to compare gives zeros; with history_length too it
+    comes after the length's vector; the table counts as an embedding; the checkpoint scores the same; only
+    transformer_dcn has the part."""
+    cfg = dataclasses.replace(SMALL, history_similarity=True, history_length=True)
+    torch.manual_seed(0)
+    tags, mm = item_tables()
+    model = build_model(cfg, feature_map(), tags, mm).eval()
+    e = cfg.embedding_dim
+    assert any(p is model.similarity_emb.weight for p in model.embedding_parameters())
+    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
+        cfg, history_similarity=False).dcn_input_dim(model.item_dim, model.context_dim) + e
+    b = batch(random_histories(6, 20))
+    b["item_seq"][:2] = 0
+    b["item_seq"][1, -2:] = b["item_id"][1]  # only the target itself
+    b["item_seq"][2, -5:] = 3
+    seen = []
+    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.similarity_emb.weight[1:] = torch.randn(SIMILARITY_STEPS, e)  # far from FuxiCTR's ~0
+        model(b)
+        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))  # more padding, same items
+    hook.remove()
+    rows = model.similarity_emb.weight
+    cosines = plain_max_history_cosine(mm, b["item_seq"], b["item_id"])
+    assert cosines[0] is None and cosines[1] is None and cosines[2] is not None
+    steps = [0 if c is None else min(SIMILARITY_STEPS, 1 + int((c + 1) * SIMILARITY_STEPS / 2)) for c in cosines]
+    want = torch.stack([rows[1:k + 1].sum(0) for k in steps])  # rows 1..bucket, summed
+    torch.testing.assert_close(seen[0][:, -e:], want)
+    torch.testing.assert_close(seen[1][:, -e:], want)
+    assert not seen[0][:2, -e:].any() and seen[0][2, -e:].any()
+    path = tmp_path / "similarity.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded(b), model(b))
+    with pytest.raises(ParamsError, match="train.history_similarity"):
+        dataclasses.replace(cfg, history_length=False, model="din")
+
+
 def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
     """train.user_dropout: in training each row's user vector is 0 (row 0's) with that probability, whole rows at a
     time; in eval, and at 0, every row has its own and no random number is drawn."""
@@ -1027,19 +1123,19 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
     """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias,
-    ensemble_mix, user_interest and history_length (written before they existed) rebuilds the model it holds, with
-    each off, whatever ModelConfig's defaults are."""
+    ensemble_mix, user_interest, history_length and history_similarity (written before they existed) rebuilds the
+    model it holds, with each off, whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
     for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix",
-                "user_interest", "history_length"):
+                "user_interest", "history_length", "history_similarity"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
-    assert not loaded.cfg.user_interest and not loaded.cfg.history_length
+    assert not loaded.cfg.user_interest and not loaded.cfg.history_length and not loaded.cfg.history_similarity
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

@@ -513,6 +513,7 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
                                   "user_bias": False, "user_interest": False, "history_length": False,
+                                  "history_similarity": False,
                                   "item_repr": "id", "id_init": "random", "ensemble": 1, "ensemble_mix": "none"}
 
 
@@ -554,6 +555,12 @@ class ModelConfig:
     # thermometer code, so a bucket training seldom saw sits by the one below (README "History length"); on by
     # default since 2026-12-06
     history_length: bool = True
+    # transformer_dcn: add an embedding (embedding_dim wide) of the highest cosine between the target's frozen
+    # embedding and that of any other item in the history, in 40 steps over [-1, 1] (model/layers.py
+    # `max_history_cosine`, `similarity_buckets`), to the DCN input: whether the history holds an item that looks
+    # like the target (the next episode of a show being watched), which a softmax or a mean blurs; a thermometer
+    # code like history_length's (README "History similarity"); on by default since 2026-12-07
+    history_similarity: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -603,11 +610,12 @@ class ModelConfig:
     def dcn_input_dim(self, item_dim: int, context_dim: int) -> int:
         """transformer_dcn: width D of the DCN input x0 (model/transformer_dcn.py) for items `item_dim` wide and
         context embeddings `context_dim` wide side by side: context || target || sequence output ((first_k + max
-        pool) tokens of 2I) || the interest parts that are on || the history-length vector (E), when on."""
+        pool) tokens of 2I) || the interest parts that are on || the history-length and history-similarity vectors
+        (E each), when on."""
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
                 + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest)
-                + self.embedding_dim * int(self.history_length))
+                + self.embedding_dim * (int(self.history_length) + int(self.history_similarity)))
 
     def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
         """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
@@ -710,7 +718,7 @@ class ModelConfig:
         require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
                 "maps the recent items of recent_interest, which is 0")
         for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest",
-                     "user_interest", "history_length"):
+                     "user_interest", "history_length", "history_similarity"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):

@@ -163,7 +163,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 # checkpoint holds (ModelConfig's default, taken for a missing key, may differ).
 SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1,
                                "target_interest": False, "recent_map": False, "user_bias": False,
-                               "ensemble_mix": "none", "user_interest": False, "history_length": False}
+                               "ensemble_mix": "none", "user_interest": False, "history_length": False,
+                               "history_similarity": False}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
