@@ -234,7 +234,8 @@ def length_buckets(n: Tensor) -> Tensor:
 
 def similarity_buckets(cosine: Tensor) -> Tensor:
     """Cosines (...) float in [-1, 1], NaN where there is none -> buckets (...) int64: 1 + the index of the cosine's
-    step of width 2 / SIMILARITY_STEPS over [-1, 1] (1..SIMILARITY_STEPS; 1 = 1 shares the top step), 0 for NaN."""
+    step of width 2 / SIMILARITY_STEPS over [-1, 1] (1..SIMILARITY_STEPS; a cosine of 1 shares the top step), 0 for
+    NaN."""
     step = ((cosine.double() + 1) * (SIMILARITY_STEPS / 2)).floor().clamp(0, SIMILARITY_STEPS - 1)
     return torch.where(cosine.isnan(), 0, step.long() + 1)
 
