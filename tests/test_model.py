@@ -968,8 +968,10 @@ def test_max_history_cosine_matches_a_plain_reference_leaving_out_padding_repeat
     mm[7] = 0.0  # an item with no vector
     seq = random_histories(40, 12)
     target = torch.randint(1, N_ITEMS + 1, (40,), generator=torch.Generator().manual_seed(5))
-    seq[:5] = 0  # rows 0-4: an empty history, only the target, only a zero vector and the target, one pair, a zero
-    seq[1, -3:], seq[2, -4:] = target[1], torch.tensor([7, 7, target[2], 0])  # target
+    # rows 0-4: an empty history; only the target; only zero vectors and the target; a zero vector and item 5;
+    # a target with a zero vector (7) after item 5
+    seq[:5] = 0
+    seq[1, -3:], seq[2, -4:] = target[1], torch.tensor([7, 7, target[2], 0])
     seq[3, -2:], target[4], seq[4, -1] = torch.tensor([7, 5]), 7, 5
     want = plain_max_history_cosine(mm, seq, target)
     assert want[0] is None and want[1] is None and want[2] is None and want[4] is None and want[3] is not None
