@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.config import MAX_SEQ_LEN
+from pipeline.core.config import MAX_ITEM_TAGS, MAX_SEQ_LEN
 from pipeline.core.io import DataError, reads_parquet
 from pipeline.core.metrics import NEEDS_BOTH_CLASSES
 from pipeline.itememb.inputs import pca_inputs
@@ -512,6 +512,20 @@ def test_item_vectors_longer_than_their_width_are_refused_from_the_footer(tmp_pa
     path = write_frame(feature.with_columns(img_emb_CLIPRN50=pl.Series(rows)), tmp_path / "item_feature.parquet")
     assert _error(read_item_feature, path) == f"{path}: row 2: img_emb_CLIPRN50 has length 2000, longer than 1024"
     assert read_item_feature(path, embeddings=False).titles.height == CHALLENGE_ITEMS
+
+
+def test_tag_lists_wider_than_max_tags_are_refused_from_the_footer(tmp_path: Path) -> None:
+    # item_tags has no fixed width; lists of one width past the bound compress to little and would be embedded whole
+    info = challenge_item_info()
+    wide = MAX_ITEM_TAGS + 1
+    tags = [[0] * wide] + [[0] * (wide - 1) + [3]] * (info.height - 1)
+    path = write_frame(info.with_columns(item_tags=pl.Series(tags)), tmp_path / "item_info.parquet")
+    assert _error(read_item_info, path) == (f"{path}: row 0: item_tags has length {wide}, longer than {MAX_ITEM_TAGS} "
+                                            "(the most tags an item may carry, as build_sequences.max_tags)")
+    # at the bound they are read
+    tags = [[0] * MAX_ITEM_TAGS] + [[0] * (MAX_ITEM_TAGS - 1) + [3]] * (info.height - 1)
+    path = write_frame(info.with_columns(item_tags=pl.Series(tags)), tmp_path / "item_info.parquet")
+    assert read_item_info(path).tags["item_tags"].list.len().unique().to_list() == [MAX_ITEM_TAGS]
 
 
 def test_embeddings_too_large_for_float32_distances_are_refused(tmp_path: Path) -> None:

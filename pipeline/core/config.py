@@ -40,6 +40,7 @@ MAX_LEVELS = 64  # semantic id levels: deeper codes would be one item each long 
 MAX_CODEBOOK = 1 << 15  # centroids per level: codes are stored as int16
 INT32_MAX = (1 << 31) - 1  # the largest id, count or size a C int holds (polars Int32 columns, faiss)
 MAX_SEQ_LEN = 100_000  # the longest history build_sequences.max_len may keep
+MAX_ITEM_TAGS = 1024  # the most tags an item may carry (build_sequences.max_tags; item_info.item_tags' width)
 MAX_SEED = INT32_MAX  # every `seed` key: numpy, scikit-learn and faiss all take a 31-bit non-negative seed
 MAX_THREADS = 1024  # num_threads: more is a typo (torch refuses counts past 32 bits with a traceback)
 MAX_CALIBRATION_BINS = 1000  # evaluate's calibration curve: one pass over the rows per bin
@@ -499,7 +500,7 @@ class BuildSequencesConfig:
             allowed = typing.get_args(_hints(BuildSequencesConfig)[name])
             require(getattr(self, name) in allowed, f"{s}.{name}",
                     f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
-        require(1 <= self.max_tags <= 1024, f"{s}.max_tags", "must be in [1, 1024]")
+        require(1 <= self.max_tags <= MAX_ITEM_TAGS, f"{s}.max_tags", f"must be in [1, {MAX_ITEM_TAGS}]")
         require(2 <= self.n_levels <= 101, f"{s}.n_levels", "must be in [2, 101]")
 
 
