@@ -334,14 +334,16 @@ class ItemInfo:
 
 @reads_parquet
 def read_item_info(path: str | Path) -> ItemInfo:
-    """Read and validate item_info.parquet: item_id = row index from 0, item_tags of one length (at most MAX_ITEM_TAGS, judged from the footer) with ids >= 0,
-    item_emb_d128 of 128 finite values, row 0 all zero; each problem names the first bad row."""
+    """Read and validate item_info.parquet: item_id = row index from 0, item_tags of one length (at most
+    MAX_ITEM_TAGS, judged from the footer) with ids >= 0, item_emb_d128 of 128 finite values, row 0 all zero; each
+    problem names the first bad row."""
     path = Path(path)
     schema = _schema(path)
     _require_columns(path, schema, {"item_id": INTEGER, "item_tags": INT_LIST, "item_emb_d128": NUMBER_LIST})
     _refuse_long_lists(path, "item_emb_d128", CHALLENGE_EMB_DIM)
     # the tag lists have no fixed width, but every item's is embedded at every step: bound them as max_tags is
-    _refuse_long_lists(path, "item_tags", MAX_ITEM_TAGS, " (the most tags an item may carry, as build_sequences.max_tags)")
+    _refuse_long_lists(path, "item_tags", MAX_ITEM_TAGS,
+                       " (the most tags an item may carry, as build_sequences.max_tags)")
     df = pl.read_parquet(path, glob=False, columns=["item_id", "item_tags", "item_emb_d128"])
     if df.height < 2:
         raise DataError(f"{path}: {df.height} rows; expected the padding row 0 and at least one item")
