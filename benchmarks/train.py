@@ -16,6 +16,10 @@ printed for the stage path. `--set key=value` overrides train params (as `dvc ex
 `--pad-to L` left-pads every history with zeros to L positions in both paths, as the challenge data stores them
 (MicroLens-1M: 100 positions, median 6 real), to show what trimming saves.
 
+`--members N` then times N ensemble members (params.yaml's members 0..N-1) on the CPU for `--steps` steps each, as
+fit_ensemble trains them: one after another at torch's threads, and side by side in N spawned processes with
+threads // N each (train.parallel_members), and prints samples/s of both and the ratio.
+
 `--profile N` then says where a stage step's time goes, over N more steps of the stage path: the share of each
 phase (batch assembly, forward, loss, backward, gradient clipping, optimiser step), the forward time of each of
 the model's modules (forward hooks on its submodules, two levels deep; a module's time includes its children's),
@@ -112,6 +116,46 @@ def naive_batches(dataset: RowDataset, cfg: TrainConfig, device: torch.device, w
             yield {k: v.to(device) for k, v in batch.items()}, label
 
 
+def side_by_side_worker(send, barrier, model: nn.Module, train: SplitTensors, cfg: TrainConfig, seed: int,
+                        steps: int, warmup: int, threads: int) -> None:
+    """One member's process of --members: warm up, wait for the others, time `steps` steps, send the seconds."""
+    torch.set_num_threads(threads)
+    batches = stage_batches(train, cfg, torch.device("cpu"), seed)
+    train_steps(model, batches, warmup, torch.device("cpu"), cfg)
+    barrier.wait()
+    send.send(train_steps(model, batches, steps, torch.device("cpu"), cfg))
+
+
+def members_side_by_side(initials: list[nn.Module], train: SplitTensors, cfg: TrainConfig, steps: int,
+                         warmup: int) -> None:
+    """Print samples/s of the members trained one after another at torch's threads, then side by side."""
+    n, threads, cpu = len(initials), torch.get_num_threads(), torch.device("cpu")
+    alone = 0.0
+    for k, initial in enumerate(initials):
+        model, batches = copy.deepcopy(initial), stage_batches(train, cfg, cpu, cfg.seed + k)
+        train_steps(model, batches, warmup, cpu, cfg)
+        alone += train_steps(model, batches, steps, cpu, cfg)
+    ctx = torch.multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n + 1)
+    pipes = [ctx.Pipe(duplex=False) for _ in initials]
+    procs = [ctx.Process(target=side_by_side_worker, args=(send, barrier, initial, train, cfg, cfg.seed + k, steps,
+                                                           warmup, max(1, threads // n)))
+             for k, (initial, (_, send)) in enumerate(zip(initials, pipes))]
+    for proc in procs:
+        proc.start()
+    barrier.wait()
+    start = time.perf_counter()
+    member_seconds = [receive.recv() for receive, _ in pipes]
+    side = time.perf_counter() - start
+    for proc in procs:
+        proc.join()
+    rows = n * steps * cfg.batch_size
+    print(f"members {n}, one after another at {threads} threads: {rows / alone:7.0f} samples/s ({alone:6.2f} s)")
+    print(f"members {n}, side by side at {max(1, threads // n)} thread(s) each: {rows / side:7.0f} samples/s "
+          f"({side:6.2f} s; each {', '.join(f'{s:.2f}' for s in member_seconds)} s)")
+    print(f"ratio side by side / one after another: {alone / side:.2f}x")
+
+
 def module_forward_times(model: nn.Module, depth: int = 2) -> tuple[dict[str, float], list]:
     """{module name: seconds of its forwards}, filled while the returned hook handles are registered, for the
     submodules of `model` down to `depth` levels (names as in named_modules; CPU: the clock is the op time)."""
@@ -183,7 +227,9 @@ def profile_steps(model: nn.Module, batches, steps: int, cfg: TrainConfig) -> No
 @click.option("--pad-to", default=0, show_default=True, help="left-pad histories to this many positions")
 @click.option("--profile", "profile", default=0, show_default=True,
               help="then profile this many stage steps: phases, module forwards, top operators")
-def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pad_to, profile):
+@click.option("--members", default=0, show_default=True,
+              help="then time this many ensemble members one after another and side by side (CPU)")
+def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pad_to, profile, members):
     cfg = load_section(params_path, "train", TrainConfig)
     if overrides:
         values = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}
@@ -226,6 +272,9 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
         n_steps = -(-len(train) // cfg.batch_size)
         seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg)
         print(f"stage epoch: {seconds:.1f} s ({len(train) / seconds:.0f} samples/s)")
+    if members:
+        initials = [build_model(cfg.arch.member(k), fmap, tags, mm, None, exposure, users) for k in range(members)]
+        members_side_by_side(initials, train, cfg, steps, warmup)
     if profile:
         profile_steps(copy.deepcopy(initial), stage_batches(train, cfg, device, cfg.seed + 1), profile, cfg)
 

@@ -19,6 +19,7 @@ Data-parallel: torchrun --standalone --nproc_per_node N -m stages.train ... (pip
 
 import logging
 from contextlib import ExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 
 import click
@@ -79,8 +80,10 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
         # checkpoint: a killed or failed run leaves the old model and its old curves, never a new half of either.
         live_tmp = stack.enter_context(atomic_dir(live_dir)) if dist.is_main else None
         with Live(live_tmp, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
-            model, histories = fit_ensemble(lambda arch: build_model(arch, fmap, tags, mm, codes, exposure, users),
-                                            train, valid, cfg, device, live, dist, Path(model_path))
+            # a partial, not a lambda: members trained in other processes get the builder pickled
+            build = partial(build_model, feature_map=fmap, item_tags=tags, item_mm=mm, item_codes=codes,
+                            item_exposure=exposure, user_keys=users)
+            model, histories = fit_ensemble(build, train, valid, cfg, device, live, dist, Path(model_path))
             best = max(histories[0], key=lambda r: r["valid_auc"])
             scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]} if len(histories) == 1 else \
                 evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)  # every rank scores

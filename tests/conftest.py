@@ -130,7 +130,7 @@ def train_cfg(**kw) -> TrainConfig:
                 epochs=12, max_steps=0, patience=3, seed=1, device="cpu", ema_decay=0.0, exposure_levels=0,
                 embedding_regularizer=0.0, user_bias=False, user_interest=False, history_length=False,
                 history_similarity=False, ensemble=1,
-                ensemble_mix="none")
+                ensemble_mix="none", parallel_members=False)
     return from_dict(TrainConfig, base | kw, "train")
 
 

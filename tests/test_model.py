@@ -20,6 +20,9 @@ from model.layers import (
     Dice,
     Dropout,
     Encoder,
+    inverse_norms,
+    keep_mask,
+    keep_mask_reference,
     length_buckets,
     masked_mean,
     max_history_cosine,
@@ -28,9 +31,20 @@ from model.layers import (
 )
 from model.meanpool import MeanPool
 from model.transformer_dcn import TransformerDCN
-from pipeline.core.config import PLAIN_SWITCHES, ModelConfig, ParamsError, TrainConfig, from_dict
+from pipeline.core.config import (
+    PLAIN_SWITCHES,
+    ModelConfig,
+    ParamsError,
+    TrainConfig,
+    from_dict,
+)
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.data import SplitTensors, exposure_levels, split_tables, user_keys
+from pipeline.training.data import (
+    SplitTensors,
+    exposure_levels,
+    split_tables,
+    user_keys,
+)
 from pipeline.training.loop import regularization_loss
 from tests.conftest import (
     MM,
@@ -578,6 +592,30 @@ def test_target_interest_appends_the_attended_history_and_its_product_with_the_t
         dataclasses.replace(SMALL, model="meanpool", target_interest=True)
 
 
+@pytest.mark.parametrize("shape, p", [((7,), 0.1), ((3, 5, 9), 0.3), ((4, 4), 0.5), ((2, 1), 0.9)])
+def test_keep_mask_equals_the_plain_reference(shape: tuple[int, ...], p: float):
+    """keep_mask (int16 lanes of one int64 draw, compared in place) keeps exactly the entries the plain per-lane
+    reference keeps from the same draw: lane order, the tail of a last partial word and the threshold agree."""
+    torch.manual_seed(11)
+    mask = keep_mask(shape, p, "cpu")
+    torch.manual_seed(11)
+    assert mask.dtype == torch.bool and mask.shape == shape
+    assert torch.equal(mask, keep_mask_reference(shape, p))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_keeps_each_lane_with_probability_one_minus_p(p: float):
+    """Each of an int64's four 16-bit lanes is kept with probability 1 - p (the top lane too: random_ without its
+    full range keeps the sign bit 0, which would keep that lane almost always at p = 0.5), and the entries are
+    not correlated with their neighbours."""
+    torch.manual_seed(3)
+    mask = keep_mask((200_000, 4), p, "cpu").float()  # column k = lane k of each word
+    # 4 standard errors of a mean of 200,000 Bernoulli(1 - p) draws is at most 0.0045
+    torch.testing.assert_close(mask.mean(0), torch.full((4,), 1 - p), rtol=0, atol=0.0045)
+    both = (mask[:, :-1] * mask[:, 1:]).mean()
+    assert abs(both.item() - (1 - p) ** 2) < 0.003
+
+
 def test_dropout_is_nn_dropouts_function():
     """model.layers.Dropout: in training ~p of the entries zeroed, survivors (and their gradients) scaled by
     1 / (1 - p); in eval or at p = 0 the input itself, with no random draw."""
@@ -975,14 +1013,33 @@ def test_max_history_cosine_matches_a_plain_reference_leaving_out_padding_repeat
     seq[3, -2:], target[4], seq[4, -1] = torch.tensor([7, 5]), 7, 5
     want = plain_max_history_cosine(mm, seq, target)
     assert want[0] is None and want[1] is None and want[2] is None and want[4] is None and want[3] is not None
-    for got in (max_history_cosine(mm, seq, target), max_history_cosine(mm.bfloat16(), seq, target)):
+    cosines = (max_history_cosine(m, inverse_norms(m), seq, target) for m in (mm, mm.bfloat16()))
+    for got in cosines:
         assert got.dtype == torch.float32
         assert [g != g for g in got.tolist()] == [w is None for w in want]  # NaN exactly where the reference has none
-    got = max_history_cosine(mm, seq, target)
+    got = max_history_cosine(mm, inverse_norms(mm), seq, target)
     torch.testing.assert_close(got[got == got].double(), torch.tensor([w for w in want if w is not None],
                                                                        dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(max_history_cosine(mm, seq, target), got, equal_nan=True)
+        torch.testing.assert_close(max_history_cosine(mm, inverse_norms(mm), seq, target), got, equal_nan=True)
+
+
+def test_inverse_norms_follow_the_item_table_a_state_dict_loads_and_are_not_saved():
+    """item_inv_norm is derived from item_mm: 1 / each row's norm, 0 for a zero row; left out of the state dict
+    (checkpoints keep their keys), and recomputed when load_state_dict brings another item_mm, in every member
+    of an ensemble too."""
+    tags, mm = item_tables()
+    mm[7] = 0.0
+    norms = mm.double().norm(dim=1)
+    want = torch.tensor([0.0 if n == 0 else 1 / n for n in norms.tolist()], dtype=torch.float32)
+    torch.testing.assert_close(inverse_norms(mm), want)
+    cfg = dataclasses.replace(SMALL, history_similarity=True, ensemble=2)
+    saved = build_model(cfg, feature_map(), tags, mm)
+    other = build_model(cfg, feature_map(), tags, mm * 3 + 1)
+    assert not any(k.endswith("item_inv_norm") for k in saved.state_dict())
+    other.load_state_dict(saved.state_dict())
+    norms = [m.item_inv_norm for m in other.modules() if hasattr(m, "item_inv_norm")]
+    assert len(norms) == 2 and all(torch.equal(n, inverse_norms(mm)) for n in norms)
 
 
 def test_similarity_buckets_are_equal_steps_over_minus_one_to_one_and_zero_for_none():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from model.ensemble import SeedEnsemble
 from model.transformer_dcn import TransformerDCN
 from pipeline.core.config import ModelConfig, ParamsError
+from pipeline.core.distributed import SINGLE, Dist
 from pipeline.core.io import DataError
 from pipeline.training import loop
 from pipeline.training.checkpoint import (
@@ -32,6 +34,7 @@ from pipeline.training.loop import (
     fit_ensemble,
     lr_at,
     make_optimizer,
+    member_processes,
     optimizer_step,
 )
 from pipeline.training.predict import evaluate_split, predict_logits
@@ -459,6 +462,81 @@ def test_a_seed_ensemble_is_its_members_trained_apart_with_seed_plus_k():
     split = toy_split(60, seed=5)
     members = [predict_logits(m, split, 16, CPU) for m in (single, shifted)]
     np.testing.assert_allclose(predict_logits(ensemble, split, 16, CPU), (members[0] + members[1]) / 2, rtol=1e-6)
+
+
+def test_members_trained_side_by_side_equal_those_trained_one_after_another(tmp_path):
+    """parallel_members on 2 threads: three members in two processes (this one trains 0 and 2, a spawned one 1,
+    1 thread each) are, weight for weight and record for record, the members trained one after another at 1
+    thread; each member keeps its own resume state."""
+    train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
+    cfg = train_cfg(epochs=2, ensemble=3, ensemble_mix="recent_map", recent_interest=2, parallel_members=True,
+                    transformer_dropout=0.1, net_dropout=0.1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert member_processes(cfg, CPU, SINGLE) == 2
+        side, side_histories = fit_ensemble(build_small, train, valid, cfg, CPU, model_path=tmp_path / "m.pt")
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert member_processes(cfg, CPU, SINGLE) == 1
+        one_by_one = dataclasses.replace(cfg, parallel_members=False)
+        alone, alone_histories = fit_ensemble(build_small, train, valid, one_by_one, CPU)
+    finally:
+        torch.set_num_threads(threads)
+    assert side_histories == alone_histories and len({str(h) for h in side_histories}) == 3
+    assert [m.cfg.recent_map for m in side.members] == [False, True, False]
+    for a, b in zip(side.members, alone.members):
+        for k, v in b.state_dict().items():
+            torch.testing.assert_close(a.state_dict()[k], v, rtol=0, atol=0)
+    assert all(resume_path(tmp_path / "m.pt", k).exists() for k in range(3))
+
+
+def test_member_processes_only_side_by_side_on_one_cpu_process_with_splits_in_memory():
+    """One process per member up to torch's threads, and 1 (one after another) for a single model, with
+    parallel_members off, on a GPU, under torchrun, or with streamed splits."""
+    cfg = train_cfg(ensemble=3, parallel_members=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(16)
+        assert member_processes(cfg, CPU, SINGLE) == 3
+        assert member_processes(train_cfg(ensemble=1, parallel_members=True), CPU, SINGLE) == 1
+        for key, value in (("parallel_members", False), ("data_loading", "stream")):
+            assert member_processes(dataclasses.replace(cfg, **{key: value}), CPU, SINGLE) == 1
+        assert member_processes(cfg, torch.device("cuda"), SINGLE) == 1
+        assert member_processes(cfg, CPU, Dist(rank=0, world=2)) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_failing_in_member_one(arch: ModelConfig) -> TransformerDCN:
+    """A builder whose member 1 (recent_map under ensemble_mix) fails with a ValueError."""
+    if arch.recent_map:
+        raise ValueError("member 1 cannot be built")
+    return build_small(arch)
+
+
+def build_dying_in_member_one(arch: ModelConfig) -> TransformerDCN:
+    """A builder whose member 1 ends its process at once with exit code 9, as if killed."""
+    if arch.recent_map:
+        os._exit(9)
+    return build_small(arch)
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (build_failing_in_member_one, ValueError, "member 1 cannot be built"),
+    (build_dying_in_member_one, DataError, r"ensemble member\(s\) 1 ended without a result \(exit code 9"),
+])
+def test_a_member_failing_in_its_own_process_fails_the_run_here(build, error, message):
+    """The error of a member trained in a spawned process is raised in this one (its own type and message); a
+    process that dies without a result is a one-line DataError with its exit code."""
+    cfg = train_cfg(epochs=1, ensemble=2, ensemble_mix="recent_map", recent_interest=2, parallel_members=True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(error, match=message):
+            fit_ensemble(build, toy_split(200, seed=1), toy_split(100, seed=2), cfg, CPU)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_seed_ensemble_checkpoint_round_trips(tmp_path):

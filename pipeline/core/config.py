@@ -779,6 +779,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     num_threads: int = 0
+    # On the CPU (one process, splits in memory), train an ensemble's members side by side, in as many processes
+    # as there are members or torch threads (the fewer), the threads shared out among them (pipeline/training)
+    parallel_members: bool = True
     resume: bool = False  # continue from the last finished epoch's state of an interrupted run (same params, data)
 
     def __post_init__(self) -> None:

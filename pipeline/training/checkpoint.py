@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # The train params that do not change what training computes: a resume state written under other values of these
 # is still valid (`epochs` only while the run's length shapes nothing before its end: resume_fingerprint).
-RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "eval_batch_size", "data_loading")
+RESUME_NEUTRAL = ("resume", "epochs", "device", "num_threads", "parallel_members", "eval_batch_size",
+                  "data_loading")
 
 
 def resume_path(model_path: str | Path, member: int = 0) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import math
 import time
@@ -263,7 +264,8 @@ def check_run_length(train_rows: int, cfg: TrainConfig) -> None:
 
 
 def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConfig, device: torch.device,
-        live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None) -> list[dict[str, float]]:
+        live: Any = None, dist: Dist = SINGLE, resume_file: Path | None = None,
+        progress: bool = True) -> list[dict[str, float]]:
     """Adam (or AdamW) on BCEWithLogits, plus the optional L2 regularisers (batch_loss), with early stopping on valid
     AUC; returns one record per validation and leaves the model holding the best validation's weights.
 
@@ -286,7 +288,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
 
     With `resume_file`, the state at the end of each pass (and at an early stop) is written there (atomically), and
     when cfg.resume is set a state found there for the same params and data is restored and training continues
-    with the next pass.
+    with the next pass. `progress` False hides the pass's progress bar (an ensemble member trained beside another).
     """
     model.to(device)
     model.embedding_dropout.p = cfg.embedding_dropout
@@ -322,7 +324,7 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
         batches = pass_batches(lengths, cfg.batch_size, cfg.bucket_batches, gen, cfg.shuffle_block_rows,
                                cfg.shuffle_buffer_blocks)
         pass_loss = 0.0  # this rank's summed BCE since the pass began or the last validation
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, disable=not dist.is_main)
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", mininterval=5, disable=not (dist.is_main and progress))
         for b, rows in enumerate(bar):
             for group in opt.param_groups:
                 group["lr"] = lr_at(state.step, state.lr, cfg.lr_schedule, cfg.min_lr, total_steps, cfg.warmup_steps)
@@ -391,24 +393,131 @@ def fit(model: CTRBase, train: SplitTensors, valid: SplitTensors, cfg: TrainConf
 def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, valid: SplitTensors,
                  cfg: TrainConfig, device: torch.device, live: Any = None, dist: Dist = SINGLE,
                  model_path: Path | None = None) -> tuple[nn.Module, list[list[dict[str, float]]]]:
-    """Train `cfg.arch.ensemble` models one after another and return (the model, each member's `fit` records).
+    """Train `cfg.arch.ensemble` models and return (the model, each member's `fit` records).
 
     Member k is `build(cfg.arch.member(k))` (ensemble 1; recent_map on odd k under ensemble_mix) made right after
     torch.manual_seed(seed_k) and trained by `fit` with seed_k = cfg.seed + k, on its own: its own pass order,
     dropout draws, early stop and best weights, and its own resume state (resume_path(model_path, k); none without
     model_path). Member 0 is therefore exactly the model that ensemble 1 trains, and ensemble 1 returns that model
     itself; otherwise a SeedEnsemble of the members (model/ensemble.py). Only member 0 logs to `live`: a dvclive
-    curve cannot start over."""
-    members, histories = [], []
-    for k in range(cfg.arch.ensemble):
-        member_cfg = cfg if k == 0 else replace(cfg, seed=cfg.seed + k)
-        arch = cfg.arch.member(k)
-        if cfg.arch.ensemble > 1 and dist.is_main:
-            log.info("ensemble: member %d of %d, seed %d%s", k + 1, cfg.arch.ensemble, member_cfg.seed,
-                     ", with recent_map" if arch.recent_map else "")
-        torch.manual_seed(member_cfg.seed)
-        member = build(arch)
-        histories.append(fit(member, train, valid, member_cfg, device, live if k == 0 else None, dist,
-                             None if model_path is None else resume_path(model_path, k)))
-        members.append(member)
-    return (members[0] if len(members) == 1 else SeedEnsemble(cfg.arch, members)), histories
+    curve cannot start over. The members train one after another, or side by side (`member_processes`,
+    `fit_members_side_by_side`): the same members either way at the same threads per member."""
+    processes = member_processes(cfg, device, dist)
+    if processes > 1:
+        trained = fit_members_side_by_side(build, train, valid, cfg, live, model_path, processes)
+    else:
+        trained = [fit_member(build, k, train, valid, cfg, device, live if k == 0 else None, dist, model_path)
+                   for k in range(cfg.arch.ensemble)]
+    members = [member for member, _ in trained]
+    return (members[0] if len(members) == 1 else SeedEnsemble(cfg.arch, members)), [h for _, h in trained]
+
+
+def fit_member(build: Callable[[ModelConfig], CTRBase], k: int, train: SplitTensors, valid: SplitTensors,
+               cfg: TrainConfig, device: torch.device, live: Any, dist: Dist, model_path: Path | None,
+               progress: bool = True) -> tuple[CTRBase, list[dict[str, float]]]:
+    """Ensemble member k as fit_ensemble describes it, trained: (the member, its `fit` records)."""
+    member_cfg = cfg if k == 0 else replace(cfg, seed=cfg.seed + k)
+    arch = cfg.arch.member(k)
+    if cfg.arch.ensemble > 1 and dist.is_main:
+        log.info("ensemble: member %d of %d, seed %d%s", k + 1, cfg.arch.ensemble, member_cfg.seed,
+                 ", with recent_map" if arch.recent_map else "")
+    torch.manual_seed(member_cfg.seed)
+    member = build(arch)
+    history = fit(member, train, valid, member_cfg, device, live, dist,
+                  None if model_path is None else resume_path(model_path, k), progress)
+    return member, history
+
+
+def member_processes(cfg: TrainConfig, device: torch.device, dist: Dist) -> int:
+    """How many processes train an ensemble's members at once: with train.parallel_members, on the CPU, in one
+    process (not under torchrun) with the splits in memory, min(ensemble, torch's intra-op threads); else 1.
+
+    Why: a member's CPU step is many small ops, which two threads share badly; on 2 cores two members at 1 thread
+    each made ~1.4x the steps of one member at 2 threads (`python benchmarks/train.py --members`)."""
+    if (not cfg.parallel_members or cfg.arch.ensemble < 2 or device.type != "cpu" or dist.enabled
+            or cfg.data_loading != "memory"):
+        return 1
+    return min(cfg.arch.ensemble, torch.get_num_threads())
+
+
+def fit_members_side_by_side(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, valid: SplitTensors,
+                             cfg: TrainConfig, live: Any, model_path: Path | None,
+                             processes: int) -> list[tuple[CTRBase, list[dict[str, float]]]]:
+    """fit_member for every member on the CPU, in `processes` processes at once: this one trains members 0,
+    processes, 2 * processes, ... (member 0 logs to `live` and shows the progress bar), spawned process j members
+    j, j + processes, ...; each gets threads // processes of torch's threads (this one the rest). The spawned ones
+    get `build` and the splits pickled (the split tensors through shared memory, not copied) and send back each
+    member's state dict and records; their log lines are theirs. A member that fails in another process raises its
+    error here; one whose process dies (killed, out of memory) raises a DataError with the exit code; an error here
+    stops the others. Returns (member, records) in member order."""
+    threads = torch.get_num_threads()
+    share = threads // processes
+    slots = [list(range(j, cfg.arch.ensemble, processes)) for j in range(processes)]
+    log.info("ensemble: %d members in %d processes side by side, %d torch thread(s) each", cfg.arch.ensemble,
+             processes, share)
+    ctx = torch.multiprocessing.get_context("spawn")
+    workers = []
+    try:
+        for slot in slots[1:]:
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=fit_members_worker, name=f"train-members-{slot[0]}",
+                               args=(send, build, slot, train, valid, cfg, share, model_path), daemon=True)
+            proc.start()
+            send.close()  # the child's end: this process keeps only its reading end, so a dead child reads as EOF
+            workers.append((slot, proc, receive))
+        torch.set_num_threads(threads - share * (processes - 1))
+        try:
+            trained = {k: fit_member(build, k, train, valid, cfg, torch.device("cpu"), live if k == 0 else None,
+                                     SINGLE, model_path) for k in slots[0]}
+        finally:
+            torch.set_num_threads(threads)
+        for slot, proc, receive in workers:
+            for k, (state, history) in zip(slot, receive_members(receive, proc, slot)):
+                member = build(cfg.arch.member(k))
+                member.load_state_dict(state)
+                trained[k] = (member, history)
+    finally:
+        for _, proc, receive in workers:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+            receive.close()
+    return [trained[k] for k in range(cfg.arch.ensemble)]
+
+
+def fit_members_worker(send: Any, build: Callable[[ModelConfig], CTRBase], slot: list[int], train: SplitTensors,
+                       valid: SplitTensors, cfg: TrainConfig, threads: int, model_path: Path | None) -> None:
+    """The body of a process of fit_members_side_by_side: members `slot` one after another at `threads` torch
+    threads, then ("ok", torch.save bytes of [(state dict, records)]) down `send`, or ("error", the exception)."""
+    from pipeline.core.stage import configure_logging, stop_with_parent
+
+    configure_logging("train")
+    stop_with_parent()
+    torch.set_num_threads(threads)
+    try:
+        out = []
+        for k in slot:
+            member, history = fit_member(build, k, train, valid, cfg, torch.device("cpu"), None, SINGLE, model_path,
+                                         progress=False)
+            out.append((member.state_dict(), history))
+        buffer = io.BytesIO()
+        torch.save(out, buffer)
+        send.send(("ok", buffer.getvalue()))
+    except Exception as e:  # noqa: BLE001 - any error goes back to the parent, which raises it
+        send.send(("error", e))
+    finally:
+        send.close()
+
+
+def receive_members(receive: Any, proc: Any, slot: list[int]) -> list[tuple[dict[str, Tensor], list[dict]]]:
+    """What fit_members_worker sent for members `slot`: their (state dict, records), or its exception raised; a
+    process that ended without sending is a DataError naming the members and its exit code."""
+    try:
+        kind, payload = receive.recv()
+    except EOFError:
+        proc.join()
+        raise DataError(f"train: the process training ensemble member(s) {', '.join(map(str, slot))} ended "
+                        f"without a result (exit code {proc.exitcode}: killed, or out of memory?)") from None
+    if kind == "error":
+        raise payload
+    return torch.load(io.BytesIO(payload), weights_only=True)
