@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -506,6 +507,29 @@ def test_member_processes_only_side_by_side_on_one_cpu_process_with_splits_in_me
         assert member_processes(cfg, CPU, Dist(rank=0, world=2)) == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_members_train_one_after_another_when_shared_memory_is_too_small(tmp_path, monkeypatch, caplog):
+    """With less free room in /dev/shm than the splits need (a container's 64 MiB), the members are not shared
+    with other processes: a warning, then the same members one after another."""
+    train, valid = toy_split(200, seed=1), toy_split(100, seed=2)
+    monkeypatch.setattr(loop, "SHARED_MEMORY", tmp_path)
+    assert loop.shared_memory_room(train, valid)  # a disk holds a toy split
+    monkeypatch.setattr(loop, "SHARED_MEMORY", tmp_path / "none")
+    assert loop.shared_memory_room(train, valid)  # no such folder: torch shares another way
+    monkeypatch.setattr(loop, "SHARED_MEMORY", tmp_path)
+    monkeypatch.setattr(loop.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(64 << 20, 64 << 20, 0))
+    assert not loop.shared_memory_room(train, valid)
+    cfg = train_cfg(epochs=1, ensemble=2, parallel_members=True)
+    monkeypatch.setattr(loop, "fit_members_side_by_side", None)  # would fail if called
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level("WARNING"):
+            ensemble, histories = fit_ensemble(build_small, train, valid, cfg, CPU)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(histories) == 2 and "too little room" in caplog.text
 
 
 def build_failing_in_member_one(arch: ModelConfig) -> TransformerDCN:

@@ -10,6 +10,7 @@ import copy
 import io
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -403,6 +404,10 @@ def fit_ensemble(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, v
     curve cannot start over. The members train one after another, or side by side (`member_processes`,
     `fit_members_side_by_side`): the same members either way at the same threads per member."""
     processes = member_processes(cfg, device, dist)
+    if processes > 1 and not shared_memory_room(train, valid):
+        log.warning("ensemble: too little room in %s to share the splits with other processes: the members train "
+                    "one after another", SHARED_MEMORY)
+        processes = 1
     if processes > 1:
         trained = fit_members_side_by_side(build, train, valid, cfg, live, model_path, processes)
     else:
@@ -438,6 +443,20 @@ def member_processes(cfg: TrainConfig, device: torch.device, dist: Dist) -> int:
             or cfg.data_loading != "memory"):
         return 1
     return min(cfg.arch.ensemble, torch.get_num_threads())
+
+
+SHARED_MEMORY = Path("/dev/shm")  # where torch puts the tensors it shares with other processes on Linux
+
+
+def shared_memory_room(*splits: SplitTensors) -> bool:
+    """Whether SHARED_MEMORY has room for the splits' tensors, 1.5x their bytes plus 128 MiB for the item tables
+    and model weights that also pass through it (a container's default /dev/shm is 64 MiB: sharing there would
+    fail half-way); True where there is no such folder (torch shares another way)."""
+    if not SHARED_MEMORY.is_dir():
+        return True
+    tensors = [t for s in splits for t in (s.item_seq, s.item_id, s.label, s.user_id, *s.context.values())]
+    need = 1.5 * sum(t.numel() * t.element_size() for t in tensors) + (128 << 20)
+    return shutil.disk_usage(SHARED_MEMORY).free >= need
 
 
 def fit_members_side_by_side(build: Callable[[ModelConfig], CTRBase], train: SplitTensors, valid: SplitTensors,
@@ -492,6 +511,9 @@ def fit_members_worker(send: Any, build: Callable[[ModelConfig], CTRBase], slot:
     from pipeline.core.stage import configure_logging, stop_with_parent
 
     configure_logging("train")
+    members = ", ".join(str(k + 1) for k in slot)  # numbered from 1 as the "member k of N" lines
+    for handler in logging.getLogger().handlers:  # its lines next to the other process's: say whose they are
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(name)s (member {members}): %(message)s"))
     stop_with_parent()
     torch.set_num_threads(threads)
     try:
