@@ -465,25 +465,29 @@ def test_a_seed_ensemble_is_its_members_trained_apart_with_seed_plus_k():
     np.testing.assert_allclose(predict_logits(ensemble, split, 16, CPU), (members[0] + members[1]) / 2, rtol=1e-6)
 
 
-def test_members_trained_side_by_side_equal_those_trained_one_after_another(tmp_path):
+@pytest.fixture
+def torch_threads():
+    """torch.set_num_threads, with torch's thread count put back after the test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_members_trained_side_by_side_equal_those_trained_one_after_another(tmp_path, torch_threads):
     """parallel_members on 2 threads: three members in two processes (this one trains 0 and 2, a spawned one 1,
     1 thread each) are, weight for weight and record for record, the members trained one after another at 1
     thread; each member keeps its own resume state."""
     train, valid = toy_split(400, seed=1), toy_split(150, seed=2)
     cfg = train_cfg(epochs=2, ensemble=3, ensemble_mix="recent_map", recent_interest=2, parallel_members=True,
                     transformer_dropout=0.1, net_dropout=0.1)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert member_processes(cfg, CPU, SINGLE) == 2
-        side, side_histories = fit_ensemble(build_small, train, valid, cfg, CPU, model_path=tmp_path / "m.pt")
-        assert torch.get_num_threads() == 2
-        torch.set_num_threads(1)
-        assert member_processes(cfg, CPU, SINGLE) == 1
-        one_by_one = dataclasses.replace(cfg, parallel_members=False)
-        alone, alone_histories = fit_ensemble(build_small, train, valid, one_by_one, CPU)
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(2)
+    assert member_processes(cfg, CPU, SINGLE) == 2
+    side, side_histories = fit_ensemble(build_small, train, valid, cfg, CPU, model_path=tmp_path / "m.pt")
+    assert torch.get_num_threads() == 2
+    torch_threads(1)
+    assert member_processes(cfg, CPU, SINGLE) == 1
+    one_by_one = dataclasses.replace(cfg, parallel_members=False)
+    alone, alone_histories = fit_ensemble(build_small, train, valid, one_by_one, CPU)
     assert side_histories == alone_histories and len({str(h) for h in side_histories}) == 3
     assert [m.cfg.recent_map for m in side.members] == [False, True, False]
     for a, b in zip(side.members, alone.members):
@@ -492,24 +496,20 @@ def test_members_trained_side_by_side_equal_those_trained_one_after_another(tmp_
     assert all(resume_path(tmp_path / "m.pt", k).exists() for k in range(3))
 
 
-def test_member_processes_only_side_by_side_on_one_cpu_process_with_splits_in_memory():
+def test_member_processes_only_side_by_side_on_one_cpu_process_with_splits_in_memory(torch_threads):
     """One process per member up to torch's threads, and 1 (one after another) for a single model, with
     parallel_members off, on a GPU, under torchrun, or with streamed splits."""
     cfg = train_cfg(ensemble=3, parallel_members=True)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(16)
-        assert member_processes(cfg, CPU, SINGLE) == 3
-        assert member_processes(train_cfg(ensemble=1, parallel_members=True), CPU, SINGLE) == 1
-        for key, value in (("parallel_members", False), ("data_loading", "stream")):
-            assert member_processes(dataclasses.replace(cfg, **{key: value}), CPU, SINGLE) == 1
-        assert member_processes(cfg, torch.device("cuda"), SINGLE) == 1
-        assert member_processes(cfg, CPU, Dist(rank=0, world=2)) == 1
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(16)
+    assert member_processes(cfg, CPU, SINGLE) == 3
+    assert member_processes(train_cfg(ensemble=1, parallel_members=True), CPU, SINGLE) == 1
+    for key, value in (("parallel_members", False), ("data_loading", "stream")):
+        assert member_processes(dataclasses.replace(cfg, **{key: value}), CPU, SINGLE) == 1
+    assert member_processes(cfg, torch.device("cuda"), SINGLE) == 1
+    assert member_processes(cfg, CPU, Dist(rank=0, world=2)) == 1
 
 
-def test_members_train_one_after_another_when_shared_memory_is_too_small(tmp_path, monkeypatch, caplog):
+def test_members_train_one_after_another_when_shared_memory_is_too_small(tmp_path, monkeypatch, caplog, torch_threads):
     """With less free room in /dev/shm than the splits need (a container's 64 MiB), the members are not shared
     with other processes: a warning, then the same members one after another."""
     train, valid = toy_split(200, seed=1), toy_split(100, seed=2)
@@ -522,13 +522,9 @@ def test_members_train_one_after_another_when_shared_memory_is_too_small(tmp_pat
     assert not loop.shared_memory_room(train, valid)
     cfg = train_cfg(epochs=1, ensemble=2, parallel_members=True)
     monkeypatch.setattr(loop, "fit_members_side_by_side", None)  # would fail if called
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with caplog.at_level("WARNING"):
-            ensemble, histories = fit_ensemble(build_small, train, valid, cfg, CPU)
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(2)
+    with caplog.at_level("WARNING"):
+        ensemble, histories = fit_ensemble(build_small, train, valid, cfg, CPU)
     assert len(histories) == 2 and "too little room" in caplog.text
 
 
@@ -550,17 +546,13 @@ def build_dying_in_member_one(arch: ModelConfig) -> TransformerDCN:
     (build_failing_in_member_one, ValueError, "member 1 cannot be built"),
     (build_dying_in_member_one, DataError, r"ensemble member\(s\) 1 ended without a result \(exit code 9"),
 ])
-def test_a_member_failing_in_its_own_process_fails_the_run_here(build, error, message):
+def test_a_member_failing_in_its_own_process_fails_the_run_here(build, error, message, torch_threads):
     """The error of a member trained in a spawned process is raised in this one (its own type and message); a
     process that dies without a result is a one-line DataError with its exit code."""
     cfg = train_cfg(epochs=1, ensemble=2, ensemble_mix="recent_map", recent_interest=2, parallel_members=True)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with pytest.raises(error, match=message):
-            fit_ensemble(build, toy_split(200, seed=1), toy_split(100, seed=2), cfg, CPU)
-    finally:
-        torch.set_num_threads(threads)
+    torch_threads(2)
+    with pytest.raises(error, match=message):
+        fit_ensemble(build, toy_split(200, seed=1), toy_split(100, seed=2), cfg, CPU)
 
 
 def test_a_seed_ensemble_checkpoint_round_trips(tmp_path):

@@ -36,6 +36,11 @@ class SplitTensors:
     def __len__(self) -> int:
         return self.label.shape[0]
 
+    def nbytes(self) -> int:
+        """The bytes of the split's tensors."""
+        tensors = (self.item_seq, self.item_id, self.label, self.user_id, *self.context.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def history_lengths(self) -> Tensor:
         """(n,) int32 real (non-padding) history items per row (int32: 4 bytes a row, 120 MB for a 30M-row split),
         counted LENGTH_CHUNK rows at a time: the count widens each cell, so a whole 3.6M x 100 split at once would be

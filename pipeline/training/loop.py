@@ -454,8 +454,7 @@ def shared_memory_room(*splits: SplitTensors) -> bool:
     fail half-way); True where there is no such folder (torch shares another way)."""
     if not SHARED_MEMORY.is_dir():
         return True
-    tensors = [t for s in splits for t in (s.item_seq, s.item_id, s.label, s.user_id, *s.context.values())]
-    need = 1.5 * sum(t.numel() * t.element_size() for t in tensors) + (128 << 20)
+    need = 1.5 * sum(s.nbytes() for s in splits) + (128 << 20)
     return shutil.disk_usage(SHARED_MEMORY).free >= need
 
 
