@@ -130,6 +130,7 @@ def members_side_by_side(initials: list[nn.Module], train: SplitTensors, cfg: Tr
                          warmup: int) -> None:
     """Print samples/s of the members trained one after another at torch's threads, then side by side."""
     n, threads, cpu = len(initials), torch.get_num_threads(), torch.device("cpu")
+    share = max(1, threads // n)
     alone = 0.0
     for k, initial in enumerate(initials):
         model, batches = copy.deepcopy(initial), stage_batches(train, cfg, cpu, cfg.seed + k)
@@ -139,7 +140,7 @@ def members_side_by_side(initials: list[nn.Module], train: SplitTensors, cfg: Tr
     barrier = ctx.Barrier(n + 1)
     pipes = [ctx.Pipe(duplex=False) for _ in initials]
     procs = [ctx.Process(target=side_by_side_worker, args=(send, barrier, initial, train, cfg, cfg.seed + k, steps,
-                                                           warmup, max(1, threads // n)))
+                                                           warmup, share))
              for k, (initial, (_, send)) in enumerate(zip(initials, pipes))]
     for proc in procs:
         proc.start()
@@ -151,7 +152,7 @@ def members_side_by_side(initials: list[nn.Module], train: SplitTensors, cfg: Tr
         proc.join()
     rows = n * steps * cfg.batch_size
     print(f"members {n}, one after another at {threads} threads: {rows / alone:7.0f} samples/s ({alone:6.2f} s)")
-    print(f"members {n}, side by side at {max(1, threads // n)} thread(s) each: {rows / side:7.0f} samples/s "
+    print(f"members {n}, side by side at {share} thread(s) each: {rows / side:7.0f} samples/s "
           f"({side:6.2f} s; each {', '.join(f'{s:.2f}' for s in member_seconds)} s)")
     print(f"ratio side by side / one after another: {alone / side:.2f}x")
 
