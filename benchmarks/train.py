@@ -243,9 +243,9 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
     pad_to = train.item_seq.shape[1]
     context = [f.name for f in fmap.context_features]
     torch.manual_seed(cfg.seed)
-    exposure, users = split_tables(train, tags.shape[0], cfg.arch)
+    tables = split_tables(train, tags.shape[0], cfg.arch)
     # one model's steps: a seed ensemble (train.ensemble) repeats them per member, at the same speed
-    initial = build_model(cfg.arch.member(0), fmap, tags, mm, None, exposure, users).to(device)
+    initial = build_model(cfg.arch.member(0), fmap, tags, mm, **tables).to(device)
     real = (train.item_seq != 0).sum(1).float()
     print(f"device {device}, torch threads {torch.get_num_threads()}, batch {cfg.batch_size}, "
           f"{len(train)} train rows, history length {train.item_seq.shape[1]} (real: mean {real.mean():.1f}, "
@@ -274,7 +274,7 @@ def main(data, params_path, steps, warmup, workers, device, epoch, overrides, pa
         seconds = train_steps(model, stage_batches(train, cfg, device, cfg.seed), n_steps, device, cfg)
         print(f"stage epoch: {seconds:.1f} s ({len(train) / seconds:.0f} samples/s)")
     if members:
-        initials = [build_model(cfg.arch.member(k), fmap, tags, mm, None, exposure, users) for k in range(members)]
+        initials = [build_model(cfg.arch.member(k), fmap, tags, mm, **tables) for k in range(members)]
         members_side_by_side(initials, train, cfg, steps, warmup)
     if profile:
         profile_steps(copy.deepcopy(initial), stage_batches(train, cfg, device, cfg.seed + 1), profile, cfg)

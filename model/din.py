@@ -36,10 +36,10 @@ class DIN(CTRBase):
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
                  item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
-                 user_keys: Tensor | None = None):
+                 user_keys: Tensor | None = None, item_new: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
         rest as CTRBase's."""
-        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys, item_new)
         self.attention = mlp_head(4 * self.item_dim, cfg.din_attention_units, 0.0, cfg.dice)
         self.dnn = mlp_head(self.context_dim + 2 * self.item_dim, cfg.dnn_hidden_units, cfg.net_dropout, cfg.dice)
         self.reset_parameters()

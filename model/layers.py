@@ -11,7 +11,8 @@ its logit for the target item, and with `user_bias` one per user seen in trainin
 with `history_length`, an E-wide vector per half-octave bucket of the history's length, a thermometer code
 (`length_buckets`, `embed_length`); with `history_similarity`, an E-wide vector per bucket of the highest cosine of
 the target's frozen embedding to that of another item in the history, a thermometer code too (`similarity_buckets`,
-`embed_similarity`);
+`embed_similarity`); with `new_item_offset`, one scalar (`new_item_logit`, fitted after training, 0 before) added
+to the logit of a target item the train split never had as a target (the table `item_new`; `logit_bias`);
 and FuxiCTR's initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
@@ -316,13 +317,15 @@ class CTRBase(nn.Module):
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
                  item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
-                 user_keys: Tensor | None = None):
+                 user_keys: Tensor | None = None, item_new: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings (kept
         as a buffer even without `use_mm_emb`, so every checkpoint has the same tables); item_codes: (N+1, L)
         int64 semantic ids, level l's code in 0..K-1, row 0 all -1 (needed, and kept as a buffer, only when
         item_repr is not `id`); item_exposure: (N+1,) int64 train-exposure levels in 1..exposure_levels, row 0 = 0
         (needed, and kept as a buffer, only when exposure_levels > 0); user_keys: (U,) int64 strictly increasing
-        user ids, those of the train split (needed, and kept as a buffer, only with user_bias or user_interest)."""
+        user ids, those of the train split (needed, and kept as a buffer, only with user_bias or user_interest);
+        item_new: (N+1,) bool, True for the items the train split never had as a target, row 0 False (needed, and
+        kept as a buffer, only with new_item_offset)."""
         super().__init__()
         # a width the data makes wrong (heads that do not divide it, GiBs of weights) stops here, before any layer
         cfg.check_widths(item_mm.shape[1], len(feature_map.context_features))
@@ -371,6 +374,14 @@ class CTRBase(nn.Module):
                 raise ValueError(f"train.exposure_levels needs exposure levels for {n_items} item rows, got {got}")
             self.register_buffer("item_exposure", item_exposure.long())  # (N+1,)
             self.exposure_emb = nn.Embedding(cfg.exposure_levels + 1, e, padding_idx=0)
+        if cfg.new_item_offset:
+            if item_new is None or tuple(item_new.shape) != (n_items,) or item_new.dtype != torch.bool:
+                got = "none" if item_new is None else f"a {tuple(item_new.shape)} {item_new.dtype} table"
+                raise ValueError(f"train.new_item_offset needs a bool table of new items for {n_items} item rows, "
+                                 f"got {got}")
+            self.register_buffer("item_new", item_new.clone())  # (N+1,)
+            # fitted after training (pipeline/training/calibrate.py), not by gradients: a buffer
+            self.register_buffer("new_item_logit", torch.zeros(()))
         self.item_dim = cfg.item_dim(item_mm.shape[1])
         mm_dim = self.item_dim - 2 * e
         self.mm_proj = nn.Linear(item_mm.shape[1], mm_dim, bias=False) if cfg.use_mm_emb else None
@@ -486,13 +497,16 @@ class CTRBase(nn.Module):
         return self.user_emb(rows)
 
     def logit_bias(self, batch: dict[str, Tensor]) -> Tensor | float:
-        """The batch's learnt biases (B,) to add to the logits: the target item's with `item_bias` plus the user's
-        with `user_bias` (batch["user_id"], 0 for a user training never saw); 0.0 with neither."""
+        """The batch's biases (B,) to add to the logits: the target item's learnt one with `item_bias`, plus the
+        user's with `user_bias` (batch["user_id"], 0 for a user training never saw), plus with `new_item_offset`
+        new_item_logit where the target is a new item (`item_new`); 0.0 with none of them."""
         bias: Tensor | float = 0.0
         if self.item_bias is not None:
             bias = self.item_bias(batch["item_id"]).squeeze(-1)
         if self.user_bias is not None:
             bias = bias + self.user_bias(self.user_rows(batch["user_id"])).squeeze(-1)
+        if self.cfg.new_item_offset:
+            bias = bias + self.item_new[batch["item_id"]] * self.new_item_logit
         return bias
 
     def embed_length(self, seq: Tensor) -> Tensor:

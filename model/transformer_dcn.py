@@ -59,10 +59,10 @@ class TransformerDCN(CTRBase):
 
     def __init__(self, cfg: ModelConfig, feature_map: FeatureMap, item_tags: Tensor, item_mm: Tensor,
                  item_codes: Tensor | None = None, item_exposure: Tensor | None = None,
-                 user_keys: Tensor | None = None):
+                 user_keys: Tensor | None = None, item_new: Tensor | None = None):
         """item_tags: (N+1, T) int64 tag ids per item; item_mm: (N+1, M) float32 frozen item embeddings; the
         rest as CTRBase's."""
-        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys)
+        super().__init__(cfg, feature_map, item_tags, item_mm, item_codes, item_exposure, user_keys, item_new)
         d_model = 2 * self.item_dim  # num_heads divides it: CTRBase checked cfg.check_widths
         self.encoder = Encoder(d_model, cfg.num_heads, cfg.dim_feedforward, cfg.transformer_dropout,
                                cfg.transformer_layers) if cfg.use_transformer else None

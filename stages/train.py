@@ -1,4 +1,5 @@
-"""Stage train: the Transformer+DCNv2 CTR model, early-stopped on validation AUC.
+"""Stage train: the Transformer+DCNv2 CTR model, early-stopped on validation AUC; then, with train.new_item_offset,
+the logit offset of items new to the train split fitted on the valid split (pipeline/training/calibrate.py).
 
 In:  --train, --valid   split parquets (pipeline/sequences/build.py contract)
      --item-info        item_info.parquet from fit_pca (row i = item i)
@@ -8,7 +9,9 @@ Out: --model     checkpoint {"model": state_dict, "config": ModelConfig, "featur
                  train.ensemble > 1 the state of a SeedEnsemble (members.<k>.*)
      --live-dir  dvclive folder: metrics.json (final values) and plots/metrics/*.tsv (per-epoch curves; member 0's
                  under an ensemble, whose valid_auc/valid_logloss are then the ensemble's and epochs_run/steps_run
-                 the members' sums); written beside it and put in place whole after the checkpoint
+                 the members' sums; with train.new_item_offset, valid_auc/valid_logloss are the model's with the
+                 offset, and new_item_offset is the offset fitted on valid); written beside it and put in place
+                 whole after the checkpoint
      `.<model name>.resume[.<k>].pt` beside --model while it runs: the last finished epoch's state of the model
      (of each ensemble member k) (train.resume)
      `.<model name>.<split>-arrays.<rank>/` beside --model while it runs with train.data_loading: stream: the
@@ -30,8 +33,9 @@ from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import atomic_dir, prepare_outputs
-from pipeline.core.metrics import require_both_classes
+from pipeline.core.metrics import auc, logloss, require_both_classes, sigmoid
 from pipeline.core.stage import PathArg, file_options, params_option, set_threads, stage_main, summary
+from pipeline.training.calibrate import fit_new_item_offset
 from pipeline.training.checkpoint import resume_path, save_checkpoint
 from pipeline.training.data import (
     check_item_tables,
@@ -73,7 +77,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
         require_both_classes(train_path, train.label.numpy(), "train")
         require_both_classes(valid_path, valid.label.numpy(), "valid")
         check_run_length(len(train), cfg)
-        exposure, users = split_tables(train, tags.shape[0], cfg.arch)
+        tables = split_tables(train, tags.shape[0], cfg.arch)
         log.info("%d train / %d valid rows, device %s, rank %d of %d", len(train), len(valid), device, dist.rank,
                  dist.world)
         # dvclive writes into a temp folder beside --live-dir, which replaces the old folder only after the
@@ -81,17 +85,24 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
         live_tmp = stack.enter_context(atomic_dir(live_dir)) if dist.is_main else None
         with Live(live_tmp, save_dvc_exp=False, dvcyaml=False) if dist.is_main else nullcontext() as live:
             # a partial, not a lambda: members trained in other processes get the builder pickled
-            build = partial(build_model, feature_map=fmap, item_tags=tags, item_mm=mm, item_codes=codes,
-                            item_exposure=exposure, user_keys=users)
+            build = partial(build_model, feature_map=fmap, item_tags=tags, item_mm=mm, item_codes=codes, **tables)
             model, histories = fit_ensemble(build, train, valid, cfg, device, live, dist, Path(model_path))
             best = max(histories[0], key=lambda r: r["valid_auc"])
-            scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]} if len(histories) == 1 else \
-                evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)  # every rank scores
+            offset = {}
+            if cfg.arch.new_item_offset:  # every rank scores, so every rank fits the same offset
+                offset["new_item_offset"], logits = fit_new_item_offset(model, valid, cfg.eval_batch_size, device,
+                                                                        cfg.amp, dist)
+                probs = sigmoid(logits)
+                scores = {"auc": auc(valid.label.numpy(), probs), "logloss": logloss(valid.label.numpy(), probs)}
+            elif len(histories) == 1:
+                scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]}
+            else:
+                scores = evaluate_split(model, valid, cfg.eval_batch_size, device, cfg.amp, dist)
             if dist.is_main:
                 live.summary = {"best_epoch": best["epoch"], "valid_auc": scores["auc"],
                                 "valid_logloss": scores["logloss"],
                                 "epochs_run": sum(h[-1]["epoch"] + 1 for h in histories),
-                                "steps_run": sum(h[-1]["step"] for h in histories)}
+                                "steps_run": sum(h[-1]["step"] for h in histories), **offset}
                 if len(histories) > 1:
                     log.info("ensemble of %d: valid AUC %.5f (members %s)", len(histories), scores["auc"],
                              ", ".join(f"{max(r['valid_auc'] for r in h):.5f}" for h in histories))

@@ -151,7 +151,7 @@ def test_winning_configuration_forward_backward():
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
                       user_interest=False, history_length=False, history_similarity=False,
-                      ensemble=1)
+                      new_item_offset=False, ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)
@@ -1107,43 +1107,52 @@ def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only()
     with pytest.raises(ParamsError, match=r"^train\.user_dropout: must be in \[0, 1\)"):
         from_dict(TrainConfig, {"user_dropout": 1.0}, "train")
 
-def test_split_tables_are_the_train_splits_exposure_levels_and_user_keys_each_only_when_its_switch_is_on():
+def test_split_tables_are_the_train_splits_exposure_levels_user_keys_and_new_items_each_only_when_its_switch_is_on():
     """split_tables gives build_model what the config asks of the train split: the exposure levels of its target
-    items over the item table, and its sorted distinct user ids, each None when its switch is off."""
+    items over the item table, its sorted distinct user ids, and which items it never has as a target, each None
+    when its switch is off."""
     ids = torch.tensor([1, 1, 2, 5, 5, 5])
     train = SplitTensors(torch.zeros(6, 3, dtype=torch.long), ids, {}, torch.zeros(6),
                          torch.tensor([41, 3, 3, 17, 2**31 - 1, 40]))
-    for levels, bias, interest in ((0, False, False), (3, False, False), (0, True, False), (4, True, True),
-                                   (0, False, True)):
-        exposure, users = split_tables(train, N_ITEMS + 1, dataclasses.replace(
-            SMALL, exposure_levels=levels, user_bias=bias, user_interest=interest))
+    for levels, bias, interest, new in ((0, False, False, False), (3, False, False, True), (0, True, False, False),
+                                        (4, True, True, True), (0, False, True, False)):
+        tables = split_tables(train, N_ITEMS + 1, dataclasses.replace(
+            SMALL, exposure_levels=levels, user_bias=bias, user_interest=interest, new_item_offset=new))
+        assert set(tables) == {"item_exposure", "user_keys", "item_new"}
         if levels:
-            torch.testing.assert_close(exposure, exposure_levels(ids, N_ITEMS + 1, levels))
+            torch.testing.assert_close(tables["item_exposure"], exposure_levels(ids, N_ITEMS + 1, levels))
         else:
-            assert exposure is None
+            assert tables["item_exposure"] is None
         if bias or interest:
-            assert users.tolist() == USER_KEYS.tolist()
+            assert tables["user_keys"].tolist() == USER_KEYS.tolist()
         else:
-            assert users is None
+            assert tables["user_keys"] is None
+        if new:
+            assert tables["item_new"].dtype == torch.bool and tables["item_new"].shape == (N_ITEMS + 1,)
+            assert torch.nonzero(~tables["item_new"]).ravel().tolist() == [0, 1, 2, 5]  # row 0 is padding
+        else:
+            assert tables["item_new"] is None
 
 
 def test_exposure_levels_are_quantile_levels_of_train_counts_against_a_plain_reference():
-    """Level of item i = 1 + #(distinct k/L count quantiles over items 1..N that are <= c_i), by hand; equal counts
-    share a level, levels run 1..L, row 0 is 0, and an id past the table is an error."""
+    """Level of item i with c_i > 0 train rows = 1 + #(distinct k/L count quantiles over the items 1..N with train
+    rows that are <= c_i), by hand; equal counts share a level, levels run 1..L; an item without train rows is 0, as
+    row 0 is; an id past the table is an error."""
     rng = np.random.default_rng(0)
     n, levels = 40, 5
-    ids = rng.integers(1, n + 1, 600)  # plus a steep head, so the counts spread over the levels
+    ids = rng.integers(1, n - 5, 600)  # items n-5..n have no train rows; a steep head spreads the counts
     ids = np.concatenate([ids, np.repeat(np.arange(1, 11), np.arange(10, 0, -1) * 8)])
     got = exposure_levels(ids, n + 1, levels).numpy()
     counts = [int((ids == i).sum()) for i in range(n + 1)]
-    edges = sorted(set(float(np.quantile(counts[1:], k / levels)) for k in range(1, levels)))
+    edges = sorted(set(float(np.quantile([c for c in counts[1:] if c], k / levels)) for k in range(1, levels)))
     assert got[0] == 0 and got.dtype == np.int64
-    assert got[1:].tolist() == [1 + sum(e <= counts[i] for e in edges) for i in range(1, n + 1)]
-    assert set(got[1:]) <= set(range(1, levels + 1)) and len(set(got[1:])) > 2
+    assert got[1:].tolist() == [1 + sum(e <= counts[i] for e in edges) if counts[i] else 0 for i in range(1, n + 1)]
+    assert got[n - 5:].tolist() == [0] * 6
+    assert set(got[1:n - 5]) <= set(range(1, levels + 1)) and len(set(got[1:n - 5])) > 2
     same = {}
     for c, lv in zip(counts[1:], got[1:], strict=True):
         assert same.setdefault(c, lv) == lv
-    assert len(set(exposure_levels(np.zeros(0, np.int64), n + 1, levels)[1:].tolist())) == 1  # no rows: one level
+    assert exposure_levels(np.zeros(0, np.int64), n + 1, levels).tolist() == [0] * (n + 1)  # no rows: none known
     with pytest.raises(ValueError, match="item table has 41 rows"):
         exposure_levels(np.array([n + 1]), n + 1, levels)
 

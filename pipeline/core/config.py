@@ -514,7 +514,7 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
                                   "user_bias": False, "user_interest": False, "history_length": False,
-                                  "history_similarity": False,
+                                  "history_similarity": False, "new_item_offset": False,
                                   "item_repr": "id", "id_init": "random", "ensemble": 1, "ensemble_mix": "none"}
 
 
@@ -566,6 +566,12 @@ class ModelConfig:
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
     exposure_levels: int = 20
+    # every model: a logit offset for target items the train split never had as a target, added to their logits;
+    # fitted after training on the valid split's rows of such items by maximum likelihood (pipeline/training/
+    # calibrate.py; 0 where valid has too few of them) and kept in the checkpoint with the table of which items
+    # are new. Training cannot fit how clickable an item it never saw is (README "New-item offset"); on by default
+    # since 2026-12-07
+    new_item_offset: bool = True
     mm_dim: int = 16  # width of the projected frozen embedding; 0 = the frozen embedding's own width
     use_transformer: bool = True  # transformer_dcn: false = history tokens go to the pooling without the encoder
     transformer_layers: int = 1

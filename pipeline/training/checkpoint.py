@@ -41,7 +41,7 @@ def resume_path(model_path: str | Path, member: int = 0) -> Path:
 
 
 # The model's buffers that hold data (model/layers.py CTRBase), digested whole by `data_digest`.
-DATA_BUFFERS = ("item_tags", "item_mm", "item_codes", "item_exposure", "user_keys")
+DATA_BUFFERS = ("item_tags", "item_mm", "item_codes", "item_exposure", "user_keys", "item_new")
 DIGEST_ROWS = 4096  # rows of each split digested, spread evenly over it
 
 
@@ -165,7 +165,7 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1,
                                "target_interest": False, "recent_map": False, "user_bias": False,
                                "ensemble_mix": "none", "user_interest": False, "history_length": False,
-                               "history_similarity": False}
+                               "history_similarity": False, "new_item_offset": False}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -201,7 +201,7 @@ def load_checkpoint(path: str | Path, device: torch.device) -> tuple[nn.Module, 
         prefix = "members.0." if cfg.ensemble > 1 else ""
         model = build_model(cfg, fmap, state[f"{prefix}item_tags"], state[f"{prefix}item_mm"],
                             state.get(f"{prefix}item_codes"), state.get(f"{prefix}item_exposure"),
-                            state.get(f"{prefix}user_keys"))
+                            state.get(f"{prefix}user_keys"), state.get(f"{prefix}item_new"))
         model.load_state_dict(state)
     except FileNotFoundError:
         raise DataError(f"{path}: checkpoint not found") from None

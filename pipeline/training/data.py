@@ -130,17 +130,28 @@ def load_item_tables(path: str | Path) -> tuple[Tensor, Tensor, int]:
     return torch.from_numpy(np.require(tags, requirements="W")), torch.from_numpy(mm), mm.shape[1]
 
 
-def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> Tensor:
-    """(R,) target item ids of the train rows -> (n_rows,) int64 train-exposure level of each item id (ModelConfig
-    exposure_levels): with c_i the number of rows whose target is item i (its exposures, or its clicks and
-    sampled non-clicks), the level is 1 + the number of edges <= c_i, the edges being the distinct k/levels
-    quantiles (k = 1..levels-1) of c over items 1..n_rows-1. Levels are in 1..levels, equal counts share one,
-    and row 0 (padding) is 0. Ids must be in 0..n_rows-1."""
+def target_counts(item_id: np.ndarray | Tensor, n_rows: int) -> np.ndarray:
+    """(R,) target item ids of the train rows -> (n_rows,) int64 the number of rows whose target is each item id;
+    ValueError for an id past the table (ids must be in 0..n_rows-1)."""
     counts = np.bincount(np.asarray(item_id, dtype=np.int64), minlength=n_rows)
     if len(counts) > n_rows:
         raise ValueError(f"item ids reach {len(counts) - 1}, the item table has {n_rows} rows")
-    edges = np.unique(np.quantile(counts[1:], np.arange(1, levels) / levels)) if n_rows > 1 else np.zeros(0)
-    out = 1 + np.searchsorted(edges, counts, side="right")
+    return counts
+
+
+def exposure_levels(item_id: np.ndarray | Tensor, n_rows: int, levels: int) -> Tensor:
+    """(R,) target item ids of the train rows -> (n_rows,) int64 train-exposure level of each item id (ModelConfig
+    exposure_levels): with c_i the number of rows whose target is item i (its exposures, or its clicks and
+    sampled non-clicks), an item with c_i > 0 gets 1 + the number of edges <= c_i, the edges being the distinct
+    k/levels quantiles (k = 1..levels-1) of c over the items 1..n_rows-1 with c > 0. Levels are in 1..levels, equal
+    counts share one. An item no train row has as its target gets 0, as row 0 (padding) does: its level embedding is
+    the zero vector, "not known", where the lowest level would say "shown least", which under a time split is
+    wrong for items released after the train split (they ranked 0.03 test AUC lower on benchmarks/variants.py's
+    `cold`, README "New-item offset"). Ids must be in 0..n_rows-1."""
+    counts = target_counts(item_id, n_rows)
+    seen = counts[1:][counts[1:] > 0]
+    edges = np.unique(np.quantile(seen, np.arange(1, levels) / levels)) if len(seen) else np.zeros(0)
+    out = np.where(counts > 0, 1 + np.searchsorted(edges, counts, side="right"), 0)
     out[0] = 0
     return torch.from_numpy(out.astype(np.int64))
 
@@ -151,13 +162,24 @@ def user_keys(user_id: np.ndarray | Tensor) -> Tensor:
     return torch.from_numpy(np.unique(np.asarray(user_id, dtype=np.int64)))
 
 
-def split_tables(train: SplitTensors, n_rows: int, cfg: ModelConfig) -> tuple[Tensor | None, Tensor | None]:
-    """The tables a model derives from its train split, as build_model takes them: (item exposure levels (n_rows,)
-    int64 of `exposure_levels`, or None when cfg.exposure_levels is 0; user keys (U,) int64 of `user_keys`, or None
-    without cfg.user_bias and cfg.user_interest). The one place both are made, so a stage and a benchmark build the
-    same model."""
-    exposure = exposure_levels(train.item_id, n_rows, cfg.exposure_levels) if cfg.exposure_levels else None
-    return exposure, user_keys(train.user_id) if cfg.user_bias or cfg.user_interest else None
+def new_items(item_id: np.ndarray | Tensor, n_rows: int) -> Tensor:
+    """(R,) target item ids of the train rows -> (n_rows,) bool, True for the items 1..n_rows-1 that no train row has
+    as its target (ModelConfig new_item_offset); row 0 (padding) is False. Ids must be in 0..n_rows-1."""
+    counts = target_counts(item_id, n_rows)
+    new = counts == 0
+    new[0] = False
+    return torch.from_numpy(new)
+
+
+def split_tables(train: SplitTensors, n_rows: int, cfg: ModelConfig) -> dict[str, Tensor | None]:
+    """The tables a model derives from its train split, as build_model's keyword arguments: item_exposure (n_rows,)
+    int64 of `exposure_levels` (None when cfg.exposure_levels is 0), user_keys (U,) int64 of `user_keys` (None
+    without cfg.user_bias and cfg.user_interest), item_new (n_rows,) bool of `new_items` (None without
+    cfg.new_item_offset). The one place they are made, so a stage and a benchmark build the same model."""
+    return {"item_exposure": exposure_levels(train.item_id, n_rows, cfg.exposure_levels) if cfg.exposure_levels
+            else None,
+            "user_keys": user_keys(train.user_id) if cfg.user_bias or cfg.user_interest else None,
+            "item_new": new_items(train.item_id, n_rows) if cfg.new_item_offset else None}
 
 
 def load_semantic_ids(path: str | Path, n_rows: int) -> Tensor:
