@@ -33,7 +33,7 @@ from pipeline.core.config import TrainConfig, load_section
 from pipeline.core.distributed import distributed
 from pipeline.core.feature_map import FeatureMap
 from pipeline.core.io import atomic_dir, prepare_outputs
-from pipeline.core.metrics import auc, logloss, require_both_classes, sigmoid
+from pipeline.core.metrics import require_both_classes
 from pipeline.core.stage import PathArg, file_options, params_option, set_threads, stage_main, summary
 from pipeline.training.calibrate import fit_new_item_offset
 from pipeline.training.checkpoint import resume_path, save_checkpoint
@@ -45,7 +45,7 @@ from pipeline.training.data import (
     split_tables,
 )
 from pipeline.training.loop import check_run_length, fit_ensemble
-from pipeline.training.predict import evaluate_split
+from pipeline.training.predict import evaluate_split, logit_scores
 from pipeline.training.stream import streamed_split
 
 log = logging.getLogger("train")
@@ -92,8 +92,7 @@ def main(train_path: str, valid_path: str, item_info: str, feature_map: str, sem
             if cfg.arch.new_item_offset:  # every rank scores, so every rank fits the same offset
                 offset["new_item_offset"], logits = fit_new_item_offset(model, valid, cfg.eval_batch_size, device,
                                                                         cfg.amp, dist)
-                probs = sigmoid(logits)
-                scores = {"auc": auc(valid.label.numpy(), probs), "logloss": logloss(valid.label.numpy(), probs)}
+                scores = logit_scores(valid.label.numpy(), logits)
             elif len(histories) == 1:
                 scores = {"auc": best["valid_auc"], "logloss": best["valid_logloss"]}
             else:

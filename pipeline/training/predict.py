@@ -39,6 +39,10 @@ def predict_logits(model: nn.Module, split: SplitTensors, batch_size: int, devic
 def evaluate_split(model: nn.Module, split: SplitTensors, batch_size: int, device: torch.device,
                    amp: bool = False, dist: Dist = SINGLE) -> dict[str, float]:
     """{"auc", "logloss"} of the model on a split."""
-    probs = sigmoid(predict_logits(model, split, batch_size, device, amp, dist))
-    labels = split.label.numpy()
+    return logit_scores(split.label.numpy(), predict_logits(model, split, batch_size, device, amp, dist))
+
+
+def logit_scores(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """{"auc", "logloss"} of logits (n,) against labels (n,) 0/1."""
+    probs = sigmoid(logits)
     return {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
