@@ -250,6 +250,10 @@ def mm_prior(mm: Tensor, dim: int) -> Tensor:
 HISTORY_LENGTH_CAP = 4095
 LENGTH_BUCKETS = 25  # rows of the history-length table: buckets 0..24
 SIMILARITY_STEPS = 40  # cosines in [-1, 1] fall in this many equal steps, buckets 1..40; 0 = no other item
+# `similarity_counts` counts over the history's last 1, 2, 4, ..., 32 positions and over all of it: how many
+# look-alikes, and how recent (a creator's pull or a show's run fades with time)
+COUNT_WINDOW_SIZES = (1, 2, 4, 8, 16, 32)
+COUNT_WINDOWS = len(COUNT_WINDOW_SIZES) + 1
 
 
 def length_buckets(n: Tensor) -> Tensor:
@@ -277,23 +281,43 @@ def inverse_norms(item_mm: Tensor) -> Tensor:
     return torch.where(norms > 0, 1 / norms, 0.0)
 
 
-def max_history_cosine(item_mm: Tensor, inv_norm: Tensor, seq: Tensor, target_id: Tensor) -> Tensor:
+def history_cosines(item_mm: Tensor, inv_norm: Tensor, seq: Tensor, target_id: Tensor) -> Tensor:
     """item_mm (N+1, M) frozen item embeddings, inv_norm (N+1,) float32 their `inverse_norms`; seq (B, L) int64
-    history, 0 = padding; target_id (B,) int64 -> (B,) float32: the highest cosine of the target's frozen vector to
-    that of a history item other than the target itself, NaN where there is none (an empty history, only repeats
-    of the target, or a zero vector on either side). Repeats are left out so that the value says how close the
-    nearest *other* item is: an episode of a show the user watched, a product like one bought, which a re-click
-    of the target itself would hide behind its 1.0. The dot products are scaled by the items' inverse norms, not
-    taken between normalised copies of the gathered (B, L, M) vectors: the same cosines to float rounding (~1e-7)
-    in half the time."""
+    history, 0 = padding; target_id (B,) int64 -> (B, L) float32: the cosine of the target's frozen vector to that
+    of each history item, NaN at padding, at repeats of the target itself and where either vector is zero. Repeats
+    are left out so that the values say how close the *other* items are: an episode of a show the user watched, a
+    product like one bought, which a re-click of the target itself would hide behind its 1.0. The dot products are
+    scaled by the items' inverse norms, not taken between normalised copies of the gathered (B, L, M) vectors: the
+    same cosines to float rounding (~1e-7) in half the time."""
     # In float32 whatever the autocast: a bucket is 0.05 wide, coarser than bf16's rounding of a cosine near 1
     with torch.autocast(seq.device.type, enabled=False):
         dots = torch.einsum("blm,bm->bl", item_mm[seq].float(), item_mm[target_id].float())  # (B, L)
         scale, target_scale = inv_norm[seq], inv_norm[target_id].unsqueeze(1)  # (B, L), (B, 1)
-        cosine = dots * scale * target_scale  # (B, L)
         usable = (seq != 0) & (seq != target_id.unsqueeze(1)) & (scale > 0) & (target_scale > 0)
-        best = cosine.masked_fill(~usable, float("-inf")).amax(dim=1)  # (B,)
+        return (dots * scale * target_scale).masked_fill(~usable, float("nan"))
+
+
+def max_history_cosine(cosines: Tensor) -> Tensor:
+    """`history_cosines` (B, L) float32, NaN where unusable -> (B,) float32: each row's highest cosine, the target's
+    to the nearest other history item; NaN where there is none (an empty history, only repeats of the target, or a
+    zero vector on either side)."""
+    best = cosines.nan_to_num(nan=float("-inf")).amax(dim=1)  # (B,)
     return torch.where(torch.isinf(best), float("nan"), best)
+
+
+def similarity_counts(cosines: Tensor) -> Tensor:
+    """`history_cosines` (B, L) float32 of a left-padded history (most recent item last), NaN where unusable ->
+    (B, COUNT_WINDOWS, SIMILARITY_STEPS) float32: entry [w, b - 1] is the number of other items among the history's
+    COUNT_WINDOW_SIZES[w] most recent positions (w = the last: all of them) whose cosine to the target falls in
+    `similarity_buckets`' bucket b or above (at least as close as that bucket's lower edge); 0 where there are none.
+    Padding counts nowhere, so more of it on the left changes nothing."""
+    buckets = similarity_buckets(cosines)  # (B, L), 0 where unusable
+    per_bucket = nn.functional.one_hot(buckets, SIMILARITY_STEPS + 1)[..., 1:]  # (B, L, S)
+    latest = per_bucket.flip(1).cumsum(1)  # (B, L, S): row j counts the j + 1 most recent positions
+    length = cosines.shape[1]
+    rows = [min(n, length) - 1 for n in COUNT_WINDOW_SIZES] + [length - 1]
+    windows = latest[:, rows]  # (B, W, S)
+    return windows.flip(2).cumsum(2).flip(2).float()
 
 
 def thermometer(table: Tensor, buckets: Tensor) -> Tensor:
@@ -391,6 +415,10 @@ class CTRBase(nn.Module):
         self.length_emb = nn.Embedding(LENGTH_BUCKETS, e, padding_idx=0) if cfg.history_length else None
         # row 0 (no other item to compare) is fixed at 0 too
         self.similarity_emb = nn.Embedding(SIMILARITY_STEPS + 1, e, padding_idx=0) if cfg.history_similarity else None
+        # rows 1.. are (window, bucket) pairs; row 0 is never read, so that FuxiCTR's init and the L2 treat it as
+        # every table's padding row
+        self.count_emb = (nn.Embedding(COUNT_WINDOWS * SIMILARITY_STEPS + 1, e, padding_idx=0)
+                          if cfg.similarity_count else None)
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e
@@ -428,10 +456,11 @@ class CTRBase(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
         train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector, exposure, history-length,
-        history-similarity and context tables and the projection of the frozen embedding.
+        history-similarity, similarity-count and context tables and the projection of the frozen embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
         tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.user_emb,
-                  self.exposure_emb, self.length_emb, self.similarity_emb, self.context_emb, self.mm_proj]
+                  self.exposure_emb, self.length_emb, self.similarity_emb, self.count_emb, self.context_emb,
+                  self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -516,12 +545,27 @@ class CTRBase(nn.Module):
         buckets = length_buckets((seq != 0).sum(dim=1))
         return self.embedding_dropout(thermometer(self.length_emb.weight, buckets))
 
-    def embed_similarity(self, seq: Tensor, target_id: Tensor) -> Tensor:
-        """With `history_similarity`: item_seq (B, L) int64, 0 = padding, item_id (B,) int64 -> the vector (B, E)
-        of the bucket (`similarity_buckets`) of each row's `max_history_cosine`, the sum of the table's rows
-        1..bucket (`thermometer`; 0 where no other item has a vector to compare), after embedding dropout."""
-        buckets = similarity_buckets(max_history_cosine(self.item_mm, self.item_inv_norm, seq, target_id))
+    def history_cosines(self, seq: Tensor, target_id: Tensor) -> Tensor:
+        """item_seq (B, L) int64, 0 = padding, item_id (B,) int64 -> (B, L) float32 `history_cosines` of the frozen
+        item embeddings (NaN where unusable), which `embed_similarity` and `embed_similarity_count` read."""
+        return history_cosines(self.item_mm, self.item_inv_norm, seq, target_id)
+
+    def embed_similarity(self, cosines: Tensor) -> Tensor:
+        """With `history_similarity`: `history_cosines` (B, L) -> the vector (B, E) of the bucket
+        (`similarity_buckets`) of each row's `max_history_cosine`, the sum of the table's rows 1..bucket
+        (`thermometer`; 0 where no other item has a vector to compare), after embedding dropout."""
+        buckets = similarity_buckets(max_history_cosine(cosines))
         return self.embedding_dropout(thermometer(self.similarity_emb.weight, buckets))
+
+    def embed_similarity_count(self, cosines: Tensor) -> Tensor:
+        """With `similarity_count`: `history_cosines` (B, L) -> the vector (B, E) sum_{w, b} log(1 + C_wb) w_wb,
+        C_wb the number of other items among the history's w-th window of most recent positions at least as close
+        to the target as bucket b (`similarity_counts`), w_wb row 1 + w S + b - 1 of the table (0 for a row with
+        none), after embedding dropout. How many history items look like the target, and how recently, which the
+        max, a mean and a softmax all forget; the log, as one more click of a creator or a kind says less the more
+        there are."""
+        counts = torch.log1p(similarity_counts(cosines)).flatten(1)  # (B, W * S)
+        return self.embedding_dropout(counts @ self.count_emb.weight[1:].float())
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

@@ -127,8 +127,12 @@ class TransformerDCN(CTRBase):
             parts += [taste, target * taste]
         if self.length_emb is not None:
             parts.append(self.embed_length(seq))  # (B, E)
-        if self.similarity_emb is not None:
-            parts.append(self.embed_similarity(seq, target_id))  # (B, E)
+        if self.similarity_emb is not None or self.count_emb is not None:
+            cosines = self.history_cosines(seq, target_id)  # (B, L)
+            if self.similarity_emb is not None:
+                parts.append(self.embed_similarity(cosines))  # (B, E)
+            if self.count_emb is not None:
+                parts.append(self.embed_similarity_count(cosines))  # (B, E)
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

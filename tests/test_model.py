@@ -4,6 +4,7 @@ its ablations, DIN and the mean-pool MLP (against per-row references), through b
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 from model.din import DIN
 from model.factory import MODELS, build_model
 from model.layers import (
+    COUNT_WINDOW_SIZES,
+    COUNT_WINDOWS,
     HISTORY_LENGTH_CAP,
     LENGTH_BUCKETS,
     SIMILARITY_STEPS,
@@ -20,6 +23,7 @@ from model.layers import (
     Dice,
     Dropout,
     Encoder,
+    history_cosines,
     inverse_norms,
     keep_mask,
     keep_mask_reference,
@@ -27,6 +31,7 @@ from model.layers import (
     masked_mean,
     max_history_cosine,
     similarity_buckets,
+    similarity_counts,
     target_attention,
 )
 from model.meanpool import MeanPool
@@ -150,7 +155,7 @@ def test_winning_configuration_forward_backward():
     cfg = ModelConfig(embedding_dim=64, mm_dim=0, transformer_layers=2, dim_feedforward=256, transformer_dropout=0.2,
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
-                      user_interest=False, history_length=False, history_similarity=False,
+                      user_interest=False, history_length=False, history_similarity=False, similarity_count=False,
                       new_item_offset=False, ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
@@ -981,21 +986,31 @@ def test_history_length_gives_the_dcn_the_thermometer_code_of_the_historys_lengt
         dataclasses.replace(cfg, model="din")
 
 
-def plain_max_history_cosine(mm: torch.Tensor, seq: torch.Tensor, target: torch.Tensor) -> list[float | None]:
-    """max_history_cosine's reference: per row, a loop over the history in plain Python floats."""
+def plain_history_cosines(mm: torch.Tensor, seq: torch.Tensor, target: torch.Tensor) -> list[list[float]]:
+    """history_cosines' reference: per row, the cosines of the target to the history items other than padding,
+    repeats of the target and zero vectors, by a loop in plain Python floats."""
     out = []
     for row, t in zip(seq.tolist(), target.tolist()):
         tv = mm[t].double().tolist()
-        best = None
+        kept = []
         for h in row:
             hv = mm[h].double().tolist()
             nh, nt = sum(x * x for x in hv) ** 0.5, sum(x * x for x in tv) ** 0.5
             if h == 0 or h == t or nh == 0 or nt == 0:
                 continue
-            c = sum(a * b for a, b in zip(hv, tv)) / (nh * nt)
-            best = c if best is None else max(best, c)
-        out.append(best)
+            kept.append(sum(a * b for a, b in zip(hv, tv)) / (nh * nt))
+        out.append(kept)
     return out
+
+
+def plain_max_history_cosine(mm: torch.Tensor, seq: torch.Tensor, target: torch.Tensor) -> list[float | None]:
+    """max_history_cosine's reference: the highest of each row's plain_history_cosines, None where there is none."""
+    return [max(row) if row else None for row in plain_history_cosines(mm, seq, target)]
+
+
+def plain_bucket(cosine: float) -> int:
+    """similarity_buckets' formula for one cosine, in plain Python."""
+    return min(SIMILARITY_STEPS, 1 + int((cosine + 1) * SIMILARITY_STEPS / 2))
 
 
 def test_max_history_cosine_matches_a_plain_reference_leaving_out_padding_repeats_and_zero_vectors():
@@ -1013,15 +1028,16 @@ def test_max_history_cosine_matches_a_plain_reference_leaving_out_padding_repeat
     seq[3, -2:], target[4], seq[4, -1] = torch.tensor([7, 5]), 7, 5
     want = plain_max_history_cosine(mm, seq, target)
     assert want[0] is None and want[1] is None and want[2] is None and want[4] is None and want[3] is not None
-    cosines = (max_history_cosine(m, inverse_norms(m), seq, target) for m in (mm, mm.bfloat16()))
+    cosines = (max_history_cosine(history_cosines(m, inverse_norms(m), seq, target)) for m in (mm, mm.bfloat16()))
     for got in cosines:
         assert got.dtype == torch.float32
         assert [g != g for g in got.tolist()] == [w is None for w in want]  # NaN exactly where the reference has none
-    got = max_history_cosine(mm, inverse_norms(mm), seq, target)
+    got = max_history_cosine(history_cosines(mm, inverse_norms(mm), seq, target))
     torch.testing.assert_close(got[got == got].double(), torch.tensor([w for w in want if w is not None],
                                                                        dtype=torch.float64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(max_history_cosine(mm, inverse_norms(mm), seq, target), got, equal_nan=True)
+        torch.testing.assert_close(max_history_cosine(history_cosines(mm, inverse_norms(mm), seq, target)), got,
+                                   equal_nan=True)
 
 
 def test_inverse_norms_follow_the_item_table_a_state_dict_loads_and_are_not_saved():
@@ -1081,7 +1097,7 @@ def test_history_similarity_gives_the_dcn_the_thermometer_code_of_the_nearest_ot
     rows = model.similarity_emb.weight
     cosines = plain_max_history_cosine(mm, b["item_seq"], b["item_id"])
     assert cosines[0] is None and cosines[1] is None and cosines[2] is not None
-    steps = [0 if c is None else min(SIMILARITY_STEPS, 1 + int((c + 1) * SIMILARITY_STEPS / 2)) for c in cosines]
+    steps = [0 if c is None else plain_bucket(c) for c in cosines]
     want = torch.stack([rows[1:k + 1].sum(0) for k in steps])  # rows 1..bucket, summed
     torch.testing.assert_close(seen[0][:, -e:], want)
     torch.testing.assert_close(seen[1][:, -e:], want)
@@ -1092,6 +1108,79 @@ def test_history_similarity_gives_the_dcn_the_thermometer_code_of_the_nearest_ot
     torch.testing.assert_close(loaded(b), model(b))
     with pytest.raises(ParamsError, match="train.history_similarity"):
         dataclasses.replace(cfg, history_length=False, model="din")
+
+
+def plain_similarity_counts(mm: torch.Tensor, seq: torch.Tensor, target: torch.Tensor) -> list[list[list[int]]]:
+    """similarity_counts' reference: per row, window and bucket b, a count in plain Python of the other items among
+    the window's most recent positions whose plain_bucket is b or above."""
+    out = []
+    for row, t in zip(seq.tolist(), target.tolist()):
+        latest_first = []  # each position's bucket from the most recent back, None where nothing compares
+        for h in reversed(row):
+            kept = plain_history_cosines(mm, torch.tensor([[h]]), torch.tensor([t]))[0]
+            latest_first.append(plain_bucket(kept[0]) if kept else None)
+        sizes = [*COUNT_WINDOW_SIZES, len(row)]
+        out.append([[sum(1 for k in latest_first[:n] if k is not None and k >= b)
+                     for b in range(1, SIMILARITY_STEPS + 1)] for n in sizes])
+    return out
+
+
+def test_similarity_counts_match_a_plain_count_per_window_and_bucket_edge():
+    """Entry [w, b - 1] of similarity_counts counts the other items among window w's most recent positions whose
+    cosine's bucket is b or above, against plain_similarity_counts: padding, repeats of the target and zero vectors
+    never count, a row with none is all zeros, and more padding on the left changes nothing."""
+    tags, mm = item_tables()
+    mm[7] = 0.0
+    seq = random_histories(30, 40)
+    target = torch.randint(1, N_ITEMS + 1, (30,), generator=torch.Generator().manual_seed(9))
+    seq[:3] = 0
+    seq[1, -3:] = target[1]  # only the target
+    seq[2, -5:] = torch.tensor([7, 5, 5, 5, target[2]])  # a zero vector, one item three times, the target
+    got = similarity_counts(history_cosines(mm, inverse_norms(mm), seq, target))
+    assert got.shape == (30, COUNT_WINDOWS, SIMILARITY_STEPS) and got.dtype == torch.float32
+    assert got.tolist() == plain_similarity_counts(mm, seq, target)
+    assert not got[:2].any() and got[2, :, 0].tolist() == [0, 1, 3, 3, 3, 3, 3]
+    assert (got[:, -1] >= got[:, -2]).all() and (got[:, -1, 0] > got[:, -2, 0]).any()  # 40 positions: 32 < all
+    padded = torch.nn.functional.pad(seq, (9, 0))
+    assert torch.equal(similarity_counts(history_cosines(mm, inverse_norms(mm), padded, target)), got)
+
+
+def test_similarity_count_gives_the_dcn_the_log_counts_through_its_table(tmp_path):
+    """With similarity_count the DCN input ends in sum_wb log(1 + C_wb) w_wb (after history_similarity's vector),
+    the same whatever the padding, zeros where no other item compares; the table counts as an embedding and widens the
+    input by E; the checkpoint scores the same, and only transformer_dcn has the part."""
+    cfg = dataclasses.replace(SMALL, history_similarity=True, similarity_count=True)
+    torch.manual_seed(0)
+    tags, mm = item_tables()
+    model = build_model(cfg, feature_map(), tags, mm).eval()
+    e = cfg.embedding_dim
+    assert any(p is model.count_emb.weight for p in model.embedding_parameters())
+    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
+        cfg, similarity_count=False).dcn_input_dim(model.item_dim, model.context_dim) + e
+    b = batch(random_histories(6, 20))
+    b["item_seq"][:2] = 0
+    b["item_seq"][1, -2:] = b["item_id"][1]
+    b["item_seq"][2, -5:] = 3
+    seen = []
+    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model.count_emb.weight[1:] = torch.randn(COUNT_WINDOWS * SIMILARITY_STEPS, e)
+        model(b)
+        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))
+    hook.remove()
+    rows = model.count_emb.weight.detach()[1:].reshape(COUNT_WINDOWS, SIMILARITY_STEPS, e)
+    want = torch.stack([sum((math.log1p(c) * rows[w, k] for w, window in enumerate(counts)
+                             for k, c in enumerate(window)), torch.zeros(e))
+                        for counts in plain_similarity_counts(mm, b["item_seq"], b["item_id"])])
+    torch.testing.assert_close(seen[0][:, -e:], want)
+    torch.testing.assert_close(seen[1][:, -e:], want)
+    assert not seen[0][:2, -e:].any() and seen[0][2, -e:].any()
+    path = tmp_path / "count.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded(b), model(b))
+    with pytest.raises(ParamsError, match="train.similarity_count"):
+        dataclasses.replace(cfg, history_similarity=False, model="din")
 
 
 def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
@@ -1191,19 +1280,20 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
     """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias,
-    ensemble_mix, user_interest, history_length and history_similarity (written before they existed) rebuilds the
-    model it holds, with each off, whatever ModelConfig's defaults are."""
+    ensemble_mix, user_interest, history_length, history_similarity and similarity_count (written before they
+    existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
     for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix",
-                "user_interest", "history_length", "history_similarity"):
+                "user_interest", "history_length", "history_similarity", "similarity_count"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
     assert not loaded.cfg.user_interest and not loaded.cfg.history_length and not loaded.cfg.history_similarity
+    assert not loaded.cfg.similarity_count
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

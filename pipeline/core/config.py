@@ -514,7 +514,7 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
                                   "user_bias": False, "user_interest": False, "history_length": False,
-                                  "history_similarity": False, "new_item_offset": False,
+                                  "history_similarity": False, "similarity_count": False, "new_item_offset": False,
                                   "item_repr": "id", "id_init": "random", "ensemble": 1, "ensemble_mix": "none"}
 
 
@@ -562,6 +562,13 @@ class ModelConfig:
     # like the target (the next episode of a show being watched), which a softmax or a mean blurs; a thermometer
     # code like history_length's (README "History similarity"); on by default since 2026-12-07
     history_similarity: bool = True
+    # transformer_dcn: add sum_wb log(1 + C_wb) w_wb (embedding_dim wide) to the DCN input, C_wb the number of other
+    # items among the history's w-th window of most recent positions (the last 1, 2, 4, ..., 32, all) whose
+    # frozen-embedding cosine to the target is at least bucket b's lower edge (history_similarity's 40 steps), w_wb
+    # learnt (model/layers.py `similarity_counts`): how many history items look like the target, and how recently
+    # (clicks of the same creator, kind or show), which the max, a mean and a softmax forget (README "Similarity
+    # counts"); on by default since 2026-12-07
+    similarity_count: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -622,7 +629,8 @@ class ModelConfig:
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
                 + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest)
-                + self.embedding_dim * (int(self.history_length) + int(self.history_similarity)))
+                + self.embedding_dim * (int(self.history_length) + int(self.history_similarity)
+                                       + int(self.similarity_count)))
 
     def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
         """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
@@ -725,7 +733,7 @@ class ModelConfig:
         require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
                 "maps the recent items of recent_interest, which is 0")
         for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest",
-                     "user_interest", "history_length", "history_similarity"):
+                     "user_interest", "history_length", "history_similarity", "similarity_count"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):

@@ -165,7 +165,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
 SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recent_interest": 0, "ensemble": 1,
                                "target_interest": False, "recent_map": False, "user_bias": False,
                                "ensemble_mix": "none", "user_interest": False, "history_length": False,
-                               "history_similarity": False, "new_item_offset": False}
+                               "history_similarity": False, "new_item_offset": False,
+                               "similarity_count": False}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
