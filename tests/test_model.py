@@ -1128,7 +1128,8 @@ def plain_similarity_counts(mm: torch.Tensor, seq: torch.Tensor, target: torch.T
 def test_similarity_counts_match_a_plain_count_per_window_and_bucket_edge():
     """Entry [w, b - 1] of similarity_counts counts the other items among window w's most recent positions whose
     cosine's bucket is b or above, against plain_similarity_counts: padding, repeats of the target and zero vectors
-    never count, a row with none is all zeros, and more padding on the left changes nothing."""
+    never count, a row with none is all zeros, more padding on the left changes nothing, and a bf16 autocast
+    leaves the counts exact float32."""
     tags, mm = item_tables()
     mm[7] = 0.0
     seq = random_histories(30, 40)
@@ -1143,6 +1144,8 @@ def test_similarity_counts_match_a_plain_count_per_window_and_bucket_edge():
     assert (got[:, -1] >= got[:, -2]).all() and (got[:, -1, 0] > got[:, -2, 0]).any()  # 40 positions: 32 < all
     padded = torch.nn.functional.pad(seq, (9, 0))
     assert torch.equal(similarity_counts(history_cosines(mm, inverse_norms(mm), padded, target)), got)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(similarity_counts(history_cosines(mm, inverse_norms(mm), seq, target)), got)
 
 
 def test_similarity_count_gives_the_dcn_the_log_counts_through_its_table(tmp_path):
