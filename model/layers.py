@@ -11,9 +11,11 @@ its logit for the target item, and with `user_bias` one per user seen in trainin
 with `history_length`, an E-wide vector per half-octave bucket of the history's length, a thermometer code
 (`length_buckets`, `embed_length`); with `history_similarity`, an E-wide vector per bucket of the highest cosine of
 the target's frozen embedding to that of another item in the history, a thermometer code too (`similarity_buckets`,
-`embed_similarity`); with `new_item_offset`, one scalar (`new_item_logit`, fitted after training, 0 before) added
-to the logit of a target item the train split never had as a target (the table `item_new`; `logit_bias`);
-and FuxiCTR's initialisation.
+`embed_similarity`); with `similarity_count`, an E-wide vector sum_wb log(1 + C_wb) w_wb of the numbers C_wb of
+other history items, among each window w of the most recent positions, at or above each such cosine step b
+(`similarity_counts`, `embed_similarity_count`); with `new_item_offset`, one scalar (`new_item_logit`, fitted
+after training, 0 before) added to the logit of a target item the train split never had as a target (the table
+`item_new`; `logit_bias`); and FuxiCTR's initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
 `user_keys`, the sorted distinct user ids of the train split (a buffer, so the checkpoint holds it), maps user id k

@@ -1070,42 +1070,53 @@ def test_similarity_buckets_are_equal_steps_over_minus_one_to_one_and_zero_for_n
     assert similarity_buckets(torch.tensor([float("nan"), 1.0000001, -1.0000001])).tolist() == [0, SIMILARITY_STEPS, 1]
 
 
+def dcn_tail(cfg: ModelConfig, switch: str, table: str, tmp_path
+             ) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor]:
+    """Build cfg's model, whose `switch` adds the embedding `table` (E more DCN inputs than without it, and an
+    embedding for the L2), set the table's rows 1.. far from FuxiCTR's ~0 init, and score a batch whose
+    rows 0-2 hold an empty history, only the target itself, and one other item five times, then the same batch with
+    7 more padding positions; the checkpoint must score it the same. -> (the frozen table mm, the batch, the table's
+    weights, the last E columns of the DCN input of both scorings stacked (2, B, E))."""
+    torch.manual_seed(0)
+    tags, mm = item_tables()
+    model = build_model(cfg, feature_map(), tags, mm).eval()
+    e = cfg.embedding_dim
+    weights = getattr(model, table).weight
+    assert any(p is weights for p in model.embedding_parameters())
+    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
+        cfg, **{switch: False}).dcn_input_dim(model.item_dim, model.context_dim) + e
+    b = batch(random_histories(6, 20))
+    b["item_seq"][:2] = 0
+    b["item_seq"][1, -2:] = b["item_id"][1]  # only the target itself
+    b["item_seq"][2, -5:] = 3
+    seen = []
+    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0][:, -e:]))
+    with torch.no_grad():
+        weights[1:] = torch.randn(weights.shape[0] - 1, e)
+        model(b)
+        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))  # more padding, same items
+    hook.remove()
+    path = tmp_path / "tail.pt"
+    save_checkpoint(path, model, feature_map())
+    loaded, _ = load_checkpoint(path, torch.device("cpu"))
+    torch.testing.assert_close(loaded(b), model(b))
+    return mm, b, weights.detach(), torch.stack(seen)
+
+
 def test_history_similarity_gives_the_dcn_the_thermometer_code_of_the_nearest_other_items_cosine(tmp_path):
     """With history_similarity the DCN input ends in the E-wide vector of each row's cosine bucket b, the sum of
     the table's rows 1..b, whatever the padding; no other item to compare gives zeros; with history_length too it
     comes after the length's vector; the table counts as an embedding; the checkpoint scores the same; only
     transformer_dcn has the part."""
     cfg = dataclasses.replace(SMALL, history_similarity=True, history_length=True)
-    torch.manual_seed(0)
-    tags, mm = item_tables()
-    model = build_model(cfg, feature_map(), tags, mm).eval()
-    e = cfg.embedding_dim
-    assert any(p is model.similarity_emb.weight for p in model.embedding_parameters())
-    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
-        cfg, history_similarity=False).dcn_input_dim(model.item_dim, model.context_dim) + e
-    b = batch(random_histories(6, 20))
-    b["item_seq"][:2] = 0
-    b["item_seq"][1, -2:] = b["item_id"][1]  # only the target itself
-    b["item_seq"][2, -5:] = 3
-    seen = []
-    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    with torch.no_grad():
-        model.similarity_emb.weight[1:] = torch.randn(SIMILARITY_STEPS, e)  # far from FuxiCTR's ~0
-        model(b)
-        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))  # more padding, same items
-    hook.remove()
-    rows = model.similarity_emb.weight
+    mm, b, rows, tails = dcn_tail(cfg, "history_similarity", "similarity_emb", tmp_path)
     cosines = plain_max_history_cosine(mm, b["item_seq"], b["item_id"])
     assert cosines[0] is None and cosines[1] is None and cosines[2] is not None
     steps = [0 if c is None else plain_bucket(c) for c in cosines]
     want = torch.stack([rows[1:k + 1].sum(0) for k in steps])  # rows 1..bucket, summed
-    torch.testing.assert_close(seen[0][:, -e:], want)
-    torch.testing.assert_close(seen[1][:, -e:], want)
-    assert not seen[0][:2, -e:].any() and seen[0][2, -e:].any()
-    path = tmp_path / "similarity.pt"
-    save_checkpoint(path, model, feature_map())
-    loaded, _ = load_checkpoint(path, torch.device("cpu"))
-    torch.testing.assert_close(loaded(b), model(b))
+    torch.testing.assert_close(tails[0], want)
+    torch.testing.assert_close(tails[1], want)
+    assert not tails[0, :2].any() and tails[0, 2].any()
     with pytest.raises(ParamsError, match="train.history_similarity"):
         dataclasses.replace(cfg, history_length=False, model="din")
 
@@ -1153,35 +1164,15 @@ def test_similarity_count_gives_the_dcn_the_log_counts_through_its_table(tmp_pat
     the same whatever the padding, zeros where no other item compares; the table counts as an embedding and widens the
     input by E; the checkpoint scores the same, and only transformer_dcn has the part."""
     cfg = dataclasses.replace(SMALL, history_similarity=True, similarity_count=True)
-    torch.manual_seed(0)
-    tags, mm = item_tables()
-    model = build_model(cfg, feature_map(), tags, mm).eval()
+    mm, b, weights, tails = dcn_tail(cfg, "similarity_count", "count_emb", tmp_path)
     e = cfg.embedding_dim
-    assert any(p is model.count_emb.weight for p in model.embedding_parameters())
-    assert cfg.dcn_input_dim(model.item_dim, model.context_dim) == dataclasses.replace(
-        cfg, similarity_count=False).dcn_input_dim(model.item_dim, model.context_dim) + e
-    b = batch(random_histories(6, 20))
-    b["item_seq"][:2] = 0
-    b["item_seq"][1, -2:] = b["item_id"][1]
-    b["item_seq"][2, -5:] = 3
-    seen = []
-    hook = model.dnn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    with torch.no_grad():
-        model.count_emb.weight[1:] = torch.randn(COUNT_WINDOWS * SIMILARITY_STEPS, e)
-        model(b)
-        model(dict(b, item_seq=torch.nn.functional.pad(b["item_seq"], (7, 0))))
-    hook.remove()
-    rows = model.count_emb.weight.detach()[1:].reshape(COUNT_WINDOWS, SIMILARITY_STEPS, e)
+    rows = weights[1:].reshape(COUNT_WINDOWS, SIMILARITY_STEPS, e)
     want = torch.stack([sum((math.log1p(c) * rows[w, k] for w, window in enumerate(counts)
                              for k, c in enumerate(window)), torch.zeros(e))
                         for counts in plain_similarity_counts(mm, b["item_seq"], b["item_id"])])
-    torch.testing.assert_close(seen[0][:, -e:], want)
-    torch.testing.assert_close(seen[1][:, -e:], want)
-    assert not seen[0][:2, -e:].any() and seen[0][2, -e:].any()
-    path = tmp_path / "count.pt"
-    save_checkpoint(path, model, feature_map())
-    loaded, _ = load_checkpoint(path, torch.device("cpu"))
-    torch.testing.assert_close(loaded(b), model(b))
+    torch.testing.assert_close(tails[0], want)
+    torch.testing.assert_close(tails[1], want)
+    assert not tails[0, :2].any() and tails[0, 2].any()
     with pytest.raises(ParamsError, match="train.similarity_count"):
         dataclasses.replace(cfg, history_similarity=False, model="din")
 
