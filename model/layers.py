@@ -569,7 +569,7 @@ class CTRBase(nn.Module):
         max, a mean and a softmax all forget; the log, as one more click of a creator or a kind says less the more
         there are."""
         counts = torch.log1p(similarity_counts(cosines)).flatten(1)  # (B, W * S)
-        return self.embedding_dropout(counts @ self.count_emb.weight[1:].float())
+        return self.embedding_dropout(counts @ self.count_emb.weight[1:])
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

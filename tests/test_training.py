@@ -4,6 +4,8 @@ hand-computed values and a learnable toy problem."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 import math
 import os
 import re
@@ -494,6 +496,32 @@ def test_members_trained_side_by_side_equal_those_trained_one_after_another(tmp_
         for k, v in b.state_dict().items():
             torch.testing.assert_close(a.state_dict()[k], v, rtol=0, atol=0)
     assert all(resume_path(tmp_path / "m.pt", k).exists() for k in range(3))
+
+
+def test_member_log_lines_tag_every_root_handler_and_put_its_formatter_back():
+    """Inside member_log_lines([0, 2]) a line says "(member 1, 3)" after the logger's name, through every root
+    handler; afterwards each handler formats as before (its own formatter, or none)."""
+    own, bare = io.StringIO(), io.StringIO()
+    handlers = [logging.StreamHandler(own), logging.StreamHandler(bare)]
+    handlers[0].setFormatter(logging.Formatter("%(name)s| %(message)s"))
+    logger = logging.getLogger("test_member_log_lines")
+    logger.setLevel(logging.INFO)
+    root = logging.getLogger()
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        with loop.member_log_lines([0, 2]):
+            logger.info("inside")
+        logger.info("after")
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+    inside, after = own.getvalue().splitlines()
+    assert re.fullmatch(r"\S+ \S+ test_member_log_lines \(member 1, 3\): inside", inside)
+    assert after == "test_member_log_lines| after"
+    assert bare.getvalue().splitlines()[0].endswith("test_member_log_lines (member 1, 3): inside")
+    assert bare.getvalue().splitlines()[1] == "after"
+    assert handlers[1].formatter is None
 
 
 def test_member_processes_only_side_by_side_on_one_cpu_process_with_splits_in_memory(torch_threads):

@@ -485,8 +485,9 @@ def fit_members_side_by_side(build: Callable[[ModelConfig], CTRBase], train: Spl
             workers.append((slot, proc, receive))
         torch.set_num_threads(threads - share * (processes - 1))
         try:
-            trained = {k: fit_member(build, k, train, valid, cfg, torch.device("cpu"), live if k == 0 else None,
-                                     SINGLE, model_path) for k in slots[0]}
+            with member_log_lines(slots[0]):
+                trained = {k: fit_member(build, k, train, valid, cfg, torch.device("cpu"),
+                                         live if k == 0 else None, SINGLE, model_path) for k in slots[0]}
         finally:
             torch.set_num_threads(threads)
         for slot, proc, receive in workers:
@@ -503,6 +504,25 @@ def fit_members_side_by_side(build: Callable[[ModelConfig], CTRBase], train: Spl
     return [trained[k] for k in range(cfg.arch.ensemble)]
 
 
+@contextlib.contextmanager
+def member_log_lines(slot: list[int]) -> Iterator[None]:
+    """While members `slot` (0-based) train side by side with others, the root logger's handlers print
+    "(member 1, 3)" (numbered from 1, as the "member k of N" lines) after the logger's name: the processes' lines
+    interleave, and each must say whose it is, this process's as much as a spawned one's. The handlers' own
+    formatters are put back on exit."""
+    members = ", ".join(str(k + 1) for k in slot)
+    tagged = logging.Formatter(f"%(asctime)s %(name)s (member {members}): %(message)s")
+    handlers = list(logging.getLogger().handlers)
+    before = [handler.formatter for handler in handlers]
+    for handler in handlers:
+        handler.setFormatter(tagged)
+    try:
+        yield
+    finally:
+        for handler, formatter in zip(handlers, before):
+            handler.setFormatter(formatter)
+
+
 def fit_members_worker(send: Any, build: Callable[[ModelConfig], CTRBase], slot: list[int], train: SplitTensors,
                        valid: SplitTensors, cfg: TrainConfig, threads: int, model_path: Path | None) -> None:
     """The body of a process of fit_members_side_by_side: members `slot` one after another at `threads` torch
@@ -510,17 +530,15 @@ def fit_members_worker(send: Any, build: Callable[[ModelConfig], CTRBase], slot:
     from pipeline.core.stage import configure_logging, stop_with_parent
 
     configure_logging("train")
-    members = ", ".join(str(k + 1) for k in slot)  # numbered from 1 as the "member k of N" lines
-    for handler in logging.getLogger().handlers:  # its lines next to the other process's: say whose they are
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(name)s (member {members}): %(message)s"))
     stop_with_parent()
     torch.set_num_threads(threads)
     try:
         out = []
-        for k in slot:
-            member, history = fit_member(build, k, train, valid, cfg, torch.device("cpu"), None, SINGLE, model_path,
-                                         progress=False)
-            out.append((member.state_dict(), history))
+        with member_log_lines(slot):
+            for k in slot:
+                member, history = fit_member(build, k, train, valid, cfg, torch.device("cpu"), None, SINGLE,
+                                             model_path, progress=False)
+                out.append((member.state_dict(), history))
         buffer = io.BytesIO()
         torch.save(out, buffer)
         send.send(("ok", buffer.getvalue()))
