@@ -13,9 +13,11 @@ with `history_length`, an E-wide vector per half-octave bucket of the history's 
 the target's frozen embedding to that of another item in the history, a thermometer code too (`similarity_buckets`,
 `embed_similarity`); with `similarity_count`, an E-wide vector sum_wb log(1 + C_wb) w_wb of the numbers C_wb of
 other history items, among each window w of the most recent positions, at or above each such cosine step b
-(`similarity_counts`, `embed_similarity_count`); with `new_item_offset`, one scalar (`new_item_logit`, fitted
-after training, 0 before) added to the logit of a target item the train split never had as a target (the table
-`item_new`; `logit_bias`); and FuxiCTR's initialisation.
+(`similarity_counts`, `embed_similarity_count`); with `repeat_count`, an E-wide vector sum_w log(1 + R_w) r_w of
+the numbers R_w of times the target itself is among each such window (`repeat_counts`, `embed_repeat_count`);
+with `new_item_offset`, one scalar (`new_item_logit`, fitted after training, 0 before) added to the logit of a
+target item the train split never had as a target (the table `item_new`; `logit_bias`); and FuxiCTR's
+initialisation.
 
 User ids reach a row of the user tables (bias and vector) through an explicit index, never by their value:
 `user_keys`, the sorted distinct user ids of the train split (a buffer, so the checkpoint holds it), maps user id k
@@ -313,15 +315,29 @@ def similarity_counts(cosines: Tensor) -> Tensor:
     COUNT_WINDOW_SIZES[w] most recent positions (w = the last: all of them) whose cosine to the target falls in
     `similarity_buckets`' bucket b or above (at least as close as that bucket's lower edge); 0 where there are none.
     Padding counts nowhere, so more of it on the left changes nothing."""
-    length = cosines.shape[1]
     steps = torch.arange(1, SIMILARITY_STEPS + 1, device=cosines.device)
     at_least = (similarity_buckets(cosines).unsqueeze(-1) >= steps).float()  # (B, L, S): bucket 0 is below all
-    from_end = torch.arange(length - 1, -1, -1, device=cosines.device)  # (L,): 0 for the most recent position
-    sizes = torch.tensor([*COUNT_WINDOW_SIZES, length], device=cosines.device)
-    in_window = (from_end < sizes.unsqueeze(1)).float()  # (W, L)
     # one batched matrix product, not cumulative sums over one-hot codes: 2-3 times faster on a CPU
     with torch.autocast(cosines.device.type, enabled=False):  # counts up to L stay exact in float32
-        return torch.einsum("wl,bls->bws", in_window, at_least)
+        return torch.einsum("wl,bls->bws", count_windows(cosines.shape[1], cosines.device), at_least)
+
+
+def count_windows(length: int, device: torch.device) -> Tensor:
+    """-> (COUNT_WINDOWS, length) float32: row w is 1 at the COUNT_WINDOW_SIZES[w] most recent (rightmost)
+    positions of a left-padded history of `length` (the last row: at all of them), 0 elsewhere."""
+    from_end = torch.arange(length - 1, -1, -1, device=device)  # (L,): 0 for the most recent position
+    sizes = torch.tensor([*COUNT_WINDOW_SIZES, length], device=device)
+    return (from_end < sizes.unsqueeze(1)).float()  # (W, L)
+
+
+def repeat_counts(seq: Tensor, target_id: Tensor) -> Tensor:
+    """seq (B, L) int64 left-padded history (most recent item last), 0 = padding; target_id (B,) int64 ->
+    (B, COUNT_WINDOWS) float32: entry w is the number of times the target itself is among the history's
+    COUNT_WINDOW_SIZES[w] most recent positions (w = the last: all of them). Padding never counts (no target is
+    id 0), so more of it on the left changes nothing."""
+    same = ((seq == target_id.unsqueeze(1)) & (seq != 0)).float()  # (B, L)
+    with torch.autocast(seq.device.type, enabled=False):  # counts up to L stay exact in float32
+        return same @ count_windows(seq.shape[1], seq.device).T  # (B, W)
 
 
 def thermometer(table: Tensor, buckets: Tensor) -> Tensor:
@@ -423,6 +439,8 @@ class CTRBase(nn.Module):
         # every table's padding row
         self.count_emb = (nn.Embedding(COUNT_WINDOWS * SIMILARITY_STEPS + 1, e, padding_idx=0)
                           if cfg.similarity_count else None)
+        # row 0 unused, as count_emb's
+        self.repeat_emb = nn.Embedding(COUNT_WINDOWS + 1, e, padding_idx=0) if cfg.repeat_count else None
         self.context_emb = nn.ModuleDict(
             {f.name: nn.Embedding(f.vocab_size, e, padding_idx=0) for f in feature_map.context_features})
         self.context_dim = len(self.context_names) * e
@@ -460,11 +478,12 @@ class CTRBase(nn.Module):
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The parameters FuxiCTR counts as embeddings (those of its FeatureEmbeddingDict, for
         train.embedding_regularizer): the id, code, tag, item-bias, user-bias, user-vector, exposure, history-length,
-        history-similarity, similarity-count and context tables and the projection of the frozen embedding.
+        history-similarity, similarity-count, repeat-count and context tables and the projection of the frozen
+        embedding.
         Every other parameter is a network parameter (train.net_regularizer)."""
         tables = [self.item_emb, self.code_emb, self.tag_emb, self.item_bias, self.user_bias, self.user_emb,
-                  self.exposure_emb, self.length_emb, self.similarity_emb, self.count_emb, self.context_emb,
-                  self.mm_proj]
+                  self.exposure_emb, self.length_emb, self.similarity_emb, self.count_emb, self.repeat_emb,
+                  self.context_emb, self.mm_proj]
         return [p for m in tables if m is not None for p in m.parameters()]
 
     def learnt_item(self, ids: Tensor) -> Tensor:
@@ -570,6 +589,15 @@ class CTRBase(nn.Module):
         there are."""
         counts = torch.log1p(similarity_counts(cosines)).flatten(1)  # (B, W * S)
         return self.embedding_dropout(counts @ self.count_emb.weight[1:])
+
+    def embed_repeat_count(self, seq: Tensor, target_id: Tensor) -> Tensor:
+        """With `repeat_count`: item_seq (B, L) int64, 0 = padding, item_id (B,) int64 -> the vector (B, E)
+        sum_w log(1 + R_w) r_w, R_w the number of times the target itself is among the history's w-th window of
+        most recent positions (`repeat_counts`), r_w row 1 + w of the table (0 for a target not in the history),
+        after embedding dropout. The history cosines leave the target's own repeats out (`history_cosines`); this
+        says whether, how often and how recently the user clicked this very item."""
+        counts = torch.log1p(repeat_counts(seq, target_id))  # (B, W)
+        return self.embedding_dropout(counts @ self.repeat_emb.weight[1:])
 
     def embed_context(self, batch: dict[str, Tensor]) -> list[Tensor]:
         """The batch's context features, each (B,) int64 -> their embeddings after embedding dropout, each (B, E),

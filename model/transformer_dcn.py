@@ -38,7 +38,9 @@ of the show, a product like one bought) is a sharp fact that attention's softmax
 most where items come in families the ids must otherwise learn one by one. `similarity_count` (also ours) adds how
 many: the log-counts of other history items at or above each of those steps, over the last 1, 2, 4, ..., 32 and
 all positions (model/layers.py `similarity_counts`), through a learnt table: a creator clicked five times pulls
-harder than one clicked once, and recent clicks more than old ones.
+harder than one clicked once, and recent clicks more than old ones. `repeat_count` (also ours) adds the same
+log-counts, over the same windows, of the target itself in the history (model/layers.py `repeat_counts`), which
+the cosines leave out: whether, how often and how recently the user clicked this very item before.
 
 Ablations (ModelConfig): `use_transformer: false` builds the same sequence output from the tokens themselves
 (no encoder), so only the Transformer is removed; `use_dcn: false` drops the cross network, the prediction MLP
@@ -136,6 +138,8 @@ class TransformerDCN(CTRBase):
                 parts.append(self.embed_similarity(cosines))  # (B, E)
             if self.count_emb is not None:
                 parts.append(self.embed_similarity_count(cosines))  # (B, E)
+        if self.repeat_emb is not None:
+            parts.append(self.embed_repeat_count(seq, target_id))  # (B, E)
         x0 = torch.cat(parts, dim=1)  # (B, D)
         x = self.dnn(x0)  # (B, deep_out)
         if self.cross is not None:

@@ -74,7 +74,8 @@ SMALL = ModelConfig(embedding_dim=8, mm_dim=0, transformer_layers=2, num_heads=2
                     transformer_dropout=0.2, first_k=4, mean_interest=False, recent_interest=0, cross_layers=2,
                     cross_rank=0, dnn_hidden_units=(32, 16), mlp_hidden_units=(8,), net_dropout=0.2, exposure_levels=0,
                     user_bias=False, user_interest=False, history_length=False, history_similarity=False,
-                    similarity_count=False, new_item_offset=False, ensemble=1, ensemble_mix="none")
+                    similarity_count=False, repeat_count=False, new_item_offset=False, ensemble=1,
+                    ensemble_mix="none")
 
 
 def small_model(cfg: ModelConfig = SMALL) -> TransformerDCN:
@@ -129,8 +130,8 @@ def train_cfg(**kw) -> TrainConfig:
                 transformer_dropout=0.0, net_dropout=0.0, learning_rate=3e-3, batch_size=64, eval_batch_size=256,
                 epochs=12, max_steps=0, patience=3, seed=1, device="cpu", ema_decay=0.0, exposure_levels=0,
                 embedding_regularizer=0.0, user_bias=False, user_interest=False, history_length=False,
-                history_similarity=False, similarity_count=False, new_item_offset=False, ensemble=1,
-                ensemble_mix="none", parallel_members=False)
+                history_similarity=False, similarity_count=False, repeat_count=False, new_item_offset=False,
+                ensemble=1, ensemble_mix="none", parallel_members=False)
     return from_dict(TrainConfig, base | kw, "train")
 
 

@@ -30,6 +30,7 @@ from model.layers import (
     length_buckets,
     masked_mean,
     max_history_cosine,
+    repeat_counts,
     similarity_buckets,
     similarity_counts,
     target_attention,
@@ -156,7 +157,7 @@ def test_winning_configuration_forward_backward():
                       first_k=16, mean_interest=False, recent_interest=0, cross_rank=0,
                       dnn_hidden_units=(1024, 512, 256), net_dropout=0.2, exposure_levels=0, user_bias=False,
                       user_interest=False, history_length=False, history_similarity=False, similarity_count=False,
-                      new_item_offset=False, ensemble=1)
+                      repeat_count=False, new_item_offset=False, ensemble=1)
     n_items = 50
     fmap = feature_map(max_len=100, mm=128, n_items=n_items)
     g = torch.Generator().manual_seed(0)
@@ -1177,6 +1178,50 @@ def test_similarity_count_gives_the_dcn_the_log_counts_through_its_table(tmp_pat
         dataclasses.replace(cfg, history_similarity=False, model="din")
 
 
+def plain_repeat_counts(seq: torch.Tensor, target: torch.Tensor) -> list[list[int]]:
+    """repeat_counts' reference: per row and window, a count in plain Python of the window's most recent positions
+    that hold the target itself."""
+    return [[sum(1 for h in row[::-1][:n] if h == t) for n in [*COUNT_WINDOW_SIZES, len(row)]]
+            for row, t in zip(seq.tolist(), target.tolist())]
+
+
+def test_repeat_counts_match_a_plain_count_per_window():
+    """Entry w of repeat_counts counts the target itself among window w's most recent positions, against
+    plain_repeat_counts: padding never counts, a row without the target is all zeros, more padding on the left
+    changes nothing, and a bf16 autocast leaves the counts exact float32."""
+    seq = random_histories(30, 40)
+    target = torch.randint(1, N_ITEMS + 1, (30,), generator=torch.Generator().manual_seed(9))
+    seq[:4] = 0
+    seq[1, -3:] = target[1]
+    seq[2, -6:] = torch.stack([target[2], torch.tensor(5), target[2], torch.tensor(5), torch.tensor(5), target[2]])
+    seq[3, 0] = target[3]  # the oldest of 40 positions: only in the window of all of them
+    got = repeat_counts(seq, target)
+    assert got.shape == (30, COUNT_WINDOWS) and got.dtype == torch.float32
+    assert got.tolist() == plain_repeat_counts(seq, target)
+    assert not got[0].any() and got[1].tolist() == [1, 2, 3, 3, 3, 3, 3]
+    assert got[2].tolist() == [1, 1, 2, 3, 3, 3, 3] and got[3].tolist() == [0, 0, 0, 0, 0, 0, 1]
+    assert (got[4:].sum(1) == 0).any() and (got[4:].sum(1) > 0).any()  # random rows with and without repeats
+    assert torch.equal(repeat_counts(torch.nn.functional.pad(seq, (9, 0)), target), got)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(repeat_counts(seq, target), got)
+
+
+def test_repeat_count_gives_the_dcn_the_log_counts_through_its_table(tmp_path):
+    """With repeat_count the DCN input ends in sum_w log(1 + R_w) r_w (after similarity_count's vector), the same
+    whatever the padding, zeros where the target is not in the history; the table counts as an embedding and
+    widens the input by E; the checkpoint scores the same, and only transformer_dcn has the part."""
+    cfg = dataclasses.replace(SMALL, similarity_count=True, repeat_count=True)
+    _, b, weights, tails = dcn_tail(cfg, "repeat_count", "repeat_emb", tmp_path)
+    want = torch.stack([sum((math.log1p(c) * weights[1 + w] for w, c in enumerate(counts)),
+                            torch.zeros(cfg.embedding_dim)) for counts in plain_repeat_counts(b["item_seq"],
+                                                                                            b["item_id"])])
+    torch.testing.assert_close(tails[0], want)
+    torch.testing.assert_close(tails[1], want)
+    assert not tails[0, 0].any() and tails[0, 1].any()  # an empty history; one of only the target, twice
+    with pytest.raises(ParamsError, match="train.repeat_count"):
+        dataclasses.replace(cfg, similarity_count=False, model="din")
+
+
 def test_user_dropout_gives_rows_the_unseen_users_zero_vector_in_training_only():
     """train.user_dropout: in training each row's user vector is 0 (row 0's) with that probability, whole rows at a
     time; in eval, and at 0, every row has its own and no random number is drawn."""
@@ -1274,20 +1319,20 @@ def test_exposure_level_embedding_is_a_part_of_every_item_and_kept_in_the_checkp
 
 def test_a_checkpoint_written_before_the_later_switches_loads_as_it_was(tmp_path):
     """A checkpoint whose config lacks exposure_levels, item_bias, target_interest, recent_map, user_bias,
-    ensemble_mix, user_interest, history_length, history_similarity and similarity_count (written before they
-    existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are."""
+    ensemble_mix, user_interest, history_length, history_similarity, similarity_count and repeat_count (written
+    before they existed) rebuilds the model it holds, with each off, whatever ModelConfig's defaults are."""
     model = small_model()
     path = tmp_path / "old.pt"
     save_checkpoint(path, model, feature_map())
     ckpt = torch.load(path, weights_only=True)
     for key in ("exposure_levels", "item_bias", "target_interest", "recent_map", "user_bias", "ensemble_mix",
-                "user_interest", "history_length", "history_similarity", "similarity_count"):
+                "user_interest", "history_length", "history_similarity", "similarity_count", "repeat_count"):
         del ckpt["config"][key]
     torch.save(ckpt, path)
     loaded, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded.cfg.exposure_levels == 0 and not loaded.cfg.item_bias and not loaded.cfg.target_interest
     assert not loaded.cfg.recent_map and not loaded.cfg.user_bias and loaded.cfg.ensemble_mix == "none"
     assert not loaded.cfg.user_interest and not loaded.cfg.history_length and not loaded.cfg.history_similarity
-    assert not loaded.cfg.similarity_count
+    assert not loaded.cfg.similarity_count and not loaded.cfg.repeat_count
     b = batch(random_histories(6, 20))
     torch.testing.assert_close(loaded(b), model(b))

@@ -514,7 +514,8 @@ EnsembleMix = Literal["none", "recent_map"]  # ModelConfig.ensemble_mix
 PLAIN_SWITCHES: dict[str, Any] = {"mean_interest": False, "recent_interest": 0, "recent_map": False,
                                   "target_interest": False, "cross_rank": 0, "exposure_levels": 0, "item_bias": False,
                                   "user_bias": False, "user_interest": False, "history_length": False,
-                                  "history_similarity": False, "similarity_count": False, "new_item_offset": False,
+                                  "history_similarity": False, "similarity_count": False, "repeat_count": False,
+                                  "new_item_offset": False,
                                   "item_repr": "id", "id_init": "random", "ensemble": 1, "ensemble_mix": "none"}
 
 
@@ -569,6 +570,12 @@ class ModelConfig:
     # (clicks of the same creator, kind or show), which the max, a mean and a softmax forget (README "Similarity
     # counts"); on by default since 2026-12-07
     similarity_count: bool = True
+    # transformer_dcn: add sum_w log(1 + R_w) r_w (embedding_dim wide) to the DCN input, R_w the number of times
+    # the target itself is among the history's w-th window of most recent positions (similarity_count's windows),
+    # r_w learnt (model/layers.py `repeat_counts`): whether, how often and how recently the user clicked this very
+    # item before (a re-watch, a re-buy, or a show already seen), which similarity_count leaves out and attention
+    # must find by matching ids (README "Repeat counts")
+    repeat_count: bool = True
     # > 0: each item's tag part also gets the embedding of its train-exposure level added, its number of train
     # rows as a target in this many quantile levels over the items (pipeline/training/data.py `exposure_levels`;
     # the table is kept in the checkpoint): how often the log shows an item says how popular it is; 0 = off
@@ -624,13 +631,13 @@ class ModelConfig:
     def dcn_input_dim(self, item_dim: int, context_dim: int) -> int:
         """transformer_dcn: width D of the DCN input x0 (model/transformer_dcn.py) for items `item_dim` wide and
         context embeddings `context_dim` wide side by side: context || target || sequence output ((first_k + max
-        pool) tokens of 2I) || the interest parts that are on || the history-length and history-similarity vectors
-        (E each), when on."""
+        pool) tokens of 2I) || the interest parts that are on || the history-length, history-similarity,
+        similarity-count and repeat-count vectors (E each), when on."""
         i = item_dim
         return (context_dim + i + (self.first_k + int(self.concat_max_pool)) * 2 * i + 2 * i * int(self.mean_interest)
                 + self.recent_interest * i + 2 * i * int(self.target_interest) + 2 * i * int(self.user_interest)
                 + self.embedding_dim * (int(self.history_length) + int(self.history_similarity)
-                                       + int(self.similarity_count)))
+                                       + int(self.similarity_count) + int(self.repeat_count)))
 
     def matrix_weights(self, frozen_dim: int, n_context: int) -> dict[str, int]:
         """The weights in the layer matrices (every Linear's weight and the attention's in_proj_weight; not the
@@ -733,7 +740,8 @@ class ModelConfig:
         require(not self.recent_map or self.recent_interest > 0, f"{s}.recent_map",
                 "maps the recent items of recent_interest, which is 0")
         for name in ("mean_interest", "cross_rank", "recent_interest", "recent_map", "target_interest",
-                     "user_interest", "history_length", "history_similarity", "similarity_count"):
+                     "user_interest", "history_length", "history_similarity", "similarity_count",
+                     "repeat_count"):
             require(not getattr(self, name) or self.model == "transformer_dcn", f"{s}.{name}",
                     f"is a part of model 'transformer_dcn'; model {self.model!r} has no such part")
         for name in ("use_transformer", "use_dcn"):

@@ -166,7 +166,7 @@ SWITCHES_BEFORE_THEY_EXISTED = {"exposure_levels": 0, "item_bias": False, "recen
                                "target_interest": False, "recent_map": False, "user_bias": False,
                                "ensemble_mix": "none", "user_interest": False, "history_length": False,
                                "history_similarity": False, "new_item_offset": False,
-                               "similarity_count": False}
+                               "similarity_count": False, "repeat_count": False}
 
 
 def renamed_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
